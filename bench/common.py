@@ -1,0 +1,97 @@
+"""What benchmarks share: a real nexusd in a temp dir, percentiles, and table printing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+@dataclass(frozen=True, slots=True)
+class RunningDaemon:
+    pid: int
+    socket: Path
+    state_dir: Path
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+
+@contextlib.contextmanager
+def nexusd(*extra: str) -> Iterator[RunningDaemon]:
+    """A real nexusd with private state, stopped by PID on exit."""
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp:
+        base = Path(tmp)
+        sock = base / "nexusd.sock"
+        log = (base / "nexusd.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nexus.daemon.main",
+                "--state-dir",
+                str(base / "state"),
+                "--runtime-dir",
+                str(base / "run"),
+                "--socket",
+                str(sock),
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as c:
+                        c.get("http://nexusd/v1/health").raise_for_status()
+                    break
+                except (httpx.HTTPError, OSError):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"nexusd did not come up: {(base / 'nexusd.log').read_text()}") from None
+                    time.sleep(0.05)
+            yield RunningDaemon(proc.pid, sock, base / "state")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def percentile(samples: Sequence[float], pct: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(c) for c in columns], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    print(f"\n{title}")
+    for n, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    sys.stdout.flush()
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, then unit, integration and e2e tests. Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+./scripts/bootstrap.sh
+.venv/bin/ruff format --check src tests bench
+.venv/bin/ruff check src tests bench
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"

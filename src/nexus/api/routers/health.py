@@ -1,0 +1,21 @@
+"""/v1/health: is the daemon up, which version, how many VMs, which VMM driver and why."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from nexus import __version__
+from nexus.api.deps import ServicesDep
+from nexus.api.schemas import DriverOut, HealthOut
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/v1/health")
+async def health(svc: ServicesDep) -> HealthOut:
+    return HealthOut(
+        status="ok",
+        version=__version__,
+        vms=svc.vms.count(),
+        driver=DriverOut(name=svc.vms.driver_name(), reason=svc.driver_reason),
+    )

@@ -1,0 +1,84 @@
+"""/v1/vms: VM resources. Each handler parses, makes one service call, serialises."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from nexus.api.deps import Vms
+from nexus.api.schemas import LogsOut, StateChangeOut, TagsIn, VmCreate, VmOut
+from nexus.domain import Role, VmFilter, VmSpec, VmState
+
+router = APIRouter(prefix="/v1/vms", tags=["vms"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_vm(body: VmCreate, vms: Vms) -> VmOut:
+    spec = VmSpec(
+        name=body.name,
+        role=body.role,
+        vcpus=body.vcpus,
+        mem_mib=body.mem_mib,
+        image=body.image,
+        kernel=body.kernel,
+        tags=tuple(body.tags),
+    )
+    return VmOut.of(vms.create(spec))
+
+
+@router.get("")
+async def list_vms(
+    vms: Vms,
+    role: Role | None = None,
+    state: VmState | None = None,
+    tag: Annotated[list[str] | None, Query(description="repeat to require several tags")] = None,
+) -> list[VmOut]:
+    return [VmOut.of(vm) for vm in vms.find(VmFilter(role=role, state=state, tags=tuple(tag or ())))]
+
+
+@router.get("/{ref}")
+async def get_vm(ref: str, vms: Vms) -> VmOut:
+    return VmOut.of(vms.get(ref))
+
+
+@router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_vm(ref: str, vms: Vms, force: bool = False) -> Response:
+    await vms.remove(ref, force=force)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{ref}/start")
+async def start_vm(ref: str, vms: Vms, wait: bool = True) -> VmOut:
+    return VmOut.of(await vms.start(ref, wait=wait))
+
+
+@router.post("/{ref}/stop")
+async def stop_vm(ref: str, vms: Vms) -> VmOut:
+    return VmOut.of(await vms.stop(ref))
+
+
+@router.get("/{ref}/history")
+async def vm_history(ref: str, vms: Vms) -> list[StateChangeOut]:
+    return [StateChangeOut.of(change) for change in vms.history(ref)]
+
+
+@router.get("/{ref}/logs")
+async def vm_logs(ref: str, vms: Vms, tail: Annotated[int | None, Query(ge=1)] = None) -> LogsOut:
+    return LogsOut(vm_id=vms.get(ref).id, lines=vms.logs(ref, tail))
+
+
+@router.get("/{ref}/tags")
+async def list_tags(ref: str, vms: Vms) -> list[str]:
+    return list(vms.get(ref).tags)
+
+
+@router.post("/{ref}/tags")
+async def add_tags(ref: str, body: TagsIn, vms: Vms) -> list[str]:
+    return list(vms.add_tags(ref, body.tags).tags)
+
+
+@router.delete("/{ref}/tags/{tag}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_tag(ref: str, tag: str, vms: Vms) -> Response:
+    vms.remove_tags(ref, [tag])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

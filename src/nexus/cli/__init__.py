@@ -1,0 +1,3 @@
+"""``nexusctl``: the command-line interface (Typer + Rich) over the nexusd API."""
+
+__all__: list[str] = []

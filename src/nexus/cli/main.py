@@ -1,0 +1,101 @@
+"""``nexusctl``: the CLI over nexusd's API. Global options, top-level commands, and the one place errors
+become exit codes and a single line on stderr."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from nexus import __version__
+from nexus.cli import settings, vm
+from nexus.cli.common import client, ctx_of
+from nexus.cli.errors import ERROR, exit_code_for
+from nexus.cli.output import Ctx, console, emit, fields
+from nexus.client import DaemonUnreachable
+from nexus.domain import NexusError
+
+app = typer.Typer(
+    name="nexusctl",
+    help="Nexus: a computer for every AI agent. Manage microVMs through nexusd.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(vm.app, name="vm")
+app.add_typer(settings.app, name="settings")
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    socket: Annotated[
+        str | None,
+        typer.Option(envvar="NEXUS_SOCKET", help="nexusd API socket [default: /run/nexus/nexusd.sock]"),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="print one JSON document instead of tables")] = False,
+) -> None:
+    ctx.obj = Ctx(socket=socket, json=json_)
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Show whether nexusd is up, its version, VM count and VMM driver."""
+    with client(ctx) as c:
+        health = c.health()
+    driver = health["driver"]
+    emit(
+        ctx_of(ctx),
+        health,
+        lambda h: fields(
+            [
+                ("nexusd", f"{h['status']} (version {h['version']})"),
+                ("vms", h["vms"]),
+                ("vmm", f"{driver['name'] or 'none'} ({driver['reason']})"),
+            ]
+        ),
+    )
+
+
+@app.command()
+def version(ctx: typer.Context) -> None:
+    """Print nexusctl's and nexusd's versions."""
+    daemon: str | None = None
+    unreachable: DaemonUnreachable | None = None
+    try:
+        with client(ctx) as c:
+            daemon = c.health()["version"]
+    except DaemonUnreachable as exc:
+        unreachable = exc
+    emit(
+        ctx_of(ctx),
+        {"client": __version__, "daemon": daemon},
+        lambda v: console.print(f"nexusctl {v['client']}\nnexusd   {v['daemon'] or 'unreachable'}"),
+    )
+    if unreachable is not None:
+        raise unreachable
+
+
+def _hoist_global_flags(args: list[str]) -> list[str]:
+    """Let ``--json`` stand anywhere before ``--`` (``nexusctl vm list --json``), as users expect."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--json" not in args[:end]:
+        return args
+    return ["--json", *(a for i, a in enumerate(args) if not (i < end and a == "--json"))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; NexusErrors become one line on stderr and the exit code from the table."""
+    args = _hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
+    try:
+        typer.main.get_command(app).main(args=args, prog_name="nexusctl", standalone_mode=True)
+    except NexusError as exc:
+        print(f"nexusctl: {exc.message}", file=sys.stderr)
+        return exit_code_for(exc)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

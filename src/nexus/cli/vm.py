@@ -1,0 +1,171 @@
+"""``nexusctl vm ...``: create, list, inspect, start, stop, remove, logs, history, tags."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from nexus.cli.common import client, ctx_of
+from nexus.cli.output import ago, console, emit, fields, table
+
+app = typer.Typer(help="Manage microVMs.", no_args_is_help=True)
+tag_app = typer.Typer(help="Manage a VM's tags.", no_args_is_help=True)
+app.add_typer(tag_app, name="tag")
+
+Ref = Annotated[str, typer.Argument(help="VM name or id (a unique id prefix works too)")]
+
+
+def _vm_table(vms: list[dict[str, Any]]) -> None:
+    table(
+        ["ID", "NAME", "STATE", "ROLE", "VCPUS", "MEM", "IMAGE", "TAGS", "CREATED"],
+        [
+            (
+                vm["id"],
+                vm["name"],
+                vm["state"],
+                vm["role"],
+                vm["vcpus"],
+                f"{vm['mem_mib']} MiB",
+                vm["image"],
+                ",".join(vm["tags"]),
+                ago(vm["created_at"]),
+            )
+            for vm in vms
+        ],
+    )
+
+
+def _vm_fields(vm: dict[str, Any]) -> None:
+    fields((key, ", ".join(value) if isinstance(value, list) else value) for key, value in vm.items())
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="unique name: lowercase letters, digits, '-'")],
+    vcpus: Annotated[int | None, typer.Option(help="vCPUs (1-32; default from settings)")] = None,
+    mem: Annotated[int | None, typer.Option(help="memory in MiB (64-65536; default from settings)")] = None,
+    role: Annotated[str | None, typer.Option(help="work, portal or service")] = None,
+    image: Annotated[str | None, typer.Option(help="image name (default from settings)")] = None,
+    kernel: Annotated[str | None, typer.Option(help="kernel version or flavour (default from settings)")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="tag the VM (repeatable)")] = None,
+) -> None:
+    """Create a VM (it is not started)."""
+    with client(ctx) as c:
+        vm = c.create_vm(name=name, vcpus=vcpus, mem_mib=mem, role=role, image=image, kernel=kernel, tags=tag or None)
+    emit(ctx_of(ctx), vm, lambda v: console.print(f"created {v['name']} ({v['id']})"))
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    role: Annotated[str | None, typer.Option(help="only VMs with this role")] = None,
+    state: Annotated[str | None, typer.Option(help="only VMs in this state")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="only VMs with this tag (repeatable: all must match)")] = None,
+) -> None:
+    """List VMs."""
+    with client(ctx) as c:
+        vms = c.list_vms(role=role, state=state, tags=tag)
+    emit(ctx_of(ctx), vms, _vm_table)
+
+
+@app.command("inspect")
+def inspect(ctx: typer.Context, ref: Ref) -> None:
+    """Show everything about one VM."""
+    with client(ctx) as c:
+        vm = c.get_vm(ref)
+    emit(ctx_of(ctx), vm, _vm_fields)
+
+
+@app.command("rm")
+def rm(
+    ctx: typer.Context,
+    ref: Ref,
+    force: Annotated[bool, typer.Option("--force", "-f", help="stop the VM first if it is running")] = False,
+) -> None:
+    """Remove a VM. Refuses (exit 5) while it runs, unless --force."""
+    with client(ctx) as c:
+        vm = c.get_vm(ref)
+        c.remove_vm(vm["id"], force=force)
+    emit(
+        ctx_of(ctx),
+        {"removed": vm["id"], "name": vm["name"]},
+        lambda _: console.print(f"removed {vm['name']}"),
+    )
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    ref: Ref,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="return once the VMM runs, before the agent is up")
+    ] = False,
+) -> None:
+    """Start a VM; by default returns once its agent says hello."""
+    with client(ctx) as c:
+        vm = c.start_vm(ref, wait=not no_wait)
+    emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']}"))
+
+
+@app.command("stop")
+def stop(ctx: typer.Context, ref: Ref) -> None:
+    """Stop a VM: graceful power-off, then kill after a timeout."""
+    with client(ctx) as c:
+        vm = c.stop_vm(ref)
+    emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']}"))
+
+
+@app.command("logs")
+def logs(
+    ctx: typer.Context,
+    ref: Ref,
+    tail: Annotated[int | None, typer.Option(min=1, help="only the last N lines")] = None,
+) -> None:
+    """Print a VM's console log."""
+    with client(ctx) as c:
+        result = c.vm_logs(ref, tail=tail)
+    emit(ctx_of(ctx), result, lambda r: print("\n".join(r["lines"])) if r["lines"] else None)
+
+
+@app.command("history")
+def history(ctx: typer.Context, ref: Ref) -> None:
+    """Show a VM's state transitions and why each happened."""
+    with client(ctx) as c:
+        changes = c.vm_history(ref)
+    emit(
+        ctx_of(ctx),
+        changes,
+        lambda rows: table(
+            ["AT", "FROM", "TO", "REASON"],
+            [(r["at"], r["from_state"] or "-", r["to_state"], r["reason"]) for r in rows],
+        ),
+    )
+
+
+@tag_app.command("add")
+def tag_add(ctx: typer.Context, ref: Ref, tags: Annotated[list[str], typer.Argument(help="tags to add")]) -> None:
+    """Add tags to a VM."""
+    with client(ctx) as c:
+        result = c.add_tags(ref, tags)
+    emit(ctx_of(ctx), result, lambda t: console.print(" ".join(t)))
+
+
+@tag_app.command("ls")
+def tag_ls(ctx: typer.Context, ref: Ref) -> None:
+    """List a VM's tags."""
+    with client(ctx) as c:
+        result = c.list_tags(ref)
+    emit(ctx_of(ctx), result, lambda t: print("\n".join(t)) if t else None)
+
+
+@tag_app.command("rm")
+def tag_rm(ctx: typer.Context, ref: Ref, tags: Annotated[list[str], typer.Argument(help="tags to remove")]) -> None:
+    """Remove tags from a VM."""
+    with client(ctx) as c:
+        vm_id = c.get_vm(ref)["id"]
+        for tag in tags:
+            c.remove_tag(vm_id, tag)
+        result = c.list_tags(vm_id)
+    emit(ctx_of(ctx), result, lambda t: console.print(" ".join(t)))

@@ -1,0 +1,162 @@
+"""``NexusClient``: the nexusd API over its Unix socket (or TCP with a token), with domain errors rebuilt.
+
+Every error body ``{"error": {"code", "message"}}`` becomes the matching ``NexusError`` subclass, so callers
+handle one error tree whichever side of the socket raised it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nexus.domain import ERRORS_BY_CODE, Invalid, NexusError
+
+DEFAULT_SOCKET = Path("/run/nexus/nexusd.sock")
+
+
+class DaemonUnreachable(NexusError):
+    """nexusd did not answer: not running, wrong socket, or no permission."""
+
+    code = "unreachable"
+
+
+class Unauthorized(NexusError):
+    code = "unauthorized"
+
+
+_EDGE_ERRORS: dict[str, type[NexusError]] = {
+    "unauthorized": Unauthorized,
+    "bad_request": Invalid,
+    "payload_too_large": Invalid,
+}
+
+
+def error_from_response(response: httpx.Response) -> NexusError:
+    try:
+        detail = response.json()["error"]
+        code, message = str(detail["code"]), str(detail["message"])
+    except (ValueError, KeyError, TypeError):
+        return NexusError(f"HTTP {response.status_code}: {response.text[:200]}")
+    cls = ERRORS_BY_CODE.get(code) or _EDGE_ERRORS.get(code) or NexusError
+    return cls(message)
+
+
+class NexusClient:
+    def __init__(
+        self,
+        socket_path: Path | None = None,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        """Talk to nexusd over ``socket_path`` (default), or over ``url`` (TCP) with a bearer ``token``."""
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._where = url or str(socket_path or DEFAULT_SOCKET)
+        if url is not None:
+            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
+        else:
+            transport = httpx.HTTPTransport(uds=str(socket_path or DEFAULT_SOCKET))
+            self._http = httpx.Client(transport=transport, base_url="http://nexusd", headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> NexusClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call; returns the decoded JSON body (None for 204). Raises NexusError subclasses."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError, PermissionError) as exc:
+            raise DaemonUnreachable(f"cannot reach nexusd at {self._where}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise DaemonUnreachable(f"nexusd at {self._where} did not answer in time") from exc
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    # -- daemon
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/v1/health")
+        return result
+
+    # -- VMs
+    def create_vm(self, **fields: Any) -> dict[str, Any]:
+        body = {k: v for k, v in fields.items() if v is not None}
+        result: dict[str, Any] = self.request("POST", "/v1/vms", json=body)
+        return result
+
+    def list_vms(
+        self, role: str | None = None, state: str | None = None, tags: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {k: v for k, v in (("role", role), ("state", state)) if v}
+        if tags:
+            params["tag"] = tags
+        result: list[dict[str, Any]] = self.request("GET", "/v1/vms", params=params)
+        return result
+
+    def get_vm(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/vms/{_seg(ref)}")
+        return result
+
+    def remove_vm(self, ref: str, force: bool = False) -> None:
+        self.request("DELETE", f"/v1/vms/{_seg(ref)}", params={"force": force} if force else None)
+
+    def start_vm(self, ref: str, wait: bool = True) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/vms/{_seg(ref)}/start", params=None if wait else {"wait": False}
+        )
+        return result
+
+    def stop_vm(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/vms/{_seg(ref)}/stop")
+        return result
+
+    def vm_history(self, ref: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", f"/v1/vms/{_seg(ref)}/history")
+        return result
+
+    def vm_logs(self, ref: str, tail: int | None = None) -> dict[str, Any]:
+        params = {"tail": tail} if tail is not None else None
+        result: dict[str, Any] = self.request("GET", f"/v1/vms/{_seg(ref)}/logs", params=params)
+        return result
+
+    def list_tags(self, ref: str) -> list[str]:
+        result: list[str] = self.request("GET", f"/v1/vms/{_seg(ref)}/tags")
+        return result
+
+    def add_tags(self, ref: str, tags: list[str]) -> list[str]:
+        result: list[str] = self.request("POST", f"/v1/vms/{_seg(ref)}/tags", json={"tags": tags})
+        return result
+
+    def remove_tag(self, ref: str, tag: str) -> None:
+        self.request("DELETE", f"/v1/vms/{_seg(ref)}/tags/{_seg(tag)}")
+
+    # -- settings
+    def list_settings(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/settings")
+        return result
+
+    def get_setting(self, key: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/settings/{_seg(key)}")
+        return result
+
+    def set_setting(self, key: str, value: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", f"/v1/settings/{_seg(key)}", json={"value": value})
+        return result
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: a ref with '/' or '?' must not reach another route."""
+    if not value or value in (".", "..") or any(c in value for c in "/?#%"):
+        raise Invalid(f"invalid reference {value!r}")
+    return value

@@ -1,0 +1,82 @@
+"""nexusd configuration: defaults, overlaid by a TOML file, overlaid by command-line flags."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from nexus.domain import Invalid, Layout
+
+DEFAULT_CONFIG_FILE = Path("/etc/nexus/nexusd.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    state_dir: Path = Path("/var/lib/nexus")
+    runtime_dir: Path = Path("/run/nexus")
+    socket: Path = Path("/run/nexus/nexusd.sock")
+    socket_mode: int = 0o660
+    listen: str | None = None  # HOST:PORT for an optional TCP listener (needs token_file)
+    token_file: Path | None = None
+    log_level: str = "info"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(state_dir=self.state_dir, runtime_dir=self.runtime_dir)
+
+    def tcp_address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise Invalid(f"--listen wants HOST:PORT, got {self.listen!r}")
+        return host.strip("[]"), int(port)
+
+    def read_token(self) -> str | None:
+        """The bearer token for the TCP listener, or None without one. A listener without a token is refused."""
+        if self.listen is None:
+            return None
+        if self.token_file is None:
+            raise Invalid("a TCP listener (--listen) needs --token-file: requests without the token get 401")
+        try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise Invalid(f"cannot read token file {self.token_file}: {exc.strerror}") from exc
+        if len(token) < 16:
+            raise Invalid(f"token in {self.token_file} is shorter than 16 characters")
+        return token
+
+
+_PATH_KEYS = {"state_dir", "runtime_dir", "socket", "token_file"}
+
+
+def load(path: Path | None, overrides: dict[str, object]) -> Config:
+    """Defaults < config file < ``overrides`` (flags given on the command line; None means not given).
+
+    A missing default config file is fine; a missing file named explicitly is an error.
+    """
+    values: dict[str, object] = {}
+    file = path or DEFAULT_CONFIG_FILE
+    if path is not None or file.exists():
+        try:
+            with file.open("rb") as fh:
+                values.update(tomllib.load(fh))
+        except OSError as exc:
+            raise Invalid(f"cannot read config {file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise Invalid(f"config {file} is not valid TOML: {exc}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise Invalid(f"unknown config keys: {', '.join(unknown)}")
+    typed: dict[str, object] = {}
+    for key, value in values.items():
+        if key in _PATH_KEYS:
+            typed[key] = Path(str(value))
+        elif key == "socket_mode":
+            typed[key] = int(str(value), 8) if isinstance(value, str) else value
+        else:
+            typed[key] = value
+    return replace(Config(), **typed)  # type: ignore[arg-type]

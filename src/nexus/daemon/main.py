@@ -1,0 +1,93 @@
+"""``nexusd``: parse flags, load config, wire adapters into services, serve the API until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from nexus import __version__
+from nexus.api import Services, create_app
+from nexus.daemon import server
+from nexus.daemon.config import Config, load
+from nexus.domain import NexusError
+from nexus.services import SettingsService, VmService
+from nexus.store import SettingsRepo, VmRepo, open_database
+
+log = logging.getLogger("nexusd")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nexusd", description="Nexus daemon: owns every microVM's lifecycle.")
+    parser.add_argument("--config", type=Path, help="TOML config file (default /etc/nexus/nexusd.toml if present)")
+    parser.add_argument("--state-dir", type=Path, help="persistent state (default /var/lib/nexus)")
+    parser.add_argument("--runtime-dir", type=Path, help="sockets and pid files (default /run/nexus)")
+    parser.add_argument("--socket", type=Path, help="API Unix socket (default /run/nexus/nexusd.sock)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="also serve over TCP (requires --token-file)")
+    parser.add_argument("--token-file", type=Path, help="file holding the bearer token for --listen")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"nexusd {__version__}")
+    return parser.parse_args(argv)
+
+
+async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) -> None:
+    layout = config.layout
+    conn = open_database(layout.database)
+    try:
+        settings = SettingsService(SettingsRepo(conn))
+        vms = VmService(VmRepo(conn), settings, layout, driver=None)
+        services = Services(vms=vms, settings=settings, driver_reason="no VMM driver available")
+        app = create_app(services, tcp_token=token)
+        sockets = [server.bind_unix(config.socket, config.socket_mode)]
+        try:
+            if tcp is not None:
+                sockets.append(server.bind_tcp(*tcp))
+            log.info(
+                "nexusd %s serving on %s%s (state %s)",
+                __version__,
+                config.socket,
+                f" and tcp {tcp[0]}:{tcp[1]}" if tcp else "",
+                layout.state_dir,
+            )
+            await server.serve(app, sockets)
+        finally:
+            for sock in sockets:
+                sock.close()
+            config.socket.unlink(missing_ok=True)
+    finally:
+        conn.close()
+        log.info("nexusd stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load(
+            args.config,
+            {
+                "state_dir": args.state_dir,
+                "runtime_dir": args.runtime_dir,
+                "socket": args.socket,
+                "listen": args.listen,
+                "token_file": args.token_file,
+                "log_level": args.log_level,
+            },
+        )
+        logging.basicConfig(
+            stream=sys.stderr,
+            level=config.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        token = config.read_token()
+        tcp = config.tcp_address()
+        asyncio.run(run(config, token, tcp))
+    except NexusError as exc:
+        print(f"nexusd: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Serving the API: bind the Unix socket (and optional TCP listener), run uvicorn, stop cleanly on signals.
+
+Owns the listening sockets and removes the Unix socket file on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from nexus.domain import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: the daemon installs handlers that stop it cleanly."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind_unix(path: Path, mode: int) -> socket.socket:
+    """Bind a Unix socket at ``path`` with ``mode``, replacing a stale socket file but never a live daemon's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody answers: left over from a daemon that died
+        else:
+            raise Unavailable(f"another nexusd is already serving {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        path.chmod(mode)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"cannot listen on {path}: {exc.strerror}") from exc
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+async def serve(app: FastAPI, sockets: list[socket.socket]) -> None:
+    """Serve ``app`` on ``sockets`` until SIGTERM or SIGINT."""
+    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+
+    def request_exit(sig: signal.Signals) -> None:
+        log.info("received %s, shutting down", sig.name)
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_exit, sig)
+    try:
+        await server.serve(sockets=sockets)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

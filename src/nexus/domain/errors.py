@@ -1,0 +1,53 @@
+"""The one error tree of Nexus. Every edge (HTTP, MCP, CLI) maps these exactly once.
+
+Each class carries a stable wire `code`; lower-level errors are wrapped with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class NexusError(Exception):
+    """Base of every error Nexus raises on purpose."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(NexusError):
+    code = "not_found"
+
+
+class Conflict(NexusError):
+    code = "conflict"
+
+
+class InvalidState(Conflict):
+    """The operation is not allowed in the VM's current state."""
+
+    code = "invalid_state"
+
+
+class Invalid(NexusError):
+    """Bad input: nothing was changed."""
+
+    code = "invalid"
+
+
+class Unavailable(NexusError):
+    """A needed capability (driver, asset, daemon) is not there right now."""
+
+    code = "unavailable"
+
+
+class DriverError(NexusError):
+    """The VMM (QEMU, Firecracker) failed to do what was asked."""
+
+    code = "driver_error"
+
+
+ERRORS_BY_CODE: dict[str, type[NexusError]] = {
+    cls.code: cls for cls in (NexusError, NotFound, Conflict, InvalidState, Invalid, Unavailable, DriverError)
+}

@@ -1,0 +1,54 @@
+"""Settings use cases: read effective values (stored or default), change one with its check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nexus.domain import SETTINGS, Invalid, SettingValue, spec_for
+from nexus.store import SettingsRepo
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    key: str
+    value: SettingValue
+    default: SettingValue
+    description: str
+
+    @property
+    def is_default(self) -> bool:
+        return self.value == self.default
+
+
+class SettingsService:
+    def __init__(self, repo: SettingsRepo) -> None:
+        self._repo = repo
+
+    def all(self) -> list[Setting]:
+        stored = self._repo.stored()
+        return [
+            Setting(spec.key, stored.get(spec.key, spec.default), spec.default, spec.description)
+            for spec in sorted(SETTINGS.values(), key=lambda s: s.key)
+        ]
+
+    def get(self, key: str) -> Setting:
+        spec = spec_for(key)
+        value = self._repo.stored().get(key, spec.default)
+        return Setting(key, value, spec.default, spec.description)
+
+    def set(self, key: str, value: object) -> Setting:
+        spec = spec_for(key)
+        self._repo.put(key, spec.check(value))
+        return self.get(key)
+
+    def str_value(self, key: str) -> str:
+        value = self.get(key).value
+        if not isinstance(value, str):
+            raise Invalid(f"setting {key} holds {value!r}, not a string")
+        return value
+
+    def int_value(self, key: str) -> int:
+        value = self.get(key).value
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise Invalid(f"setting {key} holds {value!r}, not an integer")
+        return value

@@ -1,0 +1,90 @@
+"""Opening the SQLite database and bringing its schema up to date.
+
+Migrations are numbered SQL files (``migrations/NNNN_name.sql``) applied in order, each in one transaction
+together with ``PRAGMA user_version = NNNN``. A migration never drops user data, and this module never deletes
+the database: a file newer than this code is refused, not touched.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from nexus.domain import Unavailable
+
+_MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped with this code, by version; versions are 1..N with no gaps."""
+    found = []
+    for entry in resources.files("nexus.store").joinpath("migrations").iterdir():
+        match = _MIGRATION_RE.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations are not numbered 1..N: {[m.name for m in found]}")
+    return found
+
+
+def latest_version() -> int:
+    return len(migrations())
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """Open the database in autocommit mode with WAL and foreign keys on. Does not migrate."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    if str(path) != ":memory:":
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
+    """Apply pending migrations up to ``target`` (default: all). Returns the resulting version."""
+    shipped = migrations()
+    target = len(shipped) if target is None else target
+    current = schema_version(conn)
+    if current > len(shipped):
+        raise Unavailable(
+            f"database schema version {current} is newer than this nexus understands ({len(shipped)}); "
+            "upgrade nexus instead of downgrading the database"
+        )
+    for migration in shipped[current:target]:
+        try:
+            conn.executescript(f"BEGIN;\n{migration.sql}\nPRAGMA user_version = {migration.version};\nCOMMIT;")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise Unavailable(f"migration {migration.name} failed: {exc}") from exc
+    return schema_version(conn)
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the state database at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

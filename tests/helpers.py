@@ -1,0 +1,94 @@
+"""Test helpers: waiting for a condition, running a real nexusd."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_until(probe: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
+    """Call ``probe`` until it returns something truthy; fail the test with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+        except Exception as exc:
+            last_exc = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last_exc!r})")
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    state_dir: Path
+    runtime_dir: Path
+    log: Path
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_daemon(base: Path, *extra: str, env: dict[str, str] | None = None) -> Daemon:
+    """Start a real nexusd with its state under ``base``; return once its API answers."""
+    from nexus.client import NexusClient
+
+    state, run, sock, log = base / "state", base / "run", base / "nexusd.sock", base / "nexusd.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nexus.daemon.main",
+                "--state-dir",
+                str(state),
+                "--runtime-dir",
+                str(run),
+                "--socket",
+                str(sock),
+                *extra,
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    daemon = Daemon(proc, sock, state, run, log)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"nexusd exited with {proc.returncode}:\n{daemon.log_text()}")
+        with NexusClient(sock, timeout_s=2) as client:
+            return client.health()["status"] == "ok"
+
+    try:
+        wait_until(up, 20, "nexusd to answer on its socket")
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nexus.cli.main import _hoist_global_flags
+from nexus.daemon.config import Config, load
+from nexus.domain import Invalid
+
+
+def test_defaults_without_file(tmp_path: Path) -> None:
+    config = load(None, {})
+    assert config == Config() or Path("/etc/nexus/nexusd.toml").exists()
+    assert Config().socket == Path("/run/nexus/nexusd.sock")
+    assert Config().socket_mode == 0o660
+    assert Config().state_dir == Path("/var/lib/nexus")
+
+
+def test_file_then_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('state_dir = "/srv/nexus"\nsocket = "/tmp/a.sock"\nsocket_mode = "0600"\n')
+    config = load(cfg, {"socket": Path("/tmp/b.sock"), "state_dir": None})
+    assert config.state_dir == Path("/srv/nexus")
+    assert config.socket == Path("/tmp/b.sock")
+    assert config.socket_mode == 0o600
+
+
+def test_unknown_key_and_bad_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('colour = "blue"\n')
+    with pytest.raises(Invalid, match="unknown config keys: colour"):
+        load(cfg, {})
+    cfg.write_text("state_dir = \n")
+    with pytest.raises(Invalid, match="not valid TOML"):
+        load(cfg, {})
+    with pytest.raises(Invalid, match="cannot read config"):
+        load(tmp_path / "missing.toml", {})
+
+
+def test_tcp_listener_needs_a_token(tmp_path: Path) -> None:
+    assert Config().read_token() is None
+    with pytest.raises(Invalid, match="needs --token-file"):
+        Config(listen="127.0.0.1:8080").read_token()
+    short = tmp_path / "t"
+    short.write_text("abc")
+    with pytest.raises(Invalid, match="shorter than 16"):
+        Config(listen="127.0.0.1:8080", token_file=short).read_token()
+    good = tmp_path / "g"
+    good.write_text("x" * 32 + "\n")
+    assert Config(listen="127.0.0.1:8080", token_file=good).read_token() == "x" * 32
+
+
+@pytest.mark.parametrize("listen", ["8080", "host:", ":80", "h:0", "h:99999", "h:x"])
+def test_bad_listen(listen: str) -> None:
+    with pytest.raises(Invalid, match="HOST:PORT"):
+        Config(listen=listen).tcp_address()
+
+
+def test_listen_parsing() -> None:
+    assert Config(listen="127.0.0.1:8080").tcp_address() == ("127.0.0.1", 8080)
+    assert Config(listen="[::1]:9").tcp_address() == ("::1", 9)
+
+
+def test_json_flag_anywhere_before_double_dash() -> None:
+    assert _hoist_global_flags(["vm", "list", "--json"]) == ["--json", "vm", "list"]
+    assert _hoist_global_flags(["vm", "list"]) == ["vm", "list"]
+    assert _hoist_global_flags(["vm", "exec", "a", "--", "x", "--json"]) == [
+        "vm",
+        "exec",
+        "a",
+        "--",
+        "x",
+        "--json",
+    ]
