@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: whole ids and names matter more than a tidy width there.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 4096)
 
 
 @dataclass(frozen=True, slots=True)
