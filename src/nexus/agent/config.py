@@ -1,0 +1,131 @@
+"""Agent options: command-line flags over kernel command-line ``nexus.*`` keys over defaults.
+
+Kernel command line (``/proc/cmdline``):
+  ``nexus.heartbeat_s=2``   seconds between heartbeats on the control port
+  ``nexus.log_level=info``  debug | info | warning | error
+
+Flags (mostly for tests and debugging; a guest normally runs plain ``python3 -m nexus.agent``):
+  ``--control PATH|none``   control stream: a character device or a Unix socket to connect to;
+                            default: the virtio-serial port named ``org.nexus.control``
+  ``--mcp PATH|stdio|none`` MCP stream, likewise (default port ``org.nexus.mcp``); ``stdio`` serves MCP
+                            on stdin/stdout and exits when stdin closes
+  ``--heartbeat-s S``, ``--log-level L``, ``--image-json PATH`` (default /etc/nexus/image.json; its
+  ``id`` is the image id), ``--max-workers N`` (concurrent tool calls, default 32),
+  ``--cmdline PATH`` (default /proc/cmdline)
+
+A bad kernel value is logged and ignored (the agent must start); a bad flag is a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["DEFAULT_HEARTBEAT_S", "DEFAULT_IMAGE_JSON", "AgentConfig", "load_config", "parse_kernel_cmdline"]
+
+log = logging.getLogger("nexus.agent")
+
+DEFAULT_HEARTBEAT_S: Final = 2.0
+DEFAULT_IMAGE_JSON: Final = "/etc/nexus/image.json"
+DEFAULT_CMDLINE: Final = "/proc/cmdline"
+DEFAULT_MAX_WORKERS: Final = 32
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    control: str | None
+    """None: the virtio-serial port by name; "none": disabled; else a path."""
+    mcp: str | None
+    """As ``control``, plus "stdio"."""
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    image_json: str = DEFAULT_IMAGE_JSON
+    log_level: str = "info"
+    max_workers: int = DEFAULT_MAX_WORKERS
+    warnings: tuple[str, ...] = ()
+    """Problems found in the kernel command line, to log once logging is set up."""
+
+
+def parse_kernel_cmdline(text: str) -> dict[str, str]:
+    """The ``nexus.*`` ``key=value`` pairs of a kernel command line (quotes honoured where balanced)."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = text.split()
+    options: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if sep and key.startswith("nexus."):
+            options[key] = value
+    return options
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m nexus.agent", description="Nexus in-guest agent.")
+    p.add_argument("--control", metavar="PATH", help="control stream: device, Unix socket or 'none'")
+    p.add_argument("--mcp", metavar="PATH", help="MCP stream: device, Unix socket, 'stdio' or 'none'")
+    p.add_argument("--heartbeat-s", type=_positive_float, help="seconds between heartbeats")
+    p.add_argument("--image-json", default=DEFAULT_IMAGE_JSON, help="image manifest (its 'id' is reported)")
+    p.add_argument("--log-level", choices=_LOG_LEVELS)
+    p.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, help="concurrent tool calls")
+    p.add_argument("--cmdline", default=DEFAULT_CMDLINE, help="kernel command line to read nexus.* from")
+    return p
+
+
+def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    if ns.max_workers < 1:
+        parser.error("--max-workers must be at least 1")
+    if ns.control == "stdio":
+        parser.error("--control cannot be stdio")
+    warnings: list[str] = []
+    try:
+        with open(ns.cmdline, encoding="utf-8", errors="replace") as f:
+            kernel = parse_kernel_cmdline(f.read())
+    except OSError as exc:
+        kernel = {}
+        warnings.append(f"cannot read {ns.cmdline}: {exc.strerror or exc}")
+
+    heartbeat_s = DEFAULT_HEARTBEAT_S
+    if "nexus.heartbeat_s" in kernel:
+        try:
+            heartbeat_s = _positive_float(kernel["nexus.heartbeat_s"])
+        except argparse.ArgumentTypeError as exc:
+            warnings.append(f"ignoring nexus.heartbeat_s: {exc}")
+    if ns.heartbeat_s is not None:
+        heartbeat_s = ns.heartbeat_s
+
+    log_level = "info"
+    kernel_level = kernel.get("nexus.log_level", "").lower()
+    if kernel_level in _LOG_LEVELS:
+        log_level = kernel_level
+    elif kernel_level:
+        warnings.append(f"ignoring nexus.log_level={kernel_level!r}; expected one of {', '.join(_LOG_LEVELS)}")
+    if ns.log_level is not None:
+        log_level = ns.log_level
+
+    return AgentConfig(
+        control=ns.control,
+        mcp=ns.mcp,
+        heartbeat_s=heartbeat_s,
+        image_json=ns.image_json,
+        log_level=log_level,
+        max_workers=ns.max_workers,
+        warnings=tuple(warnings),
+    )

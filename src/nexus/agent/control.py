@@ -1,0 +1,68 @@
+"""The control port: hello on every (re)connection, heartbeats while connected, nexus/* requests.
+
+On each host connection the agent writes a newline (ending any half line a previous connection left in
+the host's buffer) and ``nexus/hello``, then ``nexus/heartbeat`` every ``heartbeat_s``. A heartbeat
+that cannot be written drops the connection; the runner then waits for the host and says hello again.
+Requests: ``nexus/hello`` (the hello params again), ``nexus/ping`` (``{"uptime_s"}``), ``nexus/echo``
+(params unchanged); anything else is -32601. Notifications from the host are ignored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+
+from nexus.agent.identity import uptime_s
+from nexus.agent.session import Connection, RpcService
+from nexus.protocol import (
+    ECHO_METHOD,
+    HEARTBEAT_METHOD,
+    HELLO_METHOD,
+    METHOD_NOT_FOUND,
+    PING_METHOD,
+    Heartbeat,
+    Hello,
+    JsonRpcError,
+    Request,
+    notification,
+)
+
+__all__ = ["ControlService"]
+
+log = logging.getLogger("nexus.agent")
+
+
+class ControlService(RpcService):
+    def __init__(self, hello: Callable[[], Hello], heartbeat_s: float, stop: threading.Event) -> None:
+        self._hello = hello
+        self._heartbeat_s = heartbeat_s
+        self._stop = stop
+        self._seq = itertools.count(1)
+        self._seq_lock = threading.Lock()
+
+    def opened(self, conn: Connection) -> None:
+        hello = self._hello()
+        if conn.send(notification(HELLO_METHOD, hello.to_params()), resync=True):
+            log.info("control: hello sent (agent %s, image %s)", hello.agent_version, hello.image_id)
+        threading.Thread(target=self._beat, args=(conn,), name=f"heartbeat-{conn.id}", daemon=True).start()
+
+    def _beat(self, conn: Connection) -> None:
+        while not conn.closed.wait(self._heartbeat_s) and not self._stop.is_set():
+            with self._seq_lock:
+                seq = next(self._seq)
+            beat = Heartbeat(seq=seq, uptime_s=round(uptime_s(), 3))
+            if not conn.send(notification(HEARTBEAT_METHOD, beat.to_params())):
+                log.info("control: heartbeat %d not delivered", seq)
+                return
+
+    def on_request(self, conn: Connection, req: Request) -> None:
+        if req.method == PING_METHOD:
+            self.reply(conn, req, {"uptime_s": round(uptime_s(), 3)})
+        elif req.method == ECHO_METHOD:
+            self.reply(conn, req, req.params)
+        elif req.method == HELLO_METHOD:
+            self.reply(conn, req, self._hello().to_params())
+        else:
+            raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {req.method}")

@@ -1,0 +1,110 @@
+"""Agent entry point: read the options, open the two ports, serve until SIGTERM/SIGINT.
+
+``main`` changes to ``/`` first, so relative paths in tool calls and run_command's default cwd are ``/``.
+
+Wiring only: endpoints from ``transport``, services from ``control`` and ``mcp_server``, one
+``PortRunner`` thread per port and one thread pool for tool calls. The agent exits when stopped, or
+when every port has ended for good (only a stdio port ends on its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+from nexus import __version__
+from nexus.agent.config import AgentConfig, load_config
+from nexus.agent.control import ControlService
+from nexus.agent.identity import make_hello, read_image_id
+from nexus.agent.mcp_server import McpService
+from nexus.agent.session import PortRunner
+from nexus.agent.tools import Toolbox
+from nexus.agent.transport import Endpoint, PathEndpoint, StdioEndpoint, VirtioPortEndpoint
+from nexus.protocol import CONTROL_PORT_NAME, MCP_PORT_NAME
+
+__all__ = ["endpoint_for", "main", "run"]
+
+log = logging.getLogger("nexus.agent")
+
+_JOIN_S = 5.0
+
+
+def endpoint_for(spec: str | None, port_name: str) -> Endpoint | None:
+    """The endpoint for a ``--control``/``--mcp`` value (None = the virtio-serial port by name)."""
+    if spec is None:
+        return VirtioPortEndpoint(port_name)
+    if spec == "none":
+        return None
+    if spec == "stdio":
+        return StdioEndpoint()
+    return PathEndpoint(spec)
+
+
+def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None = None) -> int:
+    """Serve until ``stop`` is set or every port has ended; returns the exit status.
+
+    ``wake`` (set together with ``stop`` by a signal handler) makes the main loop look at once.
+    """
+    wake = wake or threading.Event()
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    image_id = read_image_id(config.image_json)
+    log.info("nexus-agent %s starting (image %s, heartbeat %.3gs)", __version__, image_id, config.heartbeat_s)
+
+    control_ep = endpoint_for(config.control, CONTROL_PORT_NAME)
+    mcp_ep = endpoint_for(config.mcp, MCP_PORT_NAME)
+    if control_ep is None and mcp_ep is None:
+        log.error("both ports are disabled; nothing to do")
+        return 2
+
+    executor = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="tool")
+    mcp = McpService(Toolbox(image_id), executor)
+    runners: list[PortRunner] = []
+    if control_ep is not None:
+        control = ControlService(lambda: make_hello(image_id), config.heartbeat_s, stop)
+        runners.append(PortRunner("control", control_ep, control, stop, on_exit=wake.set))
+    if mcp_ep is not None:
+        runners.append(PortRunner("mcp", mcp_ep, mcp, stop, on_exit=wake.set))
+    for runner in runners:
+        runner.start()
+    try:
+        while True:
+            wake.clear()
+            if stop.is_set() or all(runner.finished.is_set() for runner in runners):
+                break
+            wake.wait(0.5)
+    finally:
+        stop.set()
+        mcp.cancel_all()
+        executor.shutdown(wait=False, cancel_futures=True)
+        for runner in runners:
+            runner.join(_JOIN_S)
+    log.info("nexus-agent stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=config.log_level.upper(),
+        format="nexus-agent[%(process)d] %(levelname)s %(message)s",
+    )
+    os.chdir("/")  # a daemon's working directory: relative tool paths and run_command's default cwd
+    stop = threading.Event()
+    wake = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return run(config, stop, wake)

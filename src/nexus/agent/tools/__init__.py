@@ -1,0 +1,52 @@
+"""The guest tools served on the MCP stream, and the ``Toolbox`` that lists and calls them.
+
+Error policy (one behaviour, everywhere): anything wrong *inside* a call - unknown tool name, unknown
+or ill-typed arguments, a missing file, a command that cannot start, any OSError - comes back as a
+normal ``tools/call`` result with ``isError: true`` and a message saying what to fix. Only a call whose
+params are not an object, lack a string ``name`` or have non-object ``arguments`` is a JSON-RPC error
+(-32602); that is decided by ``nexus.agent.mcp_server``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nexus.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
+from nexus.agent.tools.commands import COMMAND_TOOLS, OUTPUT_CAP_BYTES
+from nexus.agent.tools.files import FILE_TOOLS, MAX_READ_BYTES
+from nexus.agent.tools.system import system_info_tool
+
+__all__ = ["MAX_READ_BYTES", "OUTPUT_CAP_BYTES", "Tool", "ToolContext", "ToolError", "ToolResult", "Toolbox"]
+
+log = logging.getLogger("nexus.agent")
+
+
+class Toolbox:
+    """The fixed set of tools of one agent."""
+
+    def __init__(self, image_id: str | None = None) -> None:
+        tools = (*FILE_TOOLS, *COMMAND_TOOLS, system_info_tool(image_id))
+        self.tools: dict[str, Tool] = {tool.name: tool for tool in tools}
+
+    def list(self) -> list[dict[str, Any]]:
+        """The ``tools`` array of a ``tools/list`` result."""
+        return [tool.to_mcp() for tool in self.tools.values()]
+
+    def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext | None = None) -> ToolResult:
+        """Run one tool; never raises for anything the tool does."""
+        tool = self.tools.get(name)
+        if tool is None:
+            return ToolResult.error(f"unknown tool {name!r}; available: {', '.join(self.tools)}")
+        try:
+            return tool.handler(arguments, ctx or ToolContext())
+        except ToolError as exc:
+            return ToolResult.error(f"{name}: {exc}")
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            return ToolResult.error(f"{name}: {exc.strerror or exc}{where}")
+        except ValueError as exc:
+            return ToolResult.error(f"{name}: {exc}")
+        except Exception as exc:
+            log.exception("tool %s failed", name)
+            return ToolResult.error(f"{name}: internal error: {type(exc).__name__}: {exc}")
