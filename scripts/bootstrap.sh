@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-APT_PACKAGES=(python3 python3-venv python3-dev ca-certificates)
+# python for nexus itself; QEMU to run VMs; debootstrap, e2fsprogs and busybox-static to build images;
+# kmod (depmod) and zstd for kernel modules.
+APT_PACKAGES=(python3 python3-venv python3-dev ca-certificates qemu-system-x86 debootstrap e2fsprogs
+    busybox-static kmod zstd)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

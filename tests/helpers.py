@@ -55,11 +55,12 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-def start_daemon(base: Path, *extra: str, env: dict[str, str] | None = None) -> Daemon:
-    """Start a real nexusd with its state under ``base``; return once its API answers."""
+def start_daemon(base: Path, *extra: str, env: dict[str, str] | None = None, state_dir: Path | None = None) -> Daemon:
+    """Start a real nexusd with its files under ``base`` (state too, unless ``state_dir``); return once its API
+    answers."""
     from nexus.client import NexusClient
 
-    state, run, sock, log = base / "state", base / "run", base / "nexusd.sock", base / "nexusd.log"
+    state, run, sock, log = state_dir or base / "state", base / "run", base / "nexusd.sock", base / "nexusd.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [

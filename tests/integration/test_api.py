@@ -8,20 +8,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nexus.api import Services, create_app
+from nexus.api import create_app
+from nexus.daemon.wiring import wire
 from nexus.domain import Layout
-from nexus.services import SettingsService, VmService
-from nexus.store import SettingsRepo, VmRepo, open_database
+from nexus.store import open_database
 
 pytestmark = pytest.mark.anyio
 
 
 def make_app(tmp_path: Path, token: str | None = None, base_url: str = "http://nexusd") -> httpx.AsyncClient:
     conn = open_database(tmp_path / "nexus.db")
-    settings = SettingsService(SettingsRepo(conn))
     layout = Layout(tmp_path / "state", tmp_path / "run")
-    vms = VmService(VmRepo(conn), settings, layout, driver=None)
-    app = create_app(Services(vms=vms, settings=settings, driver_reason="no VMM driver available"), tcp_token=token)
+    services, _ = wire(conn, layout, None, "none in this test")
+    app = create_app(services, tcp_token=token)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
 
 
@@ -44,7 +43,7 @@ def _error(response: httpx.Response, status: int, code: str) -> str:
 async def test_health(api: httpx.AsyncClient) -> None:
     r = await api.get("/v1/health")
     assert r.status_code == 200
-    assert r.json()["driver"] == {"name": None, "reason": "no VMM driver available"}
+    assert r.json()["driver"] == {"name": None, "reason": "none in this test"}
     assert r.json()["vms"] == 0
 
 
@@ -148,7 +147,8 @@ async def test_duplicate_name_is_409(api: httpx.AsyncClient) -> None:
 
 async def test_start_without_driver_is_503_and_changes_nothing(api: httpx.AsyncClient) -> None:
     await api.post("/v1/vms", json={"name": "v"})
-    assert _error(await api.post("/v1/vms/v/start"), 503, "unavailable") == "no VMM driver available"
+    message = _error(await api.post("/v1/vms/v/start"), 503, "unavailable")
+    assert message == "no VMM driver available: none in this test"
     assert (await api.get("/v1/vms/v")).json()["state"] == "created"
     assert len((await api.get("/v1/vms/v/history")).json()) == 1
 

@@ -25,6 +25,18 @@ SEED: dict[int, list[str]] = {
         " VALUES ('a1b2c3d4e5f6', 'created', 'starting', 'start requested', '2026-01-01T00:00:01+00:00')",
         "INSERT INTO settings VALUES ('default_vcpus', '2')",
     ],
+    2: [
+        "INSERT INTO vms VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'ready', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 4242, 'qemu', 'tcg')",
+        "INSERT INTO vms VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00', NULL, NULL, NULL)",
+        "INSERT INTO vm_tags VALUES ('0f0e0d0c0b0a', 'db')",
+        "INSERT INTO vm_state_history (vm_id, from_state, to_state, reason, at)"
+        " VALUES ('0f0e0d0c0b0a', NULL, 'created', 'created', '2026-01-02T00:00:00+00:00')",
+        "INSERT INTO settings VALUES ('vmm', '\"qemu\"')",
+        "INSERT INTO images VALUES ('img1', 'debian-bookworm', 'debian-bookworm', '/var/lib/nexus/images/x.ext4',"
+        " 1024, 'ab', 'busybox', '0.1.0', '2026-01-01T00:00:00+00:00')",
+    ],
 }
 
 

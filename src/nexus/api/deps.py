@@ -7,14 +7,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from nexus.services import SettingsService, VmService
+from nexus.services import AssetService, SettingsService, VmService
+from nexus.services.guest import GuestService
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
     vms: VmService
     settings: SettingsService
-    driver_reason: str  # why this VMM driver (or none) was chosen, for /v1/health
+    assets: AssetService
+    guest: GuestService
 
 
 async def services(request: Request) -> Services:
@@ -32,6 +34,18 @@ async def _settings(request: Request) -> SettingsService:
     return svc.settings
 
 
+async def _assets(request: Request) -> AssetService:
+    svc: Services = request.app.state.services
+    return svc.assets
+
+
+async def _guest(request: Request) -> GuestService:
+    svc: Services = request.app.state.services
+    return svc.guest
+
+
+Assets = Annotated[AssetService, Depends(_assets)]
+Guest = Annotated[GuestService, Depends(_guest)]
 Vms = Annotated[VmService, Depends(_vms)]
 SettingsDep = Annotated[SettingsService, Depends(_settings)]
 ServicesDep = Annotated[Services, Depends(services)]

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nexus.domain import (
     Conflict,
     DriverError,
+    GuestError,
     Invalid,
     InvalidState,
     NexusError,
@@ -27,6 +28,7 @@ STATUS_BY_ERROR: dict[type[NexusError], int] = {
     InvalidState: 409,
     Conflict: 409,
     Invalid: 422,
+    GuestError: 422,
     Unavailable: 503,
     DriverError: 500,
     NexusError: 500,

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nexus.domain import Role, StateChange, Vm, VmState
+from nexus.domain import Image, Kernel, Role, StateChange, Vm, VmState
 from nexus.services import Setting
 
 
@@ -40,6 +40,9 @@ class VmOut(BaseModel):
     tags: list[str]
     created_at: datetime
     updated_at: datetime
+    pid: int | None = Field(description="the VMM process while there is one")
+    vmm: str | None
+    accel: str | None
 
     @classmethod
     def of(cls, vm: Vm) -> VmOut:
@@ -55,6 +58,9 @@ class VmOut(BaseModel):
             tags=list(vm.tags),
             created_at=vm.created_at,
             updated_at=vm.updated_at,
+            pid=vm.pid,
+            vmm=vm.vmm,
+            accel=vm.accel,
         )
 
 
@@ -112,3 +118,75 @@ class ErrorDetail(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorDetail
+
+
+class ExecIn(Strict):
+    command: str | list[str] = Field(description="a string run by /bin/sh -c, or an argv run without a shell")
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    stdin: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0, le=86400)
+
+
+class KernelPullIn(Strict):
+    version: str | None = Field(
+        default=None, description="version (6.1.0-28-cloud-amd64) or flavour; default: newest cloud-amd64"
+    )
+
+
+class KernelOut(BaseModel):
+    version: str
+    flavour: str
+    sha256: str
+    size_bytes: int
+    pulled_at: datetime
+    path: str
+
+    @classmethod
+    def of(cls, kernel: Kernel) -> KernelOut:
+        return cls(
+            version=kernel.version,
+            flavour=kernel.flavour,
+            sha256=kernel.sha256,
+            size_bytes=kernel.size_bytes,
+            pulled_at=kernel.pulled_at,
+            path=str(kernel.vmlinuz),
+        )
+
+
+class ImageBuildIn(Strict):
+    name: str | None = Field(default=None, description="default: the base's name (debian-bookworm) or file stem")
+    base: str = Field(default="debian-bookworm", description="debian-bookworm, a rootfs tarball path, or a URL")
+    sha256: str | None = Field(default=None, description="required for a tarball or URL base")
+    size_mib: int = 1024
+
+
+class ImageOut(BaseModel):
+    id: str
+    name: str
+    base: str
+    path: str
+    size_mib: int
+    sha256: str
+    init_system: str
+    agent_version: str
+    built_at: datetime
+
+    @classmethod
+    def of(cls, image: Image) -> ImageOut:
+        return cls(
+            id=image.id,
+            name=image.name,
+            base=image.base,
+            path=str(image.path),
+            size_mib=image.size_mib,
+            sha256=image.sha256,
+            init_system=image.init_system,
+            agent_version=image.agent_version,
+            built_at=image.built_at,
+        )
+
+
+class WriteOut(BaseModel):
+    path: str
+    size: int

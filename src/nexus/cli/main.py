@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from nexus import __version__
-from nexus.cli import settings, vm
+from nexus.cli import assets, settings, vm
 from nexus.cli.common import client, ctx_of
 from nexus.cli.errors import ERROR, exit_code_for
 from nexus.cli.output import Ctx, console, emit, fields
@@ -23,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(vm.app, name="vm")
+app.add_typer(assets.kernel_app, name="kernel")
+app.add_typer(assets.image_app, name="image")
 app.add_typer(settings.app, name="settings")
 
 

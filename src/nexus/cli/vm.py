@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
 
+from nexus.cli import transfer
 from nexus.cli.common import client, ctx_of
 from nexus.cli.output import ago, console, emit, fields, table
+from nexus.cli.progress import follow, stderr
 
 app = typer.Typer(help="Manage microVMs.", no_args_is_help=True)
 tag_app = typer.Typer(help="Manage a VM's tags.", no_args_is_help=True)
@@ -95,6 +98,17 @@ def rm(
     )
 
 
+def _boot(ctx: typer.Context, ref: str, wait: bool) -> dict[str, Any]:
+    """Fetch/build what the VM needs (with progress), then start it."""
+    opts = ctx_of(ctx)
+    with client(ctx) as c:
+        follow(c.stream("POST", f"/v1/vms/{ref}/prepare"), "preparing", show=not opts.json and stderr.is_terminal)
+        if wait and not opts.json and stderr.is_terminal:
+            with stderr.status(f"booting {ref}..."):
+                return c.start_vm(ref, wait=True)
+        return c.start_vm(ref, wait=wait)
+
+
 @app.command("start")
 def start(
     ctx: typer.Context,
@@ -104,9 +118,96 @@ def start(
     ] = False,
 ) -> None:
     """Start a VM; by default returns once its agent says hello."""
-    with client(ctx) as c:
-        vm = c.start_vm(ref, wait=not no_wait)
+    vm = _boot(ctx, ref, wait=not no_wait)
     emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']}"))
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="unique name: lowercase letters, digits, '-'")],
+    image: Annotated[str | None, typer.Option(help="image name (default from settings)")] = None,
+    vcpus: Annotated[int | None, typer.Option(help="vCPUs (1-32; default from settings)")] = None,
+    mem: Annotated[int | None, typer.Option(help="memory in MiB (64-65536; default from settings)")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="tag the VM (repeatable)")] = None,
+) -> None:
+    """Create a VM, start it, and wait until its agent is ready."""
+    with client(ctx) as c:
+        created = c.create_vm(name=name, image=image, vcpus=vcpus, mem_mib=mem, tags=tag or None)
+    vm = _boot(ctx, created["id"], wait=True)
+    emit(
+        ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']} ({v['vmm']}/{v['accel']}, pid {v['pid']})")
+    )
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    ctx: typer.Context,
+    ref: Ref,
+    command: Annotated[list[str], typer.Argument(help="the command and its arguments (after --)")],
+    shell: Annotated[bool, typer.Option("--shell", "-s", help="run the words as one /bin/sh -c script")] = False,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="working directory in the guest")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds before the command is killed")] = 600.0,
+) -> None:
+    """Run a command in the VM, streaming its stdout and stderr; exits with the command's exit code."""
+    environment = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--env wants KEY=VALUE, got {item!r}")
+        environment[key] = value
+    if command[:1] == ["--"]:  # click keeps the separator when interspersed args are off
+        command = command[1:]
+    if not command:
+        raise typer.BadParameter("no command given (nexusctl vm exec REF -- CMD [ARGS...])")
+    argv: str | list[str] = " ".join(command) if shell else command
+    result: dict[str, Any] = {}
+    with client(ctx) as c:
+        for event in c.exec(ref, argv, cwd=workdir, env=environment or None, timeout_s=timeout):
+            if event.get("event") == "output":
+                out = sys.stderr if event.get("stream") == "stderr" else sys.stdout
+                out.write(event.get("data", ""))
+                out.flush()
+            elif event.get("event") == "result":
+                result = event.get("result") or {}
+    if result.get("timed_out"):
+        stderr.print(f"nexusctl: the command timed out after {timeout:g}s and was killed")
+        raise typer.Exit(124)
+    if result.get("truncated"):
+        stderr.print("nexusctl: output was truncated by the agent's output cap")
+    code = result.get("exit_code")
+    raise typer.Exit(code if isinstance(code, int) and code >= 0 else 1)
+
+
+def _split_remote(spec: str) -> tuple[str, str] | None:
+    """``REF:/path`` → (ref, path); a local path (no colon before the first slash) → None."""
+    ref, sep, path = spec.partition(":")
+    if sep and ref and "/" not in ref and path.startswith("/"):
+        return ref, path
+    return None
+
+
+@app.command("cp")
+def cp(
+    ctx: typer.Context,
+    src: Annotated[str, typer.Argument(help="REF:/path in a VM, or a local path ('-' for stdin)")],
+    dst: Annotated[str, typer.Argument(help="REF:/path in a VM, or a local path ('-' for stdout)")],
+) -> None:
+    """Copy a file into or out of a VM, in chunks (binary safe)."""
+    remote_src, remote_dst = _split_remote(src), _split_remote(dst)
+    with client(ctx) as c:
+        if remote_src is not None and remote_dst is None:
+            size = transfer.download(c, *remote_src, dst)
+        elif remote_dst is not None and remote_src is None:
+            size = transfer.upload(c, src, *remote_dst)
+        else:
+            raise typer.BadParameter("exactly one of SRC and DST must be REF:/absolute/path")
+    emit(
+        ctx_of(ctx),
+        {"src": src, "dst": dst, "bytes": size},
+        lambda r: stderr.print(f"copied {r['bytes']} bytes") if dst != "-" else None,
+    )
 
 
 @app.command("stop")

@@ -6,6 +6,8 @@ handle one error tree whichever side of the socket raised it.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +72,8 @@ class NexusClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One API call; returns the decoded JSON body (None for 204). Raises NexusError subclasses."""
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call; the response when it succeeded. Raises NexusError subclasses."""
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError, PermissionError) as exc:
@@ -80,6 +82,11 @@ class NexusClient:
             raise DaemonUnreachable(f"nexusd at {self._where} did not answer in time") from exc
         if response.status_code >= 400:
             raise error_from_response(response)
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call; the decoded JSON body (None for 204)."""
+        response = self.send(method, path, **kwargs)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -140,6 +147,83 @@ class NexusClient:
 
     def remove_tag(self, ref: str, tag: str) -> None:
         self.request("DELETE", f"/v1/vms/{_seg(ref)}/tags/{_seg(tag)}")
+
+    # -- streaming (NDJSON) operations
+
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Events of an NDJSON operation; the last is ``result`` (or an error event, raised as NexusError)."""
+        try:
+            with self._http.stream(method, path, timeout=None, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_response(response)
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("event") == "error":
+                        detail = event["error"]
+                        cls = ERRORS_BY_CODE.get(detail.get("code", ""), NexusError)
+                        raise cls(str(detail.get("message", "failed")))
+                    yield event
+        except (httpx.ConnectError, FileNotFoundError, PermissionError) as exc:
+            raise DaemonUnreachable(f"cannot reach nexusd at {self._where}: {exc}") from exc
+        except httpx.RemoteProtocolError as exc:
+            raise DaemonUnreachable(f"nexusd at {self._where} broke off the answer: {exc}") from exc
+
+    def pull_kernel(self, version: str | None = None) -> Iterator[dict[str, Any]]:
+        return self.stream("POST", "/v1/kernels/pull", json={"version": version})
+
+    def list_kernels(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/kernels")
+        return result
+
+    def remove_kernel(self, version: str) -> None:
+        self.request("DELETE", f"/v1/kernels/{_seg(version)}")
+
+    def build_image(self, **fields: Any) -> Iterator[dict[str, Any]]:
+        return self.stream("POST", "/v1/images", json={k: v for k, v in fields.items() if v is not None})
+
+    def list_images(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/images")
+        return result
+
+    def get_image(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/images/{_seg(ref)}")
+        return result
+
+    def remove_image(self, ref: str) -> None:
+        self.request("DELETE", f"/v1/images/{_seg(ref)}")
+
+    # -- inside a VM
+
+    def exec(self, ref: str, command: str | list[str], **options: Any) -> Iterator[dict[str, Any]]:
+        body = {"command": command, **{k: v for k, v in options.items() if v is not None}}
+        return self.stream("POST", f"/v1/vms/{_seg(ref)}/exec", json=body)
+
+    def read_file(self, ref: str, path: str, offset: int, length: int) -> tuple[bytes, int, bool]:
+        """One chunk of a guest file: (data, file size, eof)."""
+        response = self.send(
+            "GET", f"/v1/vms/{_seg(ref)}/files", params={"path": path, "offset": offset, "length": length}
+        )
+        return response.content, int(response.headers["x-file-size"]), response.headers["x-eof"] == "1"
+
+    def write_file(self, ref: str, path: str, data: bytes, append: bool, mode: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"path": path, "append": append}
+        if mode is not None:
+            params["mode"] = mode
+        result: dict[str, Any] = self.request(
+            "PUT",
+            f"/v1/vms/{_seg(ref)}/files",
+            params=params,
+            content=data,
+            headers={"content-type": "application/octet-stream"},
+        )
+        return result
+
+    def call_tool(self, ref: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/vms/{_seg(ref)}/tools/{_seg(name)}", json=arguments)
+        return result
 
     # -- settings
     def list_settings(self) -> list[dict[str, Any]]:

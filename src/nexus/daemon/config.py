@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from nexus.domain import Invalid, Layout
+from nexus.services import RuntimeTimeouts
 
 DEFAULT_CONFIG_FILE = Path("/etc/nexus/nexusd.toml")
 
@@ -20,10 +21,19 @@ class Config:
     listen: str | None = None  # HOST:PORT for an optional TCP listener (needs token_file)
     token_file: Path | None = None
     log_level: str = "info"
+    boot_timeout_s: float = 90.0  # start -> agent hello; past it the VM fails with its console tail
+    heartbeat_timeout_s: float = 6.0  # a ready VM whose agent is silent this long is unreachable
+    stop_timeout_s: float = 15.0  # graceful power-off before the VMM is killed
 
     @property
     def layout(self) -> Layout:
         return Layout(state_dir=self.state_dir, runtime_dir=self.runtime_dir)
+
+    @property
+    def timeouts(self) -> RuntimeTimeouts:
+        return RuntimeTimeouts(
+            boot_s=self.boot_timeout_s, heartbeat_s=self.heartbeat_timeout_s, stop_s=self.stop_timeout_s
+        )
 
     def tcp_address(self) -> tuple[str, int] | None:
         if self.listen is None:
@@ -77,6 +87,10 @@ def load(path: Path | None, overrides: dict[str, object]) -> Config:
             typed[key] = Path(str(value))
         elif key == "socket_mode":
             typed[key] = int(str(value), 8) if isinstance(value, str) else value
+        elif key.endswith("_timeout_s"):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise Invalid(f"{key} must be a positive number of seconds, got {value!r}")
+            typed[key] = float(value)
         else:
             typed[key] = value
     return replace(Config(), **typed)  # type: ignore[arg-type]

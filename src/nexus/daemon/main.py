@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 from nexus import __version__
-from nexus.api import Services, create_app
+from nexus.api import create_app
 from nexus.daemon import server
 from nexus.daemon.config import Config, load
+from nexus.daemon.drivers import choose_driver
+from nexus.daemon.wiring import wire
 from nexus.domain import NexusError
-from nexus.services import SettingsService, VmService
-from nexus.store import SettingsRepo, VmRepo, open_database
+from nexus.services import SettingsService
+from nexus.store import SettingsRepo, open_database
 
 log = logging.getLogger("nexusd")
 
@@ -36,26 +38,29 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
     layout = config.layout
     conn = open_database(layout.database)
     try:
-        settings = SettingsService(SettingsRepo(conn))
-        vms = VmService(VmRepo(conn), settings, layout, driver=None)
-        services = Services(vms=vms, settings=settings, driver_reason="no VMM driver available")
+        vmm = SettingsService(SettingsRepo(conn)).str_value("vmm")
+        driver, driver_reason = choose_driver(vmm, layout)
+        services, runtime = wire(conn, layout, driver, driver_reason, config.timeouts)
+        services.vms.reconcile()
         app = create_app(services, tcp_token=token)
         sockets = [server.bind_unix(config.socket, config.socket_mode)]
         try:
             if tcp is not None:
                 sockets.append(server.bind_tcp(*tcp))
             log.info(
-                "nexusd %s serving on %s%s (state %s)",
+                "nexusd %s serving on %s%s (state %s; %s)",
                 __version__,
                 config.socket,
                 f" and tcp {tcp[0]}:{tcp[1]}" if tcp else "",
                 layout.state_dir,
+                driver_reason,
             )
             await server.serve(app, sockets)
         finally:
             for sock in sockets:
                 sock.close()
             config.socket.unlink(missing_ok=True)
+            await runtime.stop_all()
     finally:
         conn.close()
         log.info("nexusd stopped")

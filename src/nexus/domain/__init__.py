@@ -4,6 +4,7 @@ from nexus.domain.errors import (
     ERRORS_BY_CODE,
     Conflict,
     DriverError,
+    GuestError,
     Invalid,
     InvalidState,
     NexusError,
@@ -11,8 +12,20 @@ from nexus.domain.errors import (
     Unavailable,
 )
 from nexus.domain.layout import Layout
-from nexus.domain.models import Role, StateChange, Vm, VmFilter, VmSpec
-from nexus.domain.ports import VmmDriver
+from nexus.domain.models import Image, Kernel, Role, StateChange, Vm, VmFilter, VmSpec, utcnow
+from nexus.domain.ports import (
+    GuestPort,
+    ImageBuilder,
+    ImageRequest,
+    ImageStore,
+    KernelSource,
+    LaunchSpec,
+    Progress,
+    SettingsStore,
+    VmmDriver,
+    VmProcess,
+    VmStore,
+)
 from nexus.domain.settings import SETTINGS, SettingSpec, SettingValue, spec_for
 from nexus.domain.states import TRANSITIONS, VmState, can_transition, check_transition
 
@@ -22,22 +35,36 @@ __all__ = [
     "TRANSITIONS",
     "Conflict",
     "DriverError",
+    "GuestError",
+    "GuestPort",
+    "Image",
+    "ImageBuilder",
+    "ImageRequest",
+    "ImageStore",
     "Invalid",
     "InvalidState",
+    "Kernel",
+    "KernelSource",
+    "LaunchSpec",
     "Layout",
     "NexusError",
     "NotFound",
+    "Progress",
     "Role",
     "SettingSpec",
     "SettingValue",
+    "SettingsStore",
     "StateChange",
     "Unavailable",
     "Vm",
     "VmFilter",
+    "VmProcess",
     "VmSpec",
     "VmState",
+    "VmStore",
     "VmmDriver",
     "can_transition",
     "check_transition",
     "spec_for",
+    "utcnow",
 ]

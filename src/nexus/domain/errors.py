@@ -48,6 +48,13 @@ class DriverError(NexusError):
     code = "driver_error"
 
 
+class GuestError(NexusError):
+    """A tool inside the guest ran and refused or failed (missing file, bad path...): its own message."""
+
+    code = "guest_error"
+
+
 ERRORS_BY_CODE: dict[str, type[NexusError]] = {
-    cls.code: cls for cls in (NexusError, NotFound, Conflict, InvalidState, Invalid, Unavailable, DriverError)
+    cls.code: cls
+    for cls in (NexusError, NotFound, Conflict, InvalidState, Invalid, Unavailable, DriverError, GuestError)
 }

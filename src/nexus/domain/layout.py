@@ -15,6 +15,15 @@ class Layout:
     def database(self) -> Path:
         return self.state_dir / "nexus.db"
 
+    @property
+    def cache_dir(self) -> Path:
+        """Downloaded and derived assets (kernels with their initramfs, base rootfs tarballs)."""
+        return self.state_dir / "cache"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
     def vm_dir(self, vm_id: str) -> Path:
         """Persistent files of one VM (console log, drives)."""
         return self.state_dir / "vms" / vm_id
@@ -25,3 +34,7 @@ class Layout:
 
     def console_log(self, vm_id: str) -> Path:
         return self.vm_dir(vm_id) / "console.log"
+
+    def root_drive(self, vm_id: str) -> Path:
+        """The VM's own copy-on-write copy of its image, made at its first start."""
+        return self.vm_dir(vm_id) / "root.img"

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
 from nexus.domain.states import VmState
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class Role(StrEnum):
@@ -28,6 +33,50 @@ class Vm:
     created_at: datetime
     updated_at: datetime
     tags: tuple[str, ...] = field(default=())
+    pid: int | None = None  # the VMM process, while there is one
+    vmm: str | None = None  # driver that runs it: qemu, firecracker
+    accel: str | None = None  # kvm or tcg
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A bootable root filesystem (ext4 file) with the guest agent installed."""
+
+    id: str
+    name: str
+    base: str
+    path: Path
+    size_mib: int
+    sha256: str
+    init_system: str
+    agent_version: str
+    built_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    """A cached, bootable kernel. ``modules_dir`` is ``lib/modules/<version>`` with depmod's index files."""
+
+    version: str
+    flavour: str
+    vmlinuz: Path
+    config: Path
+    modules_dir: Path
+    sha256: str
+    size_bytes: int
+    pulled_at: datetime
+    package_version: str = ""
+    deb_sha256: str = ""
+    vmlinux: Path | None = None  # the uncompressed ELF, when it could be unpacked (boots faster)
+
+    @property
+    def dir(self) -> Path:
+        return self.vmlinuz.parent
+
+    @property
+    def boot_file(self) -> Path:
+        """What to hand the VMM: the vmlinux when there is one, else the bzImage."""
+        return self.vmlinux or self.vmlinuz
 
 
 @dataclass(frozen=True, slots=True)

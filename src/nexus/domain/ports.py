@@ -1,22 +1,159 @@
-"""Ports: what the services need from the outside world, as Protocols. Adapters implement them."""
+"""Ports: what the services need from the outside world, as Protocols. Adapters implement them.
+
+A VMM driver (QEMU, Firecracker) turns a ``LaunchSpec`` into a running ``VmProcess``; the rest of Nexus
+talks to the process only through this port and cannot tell the drivers apart.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
-from nexus.domain.models import Vm
+from nexus.domain.models import Image, Kernel, StateChange, Vm, VmFilter
+from nexus.domain.settings import SettingValue
+from nexus.domain.states import VmState
+
+
+class GuestPort(StrEnum):
+    """The two streams between host and guest agent."""
+
+    CONTROL = "control"  # hello, heartbeats, nexus/* requests
+    MCP = "mcp"  # MCP JSON-RPC: the guest's tools
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """Everything a driver needs to boot one VM. Paths are on the host."""
+
+    vm_id: str
+    name: str
+    vcpus: int
+    mem_mib: int
+    kernel: Path  # what the VMM boots (an ELF vmlinux where there is one, else the bzImage)
+    kernel_version: str
+    initrd: Path
+    root_drive: Path  # the VM's own copy-on-write copy of its image
+    console_log: Path
+    runtime_dir: Path  # the driver's sockets and pid files; created by the driver
+    cmdline_extra: tuple[str, ...] = ()
+
+
+class VmProcess(Protocol):
+    """One running VMM process, owned by whoever launched it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def accel(self) -> str: ...
+
+    @property
+    def returncode(self) -> int | None:
+        """None while running; the exit status (negative: killed by that signal) once reaped."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait for the process to exit and reap it; return its exit status."""
+        ...
+
+    async def connect(self, port: GuestPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a byte stream to the guest agent's ``port``. Raises DriverError when it cannot."""
+        ...
+
+    async def shutdown(self, timeout_s: float) -> int:
+        """Ask the guest to power off; kill the VMM if it is still running after ``timeout_s``. Returns the
+        exit status."""
+        ...
+
+    async def kill(self) -> int:
+        """Kill the VMM at once and reap it; returns the exit status."""
+        ...
 
 
 class VmmDriver(Protocol):
-    """A virtual machine monitor (QEMU, Firecracker). The rest of Nexus cannot tell them apart."""
+    """A virtual machine monitor (QEMU, Firecracker)."""
 
     @property
     def name(self) -> str: ...
 
-    async def start(self, vm: Vm) -> None:
-        """Launch the VMM for ``vm``; return once its process runs. Raise DriverError on failure."""
+    @property
+    def reason(self) -> str:
+        """Why this driver and accelerator were chosen, for ``nexusctl status``."""
         ...
 
-    async def stop(self, vm: Vm, timeout_s: float) -> None:
-        """Power the VM off gracefully, killing the VMM after ``timeout_s``."""
+    async def launch(self, spec: LaunchSpec) -> VmProcess:
+        """Start the VMM for ``spec``; return once it runs (not once the guest is up). Raises DriverError and
+        leaves nothing behind when it cannot."""
+        ...
+
+    def kill_orphan(self, pid: int, runtime_dir: Path) -> bool:
+        """Kill ``pid`` if it is still this driver's VMM for the VM whose runtime dir is ``runtime_dir`` (left
+        by a daemon that died); True if it was. A recycled pid that is something else is left alone."""
+        ...
+
+
+class VmStore(Protocol):
+    """Persistence of VMs, their tags and their state history."""
+
+    def insert(self, vm: Vm, reason: str) -> None: ...
+    def get(self, ref: str) -> Vm: ...
+    def find(self, flt: VmFilter = ...) -> list[Vm]: ...
+    def count(self) -> int: ...
+    def set_state(self, vm_id: str, expected: VmState, new: VmState, reason: str) -> None: ...
+    def set_runtime(self, vm_id: str, pid: int | None, vmm: str | None, accel: str | None) -> None: ...
+    def delete(self, vm_id: str) -> None: ...
+    def add_tags(self, vm_id: str, tags: Iterable[str]) -> None: ...
+    def remove_tags(self, vm_id: str, tags: Iterable[str]) -> None: ...
+    def history(self, vm_id: str) -> list[StateChange]: ...
+
+
+class SettingsStore(Protocol):
+    def stored(self) -> dict[str, SettingValue]: ...
+    def put(self, key: str, value: SettingValue) -> None: ...
+
+
+class ImageStore(Protocol):
+    def insert(self, image: Image) -> None: ...
+    def get(self, ref: str) -> Image: ...
+    def find(self) -> list[Image]: ...
+    def users(self, name: str) -> list[str]: ...
+    def delete(self, image_id: str) -> None: ...
+
+
+Progress = Callable[[str, float], None]
+"""Called with (stage description, fraction done 0..1) during long work."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """What to build: ``base`` is a known base name, a rootfs tarball path, or a URL (then ``sha256`` is due)."""
+
+    name: str
+    base: str
+    size_mib: int
+    sha256: str | None = None
+
+
+class KernelSource(Protocol):
+    """Kernels fetched, verified and cached; each with the initramfs Nexus boots it with."""
+
+    def list(self) -> list[Kernel]: ...
+    def get(self, ref: str) -> Kernel:
+        """By version, or by flavour (the newest cached of it). NotFound when not cached."""
+        ...
+
+    def pull(self, ref: str | None, progress: Progress) -> Kernel: ...
+    def remove(self, version: str) -> None: ...
+    def initrd(self, kernel: Kernel) -> Path:
+        """The initramfs for ``kernel``, built and cached on first need."""
+        ...
+
+
+class ImageBuilder(Protocol):
+    def build(self, request: ImageRequest, out_dir: Path, progress: Progress) -> Image:
+        """Build a bootable ext4 image under ``out_dir``. Raises Invalid/Unavailable, leaving nothing behind."""
         ...

@@ -1,6 +1,8 @@
-"""Use cases. The only layer that coordinates store, drivers and the rest."""
+"""Use cases. The only layer that coordinates stores, drivers and the rest."""
 
+from nexus.services.assets import AssetService, BootFiles
+from nexus.services.runtime import RuntimeTimeouts, VmRuntime
 from nexus.services.settings import Setting, SettingsService
 from nexus.services.vms import VmService
 
-__all__ = ["Setting", "SettingsService", "VmService"]
+__all__ = ["AssetService", "BootFiles", "RuntimeTimeouts", "Setting", "SettingsService", "VmRuntime", "VmService"]

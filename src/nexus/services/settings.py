@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nexus.domain import SETTINGS, Invalid, SettingValue, spec_for
-from nexus.store import SettingsRepo
+from nexus.domain import SETTINGS, Invalid, SettingsStore, SettingValue, spec_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +20,7 @@ class Setting:
 
 
 class SettingsService:
-    def __init__(self, repo: SettingsRepo) -> None:
+    def __init__(self, repo: SettingsStore) -> None:
         self._repo = repo
 
     def all(self) -> list[Setting]:

@@ -5,29 +5,37 @@ The only code that coordinates the store, the settings and the VMM driver. It do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import shutil
 from collections import deque
+from collections.abc import Callable
+from pathlib import Path
 
 from nexus.domain import (
     InvalidState,
+    LaunchSpec,
     Layout,
+    NexusError,
+    Progress,
     StateChange,
     Unavailable,
     Vm,
     VmFilter,
     VmmDriver,
+    VmProcess,
     VmSpec,
     VmState,
+    VmStore,
+    utcnow,
 )
 from nexus.domain.validation import check_mem_mib, check_name, check_tag, check_vcpus
+from nexus.services.assets import AssetService, BootFiles
+from nexus.services.runtime import VmRuntime
 from nexus.services.settings import SettingsService
-from nexus.store import VmRepo, now
 
 log = logging.getLogger(__name__)
-
-STOP_TIMEOUT_S = 10.0
 
 
 def new_vm_id() -> str:
@@ -35,11 +43,25 @@ def new_vm_id() -> str:
 
 
 class VmService:
-    def __init__(self, repo: VmRepo, settings: SettingsService, layout: Layout, driver: VmmDriver | None) -> None:
+    def __init__(
+        self,
+        repo: VmStore,
+        settings: SettingsService,
+        layout: Layout,
+        driver: VmmDriver | None,
+        runtime: VmRuntime,
+        assets: AssetService,
+        clone_drive: Callable[[Path, Path], object],
+        no_driver_reason: str = "no VMM driver available",
+    ) -> None:
         self._repo = repo
         self._settings = settings
         self._layout = layout
         self._driver = driver
+        self._runtime = runtime
+        self._assets = assets
+        self._clone_drive = clone_drive
+        self._no_driver_reason = no_driver_reason
 
     def create(self, spec: VmSpec) -> Vm:
         check_name(spec.name)
@@ -48,7 +70,7 @@ class VmService:
         mem_mib = check_mem_mib(
             spec.mem_mib if spec.mem_mib is not None else self._settings.int_value("default_mem_mib")
         )
-        created = now()
+        created = utcnow()
         vm = Vm(
             id=new_vm_id(),
             name=spec.name,
@@ -85,25 +107,81 @@ class VmService:
         shutil.rmtree(self._layout.vm_dir(vm.id), ignore_errors=True)
         log.info("vm removed id=%s name=%s", vm.id, vm.name)
 
+    async def prepare(self, ref: str, progress: Progress) -> BootFiles:
+        """Fetch or build what the VM boots with, reporting progress; a later start then boots at once."""
+        self._require_driver()  # no point fetching what nothing can boot
+        return await self._assets.boot_files(self._repo.get(ref), progress)
+
     async def start(self, ref: str, wait: bool = True) -> Vm:
+        """Boot the VM; with ``wait``, return once its agent said hello (else once the VMM runs)."""
         vm = self._repo.get(ref)
         if vm.state.has_process:
             raise InvalidState(f"VM {vm.name} is already {vm.state}")
         driver = self._require_driver()
         self._repo.set_state(vm.id, vm.state, VmState.STARTING, reason="start requested")
-        await driver.start(vm)
+        try:
+            process = await self._launch(vm, driver)
+        except NexusError as exc:
+            self._repo.set_state(vm.id, VmState.STARTING, VmState.FAILED, reason=f"start failed: {exc.message}")
+            raise
+        self._repo.set_runtime(vm.id, process.pid, driver.name, process.accel)
+        self._runtime.watch(vm, process, self._layout.console_log(vm.id))
+        if wait:
+            await self._runtime.wait_ready(vm.id)
         return self._repo.get(vm.id)
+
+    async def _launch(self, vm: Vm, driver: VmmDriver) -> VmProcess:
+        files = await self._assets.boot_files(vm)
+        root = self._layout.root_drive(vm.id)
+        if not root.exists():
+            root.parent.mkdir(parents=True, exist_ok=True)
+            method = await asyncio.to_thread(self._clone_drive, files.image.path, root)
+            log.info("vm %s: root drive from image %s (%s)", vm.name, files.image.name, method)
+        return await driver.launch(
+            LaunchSpec(
+                vm_id=vm.id,
+                name=vm.name,
+                vcpus=vm.vcpus,
+                mem_mib=vm.mem_mib,
+                kernel=files.kernel.boot_file,
+                kernel_version=files.kernel.version,
+                initrd=files.initrd,
+                root_drive=root,
+                console_log=self._layout.console_log(vm.id),
+                runtime_dir=self._layout.vm_runtime_dir(vm.id),
+            )
+        )
 
     async def stop(self, ref: str) -> Vm:
         vm = self._repo.get(ref)
         if not vm.state.has_process:
             raise InvalidState(f"VM {vm.name} is {vm.state}; there is nothing to stop")
-        driver = self._require_driver()
-        if vm.state is not VmState.STOPPING:
+        if self._runtime.is_running(vm.id):
+            await self._runtime.stop(vm.id)
+        else:  # only after a daemon restart that found no process for it
             self._repo.set_state(vm.id, vm.state, VmState.STOPPING, reason="stop requested")
-        await driver.stop(vm, STOP_TIMEOUT_S)
-        self._repo.set_state(vm.id, VmState.STOPPING, VmState.STOPPED, reason="stopped")
+            self._repo.set_state(vm.id, VmState.STOPPING, VmState.STOPPED, reason="no VMM process was running")
         return self._repo.get(vm.id)
+
+    def reconcile(self) -> None:
+        """After a daemon start: no VM has a live process handle, so settle every VM the store says runs."""
+        for vm in self._repo.find(VmFilter()):
+            if not vm.state.has_process:
+                continue
+            killed = bool(
+                vm.pid and self._driver and self._driver.kill_orphan(vm.pid, self._layout.vm_runtime_dir(vm.id))
+            )
+            what = (
+                f"nexusd restarted and killed the VM's orphaned VMM (pid {vm.pid})"
+                if killed
+                else ("nexusd restarted and found no VMM process")
+            )
+            if vm.state is VmState.STOPPING:
+                self._repo.set_state(vm.id, vm.state, VmState.STOPPED, what)
+            else:
+                self._repo.set_state(vm.id, vm.state, VmState.CRASHED, what)
+            self._repo.set_runtime(vm.id, None, None, None)
+            log.warning("vm %s: %s", vm.name, what)
 
     def history(self, ref: str) -> list[StateChange]:
         return self._repo.history(self._repo.get(ref).id)
@@ -128,10 +206,13 @@ class VmService:
         self._repo.remove_tags(vm.id, tags)
         return self._repo.get(vm.id)
 
-    def driver_name(self) -> str | None:
-        return self._driver.name if self._driver else None
+    def driver_status(self) -> tuple[str | None, str]:
+        """The VMM driver's name (None without one) and why it was chosen or why there is none."""
+        if self._driver is None:
+            return None, self._no_driver_reason
+        return self._driver.name, self._driver.reason
 
     def _require_driver(self) -> VmmDriver:
         if self._driver is None:
-            raise Unavailable("no VMM driver available")
+            raise Unavailable(f"no VMM driver available: {self._no_driver_reason}")
         return self._driver

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 
-from nexus.domain import Conflict, NotFound, Role, StateChange, Vm, VmFilter, VmState
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
+from nexus.domain import Conflict, NotFound, Role, StateChange, Vm, VmFilter, VmState, utcnow
 
 
 def _ts(value: datetime) -> str:
@@ -91,7 +87,7 @@ class VmRepo:
 
     def set_state(self, vm_id: str, expected: VmState, new: VmState, reason: str) -> None:
         """Move ``vm_id`` from ``expected`` to ``new`` and record why; Conflict if it was not in ``expected``."""
-        at = now()
+        at = utcnow()
         with self._transaction():
             cur = self._conn.execute(
                 "UPDATE vms SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
@@ -100,6 +96,10 @@ class VmRepo:
             if cur.rowcount != 1:
                 raise Conflict(f"VM {vm_id} is no longer {expected}")
             self._record(vm_id, expected, new, reason, at)
+
+    def set_runtime(self, vm_id: str, pid: int | None, vmm: str | None, accel: str | None) -> None:
+        """Record (or, with None, clear) the VMM process that runs the VM."""
+        self._conn.execute("UPDATE vms SET pid = ?, vmm = ?, accel = ? WHERE id = ?", (pid, vmm, accel, vm_id))
 
     def delete(self, vm_id: str) -> None:
         self._conn.execute("DELETE FROM vms WHERE id = ?", (vm_id,))
@@ -134,7 +134,7 @@ class VmRepo:
         return [row["tag"] for row in rows]
 
     def _touch(self, vm_id: str) -> None:
-        self._conn.execute("UPDATE vms SET updated_at = ? WHERE id = ?", (_ts(now()), vm_id))
+        self._conn.execute("UPDATE vms SET updated_at = ? WHERE id = ?", (_ts(utcnow()), vm_id))
 
     def _record(self, vm_id: str, src: VmState | None, dst: VmState, reason: str, at: datetime) -> None:
         self._conn.execute(
@@ -159,6 +159,9 @@ class VmRepo:
             created_at=_dt(row["created_at"]),
             updated_at=_dt(row["updated_at"]),
             tags=tuple(tags),
+            pid=row["pid"],
+            vmm=row["vmm"],
+            accel=row["accel"],
         )
 
 

@@ -13,9 +13,10 @@ router = APIRouter(tags=["health"])
 
 @router.get("/v1/health")
 async def health(svc: ServicesDep) -> HealthOut:
+    name, reason = svc.vms.driver_status()
     return HealthOut(
         status="ok",
         version=__version__,
         vms=svc.vms.count(),
-        driver=DriverOut(name=svc.vms.driver_name(), reason=svc.driver_reason),
+        driver=DriverOut(name=name, reason=reason),
     )

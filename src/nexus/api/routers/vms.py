@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import StreamingResponse
 
 from nexus.api.deps import Vms
 from nexus.api.schemas import LogsOut, StateChangeOut, TagsIn, VmCreate, VmOut
+from nexus.api.streaming import Emit, ndjson, progress_emitter
 from nexus.domain import Role, VmFilter, VmSpec, VmState
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
@@ -46,6 +48,19 @@ async def get_vm(ref: str, vms: Vms) -> VmOut:
 async def delete_vm(ref: str, vms: Vms, force: bool = False) -> Response:
     await vms.remove(ref, force=force)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{ref}/prepare", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}}
+)
+async def prepare_vm(ref: str, vms: Vms) -> StreamingResponse:
+    """Fetch the VM's kernel and build its image if missing: NDJSON progress, then what it boots with."""
+
+    async def work(emit: Emit) -> dict[str, str]:
+        files = await vms.prepare(ref, progress_emitter(emit))
+        return {"kernel": files.kernel.version, "image": files.image.name}
+
+    return await ndjson(work)
 
 
 @router.post("/{ref}/start")

@@ -1,0 +1,77 @@
+"""/v1/kernels and /v1/images: list, pull or build (NDJSON progress), inspect, remove."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from fastapi import APIRouter, Response, status
+from fastapi.responses import StreamingResponse
+
+from nexus.api.deps import Assets
+from nexus.api.schemas import ImageBuildIn, ImageOut, KernelOut, KernelPullIn
+from nexus.api.streaming import Emit, ndjson, progress_emitter
+from nexus.domain import ImageRequest
+
+router = APIRouter(tags=["assets"])
+_NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/x-ndjson": {}}}}
+
+
+@router.get("/v1/kernels")
+async def list_kernels(assets: Assets) -> list[KernelOut]:
+    return [KernelOut.of(k) for k in assets.kernels()]
+
+
+@router.post("/v1/kernels/pull", response_class=StreamingResponse, responses=_NDJSON)
+async def pull_kernel(body: KernelPullIn, assets: Assets) -> StreamingResponse:
+    """Fetch (or refresh) a kernel: NDJSON progress events, then the kernel."""
+
+    async def work(emit: Emit) -> object:
+        kernel = await assets.pull_kernel(body.version, progress_emitter(emit))
+        return KernelOut.of(kernel).model_dump(mode="json")
+
+    return await ndjson(work)
+
+
+@router.delete("/v1/kernels/{version}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_kernel(version: str, assets: Assets) -> Response:
+    assets.remove_kernel(version)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/v1/images")
+async def list_images(assets: Assets) -> list[ImageOut]:
+    return [ImageOut.of(i) for i in assets.images()]
+
+
+@router.get("/v1/images/{ref}")
+async def get_image(ref: str, assets: Assets) -> ImageOut:
+    return ImageOut.of(assets.image(ref))
+
+
+def _default_name(base: str) -> str:
+    stem = Path(urlparse(base).path).name if "://" in base else Path(base).name
+    for suffix in (".gz", ".xz", ".zst", ".tgz", ".tar"):
+        stem = stem.removesuffix(suffix)
+    return stem.lower().replace("_", "-").replace(".", "-")[:63] or "image"
+
+
+@router.post("/v1/images", response_class=StreamingResponse, responses=_NDJSON)
+async def build_image(body: ImageBuildIn, assets: Assets) -> StreamingResponse:
+    """Build an image: NDJSON progress events, then the image."""
+    request = ImageRequest(
+        name=body.name or _default_name(body.base), base=body.base, size_mib=body.size_mib, sha256=body.sha256
+    )
+
+    async def work(emit: Emit) -> object:
+        image = await assets.build_image(request, progress_emitter(emit))
+        return ImageOut.of(image).model_dump(mode="json")
+
+    return await ndjson(work)
+
+
+@router.delete("/v1/images/{ref}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_image(ref: str, assets: Assets) -> Response:
+    assets.remove_image(ref)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,102 @@
+"""``nexusctl kernel ...`` and ``nexusctl image ...``: fetch, build, list, inspect, remove."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from nexus.cli.common import client, ctx_of
+from nexus.cli.output import ago, console, emit, fields, table
+from nexus.cli.progress import follow
+
+kernel_app = typer.Typer(help="Guest kernels (fetched from Debian, verified, cached).", no_args_is_help=True)
+image_app = typer.Typer(help="Bootable root filesystem images with the guest agent.", no_args_is_help=True)
+
+
+def _mib(size_bytes: int) -> str:
+    return f"{size_bytes / 1048576:.1f} MiB"
+
+
+@kernel_app.command("list")
+def kernel_list(ctx: typer.Context) -> None:
+    """List cached kernels."""
+    with client(ctx) as c:
+        kernels = c.list_kernels()
+    emit(
+        ctx_of(ctx),
+        kernels,
+        lambda ks: table(
+            ["VERSION", "FLAVOUR", "SIZE", "SHA256", "PULLED"],
+            [(k["version"], k["flavour"], _mib(k["size_bytes"]), k["sha256"][:12], ago(k["pulled_at"])) for k in ks],
+        ),
+    )
+
+
+@kernel_app.command("pull")
+def kernel_pull(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Argument(help="version or flavour (default: newest cloud-amd64)")] = None,
+) -> None:
+    """Fetch a kernel package with apt, verify and cache it, and build its initramfs."""
+    opts = ctx_of(ctx)
+    with client(ctx) as c:
+        kernel = follow(c.pull_kernel(version), "kernel", show=not opts.json)
+    emit(opts, kernel, lambda k: console.print(f"kernel {k['version']} ({_mib(k['size_bytes'])})"))
+
+
+@kernel_app.command("rm")
+def kernel_rm(ctx: typer.Context, version: str) -> None:
+    """Remove a cached kernel (refused while a VM names that version)."""
+    with client(ctx) as c:
+        c.remove_kernel(version)
+    emit(ctx_of(ctx), {"removed": version}, lambda _: console.print(f"removed kernel {version}"))
+
+
+def _image_rows(images: list[dict[str, Any]]) -> None:
+    table(
+        ["NAME", "ID", "BASE", "INIT", "SIZE", "BUILT"],
+        [
+            (i["name"], i["id"][:12], i["base"], i["init_system"], f"{i['size_mib']} MiB", ago(i["built_at"]))
+            for i in images
+        ],
+    )
+
+
+@image_app.command("build")
+def image_build(
+    ctx: typer.Context,
+    base: Annotated[str, typer.Option(help="debian-bookworm, a rootfs tarball path, or a URL")] = "debian-bookworm",
+    name: Annotated[str | None, typer.Option(help="image name (default: from the base)")] = None,
+    size: Annotated[int, typer.Option(help="ext4 size in MiB")] = 1024,
+    sha256: Annotated[str | None, typer.Option(help="sha256 of a tarball or URL base")] = None,
+) -> None:
+    """Build a bootable ext4 image from a base, with the guest agent and init config."""
+    opts = ctx_of(ctx)
+    with client(ctx) as c:
+        image = follow(c.build_image(base=base, name=name, size_mib=size, sha256=sha256), "image", show=not opts.json)
+    emit(opts, image, lambda i: console.print(f"image {i['name']} ({i['init_system']}, {i['size_mib']} MiB)"))
+
+
+@image_app.command("list")
+def image_list(ctx: typer.Context) -> None:
+    """List images."""
+    with client(ctx) as c:
+        images = c.list_images()
+    emit(ctx_of(ctx), images, _image_rows)
+
+
+@image_app.command("inspect")
+def image_inspect(ctx: typer.Context, ref: str) -> None:
+    """Show one image."""
+    with client(ctx) as c:
+        image = c.get_image(ref)
+    emit(ctx_of(ctx), image, lambda i: fields(i.items()))
+
+
+@image_app.command("rm")
+def image_rm(ctx: typer.Context, ref: str) -> None:
+    """Remove an image (refused, exit 5, while a VM uses it)."""
+    with client(ctx) as c:
+        c.remove_image(ref)
+    emit(ctx_of(ctx), {"removed": ref}, lambda _: console.print(f"removed image {ref}"))

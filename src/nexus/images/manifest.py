@@ -1,0 +1,110 @@
+"""Image metadata: the :class:`Image` value object, the in-guest ``/etc/nexus/image.json`` and the sidecar
+``<name>.json`` written next to each ``<name>.ext4``, and reading them back.
+
+The image id is derived with SHA-256 from the name, the base's digest, the agent version and the build time,
+so it is known before the filesystem is made (it has to go inside it) and unique per build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+GUEST_MANIFEST = "/etc/nexus/image.json"
+SIDECAR_SUFFIX = ".json"
+IMAGE_SUFFIX = ".ext4"
+_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    id: str
+    name: str
+    base: str
+    path: Path
+    size_mib: int
+    sha256: str
+    init_system: str
+    built_at: datetime
+    agent_version: str = ""
+    python_version: str = ""
+
+
+def image_id(name: str, base_digest: str, agent_version: str, built_at: datetime) -> str:
+    text = "\n".join((name, base_digest, agent_version, built_at.isoformat()))
+    return "img-" + hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def guest_manifest(image: Image, builder_version: str) -> str:
+    """``/etc/nexus/image.json`` (no path/sha256: the file cannot hold its own digest)."""
+    return (
+        json.dumps(
+            {
+                "format": _FORMAT,
+                "id": image.id,
+                "name": image.name,
+                "base": image.base,
+                "built_at": image.built_at.isoformat(),
+                "init_system": image.init_system,
+                "agent_version": image.agent_version,
+                "python_version": image.python_version,
+                "builder_version": builder_version,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def sidecar(image: Image) -> str:
+    return (
+        json.dumps(
+            {
+                "format": _FORMAT,
+                "id": image.id,
+                "name": image.name,
+                "base": image.base,
+                "file": image.path.name,
+                "size_mib": image.size_mib,
+                "sha256": image.sha256,
+                "init_system": image.init_system,
+                "built_at": image.built_at.isoformat(),
+                "agent_version": image.agent_version,
+                "python_version": image.python_version,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def read_sidecar(path: Path) -> Image | None:
+    """The image a sidecar describes, or None if it is unreadable or its ext4 file is gone."""
+    try:
+        data = json.loads(path.read_text())
+        image = Image(
+            id=str(data["id"]),
+            name=str(data["name"]),
+            base=str(data["base"]),
+            path=path.with_name(str(data["file"])),
+            size_mib=int(data["size_mib"]),
+            sha256=str(data["sha256"]),
+            init_system=str(data["init_system"]),
+            built_at=datetime.fromisoformat(str(data["built_at"])),
+            agent_version=str(data.get("agent_version", "")),
+            python_version=str(data.get("python_version", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return image if image.path.is_file() else None
+
+
+def list_images(out_dir: Path) -> list[Image]:
+    """Every built image in ``out_dir``, by name."""
+    if not out_dir.is_dir():
+        return []
+    found = [image for p in sorted(out_dir.glob(f"*{SIDECAR_SUFFIX}")) if (image := read_sidecar(p))]
+    return sorted(found, key=lambda image: image.name)

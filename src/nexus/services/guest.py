@@ -1,0 +1,141 @@
+"""Working inside a ready VM through its agent: MCP tool calls, command execution with streamed output, and
+file transfer in chunks. Link failures become domain errors here, once."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nexus.channel import ChannelClosed, ChannelError, ChannelTimeout, RemoteError
+from nexus.domain import GuestError, Invalid, Unavailable, VmStore
+from nexus.protocol import INVALID_PARAMS, METHOD_NOT_FOUND, STREAM_META_KEY
+from nexus.services.runtime import VmRuntime
+
+CHUNK_BYTES = 1024 * 1024  # one file_read/file_write message carries at most this much data
+TOOL_TIMEOUT_S = 120.0
+EXEC_GRACE_S = 30.0  # the call waits this long past the command's own timeout
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    stream: str  # stdout or stderr
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileChunk:
+    data: bytes
+    size: int  # the whole file's size
+    eof: bool
+
+
+class GuestService:
+    def __init__(self, store: VmStore, runtime: VmRuntime) -> None:
+        self._store = store
+        self._runtime = runtime
+
+    async def call_tool(
+        self,
+        ref: str,
+        name: str,
+        arguments: dict[str, Any],
+        timeout_s: float = TOOL_TIMEOUT_S,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """One ``tools/call``; the MCP result as the agent gave it (``isError`` results included)."""
+        vm = self._store.get(ref)
+        peer = self._runtime.mcp(vm.id)
+        try:
+            result = await peer.call("tools/call", {"name": name, "arguments": arguments}, timeout_s, on_progress)
+        except RemoteError as exc:
+            if exc.code in (INVALID_PARAMS, METHOD_NOT_FOUND):
+                raise Invalid(f"{name}: {exc.message}") from exc
+            raise GuestError(f"{name}: {exc.message}") from exc
+        except ChannelTimeout as exc:
+            raise Unavailable(f"VM {vm.name}: {name} got no answer within {timeout_s:.0f}s") from exc
+        except ChannelClosed as exc:
+            raise Unavailable(f"VM {vm.name} went away during {name}: {exc}") from exc
+        except ChannelError as exc:
+            raise Unavailable(f"VM {vm.name}: {exc}") from exc
+        if not isinstance(result, dict):
+            raise GuestError(f"{name}: the agent sent a malformed result")
+        return result
+
+    async def list_tools(self, ref: str) -> list[dict[str, Any]]:
+        vm = self._store.get(ref)
+        try:
+            result = await self._runtime.mcp(vm.id).call("tools/list", {})
+        except ChannelError as exc:
+            raise Unavailable(f"VM {vm.name}: {exc}") from exc
+        tools: list[dict[str, Any]] = result.get("tools", []) if isinstance(result, dict) else []
+        return tools
+
+    async def _structured(self, ref: str, name: str, arguments: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        result = await self.call_tool(ref, name, arguments, **kw)
+        structured = result.get("structuredContent")
+        if result.get("isError"):
+            text = " ".join(c.get("text", "") for c in result.get("content", []) if isinstance(c, dict))
+            raise GuestError(text or f"{name} failed")
+        if not isinstance(structured, dict):
+            raise GuestError(f"{name}: the agent sent no structured result")
+        return structured
+
+    async def exec(
+        self,
+        ref: str,
+        command: str | list[str],
+        on_output: Callable[[OutputChunk], None],
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: str | None = None,
+        timeout_s: float = 600.0,
+    ) -> dict[str, Any]:
+        """Run a command; its output is passed to ``on_output`` as it arrives. Returns exit_code, timed_out,
+        truncated (the streamed output is not repeated in the result)."""
+        args: dict[str, Any] = {"command": command, "timeout_s": timeout_s}
+        for key, value in (("cwd", cwd), ("env", env), ("stdin", stdin)):
+            if value is not None:
+                args[key] = value
+        streamed = False
+
+        def progress(params: dict[str, Any]) -> None:
+            nonlocal streamed
+            meta = params.get("_meta") or {}
+            message = params.get("message")
+            if isinstance(message, str):
+                streamed = True
+                on_output(OutputChunk(str(meta.get(STREAM_META_KEY, "stdout")), message))
+
+        result = await self._structured(
+            ref, "run_command", args, timeout_s=timeout_s + EXEC_GRACE_S, on_progress=progress
+        )
+        if not streamed:  # an agent that does not stream: hand over the collected output instead
+            for stream in ("stdout", "stderr"):
+                if result.get(stream):
+                    on_output(OutputChunk(stream, str(result[stream])))
+        return {k: result.get(k) for k in ("exit_code", "timed_out", "truncated")}
+
+    async def read_file(self, ref: str, path: str, offset: int, length: int = CHUNK_BYTES) -> FileChunk:
+        if offset < 0 or not 0 < length <= CHUNK_BYTES:
+            raise Invalid(f"offset must be >= 0 and length 1..{CHUNK_BYTES}")
+        out = await self._structured(
+            ref, "file_read", {"path": path, "encoding": "base64", "offset": offset, "length": length}
+        )
+        return FileChunk(base64.b64decode(out["content"]), int(out["size"]), bool(out["eof"]))
+
+    async def write_file(self, ref: str, path: str, data: bytes, append: bool, mode: str | None = None) -> int:
+        """Write (or append) one chunk; returns the file's size afterwards."""
+        if len(data) > CHUNK_BYTES:
+            raise Invalid(f"one write carries at most {CHUNK_BYTES} bytes")
+        args: dict[str, Any] = {
+            "path": path,
+            "content": base64.b64encode(data).decode(),
+            "encoding": "base64",
+            "append": append,
+        }
+        if mode is not None:
+            args["mode"] = mode
+        out = await self._structured(ref, "file_write", args)
+        return int(out["size"])

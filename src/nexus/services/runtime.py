@@ -1,0 +1,249 @@
+"""The running side of the lifecycle: for each VM with a VMM process, watch the process, the agent's control
+stream and its heartbeats, and apply the transitions that follow (see docs/design.md, Lifecycle).
+
+Readiness is pushed by the agent's hello, never guessed. Missing heartbeats make a VM unreachable; a heartbeat
+or hello brings it back. VMM process exit makes it stopped (when a stop was asked) or crashed, with the exit
+status in the history. A boot that produces no hello in time fails the VM with the console tail. Whatever the
+way out, the process is reaped, the links closed and the runtime record cleared exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nexus.channel import ChannelClosed, ChannelError, RpcPeer, connect_peer
+from nexus.domain import (
+    Conflict,
+    DriverError,
+    GuestPort,
+    InvalidState,
+    Unavailable,
+    Vm,
+    VmProcess,
+    VmState,
+    VmStore,
+    can_transition,
+)
+from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, Hello
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeTimeouts:
+    boot_s: float = 90.0  # start → agent hello (TCG boots take ~4-10 s; slow CI hosts more)
+    heartbeat_s: float = 6.0  # silence after which a ready VM is unreachable (agent beats every 2 s)
+    stop_s: float = 15.0  # graceful power-off before the VMM is killed
+    connect_s: float = 10.0  # reaching a guest stream's socket
+
+
+@dataclass(eq=False)
+class _Running:
+    vm_id: str
+    name: str
+    process: VmProcess
+    console_log: Path
+    ready: asyncio.Future[None]
+    hello: Hello | None = None
+    last_seen: float = 0.0
+    control: RpcPeer | None = None
+    mcp: RpcPeer | None = None
+    stop_requested: bool = False
+    failure: str | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def console_tail(path: Path, lines: int = 15) -> str:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            return "\n".join(line.rstrip("\n") for line in deque(fh, maxlen=lines))
+    except OSError:
+        return "(no console output)"
+
+
+class VmRuntime:
+    """Owns every running VM's process handle, guest links and watchers."""
+
+    def __init__(self, store: VmStore, timeouts: RuntimeTimeouts = RuntimeTimeouts()) -> None:
+        self._store = store
+        self._timeouts = timeouts
+        self._running: dict[str, _Running] = {}
+
+    def is_running(self, vm_id: str) -> bool:
+        return vm_id in self._running
+
+    def hello(self, vm_id: str) -> Hello | None:
+        run = self._running.get(vm_id)
+        return run.hello if run else None
+
+    def watch(self, vm: Vm, process: VmProcess, console_log: Path) -> None:
+        """Take ownership of ``process`` for ``vm`` (which is ``starting``)."""
+        run = _Running(vm.id, vm.name, process, console_log, asyncio.get_running_loop().create_future())
+        run.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # never "unretrieved"
+        self._running[vm.id] = run
+        run.tasks = [
+            asyncio.create_task(self._on_exit(run), name=f"vm-exit-{vm.name}"),
+            asyncio.create_task(self._control(run), name=f"vm-control-{vm.name}"),
+            asyncio.create_task(self._watchdog(run), name=f"vm-watchdog-{vm.name}"),
+        ]
+
+    async def wait_ready(self, vm_id: str) -> None:
+        """Return once the agent said hello; raise DriverError if the VM failed or crashed first."""
+        run = self._running.get(vm_id)
+        if run is None:
+            raise InvalidState("the VM is not running")
+        await asyncio.shield(run.ready)
+
+    async def stop(self, vm_id: str) -> None:
+        """Power the VM off (graceful, then kill) and return once its process is reaped and recorded."""
+        run = self._running.get(vm_id)
+        if run is None:
+            return
+        run.stop_requested = True
+        self._transition(run, VmState.STOPPING, "stop requested")
+        await run.process.shutdown(self._timeouts.stop_s)
+        await run.done.wait()
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(vm_id) for vm_id in list(self._running)), return_exceptions=True)
+
+    def mcp(self, vm_id: str) -> RpcPeer:
+        """The open MCP link of a ready VM."""
+        run = self._running.get(vm_id)
+        if run is None:
+            raise InvalidState("the VM is not running")
+        if run.mcp is None or run.mcp.closed:
+            raise Unavailable(f"VM {run.name} is not ready: its agent link is not open")
+        return run.mcp
+
+    # -- watchers ---------------------------------------------------------------------------------------
+
+    async def _on_exit(self, run: _Running) -> None:
+        code = await run.process.wait()
+        status = f"signal {-code}" if code < 0 else f"status {code}"
+        for peer in (run.control, run.mcp):
+            if peer is not None:
+                await peer.close(f"the VMM exited ({status})")
+        for task in run.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        state = self._store.get(run.vm_id).state
+        if run.failure is not None:
+            reason = run.failure
+            self._transition(run, VmState.FAILED, reason)
+        elif run.stop_requested or state is VmState.STOPPING:
+            reason = f"powered off (VMM exit {status})"
+            self._transition(run, VmState.STOPPED, reason)
+        elif state is VmState.STARTING:  # it never came up: the start failed, it did not crash
+            reason = f"VMM exited during boot ({status})"
+            self._transition(run, VmState.FAILED, reason)
+        else:
+            reason = f"VMM exited unexpectedly ({status})"
+            self._transition(run, VmState.CRASHED, reason)
+        if not run.ready.done():
+            run.ready.set_exception(
+                DriverError(f"VM {run.name} did not become ready: {reason}\nconsole:\n{console_tail(run.console_log)}")
+            )
+        self._store.set_runtime(run.vm_id, None, None, None)
+        del self._running[run.vm_id]
+        run.done.set()
+        log.info("vm %s: %s", run.name, reason)
+
+    async def _control(self, run: _Running) -> None:
+        """Keep a control link open and feed hello/heartbeats into the lifecycle."""
+
+        def on_message(method: str, params: Any) -> None:
+            if method == HELLO_METHOD:
+                try:
+                    hello = Hello.from_params(params)
+                except ValueError as exc:
+                    log.warning("vm %s: bad hello: %s", run.name, exc)
+                    return
+                self._seen(run, f"agent {hello.agent_version} said hello")
+                run.hello = hello
+                if not run.ready.done():
+                    run.tasks.append(asyncio.create_task(self._open_mcp(run), name=f"vm-mcp-{run.name}"))
+            elif method == HEARTBEAT_METHOD:
+                self._seen(run, "heartbeats resumed")
+
+        while run.process.returncode is None:
+            try:
+                run.control = await connect_peer(
+                    run.process, GuestPort.CONTROL, run.name, on_message, self._timeouts.connect_s
+                )
+            except ChannelError as exc:
+                if run.process.returncode is None:
+                    log.warning("vm %s: %s", run.name, exc)
+                    await asyncio.sleep(0.5)
+                continue
+            await run.control.wait_closed()
+
+    async def _open_mcp(self, run: _Running) -> None:
+        try:
+            peer = await connect_peer(run.process, GuestPort.MCP, run.name, None, self._timeouts.connect_s)
+            await peer.call(
+                "initialize",
+                {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "nexusd", "version": "0"},
+                },
+            )
+            await peer.notify("notifications/initialized")
+        except ChannelError as exc:
+            log.warning("vm %s: MCP link failed: %s", run.name, exc)
+            return
+        run.mcp = peer
+        if self._transition(run, VmState.READY, self._ready_reason(run)) and not run.ready.done():
+            run.ready.set_result(None)
+
+    @staticmethod
+    def _ready_reason(run: _Running) -> str:
+        hello = run.hello
+        if hello is None:
+            return "agent ready"
+        boot_s = max(0.0, time.time() - hello.boot_time)
+        return f"agent {hello.agent_version} ready, guest up {boot_s:.1f}s"
+
+    def _seen(self, run: _Running, reason: str) -> None:
+        run.last_seen = time.monotonic()
+        if self._store.get(run.vm_id).state is VmState.UNREACHABLE:
+            self._transition(run, VmState.READY, reason)
+
+    async def _watchdog(self, run: _Running) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            await asyncio.sleep(0.5)
+            state = self._store.get(run.vm_id).state
+            if state is VmState.STARTING and loop.time() - started > self._timeouts.boot_s:
+                run.failure = (
+                    f"no agent hello within {self._timeouts.boot_s:.0f}s; console:\n{console_tail(run.console_log)}"
+                )
+                await run.process.kill()  # _on_exit records the failure and releases everything
+                return
+            silent_s = time.monotonic() - run.last_seen
+            if state is VmState.READY and silent_s > self._timeouts.heartbeat_s:
+                self._transition(run, VmState.UNREACHABLE, f"no heartbeat for {silent_s:.0f}s")
+
+    def _transition(self, run: _Running, new: VmState, reason: str) -> bool:
+        """Apply ``new`` if the table allows it from the current state; False when it does not apply."""
+        current = self._store.get(run.vm_id).state
+        if not can_transition(current, new):
+            return False
+        try:
+            self._store.set_state(run.vm_id, current, new, reason)
+        except Conflict:
+            return False
+        log.info("vm %s: %s -> %s (%s)", run.name, current, new, reason)
+        return True
+
+
+__all__ = ["ChannelClosed", "RuntimeTimeouts", "VmRuntime", "console_tail"]

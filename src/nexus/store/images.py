@@ -1,0 +1,65 @@
+"""SQLite repository of built images."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+
+from nexus.domain import Conflict, Image, NotFound
+
+
+class ImageRepo:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def insert(self, image: Image) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO images (id, name, base, path, size_mib, sha256, init_system, agent_version, built_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    image.id,
+                    image.name,
+                    image.base,
+                    str(image.path),
+                    image.size_mib,
+                    image.sha256,
+                    image.init_system,
+                    image.agent_version,
+                    image.built_at.isoformat(),
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"an image named {image.name!r} already exists") from exc
+
+    def get(self, ref: str) -> Image:
+        """By exact name or id."""
+        row = self._conn.execute("SELECT * FROM images WHERE name = ? OR id = ?", (ref, ref)).fetchone()
+        if row is None:
+            raise NotFound(f"no image named or with id {ref!r}")
+        return self._image(row)
+
+    def find(self) -> list[Image]:
+        return [self._image(row) for row in self._conn.execute("SELECT * FROM images ORDER BY name")]
+
+    def users(self, name: str) -> list[str]:
+        """Names of the VMs that use the image."""
+        return [row[0] for row in self._conn.execute("SELECT name FROM vms WHERE image = ? ORDER BY name", (name,))]
+
+    def delete(self, image_id: str) -> None:
+        self._conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
+
+    @staticmethod
+    def _image(row: sqlite3.Row) -> Image:
+        return Image(
+            id=row["id"],
+            name=row["name"],
+            base=row["base"],
+            path=Path(row["path"]),
+            size_mib=row["size_mib"],
+            sha256=row["sha256"],
+            init_system=row["init_system"],
+            agent_version=row["agent_version"],
+            built_at=datetime.fromisoformat(row["built_at"]),
+        )

@@ -1,0 +1,218 @@
+"""The QEMU ``-M microvm`` driver: launches one qemu-system-x86_64 per VM and hands back its process.
+
+Owns the QEMU process (spawned in its own session, reaped by asyncio so no zombie is left), its runtime dir
+(QMP, virtio-serial and pid sockets), and the QMP connection used for graceful power-off. It does not decide
+KVM vs TCG (``accel``), build images or watch the guest agent: those belong to their own modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+
+from nexus.domain import DriverError, GuestPort, LaunchSpec
+from nexus.protocol import CONTROL_PORT_NAME, MCP_PORT_NAME
+from nexus.vmm.qemu.accel import AccelChoice, choose_accel
+from nexus.vmm.qemu.argv import QEMU_BINARY, Accel, QemuLaunch, SerialPort, qemu_argv
+
+log = logging.getLogger(__name__)
+# qemu.qmp logs every connection attempt and end-of-file on its own; the driver reports what matters.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+PORT_NAMES = {GuestPort.CONTROL: CONTROL_PORT_NAME, GuestPort.MCP: MCP_PORT_NAME}
+STARTUP_TIMEOUT_S = 10.0
+STDERR_TAIL_BYTES = 2000
+
+
+def _socket_paths(runtime_dir: Path) -> dict[GuestPort, Path]:
+    return {port: runtime_dir / f"{port.value}.sock" for port in GuestPort}
+
+
+class QemuProcess:
+    """A running QEMU; ``wait()`` reaps it. Its runtime dir is removed once it is reaped."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, accel: Accel, runtime_dir: Path, qmp: QMPClient) -> None:
+        self._proc = proc
+        self._accel = accel
+        self._runtime_dir = runtime_dir
+        self._sockets = _socket_paths(runtime_dir)
+        self._qmp = qmp
+        self._reaped = asyncio.create_task(self._reap(), name=f"qemu-reap-{proc.pid}")
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def accel(self) -> str:
+        return self._accel.value
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._reaped.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._reaped)
+
+    async def connect(self, port: GuestPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.open_unix_connection(str(self._sockets[port]), limit=1024 * 1024)
+        except OSError as exc:
+            raise DriverError(f"cannot connect to the guest's {port} port: {exc.strerror or exc}") from exc
+
+    async def shutdown(self, timeout_s: float) -> int:
+        if self.returncode is None:
+            try:
+                await asyncio.wait_for(self._qmp.execute("system_powerdown"), 2.0)
+            except (QMPError, OSError, TimeoutError) as exc:
+                log.info("pid %d: system_powerdown failed (%s); killing", self.pid, exc)
+                return await self.kill()
+            try:
+                return await asyncio.wait_for(self.wait(), timeout_s)
+            except TimeoutError:
+                log.info("pid %d: guest did not power off within %.0fs; killing", self.pid, timeout_s)
+        return await self.kill()
+
+    async def kill(self) -> int:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGKILL)
+        return await self.wait()
+
+    async def _reap(self) -> int:
+        code = await self._proc.wait()
+        with contextlib.suppress(Exception):  # the peer is gone: whatever the QMP teardown raises is moot
+            await self._qmp.disconnect()
+        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        return code
+
+
+class QemuDriver:
+    """Launches QEMU microVMs. KVM or TCG is decided by a boot probe per QEMU + kernel version (cached on
+    disk by ``nexus.vmm.qemu.accel``), so the first boot with a new kernel pays a few seconds once."""
+
+    def __init__(self, accel_cache: Path, tsc_khz: int | None, binary: str = QEMU_BINARY) -> None:
+        self._accel_cache = accel_cache
+        self._tsc_khz = tsc_khz
+        self._binary = binary
+        self._choice: AccelChoice | None = None
+
+    @property
+    def name(self) -> str:
+        return "qemu"
+
+    @property
+    def reason(self) -> str:
+        if self._choice is None:
+            return "qemu; KVM or TCG is decided by a probe at the first boot"
+        return f"qemu with {self._choice.accel.value}: {self._choice.reason}"
+
+    async def choose_accel(self, spec: LaunchSpec) -> Accel:
+        self._choice = await asyncio.to_thread(
+            choose_accel, self._accel_cache, spec.kernel, spec.initrd, spec.kernel_version, binary=self._binary
+        )
+        return self._choice.accel
+
+    def kill_orphan(self, pid: int, runtime_dir: Path) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        marker = str(runtime_dir / "qmp.sock").encode()
+        if (
+            not cmdline
+            or b"qemu" not in Path(cmdline[0].decode(errors="replace")).name.encode()
+            or not any(marker in arg for arg in cmdline)
+        ):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        return True
+
+    def launch_argv(self, spec: LaunchSpec, accel: Accel) -> list[str]:
+        """The argv for ``spec`` (pure; exposed for tests and benchmarks)."""
+        sockets = _socket_paths(spec.runtime_dir)
+        return qemu_argv(
+            QemuLaunch(
+                kernel=spec.kernel,
+                initrd=spec.initrd,
+                root_drive=spec.root_drive,
+                qmp_socket=spec.runtime_dir / "qmp.sock",
+                console_log=spec.console_log,
+                accel=accel,
+                vcpus=spec.vcpus,
+                mem_mib=spec.mem_mib,
+                ports=tuple(SerialPort(PORT_NAMES[p], sockets[p]) for p in GuestPort),
+                tsc_khz=self._tsc_khz,
+                name=spec.name,
+                cmdline_extra=spec.cmdline_extra,
+                binary=self._binary,
+            )
+        )
+
+    async def launch(self, spec: LaunchSpec) -> QemuProcess:
+        accel = await self.choose_accel(spec)
+        argv = self.launch_argv(spec, accel)
+        shutil.rmtree(spec.runtime_dir, ignore_errors=True)
+        spec.runtime_dir.mkdir(parents=True, mode=0o700)
+        spec.console_log.parent.mkdir(parents=True, exist_ok=True)
+        stderr_path = spec.runtime_dir / "qemu.stderr"
+        try:
+            with stderr_path.open("wb") as stderr:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=stderr,
+                    start_new_session=True,  # a Ctrl-C meant for nexusd must not kill its VMs behind its back
+                )
+        except OSError as exc:
+            shutil.rmtree(spec.runtime_dir, ignore_errors=True)
+            raise DriverError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
+        qmp = QMPClient(f"vm-{spec.name}")
+        try:
+            await self._connect_qmp(proc, qmp, spec.runtime_dir / "qmp.sock")
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            tail = _tail(stderr_path)
+            shutil.rmtree(spec.runtime_dir, ignore_errors=True)
+            raise DriverError(f"QEMU did not start (exit status {proc.returncode}): {tail}") from None
+        log.info("vm %s: qemu pid %d (%s, %d vCPU, %d MiB)", spec.name, proc.pid, accel.value, spec.vcpus, spec.mem_mib)
+        return QemuProcess(proc, accel, spec.runtime_dir, qmp)
+
+    @staticmethod
+    async def _connect_qmp(proc: asyncio.subprocess.Process, qmp: QMPClient, path: Path) -> None:
+        """QEMU creates its sockets before it starts the guest: once QMP answers, it runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.returncode is not None:
+                raise DriverError("QEMU exited")
+            try:
+                await qmp.connect(str(path))
+                return
+            except (QMPError, OSError) as exc:
+                if loop.time() > deadline:
+                    raise DriverError(f"QMP did not answer within {STARTUP_TIMEOUT_S}s") from exc
+                await asyncio.sleep(0.02)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - STDERR_TAIL_BYTES))
+            text = fh.read().decode(errors="replace").strip()
+    except OSError:
+        return "(no stderr)"
+    return text or "(no stderr)"
