@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end: start nexusd (unless one already serves), create a VM, list it, inspect it,
-# remove it, and stop the nexusd it started. Installs what it needs first.
+# The main job, end to end: start nexusd (unless one already serves), boot a microVM (fetching the kernel and
+# building the default image on first use, with progress), run commands inside it, then remove it and stop
+# the nexusd this script started. Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/bootstrap.sh
@@ -8,8 +9,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export NEXUS_SOCKET=${NEXUS_SOCKET:-/run/nexus/nexusd.sock}
 ctl() { echo "+ nexusctl $*" >&2; .venv/bin/nexusctl "$@"; }
 
+name=demo-$$
 daemon_pid=""
 cleanup() {
+    .venv/bin/nexusctl vm rm --force "$name" >/dev/null 2>&1 || true
     if [ -n "$daemon_pid" ]; then
         kill -TERM "$daemon_pid" 2>/dev/null || true
         wait "$daemon_pid" 2>/dev/null || true
@@ -29,11 +32,11 @@ if ! .venv/bin/nexusctl status >/dev/null 2>&1; then
     done
 fi
 
-name=demo-$$
 ctl status
-ctl vm create "$name" --vcpus 1 --mem 256 --tag demo
-ctl vm list
-ctl vm inspect "$name"
+ctl vm run "$name" --mem 512 --tag demo
+ctl vm exec "$name" -- uname -a
+ctl vm exec "$name" -- python3 -c 'import platform, os; print("python", platform.python_version(), "on", os.cpu_count(), "vCPU")'
+ctl vm list --tag demo
+ctl vm stop "$name"
 ctl vm history "$name"
 ctl vm rm "$name"
-ctl vm list --tag demo
