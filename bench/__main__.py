@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from bench import api_latency
+from bench import api_latency, vm_boot
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "api": api_latency.run,
+    "vm": vm_boot.run,
 }
 
 

@@ -30,10 +30,11 @@ class RunningDaemon:
 
 
 @contextlib.contextmanager
-def nexusd(*extra: str) -> Iterator[RunningDaemon]:
-    """A real nexusd with private state, stopped by PID on exit."""
+def nexusd(*extra: str, state_dir: Path | None = None) -> Iterator[RunningDaemon]:
+    """A real nexusd (private state unless ``state_dir``), stopped by PID on exit."""
     with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp:
         base = Path(tmp)
+        state = state_dir or base / "state"
         sock = base / "nexusd.sock"
         log = (base / "nexusd.log").open("wb")
         proc = subprocess.Popen(
@@ -65,7 +66,7 @@ def nexusd(*extra: str) -> Iterator[RunningDaemon]:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"nexusd did not come up: {(base / 'nexusd.log').read_text()}") from None
                     time.sleep(0.05)
-            yield RunningDaemon(proc.pid, sock, base / "state")
+            yield RunningDaemon(proc.pid, sock, state)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -15,7 +15,7 @@ from nexus.assets import Kernel, KernelStore
 from nexus.images import initramfs
 from nexus.images.cpio import parse_newc
 from nexus.images.initramfs import ensure_initramfs
-from nexus.vmm.qemu.accel import PROBE_MARKER, probe_argv, run_probe
+from nexus.vmm.qemu.accel import PROBE_MARKER, choose_accel, probe_argv, run_probe
 from nexus.vmm.qemu.argv import MACHINE, TCG_CPU, Accel
 from nexus.vmm.qemu.hostclock import host_tsc_khz
 
@@ -108,3 +108,19 @@ def test_missing_root_device_powers_off_with_a_reason(kernel: Kernel, initrd: in
     assert "/dev holds:" in console and "powering off" in console
     assert done.returncode == 0 and time.monotonic() - start < 60
     assert PROBE_MARKER not in console
+
+
+@pytest.mark.vm
+@needs_qemu
+def test_accel_choice_on_this_host(kernel: Kernel, initrd: initramfs.Initramfs, tmp_path: Path) -> None:
+    """The real decision: probes KVM when /dev/kvm exists (up to its timeout), then answers from the cache."""
+    cache = tmp_path / "accel.json"
+    start = time.monotonic()
+    first = choose_accel(cache, kernel.boot_file, initrd.path, kernel.version, timeout_s=10)
+    assert time.monotonic() - start < 30
+    assert first.reason.startswith(first.accel.value.upper())
+    if not Path("/dev/kvm").exists():
+        assert first.accel is Accel.TCG
+    start = time.monotonic()
+    assert choose_accel(cache, kernel.boot_file, initrd.path, kernel.version) == first
+    assert time.monotonic() - start < 2

@@ -18,6 +18,7 @@ class DebianKernels:
 
     def __init__(self, cache_dir: Path) -> None:
         self._store = KernelStore(cache_dir)
+        self._initrds: dict[str, Path] = {}  # checked once per daemon life, not on every boot
 
     def list(self) -> list[Kernel]:
         return self._store.list()
@@ -30,9 +31,13 @@ class DebianKernels:
 
     def remove(self, version: str) -> None:
         self._store.remove(version)
+        self._initrds = {k: p for k, p in self._initrds.items() if p.is_file()}
 
     def initrd(self, kernel: Kernel) -> Path:
-        return ensure_initramfs(kernel).path
+        path = self._initrds.get(kernel.sha256)
+        if path is None or not path.is_file():
+            path = self._initrds[kernel.sha256] = ensure_initramfs(kernel).path
+        return path
 
 
 class RootfsImageBuilder:

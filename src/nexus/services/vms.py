@@ -9,6 +9,7 @@ import asyncio
 import logging
 import secrets
 import shutil
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,7 @@ class VmService:
             raise InvalidState(f"VM {vm.name} is already {vm.state}")
         driver = self._require_driver()
         self._repo.set_state(vm.id, vm.state, VmState.STARTING, reason="start requested")
+        started = time.monotonic()
         try:
             process = await self._launch(vm, driver)
         except NexusError as exc:
@@ -126,8 +128,12 @@ class VmService:
             raise
         self._repo.set_runtime(vm.id, process.pid, driver.name, process.accel)
         self._runtime.watch(vm, process, self._layout.console_log(vm.id))
+        launched = time.monotonic()
         if wait:
             await self._runtime.wait_ready(vm.id)
+            log.info(
+                "vm %s: launched in %.2fs, ready %.2fs later", vm.name, launched - started, time.monotonic() - launched
+            )
         return self._repo.get(vm.id)
 
     async def _launch(self, vm: Vm, driver: VmmDriver) -> VmProcess:

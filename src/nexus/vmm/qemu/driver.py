@@ -104,6 +104,7 @@ class QemuDriver:
         self._tsc_khz = tsc_khz
         self._binary = binary
         self._choice: AccelChoice | None = None
+        self._choices: dict[str, AccelChoice] = {}  # by kernel version: the probe cache without its I/O
 
     @property
     def name(self) -> str:
@@ -116,10 +117,14 @@ class QemuDriver:
         return f"qemu with {self._choice.accel.value}: {self._choice.reason}"
 
     async def choose_accel(self, spec: LaunchSpec) -> Accel:
-        self._choice = await asyncio.to_thread(
-            choose_accel, self._accel_cache, spec.kernel, spec.initrd, spec.kernel_version, binary=self._binary
-        )
-        return self._choice.accel
+        choice = self._choices.get(spec.kernel_version)
+        if choice is None:
+            choice = await asyncio.to_thread(
+                choose_accel, self._accel_cache, spec.kernel, spec.initrd, spec.kernel_version, binary=self._binary
+            )
+            self._choices[spec.kernel_version] = choice
+        self._choice = choice
+        return choice.accel
 
     def kill_orphan(self, pid: int, runtime_dir: Path) -> bool:
         try:

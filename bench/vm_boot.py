@@ -1,0 +1,233 @@
+"""VM benchmarks, each against a baseline measured in the same run on the same kernel, initramfs and image:
+
+P1  nexusctl-equivalent ``POST /v1/vms/{ref}/start`` → ready, vs. raw QEMU (same argv) → the agent's hello.
+P2  a 1-byte file_read through the API, vs. a raw ``nexus/echo`` over the same kind of channel (the ratio is
+    nexusd's own overhead); run_command("true") through the API beside it.
+P3  64 MiB written to a guest file through the API (1 MiB chunks), vs. the same file_write calls sent straight
+    down the raw channel.
+
+The raw side is a QEMU started by this benchmark with the argv the driver builds, spoken to over its
+virtio-serial sockets directly. State persists in $NEXUS_BENCH_STATE (default /var/tmp/nexus-bench) so the
+kernel and image are fetched and built once per machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import nexusd, percentile, print_table
+from nexus.daemon.adapters import DebianKernels
+from nexus.domain import Kernel, LaunchSpec
+from nexus.protocol import LineBuffer, encode_message
+from nexus.vmm.qemu.accel import choose_accel
+from nexus.vmm.qemu.driver import QemuDriver
+from nexus.vmm.qemu.hostclock import host_tsc_khz
+from nexus.workspaces import clone_file
+
+STATE = Path(os.environ.get("NEXUS_BENCH_STATE", "/var/tmp/nexus-bench"))
+BOOTS = 5
+CALLS = 200
+WRITE_MIB = 64
+CHUNK = 1024 * 1024
+
+
+class RawLink:
+    """A blocking newline JSON-RPC client on one virtio-serial chardev socket."""
+
+    def __init__(self, path: Path, deadline_s: float) -> None:
+        end = time.monotonic() + deadline_s
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.005)
+        self.buf = LineBuffer()
+        self.next_id = 0
+
+    def message(self) -> dict[str, Any]:
+        while (line := self.buf.next_line()) is None:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise EOFError("guest closed the channel")
+            self.buf.feed(data)
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        self.next_id += 1
+        self.sock.sendall(encode_message({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = self.message()
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(msg["error"])
+                return msg["result"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RawVm:
+    """QEMU started by hand with the driver's argv; timed from spawn to the agent's hello."""
+
+    def __init__(self, kernel: Kernel, initrd: Path, image: Path, work: Path) -> None:
+        self.work = work
+        root = work / "root.img"
+        clone_file(image, root)
+        spec = LaunchSpec(
+            vm_id="bench",
+            name="bench-raw",
+            vcpus=1,
+            mem_mib=512,
+            kernel=kernel.boot_file,
+            kernel_version=kernel.version,
+            initrd=initrd,
+            root_drive=root,
+            console_log=work / "console.log",
+            runtime_dir=work / "run",
+        )
+        driver = QemuDriver(STATE / "cache" / "accel.json", host_tsc_khz().khz)
+        accel = choose_accel(STATE / "cache" / "accel.json", spec.kernel, initrd, kernel.version).accel
+        spec.runtime_dir.mkdir()
+        argv = driver.launch_argv(spec, accel)
+        start = time.perf_counter()
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        self.control = RawLink(spec.runtime_dir / "control.sock", 10)
+        while self.control.message().get("method") != "nexus/hello":
+            pass
+        self.boot_s = time.perf_counter() - start
+        self.mcp = RawLink(spec.runtime_dir / "mcp.sock", 10)
+        self.mcp.call(
+            "initialize",
+            {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}},
+        )
+
+    def close(self) -> None:
+        self.control.close()
+        self.mcp.close()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def _time(fn: Any, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def run() -> None:
+    with (
+        nexusd(state_dir=STATE) as daemon,
+        httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://nexusd", timeout=600
+        ) as api,
+    ):
+        for vm in api.get("/v1/vms").json():
+            if vm["name"].startswith("bench-"):
+                api.delete(f"/v1/vms/{vm['id']}", params={"force": True})
+        api.post("/v1/vms", json={"name": "bench-api", "mem_mib": 512}).raise_for_status()
+        with api.stream("POST", "/v1/vms/bench-api/prepare") as r:  # fetch/build once, untimed
+            r.read()
+        kernel = DebianKernels(STATE / "cache").get(api.get("/v1/vms/bench-api").json()["kernel"])
+        initrd = DebianKernels(STATE / "cache").initrd(kernel)
+        image = Path(api.get("/v1/images/debian-bookworm").json()["path"])
+
+        raw_boots: list[float] = []
+        api_boots: list[float] = []
+        with tempfile.TemporaryDirectory(prefix="nexus-bench-raw-") as tmp:
+            raws = []
+            try:
+                for i in range(BOOTS):
+                    work = Path(tmp) / str(i)
+                    work.mkdir()
+                    raws.append(RawVm(kernel, initrd, image, work))
+                    raw_boots.append(raws[-1].boot_s)
+                    if i < BOOTS - 1:
+                        raws[-1].close()
+                    t = time.perf_counter()
+                    api.post("/v1/vms/bench-api/start").raise_for_status()
+                    api_boots.append(time.perf_counter() - t)
+                    if i < BOOTS - 1:
+                        api.post("/v1/vms/bench-api/stop").raise_for_status()
+                _calls_and_throughput(api, raws[-1], raw_boots, api_boots)
+            finally:
+                if raws:
+                    raws[-1].close()
+                api.delete("/v1/vms/bench-api", params={"force": True})
+
+
+def _calls_and_throughput(api: httpx.Client, raw: RawVm, raw_boots: list[float], api_boots: list[float]) -> None:
+    api.put("/v1/vms/bench-api/files", params={"path": "/tmp/one"}, content=b"x").raise_for_status()
+    read_args = {"path": "/tmp/one", "length": 1}
+    raw_echo = _time(lambda: raw.mcp.call("nexus/echo", {"x": "y"}), CALLS)
+    api_read = _time(lambda: api.post("/v1/vms/bench-api/tools/file_read", json=read_args).raise_for_status(), CALLS)
+    api_true = _time(
+        lambda: api.post("/v1/vms/bench-api/tools/run_command", json={"command": ["true"]}).raise_for_status(), 50
+    )
+
+    chunk = os.urandom(CHUNK)
+    encoded = base64.b64encode(chunk).decode()
+
+    def raw_write() -> None:
+        for n in range(WRITE_MIB):
+            raw.mcp.call(
+                "tools/call",
+                {
+                    "name": "file_write",
+                    "arguments": {"path": "/tmp/big-raw", "content": encoded, "encoding": "base64", "append": n > 0},
+                },
+            )
+
+    def api_write() -> None:
+        for n in range(WRITE_MIB):
+            api.put(
+                "/v1/vms/bench-api/files", params={"path": "/tmp/big-api", "append": n > 0}, content=chunk
+            ).raise_for_status()
+
+    raw_w = _time(raw_write, 1)[0]
+    api_w = _time(api_write, 1)[0]
+
+    med = statistics.median
+    p1 = med(api_boots) / med(raw_boots)
+    read_ms, echo_ms, true_ms = (percentile(x, 50) * 1e3 for x in (api_read, raw_echo, api_true))
+    api_mibs, raw_mibs = WRITE_MIB / api_w, WRITE_MIB / raw_w
+    rows = [
+        ("P1 start→ready (s)", f"{med(api_boots):.2f}", f"{med(raw_boots):.2f}", f"{p1:.2f}", "≤ 1.10"),
+        ("P2 1-byte file_read p50 (ms)", f"{read_ms:.2f}", f"{echo_ms:.2f}", f"{read_ms / echo_ms:.2f}", "≤ 1.5"),
+        ("   run_command('true') p50 (ms)", f"{true_ms:.2f}", "", "", ""),
+        (
+            f"P3 {WRITE_MIB} MiB file_write (MiB/s)",
+            f"{api_mibs:.1f}",
+            f"{raw_mibs:.1f}",
+            f"{api_mibs / raw_mibs:.2f}",
+            "≥ 0.5",
+        ),
+    ]
+    print_table(
+        f"VM benchmarks (nexusd vs raw QEMU and channel; {BOOTS} boots each, {CALLS} calls)",
+        ["measure", "nexusd", "raw", "ratio", "goal"],
+        rows,
+    )
+    print(f"boots (s): nexusd {[round(b, 2) for b in api_boots]}, raw {[round(b, 2) for b in raw_boots]}")
