@@ -3,10 +3,9 @@ socket is not there yet, and wrap it in an ``RpcPeer``."""
 
 from __future__ import annotations
 
-import asyncio
-
 from nexus.channel.rpc import ChannelError, NotificationHandler, RpcPeer
 from nexus.domain import DriverError, GuestPort, VmProcess
+from nexus.domain.retry import retry
 
 RETRY_INTERVAL_S = 0.05
 
@@ -19,16 +18,20 @@ async def connect_peer(
     timeout_s: float,
 ) -> RpcPeer:
     """An ``RpcPeer`` on ``port`` of the guest run by ``process``; ChannelError after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        if process.returncode is not None:
-            raise ChannelError(f"{vm_name}: the VMM exited before its {port} port opened")
-        try:
-            reader, writer = await process.connect(port)
-        except DriverError as exc:
-            if loop.time() >= deadline:
-                raise ChannelError(f"{vm_name}: {exc.message}") from exc
-            await asyncio.sleep(RETRY_INTERVAL_S)
-            continue
-        return RpcPeer(reader, writer, f"{vm_name}/{port}", on_notification)
+
+    def exited() -> ChannelError | None:
+        if process.returncode is None:
+            return None
+        return ChannelError(f"{vm_name}: the VMM exited before its {port} port opened")
+
+    try:
+        reader, writer = await retry(
+            lambda: process.connect(port),
+            retry_on=DriverError,
+            timeout_s=timeout_s,
+            interval_s=RETRY_INTERVAL_S,
+            give_up=exited,
+        )
+    except DriverError as exc:
+        raise ChannelError(f"{vm_name}: {exc.message}") from exc
+    return RpcPeer(reader, writer, f"{vm_name}/{port}", on_notification)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nexus import __version__
 from nexus.channel import ChannelClosed, ChannelError, RpcPeer, connect_peer
 from nexus.domain import (
     Conflict,
@@ -30,7 +31,7 @@ from nexus.domain import (
     VmStore,
     can_transition,
 )
-from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, Hello
+from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, Hello
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +192,9 @@ class VmRuntime:
             await peer.call(
                 "initialize",
                 {
-                    "protocolVersion": "2025-06-18",
+                    "protocolVersion": MCP_LATEST_PROTOCOL_VERSION,
                     "capabilities": {},
-                    "clientInfo": {"name": "nexusd", "version": "0"},
+                    "clientInfo": {"name": "nexusd", "version": __version__},
                 },
             )
             await peer.notify("notifications/initialized")

@@ -19,6 +19,7 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from nexus.domain import DriverError, GuestPort, LaunchSpec
+from nexus.domain.retry import retry
 from nexus.protocol import CONTROL_PORT_NAME, MCP_PORT_NAME
 from nexus.vmm.qemu.accel import AccelChoice, choose_accel
 from nexus.vmm.qemu.argv import QEMU_BINARY, Accel, QemuLaunch, SerialPort, qemu_argv
@@ -128,16 +129,14 @@ class QemuDriver:
 
     def kill_orphan(self, pid: int, runtime_dir: Path) -> bool:
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        marker = str(runtime_dir / "qmp.sock").encode()
-        if (
-            not cmdline
-            or b"qemu" not in Path(cmdline[0].decode(errors="replace")).name.encode()
-            or not any(marker in arg for arg in cmdline)
-        ):
-            return False
+        ours = b"qemu" in Path(argv[0].decode(errors="replace")).name.encode() and any(
+            str(runtime_dir / "qmp.sock").encode() in arg for arg in argv
+        )
+        if not ours:
+            return False  # the pid was recycled by something else
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(runtime_dir, ignore_errors=True)
@@ -199,18 +198,13 @@ class QemuDriver:
     @staticmethod
     async def _connect_qmp(proc: asyncio.subprocess.Process, qmp: QMPClient, path: Path) -> None:
         """QEMU creates its sockets before it starts the guest: once QMP answers, it runs."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.returncode is not None:
-                raise DriverError("QEMU exited")
-            try:
-                await qmp.connect(str(path))
-                return
-            except (QMPError, OSError) as exc:
-                if loop.time() > deadline:
-                    raise DriverError(f"QMP did not answer within {STARTUP_TIMEOUT_S}s") from exc
-                await asyncio.sleep(0.02)
+
+        def exited() -> DriverError | None:
+            return DriverError("QEMU exited") if proc.returncode is not None else None
+
+        await retry(
+            lambda: qmp.connect(str(path)), retry_on=(QMPError, OSError), timeout_s=STARTUP_TIMEOUT_S, give_up=exited
+        )
 
 
 def _tail(path: Path) -> str:

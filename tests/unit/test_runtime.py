@@ -1,0 +1,160 @@
+"""The lifecycle runtime against a fake VMM process whose guest side the test plays (socketpairs)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nexus.domain import DriverError, GuestPort, Role, Vm, VmState, utcnow
+from nexus.services import RuntimeTimeouts, VmRuntime
+from nexus.store import VmRepo, connect, migrate
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeProcess:
+    """A VmProcess whose ports are socketpairs; the test holds the guest ends."""
+
+    def __init__(self) -> None:
+        self.pid = 4242
+        self.accel = "tcg"
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.guest: dict[GuestPort, asyncio.Queue[socket.socket]] = {p: asyncio.Queue() for p in GuestPort}
+        self.killed = False
+        self.powered_off = False
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exit.result() if self._exit.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    async def connect(self, port: GuestPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, guest = socket.socketpair()
+        self.guest[port].put_nowait(guest)
+        return await asyncio.open_unix_connection(sock=host)
+
+    def exit(self, code: int) -> None:
+        if not self._exit.done():
+            self._exit.set_result(code)
+
+    async def shutdown(self, timeout_s: float) -> int:
+        self.powered_off = True
+        self.exit(0)
+        return 0
+
+    async def kill(self) -> int:
+        self.killed = True
+        self.exit(-9)
+        return -9
+
+
+class GuestEnd:
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, json.dumps(message).encode() + b"\n")
+
+    async def serve_mcp(self) -> None:
+        """Answer every request with an empty result (enough for the initialize handshake)."""
+        loop = asyncio.get_running_loop()
+        buf = b""
+        while data := await loop.sock_recv(self.sock, 65536):
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                if "id" in msg:
+                    await self.send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+
+
+HELLO = {"agent_version": "t", "image_id": None, "boot_time": time.time(), "hostname": "g", "pid": 1}
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[VmRuntime, VmRepo, Vm, FakeProcess]]:
+    conn = connect(":memory:")
+    migrate(conn)
+    repo = VmRepo(conn)
+    now = utcnow()
+    vm = Vm("abc123abc123", "t", Role.WORK, 1, 256, "img", "k", VmState.STARTING, now, now)
+    repo.insert(vm, "test")
+    runtime = VmRuntime(repo, RuntimeTimeouts(boot_s=1.5, heartbeat_s=0.6, stop_s=1.0, connect_s=1.0))
+    process = FakeProcess()
+    runtime.watch(vm, process, console_log=Path("/nonexistent/console.log"))
+    yield runtime, repo, vm, process
+    process.exit(0)
+    await asyncio.sleep(0.05)
+    conn.close()
+
+
+async def _ready(runtime: VmRuntime, vm: Vm, process: FakeProcess) -> GuestEnd:
+    control = GuestEnd(await asyncio.wait_for(process.guest[GuestPort.CONTROL].get(), 2))
+    await control.send({"jsonrpc": "2.0", "method": "nexus/hello", "params": HELLO})
+    mcp = GuestEnd(await asyncio.wait_for(process.guest[GuestPort.MCP].get(), 2))
+    asyncio.get_running_loop().create_task(mcp.serve_mcp())
+    await asyncio.wait_for(runtime.wait_ready(vm.id), 2)
+    return control
+
+
+async def _state_becomes(repo: VmRepo, vm: Vm, state: VmState, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while repo.get(vm.id).state is not state:
+        assert time.monotonic() < deadline, f"still {repo.get(vm.id).state}, wanted {state}"
+        await asyncio.sleep(0.02)
+
+
+async def test_hello_makes_ready_and_silence_unreachable(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+    runtime, repo, vm, process = env
+    control = await _ready(runtime, vm, process)
+    assert repo.get(vm.id).state is VmState.READY
+    await _state_becomes(repo, vm, VmState.UNREACHABLE, 3)
+    await control.send({"jsonrpc": "2.0", "method": "nexus/heartbeat", "params": {"seq": 1, "uptime_s": 1.0}})
+    await _state_becomes(repo, vm, VmState.READY, 1)
+    reasons = [c.reason for c in repo.history(vm.id)]
+    assert any("no heartbeat" in r for r in reasons)
+    assert reasons[-1] == "heartbeats resumed"
+
+
+async def test_no_hello_in_time_fails_and_kills(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+    runtime, repo, vm, process = env
+    with pytest.raises(DriverError, match="no agent hello within 2s"):
+        await asyncio.wait_for(runtime.wait_ready(vm.id), 5)
+    assert process.killed
+    assert repo.get(vm.id).state is VmState.FAILED
+    assert not runtime.is_running(vm.id)
+
+
+async def test_exit_after_ready_is_a_crash(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+    runtime, repo, vm, process = env
+    await _ready(runtime, vm, process)
+    process.exit(-9)
+    await _state_becomes(repo, vm, VmState.CRASHED, 1)
+    assert "signal 9" in repo.history(vm.id)[-1].reason
+    assert not runtime.is_running(vm.id)
+
+
+async def test_exit_during_boot_is_a_failed_start(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+    runtime, repo, vm, process = env
+    process.exit(1)
+    with pytest.raises(DriverError, match="exited during boot"):
+        await asyncio.wait_for(runtime.wait_ready(vm.id), 2)
+    assert repo.get(vm.id).state is VmState.FAILED
+
+
+async def test_stop_powers_off(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+    runtime, repo, vm, process = env
+    await _ready(runtime, vm, process)
+    await asyncio.wait_for(runtime.stop(vm.id), 3)
+    assert process.powered_off
+    assert [c.to_state for c in repo.history(vm.id)][-2:] == [VmState.STOPPING, VmState.STOPPED]
