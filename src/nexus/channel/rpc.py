@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nexus.protocol import (
+    CANCELLED_NOTIFICATION,
     PROGRESS_NOTIFICATION,
     FrameTooLarge,
     JsonRpcError,
@@ -110,11 +111,22 @@ class RpcPeer:
             await self._send(request(request_id, method, params))
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError as exc:
+            self._cancel_remote(request_id, "timed out")
             raise ChannelTimeout(f"{self.name}: no answer to {method} within {timeout_s}s") from exc
+        except asyncio.CancelledError:
+            self._cancel_remote(request_id, "the caller went away")
+            raise
         finally:
             self._pending.pop(request_id, None)
             if on_progress is not None:
                 self._progress.pop(f"p{request_id}", None)
+
+    def _cancel_remote(self, request_id: int, reason: str) -> None:
+        """Tell the agent to stop working on a call nobody waits for any more (MCP notifications/cancelled)."""
+        if not self.closed:
+            message = notification(CANCELLED_NOTIFICATION, {"requestId": request_id, "reason": reason})
+            task = asyncio.get_running_loop().create_task(self._send(message))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         await self._send(notification(method, params))

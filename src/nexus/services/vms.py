@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nexus.domain import (
+    DriverError,
     InvalidState,
     LaunchSpec,
     Layout,
@@ -63,6 +64,7 @@ class VmService:
         self._assets = assets
         self._clone_drive = clone_drive
         self._no_driver_reason = no_driver_reason
+        self._launching: set[str] = set()  # VMs between "start requested" and a watched VMM process
 
     def create(self, spec: VmSpec) -> Vm:
         check_name(spec.name)
@@ -121,11 +123,17 @@ class VmService:
         driver = self._require_driver()
         self._repo.set_state(vm.id, vm.state, VmState.STARTING, reason="start requested")
         started = time.monotonic()
+        self._launching.add(vm.id)
         try:
             process = await self._launch(vm, driver)
         except NexusError as exc:
             self._repo.set_state(vm.id, VmState.STARTING, VmState.FAILED, reason=f"start failed: {exc.message}")
             raise
+        except Exception as exc:  # e.g. no space left for the root drive: still never leave it "starting"
+            self._repo.set_state(vm.id, VmState.STARTING, VmState.FAILED, reason=f"start failed: {exc}")
+            raise DriverError(f"VM {vm.name} could not be started: {exc}") from exc
+        finally:
+            self._launching.discard(vm.id)
         self._repo.set_runtime(vm.id, process.pid, driver.name, process.accel)
         self._runtime.watch(vm, process, self._layout.console_log(vm.id))
         launched = time.monotonic()
@@ -162,6 +170,8 @@ class VmService:
         vm = self._repo.get(ref)
         if not vm.state.has_process:
             raise InvalidState(f"VM {vm.name} is {vm.state}; there is nothing to stop")
+        if vm.id in self._launching:
+            raise InvalidState(f"VM {vm.name} is still being launched; stop it once its start returns")
         if self._runtime.is_running(vm.id):
             await self._runtime.stop(vm.id)
         else:  # only after a daemon restart that found no process for it
