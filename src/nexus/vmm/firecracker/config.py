@@ -66,8 +66,8 @@ def check_resource_id(kind: str, value: str) -> str:
 
 def _path(value: PurePath | str) -> str:
     text = str(value)
-    if not text:
-        raise Invalid("a Firecracker path must not be empty")
+    if text in ("", "."):  # PurePath("") is "."
+        raise Invalid("a Firecracker file path must not be empty")
     return text
 
 

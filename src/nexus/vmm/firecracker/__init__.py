@@ -1,0 +1,90 @@
+"""The Firecracker driver's pieces: API bodies, the API client, and the argv of firecracker and its jailer.
+
+Targets Firecracker v1.16. Builders are pure; only :class:`FirecrackerApi` (the API socket) and
+:func:`place_files` (hard links into the jailer's chroot) touch anything outside the process.
+"""
+
+from __future__ import annotations
+
+from nexus.vmm.firecracker.api import FirecrackerApi
+from nexus.vmm.firecracker.argv import check_instance_id, firecracker_argv
+from nexus.vmm.firecracker.config import (
+    Action,
+    ApiRequest,
+    BootSource,
+    Drive,
+    InstanceInfo,
+    JsonBody,
+    Logger,
+    LogLevel,
+    MachineConfig,
+    Metrics,
+    MicroVmConfig,
+    NetworkInterface,
+    VmRunState,
+    Vsock,
+    action_body,
+    boot_args,
+    boot_source_body,
+    drive_body,
+    logger_body,
+    machine_config_body,
+    metrics_body,
+    network_interface_body,
+    preboot_requests,
+    root_drive,
+    vm_state_body,
+    vsock_body,
+)
+from nexus.vmm.firecracker.jailer import (
+    ChrootLayout,
+    ChrootPlan,
+    JailerLaunch,
+    PlacedFile,
+    Placement,
+    chroot_layout,
+    jailer_argv,
+    place_files,
+    plan_chroot,
+)
+
+__all__ = [
+    "Action",
+    "ApiRequest",
+    "BootSource",
+    "ChrootLayout",
+    "ChrootPlan",
+    "Drive",
+    "FirecrackerApi",
+    "InstanceInfo",
+    "JailerLaunch",
+    "JsonBody",
+    "LogLevel",
+    "Logger",
+    "MachineConfig",
+    "Metrics",
+    "MicroVmConfig",
+    "NetworkInterface",
+    "PlacedFile",
+    "Placement",
+    "VmRunState",
+    "Vsock",
+    "action_body",
+    "boot_args",
+    "boot_source_body",
+    "check_instance_id",
+    "chroot_layout",
+    "drive_body",
+    "firecracker_argv",
+    "jailer_argv",
+    "logger_body",
+    "machine_config_body",
+    "metrics_body",
+    "network_interface_body",
+    "place_files",
+    "plan_chroot",
+    "preboot_requests",
+    "root_drive",
+    "vm_state_body",
+    "vsock_body",
+]

@@ -1,0 +1,226 @@
+"""Running Firecracker under its jailer: the pure argv builder, the chroot layout and the plan of files to place.
+
+The jailer chroots into ``<chroot_base>/<exec-file name>/<id>/root``, so every path Firecracker is given (kernel,
+initrd, drives, sockets) is a path inside that root. :func:`plan_chroot` decides, without touching the disk,
+which host file appears under which in-chroot name and rewrites the boot source and drives accordingly;
+:func:`place_files` carries a plan out (hard link; a copy only where the source is on another filesystem, and
+never silently for a writable drive, whose writes would then miss the original). Nothing here runs the jailer,
+creates cgroups or network namespaces, or changes file ownership.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path, PurePath, PurePosixPath
+
+from nexus.domain.errors import DriverError, Invalid
+from nexus.vmm.firecracker.argv import check_instance_id, firecracker_args
+from nexus.vmm.firecracker.config import BootSource, Drive, LogLevel
+
+JAILER_BINARY = "jailer"
+IN_CHROOT_API_SOCKET = PurePosixPath("/run/firecracker.socket")
+NETNS_DIR = PurePosixPath("/var/run/netns")
+KERNEL_NAME = "vmlinux"
+INITRD_NAME = "initrd.img"
+
+
+@dataclass(frozen=True, slots=True)
+class JailerLaunch:
+    """What one jailed Firecracker needs. ``cgroups`` are ``(file, value)`` pairs, e.g. ``("cpu.max", "50000
+    100000")``; ``netns`` is a network namespace name under ``/var/run/netns``."""
+
+    vm_id: str
+    exec_file: Path
+    uid: int
+    gid: int
+    chroot_base: Path
+    netns: str | None = None
+    cgroup_version: int = 2
+    cgroups: tuple[tuple[str, str], ...] = ()
+    parent_cgroup: str | None = None
+    new_pid_ns: bool = False
+    daemonize: bool = False
+    level: LogLevel | None = None
+    api_sock: PurePosixPath = IN_CHROOT_API_SOCKET
+    jailer_binary: str | Path = JAILER_BINARY
+
+    def __post_init__(self) -> None:
+        check_instance_id(self.vm_id)
+        if self.uid < 0 or self.gid < 0:
+            raise Invalid("the jailer's uid and gid must not be negative")
+        if self.cgroup_version not in (1, 2):
+            raise Invalid(f"cgroup_version must be 1 or 2, not {self.cgroup_version}")
+        if self.netns is not None and (not self.netns or "/" in self.netns or self.netns in (".", "..")):
+            raise Invalid(f"netns {self.netns!r} must be a namespace name, not a path")
+        for key, _value in self.cgroups:
+            if not key or "=" in key or "/" in key or "." not in key:
+                raise Invalid(f"cgroup file {key!r} must look like 'controller.file' (cpu.max, memory.max...)")
+        if not self.api_sock.is_absolute():
+            raise Invalid(f"the in-chroot API socket path must be absolute, not {self.api_sock}")
+
+
+def jailer_argv(launch: JailerLaunch) -> list[str]:
+    """``jailer --id ID --exec-file BIN --uid U --gid G --chroot-base-dir DIR [--netns /var/run/netns/NAME]
+    [--cgroup-version N --cgroup k=v...] [--parent-cgroup P] [--new-pid-ns] [--daemonize] -- --api-sock ...``."""
+    argv = [
+        str(launch.jailer_binary),
+        "--id",
+        launch.vm_id,
+        "--exec-file",
+        str(launch.exec_file),
+        "--uid",
+        str(launch.uid),
+        "--gid",
+        str(launch.gid),
+        "--chroot-base-dir",
+        str(launch.chroot_base),
+    ]
+    if launch.netns is not None:
+        argv += ["--netns", str(NETNS_DIR / launch.netns)]
+    if launch.cgroups or launch.parent_cgroup is not None:
+        argv += ["--cgroup-version", str(launch.cgroup_version)]
+    for key, value in launch.cgroups:
+        argv += ["--cgroup", f"{key}={value}"]
+    if launch.parent_cgroup is not None:
+        argv += ["--parent-cgroup", launch.parent_cgroup]
+    if launch.new_pid_ns:
+        argv.append("--new-pid-ns")
+    if launch.daemonize:
+        argv.append("--daemonize")
+    argv.append("--")
+    argv += firecracker_args(launch.api_sock, level=launch.level)
+    return argv
+
+
+# --- chroot layout ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChrootLayout:
+    """Where the jailer puts one instance: ``<chroot_base>/<exec_name>/<vm_id>/root``."""
+
+    chroot_base: Path
+    exec_name: str
+    vm_id: str
+
+    @property
+    def instance_dir(self) -> Path:
+        return self.chroot_base / self.exec_name / self.vm_id
+
+    @property
+    def root(self) -> Path:
+        return self.instance_dir / "root"
+
+    def host_path(self, in_chroot: PurePath | str) -> Path:
+        """The host path of an absolute in-chroot path (``/run/firecracker.socket`` → ``<root>/run/...``)."""
+        inner = PurePosixPath(in_chroot)
+        if not inner.is_absolute() or ".." in inner.parts:
+            raise Invalid(f"in-chroot path {inner} must be absolute and without '..'")
+        return self.root.joinpath(*inner.parts[1:])
+
+    @property
+    def api_socket(self) -> Path:
+        """Host path of the API socket of a jailed Firecracker started with the default ``--api-sock``."""
+        return self.host_path(IN_CHROOT_API_SOCKET)
+
+
+def chroot_layout(chroot_base: Path, exec_file: Path, vm_id: str) -> ChrootLayout:
+    """The layout the jailer will use for ``exec_file`` (only its file name counts) and ``vm_id``."""
+    if not exec_file.name:
+        raise Invalid(f"exec file {exec_file} has no file name")
+    return ChrootLayout(chroot_base=chroot_base, exec_name=exec_file.name, vm_id=check_instance_id(vm_id))
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedFile:
+    """One host file and the name it gets inside the chroot. ``writable``: the VM writes to it (a rw drive)."""
+
+    source: Path
+    target: Path
+    in_chroot: PurePosixPath
+    writable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChrootPlan:
+    """The files to place, plus the boot source and drives rewritten to their in-chroot paths (send these)."""
+
+    layout: ChrootLayout
+    files: tuple[PlacedFile, ...]
+    boot: BootSource
+    drives: tuple[Drive, ...]
+
+
+def plan_chroot(layout: ChrootLayout, boot: BootSource, drives: Sequence[Drive]) -> ChrootPlan:
+    """Pure: kernel → ``/vmlinux``, initrd → ``/initrd.img``, drive ``X`` → ``/X<suffix of its file>``."""
+    files: list[PlacedFile] = []
+
+    def place(source: PurePath, name: str, writable: bool) -> PurePosixPath:
+        inner = PurePosixPath("/") / name
+        if any(f.in_chroot == inner for f in files):
+            raise Invalid(f"two files would share the in-chroot path {inner}")
+        files.append(PlacedFile(Path(source), layout.host_path(inner), inner, writable))
+        return inner
+
+    kernel = place(boot.kernel, KERNEL_NAME, writable=False)
+    initrd = None if boot.initrd is None else place(boot.initrd, INITRD_NAME, writable=False)
+    jailed_boot = replace(boot, kernel=kernel, initrd=initrd)
+    jailed_drives = tuple(
+        replace(d, path=place(d.path, d.drive_id + PurePath(d.path).suffix, writable=not d.read_only)) for d in drives
+    )
+    return ChrootPlan(layout=layout, files=tuple(files), boot=jailed_boot, drives=jailed_drives)
+
+
+class Placement(StrEnum):
+    LINKED = "linked"
+    COPIED = "copied"
+    PRESENT = "present"  # the target already is the source (same inode)
+
+
+LinkFn = Callable[[Path, Path], None]
+CopyFn = Callable[[Path, Path], object]
+
+
+def place_files(
+    files: Iterable[PlacedFile],
+    *,
+    copy_writable: bool = False,
+    link: LinkFn = os.link,
+    copy: CopyFn = shutil.copyfile,
+) -> list[tuple[PlacedFile, Placement]]:
+    """Hard-link each file into the chroot (making parent directories); copy on EXDEV (another filesystem).
+
+    A writable drive on another filesystem is refused unless ``copy_writable``: the VM would write to the copy
+    and the original would never see it. A target that exists and is not the source is replaced.
+    """
+    done: list[tuple[PlacedFile, Placement]] = []
+    for f in files:
+        try:
+            f.target.parent.mkdir(parents=True, exist_ok=True)
+            if f.target.exists() and os.path.samefile(f.source, f.target):
+                done.append((f, Placement.PRESENT))
+                continue
+            f.target.unlink(missing_ok=True)
+            try:
+                link(f.source, f.target)
+                done.append((f, Placement.LINKED))
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+            if f.writable and not copy_writable:
+                raise DriverError(
+                    f"cannot hard-link the writable drive {f.source} into {f.target.parent}: they are on different "
+                    "filesystems, and a copy would not keep the VM's writes (put the chroot base on the same "
+                    "filesystem as the drives)"
+                )
+            copy(f.source, f.target)
+            done.append((f, Placement.COPIED))
+        except OSError as exc:
+            raise DriverError(f"cannot place {f.source} at {f.target} in the chroot: {exc}") from exc
+    return done
