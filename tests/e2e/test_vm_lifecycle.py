@@ -97,6 +97,23 @@ def test_hung_agent_means_unreachable_and_stop_still_works(e2e_daemon: Daemon, a
         nexusctl(e2e_daemon, "vm", "rm", "--force", "e2e-hang", check=False)
 
 
+def test_agent_killed_is_respawned_and_usable_again(e2e_daemon: Daemon, api: NexusClient) -> None:
+    nexusctl_json(e2e_daemon, "vm", "run", "e2e-respawn")
+    try:
+        nexusctl(
+            e2e_daemon, "vm", "exec", "--shell", "e2e-respawn", "--", "p=$PPID; (sleep 1; kill -9 $p) >/dev/null 2>&1 &"
+        )
+
+        def exec_works() -> bool:
+            done = nexusctl(e2e_daemon, "vm", "exec", "e2e-respawn", "--", "echo", "back", check=False)
+            return done.returncode == 0 and done.stdout == b"back\n"
+
+        wait_until(exec_works, 30, "exec to work with the respawned agent", interval_s=1.0)
+        assert api.get_vm("e2e-respawn")["state"] == "ready"
+    finally:
+        nexusctl(e2e_daemon, "vm", "rm", "--force", "e2e-respawn", check=False)
+
+
 def test_broken_kernel_fails_and_releases_everything(e2e_daemon: Daemon, api: NexusClient) -> None:
     good = api.list_kernels()[0]
     kernels_dir = Path(good["path"]).parent.parent

@@ -3,12 +3,18 @@
 Kernel command line (``/proc/cmdline``):
   ``nexus.heartbeat_s=2``   seconds between heartbeats on the control port
   ``nexus.log_level=info``  debug | info | warning | error
+  ``nexus.transport=auto``  auto | virtio-serial | vsock (for the ports not given by ``--control``/``--mcp``;
+                            auto: see ``nexus.agent.transport.choose_transport``)
 
 Flags (mostly for tests and debugging; a guest normally runs plain ``python3 -m nexus.agent``):
   ``--control PATH|none``   control stream: a character device or a Unix socket to connect to;
-                            default: the virtio-serial port named ``org.nexus.control``
-  ``--mcp PATH|stdio|none`` MCP stream, likewise (default port ``org.nexus.mcp``); ``stdio`` serves MCP
-                            on stdin/stdout and exits when stdin closes
+                            default: the virtio-serial port named ``org.nexus.control``, or with vsock a
+                            connection to the host's port 1024
+  ``--mcp PATH|stdio|none`` MCP stream, likewise (default port ``org.nexus.mcp``, or listening on vsock port
+                            1025); ``stdio`` serves MCP on stdin/stdout and exits when stdin closes
+  ``--transport T``         as ``nexus.transport`` (the flag wins)
+  ``--vsock-unix PREFIX``   vsock emulated over Unix sockets (tests): dial host port P at ``PREFIX_<P>``,
+                            listen on guest port P at ``PREFIX.guest_<P>``; implies ``--transport vsock``
   ``--heartbeat-s S``, ``--log-level L``, ``--image-json PATH`` (default /etc/nexus/image.json; its
   ``id`` is the image id), ``--max-workers N`` (concurrent tool calls, default 32),
   ``--cmdline PATH`` (default /proc/cmdline)
@@ -26,7 +32,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_HEARTBEAT_S", "DEFAULT_IMAGE_JSON", "AgentConfig", "load_config", "parse_kernel_cmdline"]
+__all__ = [
+    "DEFAULT_HEARTBEAT_S",
+    "DEFAULT_IMAGE_JSON",
+    "TRANSPORTS",
+    "AgentConfig",
+    "load_config",
+    "parse_kernel_cmdline",
+]
 
 log = logging.getLogger("nexus.agent")
 
@@ -35,6 +48,7 @@ DEFAULT_IMAGE_JSON: Final = "/etc/nexus/image.json"
 DEFAULT_CMDLINE: Final = "/proc/cmdline"
 DEFAULT_MAX_WORKERS: Final = 32
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+TRANSPORTS: Final = ("auto", "virtio-serial", "vsock")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +63,10 @@ class AgentConfig:
     max_workers: int = DEFAULT_MAX_WORKERS
     warnings: tuple[str, ...] = ()
     """Problems found in the kernel command line, to log once logging is set up."""
+    transport: str = "auto"
+    """For the default ports: one of ``TRANSPORTS``."""
+    vsock_unix: str | None = None
+    """vsock emulated over Unix sockets at this path prefix (tests); None: real AF_VSOCK."""
 
 
 def parse_kernel_cmdline(text: str) -> dict[str, str]:
@@ -84,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=_LOG_LEVELS)
     p.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, help="concurrent tool calls")
     p.add_argument("--cmdline", default=DEFAULT_CMDLINE, help="kernel command line to read nexus.* from")
+    p.add_argument("--transport", choices=TRANSPORTS, help="transport of the default ports (default: auto)")
+    p.add_argument("--vsock-unix", metavar="PREFIX", help="vsock over Unix sockets at PREFIX_<port> (tests)")
     return p
 
 
@@ -120,6 +140,19 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
     if ns.log_level is not None:
         log_level = ns.log_level
 
+    transport = "auto"
+    kernel_transport = kernel.get("nexus.transport", "").lower()
+    if kernel_transport in TRANSPORTS:
+        transport = kernel_transport
+    elif kernel_transport:
+        warnings.append(f"ignoring nexus.transport={kernel_transport!r}; expected one of {', '.join(TRANSPORTS)}")
+    if ns.transport is not None:
+        transport = ns.transport
+    if ns.vsock_unix is not None:
+        if ns.transport not in (None, "vsock"):
+            parser.error("--vsock-unix needs --transport vsock (or none)")
+        transport = "vsock"
+
     return AgentConfig(
         control=ns.control,
         mcp=ns.mcp,
@@ -128,4 +161,6 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
         log_level=log_level,
         max_workers=ns.max_workers,
         warnings=tuple(warnings),
+        transport=transport,
+        vsock_unix=ns.vsock_unix,
     )

@@ -2,8 +2,10 @@
 
 ``main`` changes to ``/`` first, so relative paths in tool calls and run_command's default cwd are ``/``.
 
-Wiring only: endpoints from ``transport``, services from ``control`` and ``mcp_server``, one
-``PortRunner`` thread per port and one thread pool for tool calls. The agent exits when stopped, or
+Wiring only: endpoints from ``transport`` (virtio-serial or vsock, see ``choose_transport``), services from
+``control`` and ``mcp_server``, one ``PortRunner`` thread per port - ``MCP_LISTEN_SESSIONS`` of them sharing a
+listening (vsock) MCP endpoint, so a second host connection is served rather than left hanging in the
+backlog - and one thread pool for tool calls. The agent exits when stopped, or
 when every port has ended for good (only a stdio port ends on its own).
 """
 
@@ -25,25 +27,47 @@ from nexus.agent.identity import make_hello, read_image_id
 from nexus.agent.mcp_server import McpService
 from nexus.agent.session import PortRunner
 from nexus.agent.tools import Toolbox
-from nexus.agent.transport import Endpoint, PathEndpoint, StdioEndpoint, VirtioPortEndpoint
+from nexus.agent.transport import (
+    VSOCK_SPACE,
+    Endpoint,
+    PathEndpoint,
+    SocketListenEndpoint,
+    SocketSpace,
+    StdioEndpoint,
+    VirtioPortEndpoint,
+    choose_transport,
+    unix_space,
+    vsock_endpoint,
+)
 from nexus.protocol import CONTROL_PORT_NAME, MCP_PORT_NAME
 
-__all__ = ["endpoint_for", "main", "run"]
+__all__ = ["MCP_LISTEN_SESSIONS", "endpoint_for", "main", "run", "vsock_space_for"]
 
 log = logging.getLogger("nexus.agent")
 
 _JOIN_S = 5.0
+MCP_LISTEN_SESSIONS = 4
 
 
-def endpoint_for(spec: str | None, port_name: str) -> Endpoint | None:
-    """The endpoint for a ``--control``/``--mcp`` value (None = the virtio-serial port by name)."""
+def endpoint_for(spec: str | None, port_name: str, vsock: SocketSpace | None = None) -> Endpoint | None:
+    """The endpoint for a ``--control``/``--mcp`` value (None = the port by name: on ``vsock`` if given, else
+    the virtio-serial port)."""
     if spec is None:
-        return VirtioPortEndpoint(port_name)
+        return VirtioPortEndpoint(port_name) if vsock is None else vsock_endpoint(port_name, vsock)
     if spec == "none":
         return None
     if spec == "stdio":
         return StdioEndpoint()
     return PathEndpoint(spec)
+
+
+def vsock_space_for(config: AgentConfig) -> SocketSpace | None:
+    """Where the default ports live: None for virtio-serial, else the vsock space (Unix-emulated for tests)."""
+    if config.vsock_unix is not None:
+        return unix_space(config.vsock_unix)
+    if choose_transport(config.transport, image_json=config.image_json) == "vsock":
+        return VSOCK_SPACE
+    return None
 
 
 def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None = None) -> int:
@@ -57,8 +81,12 @@ def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None
     image_id = read_image_id(config.image_json)
     log.info("nexus-agent %s starting (image %s, heartbeat %.3gs)", __version__, image_id, config.heartbeat_s)
 
-    control_ep = endpoint_for(config.control, CONTROL_PORT_NAME)
-    mcp_ep = endpoint_for(config.mcp, MCP_PORT_NAME)
+    vsock: SocketSpace | None = None
+    if None in (config.control, config.mcp):  # some port is the default one: on which transport?
+        vsock = vsock_space_for(config)
+        log.info("default ports on %s", "virtio-serial" if vsock is None else vsock.name)
+    control_ep = endpoint_for(config.control, CONTROL_PORT_NAME, vsock)
+    mcp_ep = endpoint_for(config.mcp, MCP_PORT_NAME, vsock)
     if control_ep is None and mcp_ep is None:
         log.error("both ports are disabled; nothing to do")
         return 2
@@ -70,7 +98,9 @@ def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None
         control = ControlService(lambda: make_hello(image_id), config.heartbeat_s, stop)
         runners.append(PortRunner("control", control_ep, control, stop, on_exit=wake.set))
     if mcp_ep is not None:
-        runners.append(PortRunner("mcp", mcp_ep, mcp, stop, on_exit=wake.set))
+        sessions = MCP_LISTEN_SESSIONS if isinstance(mcp_ep, SocketListenEndpoint) else 1
+        for i in range(sessions):
+            runners.append(PortRunner("mcp" if i == 0 else f"mcp.{i}", mcp_ep, mcp, stop, on_exit=wake.set))
     for runner in runners:
         runner.start()
     try:

@@ -10,9 +10,13 @@ The code above this module sees only two shapes:
 
 Endpoints here: virtio-serial ports found by name (``/sys/class/virtio-ports/*/name`` → ``/dev/vportNpM``),
 an explicit path (a character device, or a Unix socket to connect to - what tests use to stand in for
-QEMU's chardev sockets), and stdio (one session; handy for running the tools as a local MCP server).
-A later AF_VSOCK transport is one more ``Endpoint`` whose ``connect`` dials ``(HOST_CID, port)``; it is
-deliberately not implemented here.
+QEMU's chardev sockets), stdio (one session; handy for running the tools as a local MCP server), and vsock:
+the control stream dials the host (CID 2, ``CONTROL_VSOCK_PORT``) and redials when the host drops it; the
+MCP port listens on ``MCP_VSOCK_PORT`` and each accepted connection is one session (several ``PortRunner``
+threads may share one listening endpoint to serve connections side by side). Where vsock ports live is a
+``SocketSpace``: ``VSOCK_SPACE`` in a guest, ``unix_space(prefix)`` in tests (AF_UNIX paths named the way
+Firecracker names its host-side sockets), so the same code runs without ever opening an AF_VSOCK socket.
+``choose_transport`` picks virtio-serial or vsock when the options do not say.
 
 virtio-serial behaviour this relies on (Linux ``drivers/char/virtio_console.c``): while the host side is
 not connected, ``poll`` reports POLLHUP (with POLLIN), ``read`` returns 0 and ``write`` blocks, or fails
@@ -33,22 +37,33 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
+
+from nexus.protocol import CONTROL_PORT_NAME, CONTROL_VSOCK_PORT, HOST_CID, MCP_PORT_NAME, MCP_VSOCK_PORT
 
 __all__ = [
     "DEV_ROOT",
+    "DEV_VSOCK",
     "SYS_VIRTIO_PORTS",
+    "VSOCK_SPACE",
     "CharDeviceEndpoint",
     "Endpoint",
     "FdStream",
     "PathEndpoint",
     "PeerGone",
+    "SocketDialEndpoint",
+    "SocketListenEndpoint",
+    "SocketSpace",
     "StdioEndpoint",
     "Stream",
     "UnixSocketEndpoint",
     "VirtioPortEndpoint",
+    "choose_transport",
     "find_virtio_port",
+    "unix_space",
+    "vsock_endpoint",
 ]
 
 log = logging.getLogger("nexus.agent")
@@ -58,6 +73,8 @@ DEV_ROOT: Final = "/dev"
 READ_CHUNK_BYTES: Final = 1024 * 1024
 HOST_POLL_S: Final = 0.1
 RETRY_S: Final = 0.2
+LISTEN_BACKLOG: Final = 8
+DEV_VSOCK: Final = "/dev/vsock"
 WRITE_STALL_S: Final = 30.0
 
 _GONE: Final = select.POLLHUP | select.POLLERR | select.POLLNVAL
@@ -144,21 +161,116 @@ class FdStream:
                 self._on_close()
 
 
-class UnixSocketEndpoint:
-    """Connects to a listening Unix socket (the host side, as QEMU's ``server=on`` chardev would be)."""
+SocketAddress = Any
+"""A ``socket.connect``/``bind`` address: a path for AF_UNIX, ``(cid, port)`` for AF_VSOCK."""
+
+
+def _unix_socket() -> socket.socket:
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
+
+
+def _socket_stream(sock: socket.socket) -> FdStream:
+    sock.setblocking(False)
+    return FdStream(sock.fileno(), sock.fileno(), on_close=sock.close)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketSpace:
+    """Where vsock ports live: which socket to make, what to dial for a host port, what to bind for ours.
+
+    ``unix_paths`` says the addresses are filesystem paths (bound paths are then replaced and removed)."""
+
+    name: str
+    family: int
+    host_address: Callable[[int], SocketAddress]
+    listen_address: Callable[[int], SocketAddress]
+    unix_paths: bool = False
+
+    def make_socket(self) -> socket.socket:
+        return socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+
+
+def _vsock_host(port: int) -> SocketAddress:
+    return (HOST_CID, port)
+
+
+def _vsock_any(port: int) -> SocketAddress:
+    return (socket.VMADDR_CID_ANY, port)
+
+
+VSOCK_SPACE: Final = SocketSpace("vsock", socket.AF_VSOCK, _vsock_host, _vsock_any)
+"""The real thing, inside a guest: dial ``(HOST_CID, port)``, listen on ``(VMADDR_CID_ANY, port)``."""
+
+
+def unix_space(prefix: str) -> SocketSpace:
+    """vsock emulated with Unix sockets: host port P is dialled at ``<prefix>_<P>`` (the path Firecracker's
+    hybrid vsock connects to on the host, so a host ``GuestListener`` with ``uds_path=prefix`` accepts it) and
+    guest port P listens at ``<prefix>.guest_<P>`` (what a fake vsock muxer forwards ``CONNECT P`` to)."""
+    return SocketSpace(
+        f"vsock-unix:{prefix}",
+        socket.AF_UNIX,
+        lambda port: f"{prefix}_{port}",
+        lambda port: f"{prefix}.guest_{port}",
+        unix_paths=True,
+    )
+
+
+def vsock_endpoint(port_name: str, space: SocketSpace = VSOCK_SPACE) -> SocketDialEndpoint | SocketListenEndpoint:
+    """The vsock endpoint of an agent port: control dials the host, MCP listens for it."""
+    if port_name == CONTROL_PORT_NAME:
+        address = space.host_address(CONTROL_VSOCK_PORT)
+        return SocketDialEndpoint(address, f"{space.name} host:{CONTROL_VSOCK_PORT}", space.make_socket)
+    if port_name == MCP_PORT_NAME:
+        address = space.listen_address(MCP_VSOCK_PORT)
+        unlink = address if space.unix_paths else None
+        return SocketListenEndpoint(address, f"{space.name} listen:{MCP_VSOCK_PORT}", space.make_socket, unlink)
+    raise ValueError(f"no vsock port for {port_name!r}")
+
+
+def choose_transport(
+    requested: str,
+    *,
+    sys_root: str = SYS_VIRTIO_PORTS,
+    dev_vsock: str = DEV_VSOCK,
+    image_json: str | None = None,
+) -> str:
+    """``virtio-serial`` or ``vsock`` for a ``requested`` transport (``auto`` decides here).
+
+    auto: our named virtio-serial port exists → virtio-serial (a vsock module alone creates /dev/vsock, even
+    without a vsock device); else ``dev_vsock`` exists and so does the image manifest → vsock; else
+    virtio-serial (its port may still appear). The manifest check keeps a plain ``python3 -m nexus.agent`` run
+    on a host from dialling the host's own vsock, which may reach an outer hypervisor."""
+    if requested != "auto":
+        return requested
+    if find_virtio_port(CONTROL_PORT_NAME, sys_root) is not None:
+        return "virtio-serial"
+    in_image = image_json is None or os.path.exists(image_json)
+    return "vsock" if os.path.exists(dev_vsock) and in_image else "virtio-serial"
+
+
+class SocketDialEndpoint:
+    """Connects to a listening socket at ``address`` (retrying every ``RETRY_S``); one session per connection."""
 
     reconnects = True
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.description = f"unix:{path}"
+    def __init__(self, address: SocketAddress, description: str, make_socket: Callable[[], socket.socket]) -> None:
+        self.address = address
+        self.description = description
+        self._make_socket = make_socket
 
     def connect(self, stop: threading.Event) -> Stream | None:
         logged = False
         while not stop.is_set():
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock = self._make_socket()
             try:
-                sock.connect(self.path)
+                sock.connect(self.address)
             except OSError as exc:
                 sock.close()
                 if not logged:
@@ -166,12 +278,96 @@ class UnixSocketEndpoint:
                     logged = True
                 stop.wait(RETRY_S)
                 continue
-            sock.setblocking(False)
-            return FdStream(sock.fileno(), sock.fileno(), on_close=sock.close)
+            return _socket_stream(sock)
         return None
 
     def close(self) -> None:
         pass
+
+
+class SocketListenEndpoint:
+    """Listens at ``address`` (bound on first use); each accepted connection is one session.
+
+    Thread-safe, so several ``PortRunner`` threads may share one endpoint and serve connections side by side.
+    ``unlink`` is the Unix socket path this endpoint binds (replaced if stale, removed on close)."""
+
+    reconnects = True
+
+    def __init__(
+        self,
+        address: SocketAddress,
+        description: str,
+        make_socket: Callable[[], socket.socket],
+        unlink: str | None = None,
+    ) -> None:
+        self.address = address
+        self.description = description
+        self._make_socket = make_socket
+        self._unlink = unlink
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._bind_failed = False
+
+    def _listener(self) -> socket.socket | None:
+        with self._lock:
+            if self._sock is not None:
+                return self._sock
+            sock = self._make_socket()
+            try:
+                if self._unlink is not None and stat.S_ISSOCK(_mode(self._unlink)):
+                    os.unlink(self._unlink)
+                sock.bind(self.address)
+                sock.listen(LISTEN_BACKLOG)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                if not self._bind_failed:
+                    log.warning("%s: cannot listen (%s); retrying", self.description, exc.strerror or exc)
+                    self._bind_failed = True
+                return None
+            log.info("%s: listening", self.description)
+            self._sock = sock
+            return sock
+
+    def connect(self, stop: threading.Event) -> Stream | None:
+        while not stop.is_set():
+            listener = self._listener()
+            if listener is None:
+                stop.wait(RETRY_S)
+                continue
+            try:
+                poller = select.poll()
+                poller.register(listener.fileno(), select.POLLIN)  # ValueError once another thread closed it
+                if not poller.poll(int(HOST_POLL_S * 1000)):
+                    continue
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another runner took it
+            except (OSError, ValueError) as exc:
+                if not stop.is_set():
+                    log.warning("%s: accept failed (%s)", self.description, exc)
+                    stop.wait(RETRY_S)
+                continue
+            return _socket_stream(conn)
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+            if sock is None:
+                return
+            sock.close()
+            if self._unlink is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._unlink)
+
+
+class UnixSocketEndpoint(SocketDialEndpoint):
+    """Connects to a listening Unix socket (the host side, as QEMU's ``server=on`` chardev would be)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, f"unix:{path}", _unix_socket)
+        self.path = path
 
 
 class CharDeviceEndpoint:

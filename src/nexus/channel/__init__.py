@@ -10,14 +10,28 @@ from nexus.channel.rpc import (
     RpcPeer,
 )
 from nexus.channel.transport import connect_peer
+from nexus.channel.vsock import (
+    GuestListener,
+    VsockError,
+    VsockHandshakeError,
+    VsockNotListening,
+    connect_hybrid,
+    guest_listener_path,
+)
 
 __all__ = [
     "ChannelClosed",
     "ChannelError",
     "ChannelTimeout",
+    "GuestListener",
     "NotificationHandler",
     "ProgressHandler",
     "RemoteError",
     "RpcPeer",
+    "VsockError",
+    "VsockHandshakeError",
+    "VsockNotListening",
+    "connect_hybrid",
     "connect_peer",
+    "guest_listener_path",
 ]

@@ -80,10 +80,6 @@ class VmRuntime:
     def is_running(self, vm_id: str) -> bool:
         return vm_id in self._running
 
-    def hello(self, vm_id: str) -> Hello | None:
-        run = self._running.get(vm_id)
-        return run.hello if run else None
-
     def watch(self, vm: Vm, process: VmProcess, console_log: Path) -> None:
         """Take ownership of ``process`` for ``vm`` (which is ``starting``)."""
         run = _Running(vm.id, vm.name, process, console_log, asyncio.get_running_loop().create_future())
@@ -168,8 +164,9 @@ class VmRuntime:
                     log.warning("vm %s: bad hello: %s", run.name, exc)
                     return
                 self._seen(run, f"agent {hello.agent_version} said hello")
+                restarted = run.hello is not None and run.hello.pid != hello.pid
                 run.hello = hello
-                if not run.ready.done():
+                if not run.ready.done() or restarted:  # a new agent process needs a new MCP session
                     run.tasks.append(asyncio.create_task(self._open_mcp(run), name=f"vm-mcp-{run.name}"))
             elif method == HEARTBEAT_METHOD:
                 self._seen(run, "heartbeats resumed")
@@ -187,6 +184,9 @@ class VmRuntime:
             await run.control.wait_closed()
 
     async def _open_mcp(self, run: _Running) -> None:
+        if run.mcp is not None:  # calls in flight to an agent that is gone fail now, not at their timeout
+            await run.mcp.close("the guest agent restarted")
+            run.mcp = None
         try:
             peer = await connect_peer(run.process, GuestPort.MCP, run.name, None, self._timeouts.connect_s)
             await peer.call(
