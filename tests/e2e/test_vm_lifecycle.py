@@ -53,6 +53,13 @@ def test_run_exec_copy_stop(e2e_daemon: Daemon, api: NexusClient, tmp_path: Path
         nexusctl(e2e_daemon, "vm", "cp", "e2e-main:/root/payload.bin", str(back))
         assert back.read_bytes() == payload
 
+        assert nexusctl_json(e2e_daemon, "vm", "pause", "e2e-main")["state"] == "paused"
+        refused = nexusctl(e2e_daemon, "vm", "exec", "e2e-main", "--", "true", check=False)
+        assert refused.returncode == 5
+        assert b"paused" in refused.stderr
+        assert nexusctl_json(e2e_daemon, "vm", "resume", "e2e-main")["state"] == "ready"
+        assert nexusctl(e2e_daemon, "vm", "exec", "e2e-main", "--", "echo", "resumed").stdout == b"resumed\n"
+
         logs = nexusctl_json(e2e_daemon, "vm", "logs", "e2e-main", "--tail", "200")
         assert any("Linux version" in line or "nexus" in line.lower() for line in logs["lines"])
 
@@ -61,7 +68,7 @@ def test_run_exec_copy_stop(e2e_daemon: Daemon, api: NexusClient, tmp_path: Path
         assert stopped["pid"] is None
         assert _gone(vm["pid"])
         states = [s for s, _ in _states(api, "e2e-main")]
-        assert states == ["created", "starting", "ready", "stopping", "stopped"]
+        assert states == ["created", "starting", "ready", "paused", "ready", "stopping", "stopped"]
     finally:
         nexusctl(e2e_daemon, "vm", "rm", "--force", "e2e-main", check=False)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nexus.domain import DriverError, GuestPort, Role, Vm, VmState, utcnow
+from nexus.domain import DriverError, GuestPort, InvalidState, Role, Vm, VmState, utcnow
 from nexus.services import RuntimeTimeouts, VmRuntime
 from nexus.store import VmRepo, connect, migrate
 
@@ -29,6 +29,7 @@ class FakeProcess:
         self.guest: dict[GuestPort, asyncio.Queue[socket.socket]] = {p: asyncio.Queue() for p in GuestPort}
         self.killed = False
         self.powered_off = False
+        self.paused = False
 
     @property
     def returncode(self) -> int | None:
@@ -50,6 +51,12 @@ class FakeProcess:
         self.powered_off = True
         self.exit(0)
         return 0
+
+    async def pause(self) -> None:
+        self.paused = True
+
+    async def resume(self) -> None:
+        self.paused = False
 
     async def kill(self) -> int:
         self.killed = True
@@ -158,3 +165,30 @@ async def test_stop_powers_off(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -
     await asyncio.wait_for(runtime.stop(vm.id), 3)
     assert process.powered_off
     assert [c.to_state for c in repo.history(vm.id)][-2:] == [VmState.STOPPING, VmState.STOPPED]
+
+
+async def test_paused_vm_is_not_unreachable_and_resumes(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+    runtime, repo, vm, process = env
+    await _ready(runtime, vm, process)
+    await runtime.pause(vm.id)
+    assert process.paused
+    assert repo.get(vm.id).state is VmState.PAUSED
+    await asyncio.sleep(1.0)  # longer than the heartbeat timeout, with no heartbeats
+    assert repo.get(vm.id).state is VmState.PAUSED
+    with pytest.raises(InvalidState, match="paused"):
+        runtime.mcp(vm.id)
+    await runtime.resume(vm.id)
+    assert not process.paused
+    assert repo.get(vm.id).state is VmState.READY
+    with pytest.raises(InvalidState, match="not paused"):
+        await runtime.resume(vm.id)
+
+
+async def test_stop_of_a_paused_vm_resumes_it_first(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+    runtime, repo, vm, process = env
+    await _ready(runtime, vm, process)
+    await runtime.pause(vm.id)
+    await asyncio.wait_for(runtime.stop(vm.id), 3)
+    assert not process.paused
+    assert process.powered_off
+    assert repo.get(vm.id).state is VmState.STOPPED

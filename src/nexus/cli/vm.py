@@ -218,6 +218,22 @@ def stop(ctx: typer.Context, ref: Ref) -> None:
     emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']}"))
 
 
+@app.command("pause")
+def pause(ctx: typer.Context, ref: Ref) -> None:
+    """Freeze a running VM's vCPUs; its memory and state stay until resume."""
+    with client(ctx) as c:
+        vm = c.pause_vm(ref)
+    emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']}"))
+
+
+@app.command("resume")
+def resume(ctx: typer.Context, ref: Ref) -> None:
+    """Let a paused VM run again."""
+    with client(ctx) as c:
+        vm = c.resume_vm(ref)
+    emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']}"))
+
+
 @app.command("logs")
 def logs(
     ctx: typer.Context,

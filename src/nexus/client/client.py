@@ -128,6 +128,14 @@ class NexusClient:
         result: dict[str, Any] = self.request("POST", f"/v1/vms/{_seg(ref)}/stop")
         return result
 
+    def pause_vm(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/vms/{_seg(ref)}/pause")
+        return result
+
+    def resume_vm(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/vms/{_seg(ref)}/resume")
+        return result
+
     def vm_history(self, ref: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", f"/v1/vms/{_seg(ref)}/history")
         return result

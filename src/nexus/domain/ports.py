@@ -73,6 +73,14 @@ class VmProcess(Protocol):
         """Kill the VMM at once and reap it; returns the exit status."""
         ...
 
+    async def pause(self) -> None:
+        """Freeze the guest's vCPUs (memory and devices stay). Raises DriverError."""
+        ...
+
+    async def resume(self) -> None:
+        """Let a paused guest run again. Raises DriverError."""
+        ...
+
 
 class VmmDriver(Protocol):
     """A virtual machine monitor (QEMU, Firecracker)."""

@@ -12,6 +12,7 @@ class VmState(StrEnum):
     STARTING = "starting"
     READY = "ready"
     UNREACHABLE = "unreachable"
+    PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
     CRASHED = "crashed"
@@ -23,13 +24,14 @@ class VmState(StrEnum):
         return self in _WITH_PROCESS
 
 
-_WITH_PROCESS = frozenset({VmState.STARTING, VmState.READY, VmState.UNREACHABLE, VmState.STOPPING})
+_WITH_PROCESS = frozenset({VmState.STARTING, VmState.READY, VmState.UNREACHABLE, VmState.PAUSED, VmState.STOPPING})
 
 TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     VmState.CREATED: frozenset({VmState.STARTING}),
     VmState.STARTING: frozenset({VmState.READY, VmState.FAILED, VmState.CRASHED, VmState.STOPPING}),
-    VmState.READY: frozenset({VmState.UNREACHABLE, VmState.STOPPING, VmState.CRASHED}),
-    VmState.UNREACHABLE: frozenset({VmState.READY, VmState.STOPPING, VmState.CRASHED}),
+    VmState.READY: frozenset({VmState.UNREACHABLE, VmState.PAUSED, VmState.STOPPING, VmState.CRASHED}),
+    VmState.UNREACHABLE: frozenset({VmState.READY, VmState.PAUSED, VmState.STOPPING, VmState.CRASHED}),
+    VmState.PAUSED: frozenset({VmState.READY, VmState.STOPPING, VmState.CRASHED}),
     VmState.STOPPING: frozenset({VmState.STOPPED, VmState.CRASHED}),
     VmState.STOPPED: frozenset({VmState.STARTING}),
     VmState.CRASHED: frozenset({VmState.STARTING}),

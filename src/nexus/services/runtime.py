@@ -10,6 +10,7 @@ way out, the process is reaped, the links closed and the runtime record cleared 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -93,9 +94,7 @@ class VmRuntime:
 
     async def wait_ready(self, vm_id: str) -> None:
         """Return once the agent said hello; raise DriverError if the VM failed or crashed first."""
-        run = self._running.get(vm_id)
-        if run is None:
-            raise InvalidState("the VM is not running")
+        run = self._require(vm_id)
         await asyncio.shield(run.ready)
 
     async def stop(self, vm_id: str) -> None:
@@ -104,18 +103,46 @@ class VmRuntime:
         if run is None:
             return
         run.stop_requested = True
+        was_paused = self._store.get(vm_id).state is VmState.PAUSED
         self._transition(run, VmState.STOPPING, "stop requested")
+        if was_paused:  # a frozen guest cannot answer the power button
+            with contextlib.suppress(DriverError):
+                await run.process.resume()
         await run.process.shutdown(self._timeouts.stop_s)
         await run.done.wait()
+
+    async def pause(self, vm_id: str) -> None:
+        run = self._require(vm_id)
+        if not self._transition(run, VmState.PAUSED, "pause requested"):
+            raise InvalidState(f"VM {run.name} is {self._store.get(vm_id).state}; only a running VM can pause")
+        try:
+            await run.process.pause()
+        except DriverError:
+            self._transition(run, VmState.READY, "pause failed")
+            raise
+
+    async def resume(self, vm_id: str) -> None:
+        run = self._require(vm_id)
+        if self._store.get(vm_id).state is not VmState.PAUSED:
+            raise InvalidState(f"VM {run.name} is not paused")
+        await run.process.resume()
+        run.last_seen = time.monotonic()  # heartbeats were frozen, not missed
+        self._transition(run, VmState.READY, "resumed")
+
+    def _require(self, vm_id: str) -> _Running:
+        run = self._running.get(vm_id)
+        if run is None:
+            raise InvalidState("the VM is not running")
+        return run
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(vm_id) for vm_id in list(self._running)), return_exceptions=True)
 
     def mcp(self, vm_id: str) -> RpcPeer:
         """The open MCP link of a ready VM."""
-        run = self._running.get(vm_id)
-        if run is None:
-            raise InvalidState("the VM is not running")
+        run = self._require(vm_id)
+        if self._store.get(vm_id).state is VmState.PAUSED:
+            raise InvalidState(f"VM {run.name} is paused; resume it first")
         if run.mcp is None or run.mcp.closed:
             raise Unavailable(f"VM {run.name} is not ready: its agent link is not open")
         return run.mcp
@@ -215,7 +242,7 @@ class VmRuntime:
 
     def _seen(self, run: _Running, reason: str) -> None:
         run.last_seen = time.monotonic()
-        if self._store.get(run.vm_id).state is VmState.UNREACHABLE:
+        if self._store.get(run.vm_id).state is VmState.UNREACHABLE:  # never PAUSED: resume does that
             self._transition(run, VmState.READY, reason)
 
     async def _watchdog(self, run: _Running) -> None:

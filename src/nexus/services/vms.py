@@ -179,6 +179,20 @@ class VmService:
             self._repo.set_state(vm.id, VmState.STOPPING, VmState.STOPPED, reason="no VMM process was running")
         return self._repo.get(vm.id)
 
+    async def pause(self, ref: str) -> Vm:
+        vm = self._repo.get(ref)
+        if not self._runtime.is_running(vm.id):
+            raise InvalidState(f"VM {vm.name} is {vm.state}; only a running VM can pause")
+        await self._runtime.pause(vm.id)
+        return self._repo.get(vm.id)
+
+    async def resume(self, ref: str) -> Vm:
+        vm = self._repo.get(ref)
+        if not self._runtime.is_running(vm.id):
+            raise InvalidState(f"VM {vm.name} is {vm.state}, not paused")
+        await self._runtime.resume(vm.id)
+        return self._repo.get(vm.id)
+
     def reconcile(self) -> None:
         """After a daemon start: no VM has a live process handle, so settle every VM the store says runs."""
         for vm in self._repo.find(VmFilter()):

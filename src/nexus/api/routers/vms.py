@@ -73,6 +73,17 @@ async def stop_vm(ref: str, vms: Vms) -> VmOut:
     return VmOut.of(await vms.stop(ref))
 
 
+@router.post("/{ref}/pause")
+async def pause_vm(ref: str, vms: Vms) -> VmOut:
+    """Freeze a running VM's vCPUs (its memory stays); heartbeats are not expected while paused."""
+    return VmOut.of(await vms.pause(ref))
+
+
+@router.post("/{ref}/resume")
+async def resume_vm(ref: str, vms: Vms) -> VmOut:
+    return VmOut.of(await vms.resume(ref))
+
+
 @router.get("/{ref}/history")
 async def vm_history(ref: str, vms: Vms) -> list[StateChangeOut]:
     return [StateChangeOut.of(change) for change in vms.history(ref)]

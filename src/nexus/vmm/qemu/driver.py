@@ -82,6 +82,18 @@ class QemuProcess:
                 log.info("pid %d: guest did not power off within %.0fs; killing", self.pid, timeout_s)
         return await self.kill()
 
+    async def pause(self) -> None:
+        await self._qmp_command("stop")
+
+    async def resume(self) -> None:
+        await self._qmp_command("cont")
+
+    async def _qmp_command(self, command: str) -> None:
+        try:
+            await asyncio.wait_for(self._qmp.execute(command), 5.0)
+        except (QMPError, OSError, TimeoutError) as exc:
+            raise DriverError(f"QEMU pid {self.pid} did not {command}: {exc}") from exc
+
     async def kill(self) -> int:
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
