@@ -8,7 +8,7 @@ from nexus import __version__
 from nexus.api import errors
 from nexus.api.deps import Services
 from nexus.api.middleware import BodyLimit, TcpToken
-from nexus.api.routers import assets, guest, health, settings, vms
+from nexus.api.routers import assets, firecracker, guest, health, settings, vms
 from nexus.api.schemas import ErrorOut
 
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
@@ -26,7 +26,7 @@ def create_app(services: Services, tcp_token: str | None = None) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (health, vms, guest, assets, settings):
+    for module in (health, vms, guest, assets, firecracker, settings):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
     if tcp_token is not None:

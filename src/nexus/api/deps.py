@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from nexus.services import AssetService, SettingsService, VmService
+from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 
 
@@ -17,6 +18,7 @@ class Services:
     settings: SettingsService
     assets: AssetService
     guest: GuestService
+    firecracker: FirecrackerService
 
 
 async def services(request: Request) -> Services:
@@ -44,6 +46,12 @@ async def _guest(request: Request) -> GuestService:
     return svc.guest
 
 
+async def _firecracker(request: Request) -> FirecrackerService:
+    svc: Services = request.app.state.services
+    return svc.firecracker
+
+
+Firecracker = Annotated[FirecrackerService, Depends(_firecracker)]
 Assets = Annotated[AssetService, Depends(_assets)]
 Guest = Annotated[GuestService, Depends(_guest)]
 Vms = Annotated[VmService, Depends(_vms)]

@@ -11,6 +11,9 @@ from nexus.cli.output import ago, console, emit, fields, table
 from nexus.cli.progress import follow
 
 kernel_app = typer.Typer(help="Guest kernels (fetched from Debian, verified, cached).", no_args_is_help=True)
+firecracker_app = typer.Typer(
+    help="Firecracker binaries (release tarballs, verified and cached).", no_args_is_help=True
+)
 image_app = typer.Typer(help="Bootable root filesystem images with the guest agent.", no_args_is_help=True)
 
 
@@ -100,3 +103,41 @@ def image_rm(ctx: typer.Context, ref: str) -> None:
     with client(ctx) as c:
         c.remove_image(ref)
     emit(ctx_of(ctx), {"removed": ref}, lambda _: console.print(f"removed image {ref}"))
+
+
+@firecracker_app.command("list")
+def firecracker_list(ctx: typer.Context) -> None:
+    """List Firecracker binaries."""
+    with client(ctx) as c:
+        binaries = c.list_firecracker()
+    emit(
+        ctx_of(ctx),
+        binaries,
+        lambda bs: table(
+            ["VERSION", "PATH", "SHA256", "SOURCE"],
+            [(b["version"], b["path"], b["sha256"][:12], b["source"]) for b in bs],
+        ),
+    )
+
+
+@firecracker_app.command("pull")
+def firecracker_pull(
+    ctx: typer.Context,
+    version: Annotated[
+        str | None, typer.Argument(help="release like 1.16.1 (default: the firecracker_version setting)")
+    ] = None,
+    path: Annotated[str | None, typer.Option(help="register this binary on the host instead of downloading")] = None,
+) -> None:
+    """Download a Firecracker release (verified against its .sha256.txt), or register a local binary."""
+    opts = ctx_of(ctx)
+    with client(ctx) as c:
+        binary = follow(c.pull_firecracker(version, path), "firecracker", show=not opts.json)
+    emit(opts, binary, lambda b: console.print(f"firecracker {b['version']} at {b['path']}"))
+
+
+@firecracker_app.command("rm")
+def firecracker_rm(ctx: typer.Context, version: str) -> None:
+    """Remove a cached Firecracker binary."""
+    with client(ctx) as c:
+        c.remove_firecracker(version)
+    emit(ctx_of(ctx), {"removed": version}, lambda _: console.print(f"removed firecracker {version}"))

@@ -25,6 +25,7 @@ app = typer.Typer(
 app.add_typer(vm.app, name="vm")
 app.add_typer(assets.kernel_app, name="kernel")
 app.add_typer(assets.image_app, name="image")
+app.add_typer(assets.firecracker_app, name="firecracker")
 app.add_typer(settings.app, name="settings")
 
 

@@ -203,6 +203,16 @@ class NexusClient:
     def remove_image(self, ref: str) -> None:
         self.request("DELETE", f"/v1/images/{_seg(ref)}")
 
+    def list_firecracker(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/firecracker")
+        return result
+
+    def pull_firecracker(self, version: str | None = None, path: str | None = None) -> Iterator[dict[str, Any]]:
+        return self.stream("POST", "/v1/firecracker/pull", json={"version": version, "path": path})
+
+    def remove_firecracker(self, version: str) -> None:
+        self.request("DELETE", f"/v1/firecracker/{_seg(version)}")
+
     # -- inside a VM
 
     def exec(self, ref: str, command: str | list[str], **options: Any) -> Iterator[dict[str, Any]]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 
 from nexus.api import Services
+from nexus.assets.firecracker import FirecrackerStore
 from nexus.daemon.adapters import DebianKernels, RootfsImageBuilder
 from nexus.domain import Layout, VmmDriver
 from nexus.services import AssetService, RuntimeTimeouts, SettingsService, VmRuntime, VmService
+from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.store import ImageRepo, SettingsRepo, VmRepo
 from nexus.workspaces import clone_file
@@ -27,4 +29,8 @@ def wire(
     )
     runtime = VmRuntime(vm_store, timeouts)
     vms = VmService(vm_store, settings, layout, driver, runtime, assets, clone_file, driver_reason)
-    return Services(vms=vms, settings=settings, assets=assets, guest=GuestService(vm_store, runtime)), runtime
+    firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
+    services = Services(
+        vms=vms, settings=settings, assets=assets, guest=GuestService(vm_store, runtime), firecracker=firecracker
+    )
+    return services, runtime

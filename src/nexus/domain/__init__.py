@@ -12,8 +12,9 @@ from nexus.domain.errors import (
     Unavailable,
 )
 from nexus.domain.layout import Layout
-from nexus.domain.models import Image, Kernel, Role, StateChange, Vm, VmFilter, VmSpec, utcnow
+from nexus.domain.models import FirecrackerBinary, Image, Kernel, Role, StateChange, Vm, VmFilter, VmSpec, utcnow
 from nexus.domain.ports import (
+    FirecrackerSource,
     GuestPort,
     ImageBuilder,
     ImageRequest,
@@ -35,6 +36,8 @@ __all__ = [
     "TRANSITIONS",
     "Conflict",
     "DriverError",
+    "FirecrackerBinary",
+    "FirecrackerSource",
     "GuestError",
     "GuestPort",
     "Image",

@@ -80,6 +80,18 @@ class Kernel:
 
 
 @dataclass(frozen=True, slots=True)
+class FirecrackerBinary:
+    """A Firecracker release on this host (downloaded and verified, or registered by path)."""
+
+    version: str
+    path: Path
+    jailer: Path | None
+    sha256: str
+    source: str  # the tarball URL, or the local path it was registered from
+    installed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class VmSpec:
     """What a caller asks for when creating a VM; unset fields come from settings."""
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from nexus.domain.models import Image, Kernel, StateChange, Vm, VmFilter
+from nexus.domain.models import FirecrackerBinary, Image, Kernel, StateChange, Vm, VmFilter
 from nexus.domain.settings import SettingValue
 from nexus.domain.states import VmState
 
@@ -165,3 +165,13 @@ class ImageBuilder(Protocol):
     def build(self, request: ImageRequest, out_dir: Path, progress: Progress) -> Image:
         """Build a bootable ext4 image under ``out_dir``. Raises Invalid/Unavailable, leaving nothing behind."""
         ...
+
+
+class FirecrackerSource(Protocol):
+    """Firecracker binaries: fetched release tarballs, or binaries already on the host."""
+
+    def list(self) -> list[FirecrackerBinary]: ...
+    def get(self, version: str | None = None) -> FirecrackerBinary: ...
+    def pull(self, version: str, base_url: str, progress: Progress) -> FirecrackerBinary: ...
+    def add_local(self, binary: Path) -> FirecrackerBinary: ...
+    def remove(self, version: str) -> None: ...

@@ -67,6 +67,18 @@ SETTINGS: dict[str, SettingSpec] = {
             _int("default_mem_mib", MEM_MIB_RANGE),
         ),
         SettingSpec(
+            "firecracker_version",
+            "1.16.1",
+            "Firecracker release pulled when none is given",
+            _text("firecracker_version"),
+        ),
+        SettingSpec(
+            "firecracker_base_url",
+            "https://github.com/firecracker-microvm/firecracker/releases/download",
+            "where Firecracker release tarballs and their .sha256.txt are fetched from",
+            _text("firecracker_base_url"),
+        ),
+        SettingSpec(
             "vmm",
             "auto",
             "VMM to use: auto (Firecracker where it can run, else QEMU), firecracker, qemu",

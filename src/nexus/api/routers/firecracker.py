@@ -1,0 +1,66 @@
+"""/v1/firecracker: Firecracker binaries — list, pull a release or register a local binary (NDJSON), remove."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from nexus.api.deps import Firecracker
+from nexus.api.schemas import Strict
+from nexus.api.streaming import Emit, ndjson, progress_emitter
+from nexus.domain import FirecrackerBinary
+
+router = APIRouter(prefix="/v1/firecracker", tags=["firecracker"])
+_NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/x-ndjson": {}}}}
+
+
+class FirecrackerOut(BaseModel):
+    version: str
+    path: str
+    jailer: str | None
+    sha256: str
+    source: str
+    installed_at: datetime
+
+    @classmethod
+    def of(cls, b: FirecrackerBinary) -> FirecrackerOut:
+        return cls(
+            version=b.version,
+            path=str(b.path),
+            jailer=str(b.jailer) if b.jailer else None,
+            sha256=b.sha256,
+            source=b.source,
+            installed_at=b.installed_at,
+        )
+
+
+class FirecrackerPullIn(Strict):
+    version: str | None = Field(
+        default=None, description="release like 1.16.1; default: the firecracker_version setting"
+    )
+    path: str | None = Field(default=None, description="register this binary on the host instead of downloading")
+
+
+@router.get("")
+async def list_firecracker(fc: Firecracker) -> list[FirecrackerOut]:
+    return [FirecrackerOut.of(b) for b in fc.list()]
+
+
+@router.post("/pull", response_class=StreamingResponse, responses=_NDJSON)
+async def pull_firecracker(body: FirecrackerPullIn, fc: Firecracker) -> StreamingResponse:
+    async def work(emit: Emit) -> object:
+        path = Path(body.path) if body.path else None
+        return FirecrackerOut.of(await fc.pull(body.version, path, progress_emitter(emit))).model_dump(mode="json")
+
+    return await ndjson(work)
+
+
+@router.delete("/{version}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_firecracker(version: str, fc: Firecracker) -> Response:
+    fc.remove(version)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
