@@ -10,15 +10,30 @@ Two layers, kept apart so each can be extended on its own (the hybrid-vsock side
   ``on_ctrl_alt_del`` and ``on_vm_state``.
 - :class:`FakeFirecracker` serves a model on a Unix socket with asyncio (keep-alive, Content-Length bodies).
 
-Refusals are ``400 {"fault_message": ...}`` with Firecracker's wording where it is known. It never boots anything.
+- :class:`GuestModel` + :func:`main` make it a stand-in for the ``firecracker`` binary, run as a subprocess
+  (``python -m tests.fakes.firecracker --api-sock PATH --id ID``; :func:`write_fake_binary` writes an executable
+  for it). On ``InstanceStart`` it "boots" a real nexus agent on the host (``--vsock-unix <uds_path>``) and serves
+  Firecracker's hybrid vsock muxer on ``uds_path`` (``CONNECT <port>\n`` → the agent's ``<uds_path>.guest_<port>``,
+  ``OK <n>\n``, then bytes both ways); the agent's control stream dials ``<uds_path>_1024`` itself, as Firecracker
+  would for a guest-initiated connection. ``SendCtrlAltDel`` stops the agent and exits 0 (a guest reboot ends
+  Firecracker). Faults come from ``$NEXUS_FAKE_FC_FAULTS`` (a JSON list of :class:`Fault` fields).
+
+Refusals are ``400 {"fault_message": ...}`` with Firecracker's wording where it is known. It never boots a kernel.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import ctypes
+import itertools
 import json
+import os
 import re
+import signal
+import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -26,7 +41,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.fakes.firecracker_spec import SpecValidator
+from tests.fakes.firecracker_spec import SpecValidator, spec_validator
+from tests.helpers import REPO
 
 NOT_AFTER_START = "The requested operation is not supported after starting the microVM."
 NOT_BEFORE_START = "The requested operation is not supported before starting the microVM."
@@ -388,3 +404,217 @@ class FakeFirecracker:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+# --- the fake as a process: a stand-in for the firecracker binary -------------------------------------------------
+
+FAULTS_ENV = "NEXUS_FAKE_FC_FAULTS"
+HEARTBEAT_S = 0.5
+KERNEL_OPEN = "The kernel file cannot be opened: No such file or directory (os error 2)"
+NOT_ELF = (
+    "Start microvm error: Cannot load kernel due to invalid memory configuration or invalid kernel image: "
+    "Kernel Loader: failed to load ELF kernel image"
+)
+DRIVE_OPEN = "Unable to create the block device: BackingFile(Os { code: 2, kind: NotFound }, {path})"
+VSOCK_BIND = "Cannot create backend for vsock device: UnixBind(Os {{ code: 98, kind: AddrInUse }}) {path}"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the agent child before exec
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write_eof()
+
+
+class GuestModel(FirecrackerModel):
+    """The model plus a guest: a real agent process and the hybrid vsock muxer in front of it."""
+
+    def __init__(self, validator: SpecValidator, instance_id: str, console: int = 1) -> None:
+        super().__init__(validator, instance_id=instance_id)
+        self.console = console
+        self.exited = asyncio.Event()
+        self.exit_code = 0
+        self.agent: asyncio.subprocess.Process | None = None
+        self._vsock_sock: socket.socket | None = None
+        self._muxer: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._host_ports = itertools.count(1 << 30)
+        self.add_route("PUT", "/boot-source", self._check_boot_source, preboot_only=True)
+        self.add_route("PUT", "/drives/{drive_id}", self._check_drive, preboot_only=True)
+        self.add_route("PUT", "/vsock", self._bind_vsock, preboot_only=True)
+
+    # Firecracker opens the kernel and the drive file, and binds the vsock socket, when they are configured.
+    def _check_boot_source(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
+        if not Path(body["kernel_image_path"]).is_file():
+            return Reply.fault(KERNEL_OPEN)
+        return self._put_boot_source(body, params)
+
+    def _check_drive(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
+        if not Path(body["path_on_host"]).exists():
+            return Reply.fault(DRIVE_OPEN.replace("{path}", repr(body["path_on_host"])))
+        return self._put_drive(body, params)
+
+    def _bind_vsock(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(body["uds_path"])
+            sock.listen(16)
+        except OSError:
+            sock.close()
+            return Reply.fault(VSOCK_BIND.format(path=body["uds_path"]))
+        if self._vsock_sock is not None:
+            self._vsock_sock.close()
+        self._vsock_sock = sock
+        return self._put_vsock(body, params)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _put_action(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
+        if body["action_type"] == "InstanceStart" and not self.started and self.boot_source is not None:
+            with Path(self.boot_source["kernel_image_path"]).open("rb") as fh:
+                if fh.read(4) != b"\x7fELF":
+                    return Reply.fault(NOT_ELF)
+        return super()._put_action(body, params)
+
+    def on_instance_start(self) -> None:
+        self._spawn(self._boot())
+
+    def on_ctrl_alt_del(self) -> None:
+        self._spawn(self.power_off(0))
+
+    def _say(self, text: str) -> None:
+        os.write(self.console, f"[fake firecracker] {text}\n".encode())
+
+    async def _boot(self) -> None:
+        assert self.boot_source is not None
+        self._say(f"booting {self.boot_source['kernel_image_path']}: {self.boot_source.get('boot_args', '')}")
+        if self.vsock is None or self._vsock_sock is None:
+            self._say("no vsock device: the agent has no link to the host")
+            return
+        uds = self.vsock["uds_path"]
+        self._muxer = await asyncio.start_unix_server(self._mux, sock=self._vsock_sock)
+        cmdline = self._write_cmdline(f"{uds}.cmdline", self.boot_source.get("boot_args", ""))
+        self.agent = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "nexus.agent",
+            "--vsock-unix",
+            uds,
+            "--heartbeat-s",
+            str(HEARTBEAT_S),
+            "--image-json",
+            f"{uds}.no-image.json",
+            "--cmdline",
+            cmdline,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self.console,
+            stderr=self.console,
+            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+            preexec_fn=_die_with_parent,  # a SIGKILLed Firecracker takes its "guest" with it
+        )
+        self._say(f"guest agent pid {self.agent.pid}")
+        if await self.agent.wait() != 0 and not self.exited.is_set():  # the guest died: a panic reboots it
+            self._say(f"guest agent exited with {self.agent.returncode}")
+
+    @staticmethod
+    def _write_cmdline(path: str, boot_args: str) -> str:
+        """The guest's /proc/cmdline, for the agent's ``--cmdline``."""
+        Path(path).write_text(boot_args + "\n")
+        return path
+
+    def _remove_files(self) -> None:
+        if self.vsock is not None:
+            for leftover in (self.vsock["uds_path"], f"{self.vsock['uds_path']}.cmdline"):
+                Path(leftover).unlink(missing_ok=True)
+
+    async def _mux(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One host-initiated connection: ``CONNECT <port>\\n`` → the guest's listener, ``OK <n>\\n``, proxy."""
+        try:
+            line = await reader.readuntil(b"\n")
+            match = re.fullmatch(rb"CONNECT ([0-9]{1,10})\n", line)
+            if match is None or self.vsock is None:
+                raise ValueError(line)
+            guest_reader, guest_writer = await asyncio.open_unix_connection(
+                f"{self.vsock['uds_path']}.guest_{int(match[1])}"
+            )
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            writer.close()  # nothing listens on that guest port: Firecracker closes the connection
+            return
+        writer.write(b"OK %d\n" % next(self._host_ports))
+        await asyncio.gather(_pump(reader, guest_writer), _pump(guest_reader, writer))
+        for w in (writer, guest_writer):
+            w.close()
+
+    async def power_off(self, code: int) -> None:
+        """Stop the guest (agent and muxer) and let :func:`serve` end with ``code``."""
+        if self.agent is not None and self.agent.returncode is None:
+            self.agent.terminate()
+            try:
+                await asyncio.wait_for(self.agent.wait(), 5)
+            except TimeoutError:
+                self.agent.kill()
+                await self.agent.wait()
+        if self._muxer is not None:
+            self._muxer.close()
+        if self._vsock_sock is not None:
+            self._vsock_sock.close()
+        self._remove_files()
+        self.exit_code = code
+        self.exited.set()
+
+
+def faults_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> list[Fault]:
+    """Faults to inject, from ``$NEXUS_FAKE_FC_FAULTS``: ``[{"method": ..., "path": ..., "fault_message": ...}]``."""
+    raw = environ.get(FAULTS_ENV)
+    return [Fault(**item) for item in json.loads(raw)] if raw else []
+
+
+async def serve(api_sock: Path, instance_id: str) -> int:
+    validator = spec_validator(closed=True)
+    if validator is None:
+        print("fake firecracker: the Firecracker OpenAPI spec is missing", file=sys.stderr)
+        return 1
+    model = GuestModel(validator, instance_id)
+    model.faults.extend(faults_from_env())
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: model._spawn(model.power_off(0)))
+    async with FakeFirecracker(api_sock, model):
+        await model.exited.wait()
+    return model.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``firecracker --api-sock PATH --id ID [--level LEVEL]``: the options Nexus passes, as the real binary's."""
+    parser = argparse.ArgumentParser(prog="firecracker (fake)")
+    parser.add_argument("--api-sock", type=Path, required=True)
+    parser.add_argument("--id", default="anonymous-instance")
+    parser.add_argument("--level", choices=["Error", "Warning", "Info", "Debug", "Trace", "Off"])
+    args = parser.parse_args(argv)
+    return asyncio.run(serve(args.api_sock, args.id))
+
+
+def write_fake_binary(directory: Path) -> Path:
+    """An executable ``directory/firecracker`` that runs this fake with the real binary's argv."""
+    path = directory / "firecracker"
+    pythonpath = f"PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}"
+    path.write_text(f'#!/bin/sh\n{pythonpath} exec {sys.executable} -m tests.fakes.firecracker "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

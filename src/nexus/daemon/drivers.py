@@ -1,22 +1,129 @@
-"""Choosing the VMM driver from the ``vmm`` setting and what this host has."""
+"""Choosing the VMM driver from the ``vmm`` setting and what this host has.
+
+``vmm`` = ``qemu`` | ``firecracker`` | ``auto``. Firecracker needs its binary (``$NEXUS_FIRECRACKER_BIN``, else
+``firecracker`` on PATH) and a KVM that runs ordinary guests. ``/dev/kvm`` opening is not enough (the dev/CI
+machines have a ``kvm_pvm`` KVM that opens fine and cannot boot an ordinary kernel), so the evidence is the QEMU
+driver's boot-probe cache (``accel.json``) for this host kernel:
+
+* ``auto`` takes Firecracker only with the binary, an openable ``/dev/kvm`` and a probe that booted under KVM on
+  this host kernel; otherwise QEMU, whose reason then also says why not Firecracker.
+* ``firecracker`` refuses (no driver, with the reason) without the binary or ``/dev/kvm``, or when the probe cache
+  says KVM cannot run guests here; with no probe result yet it trusts the explicit request.
+* ``$NEXUS_FIRECRACKER_ASSUME_KVM=1`` skips the KVM checks: for a test double standing in for the binary (it
+  boots nothing under KVM). The reason says so.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import platform
 import shutil
+from pathlib import Path
 
-from nexus.domain import Layout, NexusError, VmmDriver
+from nexus.domain import LaunchSpec, Layout, NexusError, VmmDriver, VmProcess
+from nexus.vmm.firecracker.argv import FIRECRACKER_BINARY
+from nexus.vmm.firecracker.driver import FirecrackerDriver
+from nexus.vmm.qemu.accel import kvm_device_problem
 from nexus.vmm.qemu.argv import QEMU_BINARY
 from nexus.vmm.qemu.driver import QemuDriver
 from nexus.vmm.qemu.hostclock import host_tsc_khz
 
+__all__ = ["ASSUME_KVM_ENV", "FIRECRACKER_BIN_ENV", "choose_driver", "firecracker_binary", "kvm_runs_guests"]
+
 log = logging.getLogger(__name__)
+
+FIRECRACKER_BIN_ENV = "NEXUS_FIRECRACKER_BIN"
+ASSUME_KVM_ENV = "NEXUS_FIRECRACKER_ASSUME_KVM"
+
+
+def firecracker_binary(environ: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """The firecracker executable to run (None when there is none) and where it was found or why not."""
+    env = os.environ if environ is None else environ
+    explicit = env.get(FIRECRACKER_BIN_ENV)
+    if explicit:
+        path = Path(explicit)
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path), f"${FIRECRACKER_BIN_ENV}={path}"
+        return None, f"${FIRECRACKER_BIN_ENV}={path} is not an executable file"
+    found = shutil.which(FIRECRACKER_BINARY)
+    if found is None:
+        return None, f"no {FIRECRACKER_BINARY} binary on PATH (nor ${FIRECRACKER_BIN_ENV})"
+    return found, f"{found} on PATH"
+
+
+def kvm_runs_guests(accel_cache: Path, host_release: str | None = None) -> tuple[bool | None, str]:
+    """What the QEMU boot probe found about KVM on this host kernel: True (a guest booted under KVM), False (it
+    did not), None (no probe yet); with the probe's reason."""
+    release = host_release or platform.release()
+    try:
+        cache = json.loads(accel_cache.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    verdict: tuple[bool | None, str] = (None, f"no KVM boot probe has run on host kernel {release} yet")
+    if not isinstance(cache, dict):
+        return verdict
+    for key, entry in cache.items():
+        if not isinstance(entry, dict) or not str(key).endswith(f";host={release}"):
+            continue
+        reason = str(entry.get("reason", ""))
+        if entry.get("accel") == "kvm":
+            return True, reason
+        if "/dev/kvm is there" in reason:  # KVM was probed and failed (not: KVM absent, which the device shows)
+            verdict = (False, reason)
+    return verdict
+
+
+def _firecracker(vmm: str, layout: Layout) -> tuple[FirecrackerDriver | None, str]:
+    binary, where = firecracker_binary()
+    if binary is None:
+        return None, where
+    if os.environ.get(ASSUME_KVM_ENV) == "1":
+        return FirecrackerDriver(binary, f"firecracker ({where}); KVM not checked: ${ASSUME_KVM_ENV}=1"), ""
+    problem = kvm_device_problem()
+    if problem is not None:
+        return None, f"Firecracker needs KVM: {problem}"
+    works, why = kvm_runs_guests(layout.cache_dir / "accel.json")
+    if works is False:
+        return None, f"KVM cannot run ordinary guests on this host ({why})"
+    if works is None and vmm == "auto":
+        return None, f"KVM is unproven on this host: {why}"
+    evidence = why if works else "asked for explicitly; KVM not probed yet"
+    return FirecrackerDriver(binary, f"firecracker with kvm ({where}; {evidence})"), ""
+
+
+class _Explained:
+    """A driver whose reason also says why another was not chosen."""
+
+    def __init__(self, inner: QemuDriver, why_not: str) -> None:
+        self._inner = inner
+        self._why_not = why_not
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def reason(self) -> str:
+        return f"{self._inner.reason} (not firecracker: {self._why_not})"
+
+    async def launch(self, spec: LaunchSpec) -> VmProcess:
+        return await self._inner.launch(spec)
+
+    def kill_orphan(self, pid: int, runtime_dir: Path) -> bool:
+        return self._inner.kill_orphan(pid, runtime_dir)
 
 
 def choose_driver(vmm: str, layout: Layout) -> tuple[VmmDriver | None, str]:
     """The driver to use and, when there is none, why."""
-    if vmm == "firecracker":
-        return None, "the vmm setting asks for firecracker, and this nexusd has no Firecracker driver yet"
+    why_not_firecracker = ""
+    if vmm in ("firecracker", "auto"):
+        firecracker, why_not_firecracker = _firecracker(vmm, layout)
+        if firecracker is not None:
+            return firecracker, firecracker.reason
+        if vmm == "firecracker":
+            return None, f"the vmm setting asks for firecracker, which cannot run here: {why_not_firecracker}"
     if shutil.which(QEMU_BINARY) is None:
         return None, f"{QEMU_BINARY} not found (apt-get install qemu-system-x86)"
     try:
@@ -25,4 +132,8 @@ def choose_driver(vmm: str, layout: Layout) -> tuple[VmmDriver | None, str]:
         return None, f"cannot run TCG guests safely: {exc.message}"
     log.info("host TSC %d kHz (from %s)", tsc.khz, tsc.source)
     driver = QemuDriver(layout.cache_dir / "accel.json", tsc.khz)
+    if why_not_firecracker:
+        log.info("not using firecracker: %s", why_not_firecracker)
+        explained = _Explained(driver, why_not_firecracker)
+        return explained, explained.reason
     return driver, driver.reason

@@ -1,4 +1,4 @@
-"""The Firecracker driver's pieces: API bodies, the API client, and the argv of firecracker and its jailer.
+"""The Firecracker driver and its pieces: API bodies, the API client, and the argv of firecracker and its jailer.
 
 Targets Firecracker v1.16. Builders are pure; only :class:`FirecrackerApi` (the API socket) and
 :func:`place_files` (hard links into the jailer's chroot) touch anything outside the process.
@@ -36,6 +36,7 @@ from nexus.vmm.firecracker.config import (
     vm_state_body,
     vsock_body,
 )
+from nexus.vmm.firecracker.driver import FirecrackerDriver, FirecrackerProcess, RuntimeFiles, microvm_config
 from nexus.vmm.firecracker.jailer import (
     ChrootLayout,
     ChrootPlan,
@@ -56,6 +57,8 @@ __all__ = [
     "ChrootPlan",
     "Drive",
     "FirecrackerApi",
+    "FirecrackerDriver",
+    "FirecrackerProcess",
     "InstanceInfo",
     "JailerLaunch",
     "JsonBody",
@@ -67,6 +70,7 @@ __all__ = [
     "NetworkInterface",
     "PlacedFile",
     "Placement",
+    "RuntimeFiles",
     "VmRunState",
     "Vsock",
     "action_body",
@@ -80,6 +84,7 @@ __all__ = [
     "logger_body",
     "machine_config_body",
     "metrics_body",
+    "microvm_config",
     "network_interface_body",
     "place_files",
     "plan_chroot",

@@ -1,0 +1,305 @@
+"""The Firecracker driver through a real nexusd, with the fake Firecracker standing in for the binary.
+
+The fake serves the API (bodies validated against the v1.16.1 spec, ordering rules enforced) and, on
+``InstanceStart``, runs a real nexus agent on the host behind a hybrid vsock muxer, so the whole path is real
+except the kernel: nexusd → driver → API calls → GuestListener (control, guest-initiated) → hello → MCP over
+``CONNECT 1025`` → tool call → ``SendCtrlAltDel`` → exit. The state dir is made here: a kernel whose files are
+stubs (an ELF header where the vmlinux goes; the fake never reads further) and an image row whose file is
+empty, so no apt or debootstrap runs; nexusd builds the stub kernel's initramfs with the host's busybox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from nexus.client import NexusClient
+from nexus.daemon import drivers
+from nexus.daemon.drivers import ASSUME_KVM_ENV, FIRECRACKER_BIN_ENV, choose_driver, kvm_runs_guests
+from nexus.domain import DriverError, GuestPort, Image, LaunchSpec, Layout
+from nexus.services import SettingsService
+from nexus.store import ImageRepo, SettingsRepo, open_database
+from nexus.vmm.firecracker import FirecrackerDriver
+from tests.fakes.firecracker import FAULTS_ENV, write_fake_binary
+from tests.fakes.firecracker_spec import SPEC_MISSING, load_spec
+from tests.helpers import Daemon, start_daemon, wait_until
+
+KERNEL_VERSION = "6.1.0-99-cloud-amd64"
+FAULT = "Start microvm error: fake fault injected by the test"
+STUB_CONFIG = "".join(
+    f"CONFIG_{name}=y\n" for name in ("VIRTIO_MMIO", "VIRTIO_BLK", "EXT4_FS", "VIRTIO_CONSOLE", "VIRTIO_VSOCKETS")
+)
+
+
+def _busybox() -> str | None:
+    from nexus.domain import Unavailable
+    from nexus.images.busybox import find_static_busybox
+
+    try:
+        find_static_busybox()
+    except Unavailable as exc:
+        return exc.message
+    return None
+
+
+pytestmark = [
+    pytest.mark.skipif(load_spec() is None, reason=SPEC_MISSING),
+    pytest.mark.skipif(_busybox() is not None, reason=str(_busybox())),
+]
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A short base dir: the VM's vsock socket paths must fit in 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="nxfc-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def stub_kernel(kernels_dir: Path) -> Path:
+    kdir = kernels_dir / KERNEL_VERSION
+    (kdir / "modules").mkdir(parents=True)
+    (kdir / "modules" / "modules.dep").write_text("")
+    (kdir / "config").write_text(STUB_CONFIG)
+    (kdir / "vmlinuz").write_bytes(b"MZ stub bzImage")
+    (kdir / "vmlinux").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))
+    meta = {
+        "format": 1,
+        "version": KERNEL_VERSION,
+        "flavour": "cloud-amd64",
+        "sha256": "0" * 64,
+        "size_bytes": 15,
+        "pulled_at": datetime.now(UTC).isoformat(),
+    }
+    (kdir / "kernel.json").write_text(json.dumps(meta))
+    return kdir
+
+
+def prepare_state(base: Path) -> Path:
+    """A state dir with a stub kernel, an image row named like the default image, and ``vmm=firecracker``."""
+    state = base / "state"
+    layout = Layout(state_dir=state, runtime_dir=base / "run")
+    stub_kernel(layout.cache_dir / "kernels")
+    layout.images_dir.mkdir(parents=True, exist_ok=True)
+    image_file = layout.images_dir / "stub.ext4"
+    image_file.write_bytes(b"")
+    conn = open_database(layout.database)
+    try:
+        ImageRepo(conn).insert(
+            Image(
+                id="img-stub",
+                name="debian-bookworm",
+                base="debian-bookworm",
+                path=image_file,
+                size_mib=1,
+                sha256="0" * 64,
+                init_system="busybox",
+                agent_version="0.1.0",
+                built_at=datetime.now(UTC),
+            )
+        )
+        SettingsService(SettingsRepo(conn)).set("vmm", "firecracker")
+    finally:
+        conn.close()
+    return state
+
+
+def firecracker_daemon(base: Path, extra_env: dict[str, str] | None = None) -> Daemon:
+    state = prepare_state(base)
+    env = {
+        "NEXUS_FIRECRACKER_BIN": str(write_fake_binary(base)),
+        "NEXUS_FIRECRACKER_ASSUME_KVM": "1",
+        **(extra_env or {}),
+    }
+    config = base / "nexusd.toml"
+    config.write_text("boot_timeout_s = 30\nheartbeat_timeout_s = 3\nstop_timeout_s = 10\n")
+    return start_daemon(base, "--config", str(config), env=env, state_dir=state)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line mentions ``text`` (the fake and its agent name the VM's runtime dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_lifecycle_through_nexusd(base: Path) -> None:
+    daemon = firecracker_daemon(base)
+    try:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            driver = api.health()["driver"]
+            assert driver["name"] == "firecracker"
+            assert "NEXUS_FIRECRACKER_ASSUME_KVM" in driver["reason"]
+            vm = api.create_vm(name="fc-one", mem_mib=256)
+            runtime = daemon.runtime_dir / "vms" / vm["id"]
+
+            ready = api.start_vm("fc-one")
+            assert (ready["state"], ready["vmm"], ready["accel"]) == ("ready", "firecracker", "kvm")
+            pid = ready["pid"]
+            assert (runtime / "vsock.sock_1024").exists()  # the control listener, opened before boot
+
+            result = api.call_tool("fc-one", "run_command", {"command": ["echo", "hello from the guest"]})
+            assert result["structuredContent"]["stdout"] == "hello from the guest\n"
+
+            assert api.pause_vm("fc-one")["state"] == "paused"
+            assert api.resume_vm("fc-one")["state"] == "ready"
+
+            stopped = api.stop_vm("fc-one")
+            assert (stopped["state"], stopped["pid"]) == ("stopped", None)
+            states = [h["to_state"] for h in api.vm_history("fc-one")]
+            assert states == ["created", "starting", "ready", "paused", "ready", "stopping", "stopped"]
+            assert "powered off (VMM exit status 0)" in api.vm_history("fc-one")[-1]["reason"]
+            wait_until(lambda: not Path(f"/proc/{pid}").exists(), 5, "the fake firecracker to be reaped")
+            assert not runtime.exists()
+            assert processes_mentioning(str(runtime)) == []
+            console = (daemon.state_dir / "vms" / vm["id"] / "console.log").read_text()
+            assert "nexus.transport=vsock" in console and "vmlinux" in console
+
+            # Started again, then killed: crashed, and the fake's guest agent goes with it.
+            pid = api.start_vm("fc-one")["pid"]
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: api.get_vm("fc-one")["state"] == "crashed", 10, "crashed")
+            assert "signal 9" in api.vm_history("fc-one")[-1]["reason"]
+            wait_until(lambda: processes_mentioning(str(runtime)) == [], 5, "no process left for the VM")
+            assert not runtime.exists()
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def test_instance_start_fault_fails_the_vm(base: Path) -> None:
+    faults = [{"method": "PUT", "path": "/actions", "fault_message": FAULT, "action_type": "InstanceStart"}]
+    daemon = firecracker_daemon(base, {FAULTS_ENV: json.dumps(faults)})
+    try:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            vm = api.create_vm(name="fc-fault")
+            with pytest.raises(DriverError) as caught:
+                api.start_vm("fc-fault")
+            assert FAULT in caught.value.message
+            after = api.get_vm("fc-fault")
+            assert (after["state"], after["pid"]) == ("failed", None)
+            assert FAULT in api.vm_history("fc-fault")[-1]["reason"]
+            runtime = daemon.runtime_dir / "vms" / vm["id"]
+            assert not runtime.exists()
+            assert processes_mentioning(str(runtime)) == []
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def test_driver_kill_leaves_no_guest_behind(base: Path) -> None:
+    """Without nexusd: launch, see the agent up, kill; the fake and its agent are gone, the dir removed."""
+    kernel = stub_kernel(base / "kernels") / "vmlinux"
+    (base / "root.ext4").write_bytes(b"")
+    spec = LaunchSpec(
+        vm_id="abc123",
+        name="direct",
+        vcpus=1,
+        mem_mib=128,
+        kernel=kernel,
+        kernel_version=KERNEL_VERSION,
+        initrd=kernel,
+        root_drive=base / "root.ext4",
+        console_log=base / "console.log",
+        runtime_dir=base / "run" / "abc123",
+        cmdline_extra=("quiet",),
+    )
+
+    async def scenario() -> None:
+        process = await FirecrackerDriver(str(write_fake_binary(base))).launch(spec)
+        try:
+            reader, writer = await process.connect(GuestPort.CONTROL)
+            first = b""
+            while not first.strip():
+                first = await asyncio.wait_for(reader.readline(), 10)
+            assert b"nexus/hello" in first
+            writer.close()
+            agents = processes_mentioning(str(spec.runtime_dir / "vsock.sock"))
+            assert len(agents) == 1  # the agent (the fake names only the API socket)
+        finally:
+            assert await process.kill() == -signal.SIGKILL
+        wait_until(lambda: processes_mentioning(str(spec.runtime_dir)) == [], 5, "the agent to die")
+        assert not spec.runtime_dir.exists()
+
+    asyncio.run(scenario())
+
+
+def test_not_elf_kernel_is_refused(base: Path) -> None:
+    bzimage = base / "vmlinuz"
+    bzimage.write_bytes(b"MZ")
+    spec = LaunchSpec("abc124", "bz", 1, 128, bzimage, "x", bzimage, bzimage, base / "c.log", base / "run" / "x")
+
+    async def scenario() -> None:
+        with pytest.raises(DriverError, match="ELF vmlinux"):
+            await FirecrackerDriver(str(write_fake_binary(base))).launch(spec)
+
+    asyncio.run(scenario())
+    assert not (base / "run" / "x").exists()
+
+
+# --- driver choice (nexus.daemon.drivers) ----------------------------------------------------------------------
+
+
+def _accel_cache(path: Path, host: str, accel: str, reason: str) -> Path:
+    entry = {"accel": accel, "reason": reason, "probed_at": "2026-01-01T00:00:00+00:00"}
+    path.write_text(json.dumps({f"qemu=7.2;kernel=6.1.0-1-cloud-amd64;host={host}": entry}))
+    return path
+
+
+def test_kvm_evidence_from_the_probe_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "accel.json"
+    assert kvm_runs_guests(cache, "6.1.0")[0] is None
+    _accel_cache(cache, "6.1.0", "kvm", "KVM: a probe guest reached its init in 0.40 s (kvm_intel)")
+    assert kvm_runs_guests(cache, "6.1.0") == (True, "KVM: a probe guest reached its init in 0.40 s (kvm_intel)")
+    assert kvm_runs_guests(cache, "6.2.0")[0] is None  # another host kernel proves nothing
+    _accel_cache(cache, "6.1.0", "tcg", "TCG: /dev/kvm is there (kvm_pvm) but cannot run this guest: slow")
+    assert kvm_runs_guests(cache, "6.1.0")[0] is False
+    _accel_cache(cache, "6.1.0", "tcg", "TCG: KVM unusable: /dev/kvm does not exist")
+    assert kvm_runs_guests(cache, "6.1.0")[0] is None  # not a verdict on KVM's speed
+
+
+def test_driver_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = Layout(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run")
+    path = os.environ.get("PATH", "")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv(FIRECRACKER_BIN_ENV, raising=False)
+    monkeypatch.delenv(ASSUME_KVM_ENV, raising=False)
+
+    driver, reason = choose_driver("firecracker", layout)
+    assert driver is None
+    assert "asks for firecracker" in reason and "no firecracker binary on PATH" in reason
+    monkeypatch.setenv(FIRECRACKER_BIN_ENV, str(tmp_path / "missing"))
+    assert "is not an executable file" in choose_driver("firecracker", layout)[1]
+
+    monkeypatch.setenv(FIRECRACKER_BIN_ENV, str(write_fake_binary(tmp_path)))
+    monkeypatch.setenv(ASSUME_KVM_ENV, "1")
+    driver, reason = choose_driver("auto", layout)
+    assert driver is not None and driver.name == "firecracker" and driver.reason == reason
+    monkeypatch.delenv(ASSUME_KVM_ENV)
+
+    monkeypatch.setattr(drivers, "kvm_device_problem", lambda: None)  # as on a host where /dev/kvm opens
+    layout.cache_dir.mkdir(parents=True)
+    _accel_cache(layout.cache_dir / "accel.json", platform.release(), "tcg", "TCG: /dev/kvm is there (kvm_pvm): slow")
+    driver, reason = choose_driver("firecracker", layout)
+    assert driver is None and "KVM cannot run ordinary guests" in reason
+    monkeypatch.setenv("PATH", path)
+    if shutil.which("qemu-system-x86_64") is not None:
+        driver, reason = choose_driver("auto", layout)  # falls back to QEMU and says why not Firecracker
+        assert driver is not None and driver.name == "qemu"
+        assert "not firecracker: KVM cannot run ordinary guests" in driver.reason
