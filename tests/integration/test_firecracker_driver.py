@@ -23,9 +23,16 @@ from pathlib import Path
 
 import pytest
 
+from nexus.assets.firecracker import FirecrackerStore
 from nexus.client import NexusClient
 from nexus.daemon import drivers
-from nexus.daemon.drivers import ASSUME_KVM_ENV, FIRECRACKER_BIN_ENV, choose_driver, kvm_runs_guests
+from nexus.daemon.drivers import (
+    ASSUME_KVM_ENV,
+    FIRECRACKER_BIN_ENV,
+    choose_driver,
+    firecracker_binary,
+    kvm_runs_guests,
+)
 from nexus.domain import DriverError, GuestPort, Image, LaunchSpec, Layout
 from nexus.services import SettingsService
 from nexus.store import ImageRepo, SettingsRepo, open_database
@@ -283,7 +290,14 @@ def test_driver_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     driver, reason = choose_driver("firecracker", layout)
     assert driver is None
-    assert "asks for firecracker" in reason and "no firecracker binary on PATH" in reason
+    assert "asks for firecracker" in reason and "no firecracker binary on PATH, pulled" in reason
+
+    pulled = tmp_path / "pulled-firecracker"  # what `nexusctl firecracker pull --path` registers
+    pulled.write_text("#!/bin/sh\necho 'Firecracker v1.16.1'\n")
+    pulled.chmod(0o755)
+    FirecrackerStore(layout.cache_dir).add_local(pulled)
+    assert firecracker_binary(layout.cache_dir)[1] == "Firecracker 1.16.1 from the cache"
+    FirecrackerStore(layout.cache_dir).remove("1.16.1")
     monkeypatch.setenv(FIRECRACKER_BIN_ENV, str(tmp_path / "missing"))
     assert "is not an executable file" in choose_driver("firecracker", layout)[1]
 

@@ -22,6 +22,7 @@ import platform
 import shutil
 from pathlib import Path
 
+from nexus.assets.firecracker import FirecrackerStore
 from nexus.domain import LaunchSpec, Layout, NexusError, VmmDriver, VmProcess
 from nexus.vmm.firecracker.argv import FIRECRACKER_BINARY
 from nexus.vmm.firecracker.driver import FirecrackerDriver
@@ -38,8 +39,9 @@ FIRECRACKER_BIN_ENV = "NEXUS_FIRECRACKER_BIN"
 ASSUME_KVM_ENV = "NEXUS_FIRECRACKER_ASSUME_KVM"
 
 
-def firecracker_binary(environ: dict[str, str] | None = None) -> tuple[str | None, str]:
-    """The firecracker executable to run (None when there is none) and where it was found or why not."""
+def firecracker_binary(cache_dir: Path | None = None, environ: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """The firecracker executable to run (None when there is none) and where it was found or why not:
+    ``$NEXUS_FIRECRACKER_BIN``, else PATH, else the newest one ``nexusctl firecracker pull`` cached."""
     env = os.environ if environ is None else environ
     explicit = env.get(FIRECRACKER_BIN_ENV)
     if explicit:
@@ -48,9 +50,19 @@ def firecracker_binary(environ: dict[str, str] | None = None) -> tuple[str | Non
             return str(path), f"${FIRECRACKER_BIN_ENV}={path}"
         return None, f"${FIRECRACKER_BIN_ENV}={path} is not an executable file"
     found = shutil.which(FIRECRACKER_BINARY)
-    if found is None:
-        return None, f"no {FIRECRACKER_BINARY} binary on PATH (nor ${FIRECRACKER_BIN_ENV})"
-    return found, f"{found} on PATH"
+    if found is not None:
+        return found, f"{found} on PATH"
+    if cache_dir is not None:
+        try:
+            cached = FirecrackerStore(cache_dir).get()
+        except NexusError:
+            pass
+        else:
+            return str(cached.path), f"Firecracker {cached.version} from the cache"
+    return (
+        None,
+        f"no {FIRECRACKER_BINARY} binary on PATH, pulled (nexusctl firecracker pull) or in ${FIRECRACKER_BIN_ENV}",
+    )
 
 
 def kvm_runs_guests(accel_cache: Path, host_release: str | None = None) -> tuple[bool | None, str]:
@@ -76,7 +88,7 @@ def kvm_runs_guests(accel_cache: Path, host_release: str | None = None) -> tuple
 
 
 def _firecracker(vmm: str, layout: Layout) -> tuple[FirecrackerDriver | None, str]:
-    binary, where = firecracker_binary()
+    binary, where = firecracker_binary(layout.cache_dir)
     if binary is None:
         return None, where
     if os.environ.get(ASSUME_KVM_ENV) == "1":
