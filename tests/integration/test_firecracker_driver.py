@@ -308,7 +308,7 @@ def test_driver_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ASSUME_KVM_ENV)
 
     monkeypatch.setattr(drivers, "kvm_device_problem", lambda: None)  # as on a host where /dev/kvm opens
-    layout.cache_dir.mkdir(parents=True)
+    layout.cache_dir.mkdir(parents=True, exist_ok=True)
     _accel_cache(layout.cache_dir / "accel.json", platform.release(), "tcg", "TCG: /dev/kvm is there (kvm_pvm): slow")
     driver, reason = choose_driver("firecracker", layout)
     assert driver is None and "KVM cannot run ordinary guests" in reason
