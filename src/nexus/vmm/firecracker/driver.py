@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from nexus.vmm.firecracker.config import (
     preboot_requests,
     root_drive,
 )
+from nexus.vmm.process import VmmProcess, kill_group
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,11 @@ def _is_elf(path: Path) -> bool:
         return False
 
 
-class FirecrackerProcess:
-    """A running Firecracker; ``wait()`` reaps it. Once reaped, its listener is closed, its API client too, and
-    its runtime dir removed."""
+class FirecrackerProcess(VmmProcess):
+    """A running Firecracker: control stream from a guest listener, MCP over hybrid vsock, stop by
+    SendCtrlAltDel, pause/resume by PATCH /vm. Once reaped, its listener and API client are closed."""
+
+    power_off_name = "SendCtrlAltDel"
 
     def __init__(
         self,
@@ -119,27 +121,15 @@ class FirecrackerProcess:
         listener: GuestListener,
         connect_timeout_s: float = MCP_CONNECT_S,
     ) -> None:
-        self._proc = proc
         self._files = files
         self._api = api
         self._listener = listener
         self._connect_timeout_s = connect_timeout_s
-        self._reaped = asyncio.create_task(self._reap(), name=f"firecracker-reap-{proc.pid}")
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
+        super().__init__(proc, files.runtime_dir)
 
     @property
     def accel(self) -> str:
         return ACCEL
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode if self._reaped.done() else None
-
-    async def wait(self) -> int:
-        return await asyncio.shield(self._reaped)
 
     async def connect(self, port: GuestPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.returncode is not None:
@@ -150,24 +140,6 @@ class FirecrackerProcess:
             return await connect_hybrid(self._files.vsock_socket, MCP_VSOCK_PORT, self._connect_timeout_s)
         except VsockError as exc:
             raise DriverError(f"cannot connect to the guest's {port} port: {exc}") from exc
-
-    async def shutdown(self, timeout_s: float) -> int:
-        if self.returncode is None:
-            try:
-                await asyncio.wait_for(self._api.send_ctrl_alt_del(), 2.0)
-            except (DriverError, TimeoutError) as exc:
-                log.info("pid %d: SendCtrlAltDel failed (%s); killing", self.pid, exc)
-                return await self.kill()
-            try:
-                return await asyncio.wait_for(self.wait(), timeout_s)
-            except TimeoutError:
-                log.info("pid %d: guest did not reboot out of Firecracker within %.0fs; killing", self.pid, timeout_s)
-        return await self.kill()
-
-    async def kill(self) -> int:
-        if self.returncode is None:
-            _kill_group(self._proc.pid)
-        return await self.wait()
 
     async def pause(self) -> None:
         await self._vm_state("pause", self._api.pause)
@@ -183,26 +155,13 @@ class FirecrackerProcess:
         except TimeoutError as exc:
             raise DriverError(f"Firecracker pid {self.pid} did not {what} in time") from exc
 
-    async def _reap(self) -> int:
-        code = await self._proc.wait()
-        _kill_group(self._proc.pid)  # anything it left in its session (it is the group leader; pid not reused yet)
+    async def _request_power_off(self) -> None:
+        # x86 Firecracker: the guest reboots on Ctrl-Alt-Del and Firecracker exits with it.
+        await self._api.send_ctrl_alt_del()
+
+    async def _release(self) -> None:
         await self._listener.close()
-        with contextlib.suppress(Exception):  # the peer is gone: whatever the client teardown raises is moot
-            await self._api.aclose()
-        shutil.rmtree(self._files.runtime_dir, ignore_errors=True)
-        return code
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL the process group ``pid`` leads (a session of its own), else the process alone."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    except PermissionError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        await self._api.aclose()
 
 
 class FirecrackerDriver:
@@ -240,7 +199,7 @@ class FirecrackerDriver:
         named = any(b"firecracker" in Path(arg.decode(errors="replace")).name.encode() for arg in argv[:3])
         if not (named and api_socket in argv):
             return False  # the pid was recycled by something else
-        _kill_group(pid)
+        kill_group(pid)
         shutil.rmtree(runtime_dir, ignore_errors=True)
         return True
 
@@ -285,7 +244,7 @@ class FirecrackerDriver:
         try:
             await self._configure(proc, api, config)
         except BaseException as exc:
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             await proc.wait()
             await listener.close()
             with contextlib.suppress(Exception):

@@ -21,6 +21,7 @@ from qemu.qmp.error import QMPError
 from nexus.domain import DriverError, GuestPort, LaunchSpec
 from nexus.domain.retry import retry
 from nexus.protocol import CONTROL_PORT_NAME, MCP_PORT_NAME
+from nexus.vmm.process import VmmProcess
 from nexus.vmm.qemu.accel import AccelChoice, choose_accel
 from nexus.vmm.qemu.argv import QEMU_BINARY, Accel, QemuLaunch, SerialPort, qemu_argv
 
@@ -37,50 +38,26 @@ def _socket_paths(runtime_dir: Path) -> dict[GuestPort, Path]:
     return {port: runtime_dir / f"{port.value}.sock" for port in GuestPort}
 
 
-class QemuProcess:
-    """A running QEMU; ``wait()`` reaps it. Its runtime dir is removed once it is reaped."""
+class QemuProcess(VmmProcess):
+    """A running QEMU: its guest ports are virtio-serial Unix sockets, power-off and pause go through QMP."""
+
+    power_off_name = "system_powerdown"
 
     def __init__(self, proc: asyncio.subprocess.Process, accel: Accel, runtime_dir: Path, qmp: QMPClient) -> None:
-        self._proc = proc
         self._accel = accel
-        self._runtime_dir = runtime_dir
         self._sockets = _socket_paths(runtime_dir)
         self._qmp = qmp
-        self._reaped = asyncio.create_task(self._reap(), name=f"qemu-reap-{proc.pid}")
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
+        super().__init__(proc, runtime_dir)
 
     @property
     def accel(self) -> str:
         return self._accel.value
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode if self._reaped.done() else None
-
-    async def wait(self) -> int:
-        return await asyncio.shield(self._reaped)
 
     async def connect(self, port: GuestPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
             return await asyncio.open_unix_connection(str(self._sockets[port]), limit=1024 * 1024)
         except OSError as exc:
             raise DriverError(f"cannot connect to the guest's {port} port: {exc.strerror or exc}") from exc
-
-    async def shutdown(self, timeout_s: float) -> int:
-        if self.returncode is None:
-            try:
-                await asyncio.wait_for(self._qmp.execute("system_powerdown"), 2.0)
-            except (QMPError, OSError, TimeoutError) as exc:
-                log.info("pid %d: system_powerdown failed (%s); killing", self.pid, exc)
-                return await self.kill()
-            try:
-                return await asyncio.wait_for(self.wait(), timeout_s)
-            except TimeoutError:
-                log.info("pid %d: guest did not power off within %.0fs; killing", self.pid, timeout_s)
-        return await self.kill()
 
     async def pause(self) -> None:
         await self._qmp_command("stop")
@@ -94,18 +71,11 @@ class QemuProcess:
         except (QMPError, OSError, TimeoutError) as exc:
             raise DriverError(f"QEMU pid {self.pid} did not {command}: {exc}") from exc
 
-    async def kill(self) -> int:
-        if self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGKILL)
-        return await self.wait()
+    async def _request_power_off(self) -> None:
+        await self._qmp.execute("system_powerdown")  # an ACPI power-button press on microvm
 
-    async def _reap(self) -> int:
-        code = await self._proc.wait()
-        with contextlib.suppress(Exception):  # the peer is gone: whatever the QMP teardown raises is moot
-            await self._qmp.disconnect()
-        shutil.rmtree(self._runtime_dir, ignore_errors=True)
-        return code
+    async def _release(self) -> None:
+        await self._qmp.disconnect()
 
 
 class QemuDriver:
