@@ -123,9 +123,6 @@ class _Explained:
     async def launch(self, spec: LaunchSpec) -> VmProcess:
         return await self._inner.launch(spec)
 
-    def kill_orphan(self, pid: int, runtime_dir: Path) -> bool:
-        return self._inner.kill_orphan(pid, runtime_dir)
-
 
 def choose_driver(vmm: str, layout: Layout) -> tuple[VmmDriver | None, str]:
     """The driver to use and, when there is none, why."""

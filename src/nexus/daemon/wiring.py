@@ -12,6 +12,7 @@ from nexus.services import AssetService, RuntimeTimeouts, SettingsService, VmRun
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.store import ImageRepo, SettingsRepo, VmRepo
+from nexus.vmm.process import kill_orphan
 from nexus.workspaces import clone_file
 
 
@@ -28,7 +29,7 @@ def wire(
         DebianKernels(layout.cache_dir), RootfsImageBuilder(layout.cache_dir), ImageRepo(conn), vm_store, layout
     )
     runtime = VmRuntime(vm_store, timeouts)
-    vms = VmService(vm_store, settings, layout, driver, runtime, assets, clone_file, driver_reason)
+    vms = VmService(vm_store, settings, layout, driver, runtime, assets, clone_file, kill_orphan, driver_reason)
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     services = Services(
         vms=vms, settings=settings, assets=assets, guest=GuestService(vm_store, runtime), firecracker=firecracker

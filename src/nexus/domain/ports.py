@@ -98,11 +98,6 @@ class VmmDriver(Protocol):
         leaves nothing behind when it cannot."""
         ...
 
-    def kill_orphan(self, pid: int, runtime_dir: Path) -> bool:
-        """Kill ``pid`` if it is still this driver's VMM for the VM whose runtime dir is ``runtime_dir`` (left
-        by a daemon that died); True if it was. A recycled pid that is something else is left alone."""
-        ...
-
 
 class VmStore(Protocol):
     """Persistence of VMs, their tags and their state history."""

@@ -54,6 +54,7 @@ class VmService:
         runtime: VmRuntime,
         assets: AssetService,
         clone_drive: Callable[[Path, Path], object],
+        kill_orphan: Callable[[int, Path], bool],
         no_driver_reason: str = "no VMM driver available",
     ) -> None:
         self._repo = repo
@@ -63,6 +64,7 @@ class VmService:
         self._runtime = runtime
         self._assets = assets
         self._clone_drive = clone_drive
+        self._kill_orphan = kill_orphan
         self._no_driver_reason = no_driver_reason
         self._launching: set[str] = set()  # VMs between "start requested" and a watched VMM process
 
@@ -198,9 +200,7 @@ class VmService:
         for vm in self._repo.find(VmFilter()):
             if not vm.state.has_process:
                 continue
-            killed = bool(
-                vm.pid and self._driver and self._driver.kill_orphan(vm.pid, self._layout.vm_runtime_dir(vm.id))
-            )
+            killed = bool(vm.pid and self._kill_orphan(vm.pid, self._layout.vm_runtime_dir(vm.id)))
             what = (
                 f"nexusd restarted and killed the VM's orphaned VMM (pid {vm.pid})"
                 if killed

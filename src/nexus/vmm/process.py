@@ -28,6 +28,21 @@ def kill_group(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def kill_orphan(pid: int, runtime_dir: Path) -> bool:
+    """Kill ``pid`` if it is the VMM of the VM whose runtime dir is ``runtime_dir`` — left running by a daemon that
+    died — whichever driver started it. True if it was; a recycled pid that is something else is left alone."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    marker = f"{runtime_dir}/".encode()  # every driver puts this VM's sockets there and names them in its argv
+    if not any(marker in arg for arg in argv):
+        return False
+    kill_group(pid)
+    shutil.rmtree(runtime_dir, ignore_errors=True)
+    return True
+
+
 class VmmProcess:
     """A VMM child process; ``wait()`` reaps it and then releases the driver's resources and its runtime dir."""
 

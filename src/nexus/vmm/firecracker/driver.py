@@ -190,19 +190,6 @@ class FirecrackerDriver:
             api_sock=RuntimeFiles(spec.runtime_dir).api_socket, vm_id=spec.vm_id, binary=self._binary
         )
 
-    def kill_orphan(self, pid: int, runtime_dir: Path) -> bool:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        api_socket = str(RuntimeFiles(runtime_dir).api_socket).encode()
-        named = any(b"firecracker" in Path(arg.decode(errors="replace")).name.encode() for arg in argv[:3])
-        if not (named and api_socket in argv):
-            return False  # the pid was recycled by something else
-        kill_group(pid)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
-        return True
-
     async def launch(self, spec: LaunchSpec) -> FirecrackerProcess:
         files = RuntimeFiles(spec.runtime_dir)
         try:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 from pathlib import Path
 
 from qemu.qmp import QMPClient
@@ -108,21 +107,6 @@ class QemuDriver:
             self._choices[spec.kernel_version] = choice
         self._choice = choice
         return choice.accel
-
-    def kill_orphan(self, pid: int, runtime_dir: Path) -> bool:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        ours = b"qemu" in Path(argv[0].decode(errors="replace")).name.encode() and any(
-            str(runtime_dir / "qmp.sock").encode() in arg for arg in argv
-        )
-        if not ours:
-            return False  # the pid was recycled by something else
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
-        return True
 
     def launch_argv(self, spec: LaunchSpec, accel: Accel) -> list[str]:
         """The argv for ``spec`` (pure; exposed for tests and benchmarks)."""
