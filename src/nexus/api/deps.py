@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -26,34 +27,18 @@ async def services(request: Request) -> Services:
     return svc
 
 
-async def _vms(request: Request) -> VmService:
-    svc: Services = request.app.state.services
-    return svc.vms
+def _one(name: str) -> Callable[[Services], Coroutine[Any, Any, Any]]:
+    """A dependency giving one service. Async, so FastAPI runs it on the loop rather than in a worker thread."""
+
+    async def pick(svc: Services = Depends(services)) -> Any:
+        return getattr(svc, name)
+
+    return pick
 
 
-async def _settings(request: Request) -> SettingsService:
-    svc: Services = request.app.state.services
-    return svc.settings
-
-
-async def _assets(request: Request) -> AssetService:
-    svc: Services = request.app.state.services
-    return svc.assets
-
-
-async def _guest(request: Request) -> GuestService:
-    svc: Services = request.app.state.services
-    return svc.guest
-
-
-async def _firecracker(request: Request) -> FirecrackerService:
-    svc: Services = request.app.state.services
-    return svc.firecracker
-
-
-Firecracker = Annotated[FirecrackerService, Depends(_firecracker)]
-Assets = Annotated[AssetService, Depends(_assets)]
-Guest = Annotated[GuestService, Depends(_guest)]
-Vms = Annotated[VmService, Depends(_vms)]
-SettingsDep = Annotated[SettingsService, Depends(_settings)]
 ServicesDep = Annotated[Services, Depends(services)]
+Vms = Annotated[VmService, Depends(_one("vms"))]
+SettingsDep = Annotated[SettingsService, Depends(_one("settings"))]
+Assets = Annotated[AssetService, Depends(_one("assets"))]
+Guest = Annotated[GuestService, Depends(_one("guest"))]
+Firecracker = Annotated[FirecrackerService, Depends(_one("firecracker"))]
