@@ -21,6 +21,7 @@ class RunningDaemon:
     pid: int
     socket: Path
     state_dir: Path
+    log: Path
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -43,13 +44,13 @@ def nexusd(*extra: str, state_dir: Path | None = None) -> Iterator[RunningDaemon
                 "-m",
                 "nexus.daemon.main",
                 "--state-dir",
-                str(base / "state"),
+                str(state),
                 "--runtime-dir",
                 str(base / "run"),
                 "--socket",
                 str(sock),
                 "--log-level",
-                "warning",
+                "info",
                 *extra,
             ],
             stdout=log,
@@ -66,7 +67,7 @@ def nexusd(*extra: str, state_dir: Path | None = None) -> Iterator[RunningDaemon
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"nexusd did not come up: {(base / 'nexusd.log').read_text()}") from None
                     time.sleep(0.05)
-            yield RunningDaemon(proc.pid, sock, state)
+            yield RunningDaemon(proc.pid, sock, state, base / "nexusd.log")
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -172,6 +172,9 @@ def run() -> None:
                     if i < BOOTS - 1:
                         api.post("/v1/vms/bench-api/stop").raise_for_status()
                 _calls_and_throughput(api, raws[-1], raw_boots, api_boots)
+                for line in daemon.log.read_text().splitlines():
+                    if "launched in" in line:
+                        print("nexusd:", line.split(": ", 1)[-1])
             finally:
                 if raws:
                     raws[-1].close()
