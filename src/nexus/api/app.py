@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from nexus import __version__
 from nexus.api import errors
@@ -16,8 +18,15 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def create_app(services: Services, tcp_token: str | None = None) -> FastAPI:
-    """The API app. With ``tcp_token``, connections over TCP must carry it as a bearer token."""
+def create_app(
+    services: Services,
+    tcp_token: str | None = None,
+    vm_mcp: ASGIApp | None = None,
+    manage_mcp: ASGIApp | None = None,
+) -> FastAPI:
+    """The API app. With ``tcp_token``, connections over TCP must carry it as a bearer token. The MCP endpoints
+    (ASGI apps, see ``nexus.mcp``) are mounted behind the same middleware: ``vm_mcp`` at ``/v1/vms/{ref}/mcp``,
+    ``manage_mcp`` at ``/mcp``."""
     app = FastAPI(
         title="nexusd",
         version=__version__,
@@ -28,6 +37,9 @@ def create_app(services: Services, tcp_token: str | None = None) -> FastAPI:
     errors.install(app)
     for module in (health, vms, guest, assets, firecracker, settings):
         app.include_router(module.router)
+    for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
+        if endpoint is not None:
+            app.router.routes.append(Route(path, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False))
     app.add_middleware(BodyLimit)
     if tcp_token is not None:
         app.add_middleware(TcpToken, token=tcp_token)

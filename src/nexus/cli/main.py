@@ -3,13 +3,16 @@ become exit codes and a single line on stderr."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from nexus import __version__
-from nexus.cli import assets, settings, vm
+from nexus.cli import assets, mcp_bridge, settings, vm
 from nexus.cli.common import client, ctx_of
 from nexus.cli.errors import ERROR, exit_code_for
 from nexus.cli.output import Ctx, console, emit, fields
@@ -77,6 +80,14 @@ def version(ctx: typer.Context) -> None:
     )
     if unreachable is not None:
         raise unreachable
+
+
+@app.command("mcp-bridge")
+def mcp_bridge_command(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="VM name or id")]) -> None:
+    """Serve VM REF's tools as MCP over stdio (for Claude Code and other MCP clients), forwarded to nexusd."""
+    socket = ctx_of(ctx).socket
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(mcp_bridge.bridge(Path(socket) if socket else None, ref))
 
 
 def _hoist_global_flags(args: list[str]) -> list[str]:

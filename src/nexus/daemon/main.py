@@ -15,6 +15,7 @@ from nexus.daemon.config import Config, load
 from nexus.daemon.drivers import choose_driver
 from nexus.daemon.wiring import wire
 from nexus.domain import NexusError
+from nexus.mcp import McpEndpoints
 from nexus.services import SettingsService
 from nexus.store import SettingsRepo, open_database
 
@@ -42,7 +43,8 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
         driver, driver_reason = choose_driver(vmm, layout)
         services, runtime = wire(conn, layout, driver, driver_reason, config.timeouts)
         services.vms.reconcile()
-        app = create_app(services, tcp_token=token)
+        mcp = McpEndpoints(services.vms, services.guest)
+        app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
         sockets = [server.bind_unix(config.socket, config.socket_mode)]
         try:
             if tcp is not None:
@@ -55,7 +57,8 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
                 layout.state_dir,
                 driver_reason,
             )
-            await server.serve(app, sockets)
+            async with mcp.running():  # the MCP sessions' task group: up before serving, closed at shutdown
+                await server.serve(app, sockets, on_exit=mcp.stop)
         finally:
             for sock in sockets:
                 sock.close()

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import uvicorn
@@ -66,8 +66,9 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: FastAPI, sockets: list[socket.socket]) -> None:
-    """Serve ``app`` on ``sockets`` until SIGTERM or SIGINT."""
+async def serve(app: FastAPI, sockets: list[socket.socket], on_exit: Callable[[], None] | None = None) -> None:
+    """Serve ``app`` on ``sockets`` until SIGTERM or SIGINT; ``on_exit`` runs as soon as shutdown begins (to end
+    long-lived responses such as MCP's SSE streams before the graceful-shutdown timeout)."""
     config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=5)
     server = _Server(config)
     loop = asyncio.get_running_loop()
@@ -75,6 +76,8 @@ async def serve(app: FastAPI, sockets: list[socket.socket]) -> None:
     def request_exit(sig: signal.Signals) -> None:
         log.info("received %s, shutting down", sig.name)
         server.should_exit = True
+        if on_exit is not None:
+            on_exit()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_exit, sig)

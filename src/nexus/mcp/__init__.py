@@ -1,0 +1,9 @@
+"""nexusd's MCP endpoints over Streamable HTTP: each VM's guest tools, and management tools; one error→JSON-RPC
+table."""
+
+from __future__ import annotations
+
+from nexus.mcp.endpoints import McpEndpoints
+from nexus.mcp.errors import CODE_BY_ERROR, to_mcp_error
+
+__all__ = ["CODE_BY_ERROR", "McpEndpoints", "to_mcp_error"]

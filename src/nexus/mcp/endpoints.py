@@ -1,0 +1,84 @@
+"""nexusd's MCP endpoints as ASGI apps, and the one task group their sessions run in.
+
+``McpEndpoints.vm`` serves ``/v1/vms/{ref}/mcp`` and ``McpEndpoints.manage`` serves ``/mcp``, Streamable HTTP as
+the SDK implements it (sessions, notifications answered 202, JSON or SSE responses). The SDK's session managers
+need a running task group for their sessions; nexusd serves with ``lifespan="off"``, so the daemon enters
+``McpEndpoints.running()`` around serving instead. Mounting the apps is ``nexus.api.app``'s job; this module
+knows nothing of routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.types import Receive, Scope, Send
+
+from nexus.mcp.guest import guest_server
+from nexus.mcp.manage import manage_server
+from nexus.protocol import INTERNAL_ERROR
+from nexus.services import VmService
+from nexus.services.guest import GuestService
+
+SESSION_IDLE_TIMEOUT_S = 30 * 60.0
+
+
+class _Endpoint:
+    """An ASGI app for one session manager that answers 503 while the manager is not running."""
+
+    def __init__(self, manager: StreamableHTTPSessionManager) -> None:
+        self.manager = manager
+        self.running = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.running:
+            error = {"code": INTERNAL_ERROR, "message": "the MCP endpoint is not running (nexusd is stopping)"}
+            body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.manager.handle_request(scope, receive, send)
+
+
+class McpEndpoints:
+    def __init__(self, vms: VmService, guest: GuestService) -> None:
+        idle_s = SESSION_IDLE_TIMEOUT_S
+        self.vm = _Endpoint(StreamableHTTPSessionManager(guest_server(guest), session_idle_timeout=idle_s))
+        self.manage = _Endpoint(StreamableHTTPSessionManager(manage_server(vms, guest), session_idle_timeout=idle_s))
+        self._stopping = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Run the session managers (once per instance) until the block ends or ``stop()`` is called.
+
+        The managers live in one owner task, so ``stop()`` can close every session (and end open SSE streams) as
+        soon as shutdown begins, instead of leaving them to the server's graceful-shutdown timeout."""
+        started = asyncio.Event()
+        owner = asyncio.create_task(self._own(started), name="mcp-sessions")
+        waiting = asyncio.create_task(started.wait())
+        await asyncio.wait({owner, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if owner.done():
+            owner.result()  # raises what stopped it
+        try:
+            yield
+        finally:
+            self.stop()
+            await owner
+
+    def stop(self) -> None:
+        """Stop serving MCP: new requests get 503, sessions are closed. Safe to call more than once."""
+        for endpoint in (self.vm, self.manage):
+            endpoint.running = False
+        self._stopping.set()
+
+    async def _own(self, started: asyncio.Event) -> None:
+        async with self.vm.manager.run(), self.manage.manager.run():
+            for endpoint in (self.vm, self.manage):
+                endpoint.running = not self._stopping.is_set()
+            started.set()
+            await self._stopping.wait()

@@ -1,0 +1,281 @@
+"""The MCP server behind ``/mcp``: Nexus management as tools (vm_list, vm_create, vm_start, vm_stop, vm_rm,
+vm_inspect, vm_logs, vm_exec), each one call to the services.
+
+As the MCP spec splits them: an unknown tool is a protocol fault (a JSON-RPC error from ``nexus.mcp.errors``);
+a tool that ran and was refused or failed — bad arguments, unknown VM, wrong state, a VM that went away — is an
+``isError`` result whose ``structuredContent.error`` carries the domain code and message, so a model can read it
+and act. ``vm_exec`` streams the command's output as progress notifications when the client sent a
+``progressToken``; its result carries exit code, stdout and stderr. Serving HTTP is ``nexus.mcp.endpoints``'s job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+
+from nexus import __version__
+from nexus.domain import Invalid, NexusError, Role, Vm, VmFilter, VmSpec, VmState
+from nexus.mcp.errors import to_mcp_error
+from nexus.mcp.progress import Report, with_progress
+from nexus.services import VmService
+from nexus.services.guest import GuestService, OutputChunk
+
+Ctx = ServerRequestContext[Any, Any]
+Args = dict[str, Any]
+
+_VM = {"vm": {"type": "string", "description": "VM name or id"}}
+
+
+def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+
+
+def vm_dict(vm: Vm) -> dict[str, Any]:
+    return {
+        "id": vm.id,
+        "name": vm.name,
+        "role": str(vm.role),
+        "state": str(vm.state),
+        "vcpus": vm.vcpus,
+        "mem_mib": vm.mem_mib,
+        "image": vm.image,
+        "kernel": vm.kernel,
+        "tags": list(vm.tags),
+        "created_at": vm.created_at.isoformat(),
+        "updated_at": vm.updated_at.isoformat(),
+        "pid": vm.pid,
+        "vmm": vm.vmm,
+        "accel": vm.accel,
+    }
+
+
+def _get(args: Args, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+    """One argument, type-checked (bool is not an int here); Invalid when missing or of the wrong type."""
+    if key not in args or args[key] is None:
+        if required:
+            raise Invalid(f"missing argument {key!r}")
+        return default
+    value = args[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise Invalid(f"argument {key!r} must be {names}")
+    return value
+
+
+def _check_known(args: Args, schema: dict[str, Any]) -> None:
+    unknown = sorted(set(args) - set(schema["properties"]))
+    if unknown:
+        raise Invalid(f"unknown argument(s): {', '.join(unknown)}")
+
+
+Handler = Callable[[Ctx, Args], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Tool:
+    description: str
+    schema: dict[str, Any]
+    handler: Handler
+
+
+class _Tools:
+    def __init__(self, vms: VmService, guest: GuestService) -> None:
+        self.vms = vms
+        self.guest = guest
+
+    async def vm_list(self, ctx: Ctx, args: Args) -> dict[str, Any]:
+        state = _get(args, "state", str)
+        role = _get(args, "role", str)
+        try:
+            flt = VmFilter(
+                role=Role(role) if role else None,
+                state=VmState(state) if state else None,
+                tags=tuple(_get(args, "tags", list, [])),
+            )
+        except ValueError as exc:
+            raise Invalid(str(exc)) from exc
+        return {"vms": [vm_dict(vm) for vm in self.vms.find(flt)]}
+
+    async def vm_create(self, ctx: Ctx, args: Args) -> dict[str, Any]:
+        tags = _get(args, "tags", list, [])
+        if not all(isinstance(t, str) for t in tags):
+            raise Invalid("argument 'tags' must be a list of strings")
+        spec = VmSpec(
+            name=_get(args, "name", str, required=True),
+            vcpus=_get(args, "vcpus", int),
+            mem_mib=_get(args, "mem_mib", int),
+            image=_get(args, "image", str),
+            kernel=_get(args, "kernel", str),
+            tags=tuple(tags),
+        )
+        return vm_dict(self.vms.create(spec))
+
+    async def vm_start(self, ctx: Ctx, args: Args) -> dict[str, Any]:
+        vm = _get(args, "vm", str, required=True)
+        return vm_dict(await self.vms.start(vm, wait=_get(args, "wait", bool, True)))
+
+    async def vm_stop(self, ctx: Ctx, args: Args) -> dict[str, Any]:
+        return vm_dict(await self.vms.stop(_get(args, "vm", str, required=True)))
+
+    async def vm_rm(self, ctx: Ctx, args: Args) -> dict[str, Any]:
+        vm = self.vms.get(_get(args, "vm", str, required=True))
+        await self.vms.remove(vm.id, force=_get(args, "force", bool, False))
+        return {"removed": vm.name, "id": vm.id}
+
+    async def vm_inspect(self, ctx: Ctx, args: Args) -> dict[str, Any]:
+        vm = self.vms.get(_get(args, "vm", str, required=True))
+        history = [
+            {
+                "from": str(h.from_state) if h.from_state else None,
+                "to": str(h.to_state),
+                "reason": h.reason,
+                "at": h.at.isoformat(),
+            }
+            for h in self.vms.history(vm.id)
+        ]
+        return {**vm_dict(vm), "history": history}
+
+    async def vm_logs(self, ctx: Ctx, args: Args) -> dict[str, Any]:
+        vm = _get(args, "vm", str, required=True)
+        tail = _get(args, "tail", int, 100)
+        if tail < 1:
+            raise Invalid("argument 'tail' must be at least 1")
+        return {"lines": self.vms.logs(vm, tail)}
+
+    async def vm_exec(self, ctx: Ctx, args: Args) -> dict[str, Any]:
+        vm = _get(args, "vm", str, required=True)
+        command = _get(args, "command", (str, list), required=True)
+        if isinstance(command, list) and not (command and all(isinstance(a, str) for a in command)):
+            raise Invalid("argument 'command' must be a string or a non-empty list of strings")
+        env = _get(args, "env", dict)
+        if env is not None and not all(isinstance(v, str) for v in env.values()):
+            raise Invalid("argument 'env' must map names to strings")
+        timeout_s = float(_get(args, "timeout_s", (int, float), 600.0))
+        output: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+        def call(report: Report) -> Awaitable[dict[str, Any]]:
+            def on_output(chunk: OutputChunk) -> None:
+                output.setdefault(chunk.stream, []).append(chunk.data)
+                report(float(sum(len(v) for v in output.values())), None, chunk.data)
+
+            return self.guest.exec(
+                vm,
+                command,
+                on_output,
+                cwd=_get(args, "cwd", str),
+                env=env,
+                stdin=_get(args, "stdin", str),
+                timeout_s=timeout_s,
+            )
+
+        result = await with_progress(ctx, call)
+        return {**result, "stdout": "".join(output["stdout"]), "stderr": "".join(output["stderr"])}
+
+    def table(self) -> dict[str, _Tool]:
+        exec_props = {
+            **_VM,
+            "command": {
+                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+                "description": "a shell command line, or an argv list run without a shell",
+            },
+            "cwd": {"type": "string"},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "stdin": {"type": "string"},
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        }
+        states = [str(s) for s in VmState]
+        return {
+            "vm_list": _Tool(
+                "List VMs, optionally only those in a state, of a role, or with all the given tags.",
+                _schema(
+                    {
+                        "state": {"type": "string", "enum": states},
+                        "role": {"type": "string", "enum": [str(r) for r in Role]},
+                        "tags": {"type": "array", "items": {"type": "string"}},
+                    }
+                ),
+                self.vm_list,
+            ),
+            "vm_create": _Tool(
+                "Create a VM (not started). Unset sizes, image and kernel come from nexusd's settings.",
+                _schema(
+                    {
+                        "name": {"type": "string"},
+                        "vcpus": {"type": "integer", "minimum": 1},
+                        "mem_mib": {"type": "integer", "minimum": 1},
+                        "image": {"type": "string"},
+                        "kernel": {"type": "string"},
+                        "tags": {"type": "array", "items": {"type": "string"}},
+                    },
+                    ("name",),
+                ),
+                self.vm_create,
+            ),
+            "vm_start": _Tool(
+                "Boot a VM; by default returns once its agent is ready.",
+                _schema({**_VM, "wait": {"type": "boolean", "default": True}}, ("vm",)),
+                self.vm_start,
+            ),
+            "vm_stop": _Tool("Power a VM off (graceful, then forced).", _schema(_VM, ("vm",)), self.vm_stop),
+            "vm_rm": _Tool(
+                "Remove a VM and its disk; a running VM only with force (it is stopped first).",
+                _schema({**_VM, "force": {"type": "boolean", "default": False}}, ("vm",)),
+                self.vm_rm,
+            ),
+            "vm_inspect": _Tool("A VM's details and state history.", _schema(_VM, ("vm",)), self.vm_inspect),
+            "vm_logs": _Tool(
+                "The last lines of a VM's console log.",
+                _schema({**_VM, "tail": {"type": "integer", "minimum": 1, "default": 100}}, ("vm",)),
+                self.vm_logs,
+            ),
+            "vm_exec": _Tool(
+                "Run a command in a ready VM; output streams as progress when asked; the result has exit_code, "
+                "stdout and stderr.",
+                _schema(exec_props, ("vm", "command")),
+                self.vm_exec,
+            ),
+        }
+
+
+def _result(structured: dict[str, Any], is_error: bool = False, text: str | None = None) -> types.CallToolResult:
+    body = text if text is not None else json.dumps(structured, indent=2)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=body)], structured_content=structured, is_error=is_error
+    )
+
+
+def manage_server(vms: VmService, guest: GuestService) -> Server[Any]:
+    tools = _Tools(vms, guest).table()
+    listing = types.ListToolsResult(
+        tools=[types.Tool(name=name, description=t.description, input_schema=t.schema) for name, t in tools.items()]
+    )
+
+    async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return listing
+
+    async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        tool = tools.get(params.name)
+        if tool is None:
+            raise to_mcp_error(Invalid(f"unknown tool {params.name!r}; tools/list names the tools"))
+        args = dict(params.arguments or {})
+        try:
+            _check_known(args, tool.schema)
+            return _result(await tool.handler(ctx, args))
+        except NexusError as exc:
+            error = {"code": exc.code, "message": exc.message}
+            return _result({"error": error}, is_error=True, text=f"{params.name}: {exc.message}")
+
+    return Server(
+        "nexus",
+        version=__version__,
+        instructions="Manage Nexus microVMs: create, start, stop, remove, inspect them and run commands in them.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )

@@ -1,0 +1,161 @@
+"""``/mcp``: nexusd's management tools through a real nexusd, driven by the official MCP SDK client over the Unix
+socket; the VMs are the fake Firecracker's (a real agent, no kernel booted)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from nexus.protocol import INVALID_PARAMS
+from tests.helpers import Daemon
+from tests.integration.test_firecracker_driver import firecracker_daemon
+from tests.integration.test_mcp_vm import pytestmark  # noqa: F401  (the same skips)
+
+TOOLS = {"vm_list", "vm_create", "vm_start", "vm_stop", "vm_rm", "vm_inspect", "vm_logs", "vm_exec"}
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    base = Path(tempfile.mkdtemp(prefix="nxmg-"))
+    d = firecracker_daemon(base)
+    try:
+        yield d
+    finally:
+        code = d.stop()
+        log = d.log_text()
+        shutil.rmtree(base, ignore_errors=True)
+        assert code == 0, log[-3000:]
+
+
+@asynccontextmanager
+async def manage_client(daemon: Daemon) -> AsyncIterator[Client]:
+    http = httpx2.AsyncClient(
+        transport=httpx2.AsyncHTTPTransport(uds=str(daemon.socket)), timeout=httpx2.Timeout(30, read=300)
+    )
+    async with http, Client(streamable_http_client("http://nexusd/mcp", http_client=http), mode="legacy") as client:
+        yield client
+
+
+async def _ok(client: Client, name: str, args: dict[str, Any], **kw: Any) -> Any:
+    result = await client.call_tool(name, args, **kw)
+    assert result.is_error is False, result.content
+    return result.structured_content
+
+
+async def _refused(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(name, args)
+    assert result.is_error is True, result.structured_content
+    error: dict[str, Any] = result.structured_content["error"]  # type: ignore[index]
+    return error
+
+
+def test_management_tools(daemon: Daemon) -> None:
+    async def scenario() -> None:
+        async with manage_client(daemon) as client:
+            assert client.server_info is not None and client.server_info.name == "nexus"
+            assert {t.name for t in (await client.list_tools()).tools} == TOOLS
+
+            created = await _ok(client, "vm_create", {"name": "mg-one", "mem_mib": 256, "tags": ["t1"]})
+            assert (created["name"], created["state"], created["tags"]) == ("mg-one", "created", ["t1"])
+            listed = await _ok(client, "vm_list", {"tags": ["t1"]})
+            assert [vm["name"] for vm in listed["vms"]] == ["mg-one"]
+            assert (await _ok(client, "vm_list", {"state": "ready"}))["vms"] == []
+
+            not_ready = await _refused(client, "vm_exec", {"vm": "mg-one", "command": "true"})
+            assert not_ready["code"] == "invalid_state"
+
+            ready = await _ok(client, "vm_start", {"vm": "mg-one"})
+            assert ready["state"] == "ready" and ready["vmm"] == "firecracker"
+
+            progress: list[str | None] = []
+
+            async def on_progress(_value: float, _total: float | None, message: str | None) -> None:
+                progress.append(message)
+
+            ran = await _ok(
+                client,
+                "vm_exec",
+                {"vm": "mg-one", "command": "echo a; echo b >&2; exit 3"},
+                progress_callback=on_progress,
+            )
+            assert (ran["exit_code"], ran["stdout"], ran["stderr"]) == (3, "a\n", "b\n")
+            assert sorted(m or "" for m in progress) == ["a\n", "b\n"]
+            argv = await _ok(client, "vm_exec", {"vm": "mg-one", "command": ["echo", "argv"]})
+            assert argv["stdout"] == "argv\n"
+
+            assert (await _refused(client, "vm_exec", {"vm": "mg-one", "command": 42}))["code"] == "invalid"
+            assert (await _refused(client, "vm_exec", {"vm": "mg-one", "command": "x", "bogus": 1}))["code"] == (
+                "invalid"
+            )
+            assert (await _refused(client, "vm_create", {}))["code"] == "invalid"
+
+            inspected = await _ok(client, "vm_inspect", {"vm": "mg-one"})
+            assert [h["to"] for h in inspected["history"]] == ["created", "starting", "ready"]
+            assert isinstance((await _ok(client, "vm_logs", {"vm": "mg-one", "tail": 5}))["lines"], list)
+
+            assert (await _ok(client, "vm_stop", {"vm": "mg-one"}))["state"] == "stopped"
+            assert (await _ok(client, "vm_rm", {"vm": "mg-one"}))["removed"] == "mg-one"
+            assert (await _refused(client, "vm_inspect", {"vm": "mg-one"}))["code"] == "not_found"
+
+            with pytest.raises(MCPError) as caught:
+                await client.call_tool("vm_fly", {})
+            assert caught.value.code == INVALID_PARAMS and caught.value.data == {"code": "invalid"}
+
+    anyio.run(scenario)
+
+
+def test_vm_killed_during_exec_is_an_error_not_a_hang(daemon: Daemon) -> None:
+    async def scenario() -> None:
+        async with manage_client(daemon) as client:
+            await _ok(client, "vm_create", {"name": "mg-doomed", "mem_mib": 256})
+            pid = (await _ok(client, "vm_start", {"vm": "mg-doomed"}))["pid"]
+            started = anyio.Event()
+
+            async def on_progress(_value: float, _total: float | None, _message: str | None) -> None:
+                started.set()
+
+            async def kill_when_running() -> None:
+                await started.wait()
+                os.kill(pid, signal.SIGKILL)
+
+            outcome: dict[str, Any] = {}
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(kill_when_running)
+                    outcome["result"] = await client.call_tool(
+                        "vm_exec", {"vm": "mg-doomed", "command": "echo up; sleep 60"}, progress_callback=on_progress
+                    )
+            result = outcome["result"]
+            assert result.is_error is True and result.structured_content["error"]["code"] == "unavailable"
+            assert (await _ok(client, "vm_list", {}))["vms"][0]["name"] == "mg-doomed"  # still serving
+
+    anyio.run(scenario)
+
+
+def test_nexusd_stops_promptly_with_an_mcp_session_open(daemon: Daemon) -> None:
+    """An open session (with its SSE GET stream) is closed when shutdown begins, not at uvicorn's timeout."""
+
+    async def scenario() -> None:
+        async with manage_client(daemon) as client:
+            await client.list_tools()
+            await anyio.sleep(0.3)  # the SDK client opens its standalone GET stream after initialization
+            started = time.monotonic()
+            assert await anyio.to_thread.run_sync(daemon.stop) == 0
+            assert time.monotonic() - started < 3
+        assert "timeout graceful shutdown exceeded" not in daemon.log_text()
+
+    anyio.run(scenario)
