@@ -18,7 +18,6 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -33,36 +32,20 @@ from nexus.daemon.drivers import (
     firecracker_binary,
     kvm_runs_guests,
 )
-from nexus.domain import DriverError, GuestPort, Image, LaunchSpec, Layout
-from nexus.services import SettingsService
-from nexus.store import ImageRepo, SettingsRepo, open_database
+from nexus.domain import DriverError, GuestPort, LaunchSpec, Layout
 from nexus.vmm.firecracker import FirecrackerDriver
 from tests.fakes.firecracker import FAULTS_ENV, write_fake_binary
-from tests.fakes.firecracker_spec import SPEC_MISSING, load_spec
-from tests.helpers import Daemon, start_daemon, wait_until
-
-KERNEL_VERSION = "6.1.0-99-cloud-amd64"
-FAULT = "Start microvm error: fake fault injected by the test"
-STUB_CONFIG = "".join(
-    f"CONFIG_{name}=y\n" for name in ("VIRTIO_MMIO", "VIRTIO_BLK", "EXT4_FS", "VIRTIO_CONSOLE", "VIRTIO_VSOCKETS")
+from tests.fakes.firecracker_host import (
+    FAULT,
+    FIRECRACKER_SKIPS,
+    KERNEL_VERSION,
+    firecracker_daemon,
+    processes_mentioning,
+    stub_kernel,
 )
+from tests.helpers import wait_until
 
-
-def _busybox() -> str | None:
-    from nexus.domain import Unavailable
-    from nexus.images.busybox import find_static_busybox
-
-    try:
-        find_static_busybox()
-    except Unavailable as exc:
-        return exc.message
-    return None
-
-
-pytestmark = [
-    pytest.mark.skipif(load_spec() is None, reason=SPEC_MISSING),
-    pytest.mark.skipif(_busybox() is not None, reason=str(_busybox())),
-]
+pytestmark = FIRECRACKER_SKIPS
 
 
 @pytest.fixture
@@ -73,79 +56,6 @@ def base() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def stub_kernel(kernels_dir: Path) -> Path:
-    kdir = kernels_dir / KERNEL_VERSION
-    (kdir / "modules").mkdir(parents=True)
-    (kdir / "modules" / "modules.dep").write_text("")
-    (kdir / "config").write_text(STUB_CONFIG)
-    (kdir / "vmlinuz").write_bytes(b"MZ stub bzImage")
-    (kdir / "vmlinux").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))
-    meta = {
-        "format": 1,
-        "version": KERNEL_VERSION,
-        "flavour": "cloud-amd64",
-        "sha256": "0" * 64,
-        "size_bytes": 15,
-        "pulled_at": datetime.now(UTC).isoformat(),
-    }
-    (kdir / "kernel.json").write_text(json.dumps(meta))
-    return kdir
-
-
-def prepare_state(base: Path) -> Path:
-    """A state dir with a stub kernel, an image row named like the default image, and ``vmm=firecracker``."""
-    state = base / "state"
-    layout = Layout(state_dir=state, runtime_dir=base / "run")
-    stub_kernel(layout.cache_dir / "kernels")
-    layout.images_dir.mkdir(parents=True, exist_ok=True)
-    image_file = layout.images_dir / "stub.ext4"
-    image_file.write_bytes(b"")
-    conn = open_database(layout.database)
-    try:
-        ImageRepo(conn).insert(
-            Image(
-                id="img-stub",
-                name="debian-bookworm",
-                base="debian-bookworm",
-                path=image_file,
-                size_mib=1,
-                sha256="0" * 64,
-                init_system="busybox",
-                agent_version="0.1.0",
-                built_at=datetime.now(UTC),
-            )
-        )
-        SettingsService(SettingsRepo(conn)).set("vmm", "firecracker")
-    finally:
-        conn.close()
-    return state
-
-
-def firecracker_daemon(base: Path, extra_env: dict[str, str] | None = None) -> Daemon:
-    state = prepare_state(base)
-    env = {
-        "NEXUS_FIRECRACKER_BIN": str(write_fake_binary(base)),
-        "NEXUS_FIRECRACKER_ASSUME_KVM": "1",
-        **(extra_env or {}),
-    }
-    config = base / "nexusd.toml"
-    config.write_text("boot_timeout_s = 30\nheartbeat_timeout_s = 3\nstop_timeout_s = 10\n")
-    return start_daemon(base, "--config", str(config), env=env, state_dir=state)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line mentions ``text`` (the fake and its agent name the VM's runtime dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def test_lifecycle_through_nexusd(base: Path) -> None:

@@ -21,8 +21,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from nexus.protocol import INVALID_PARAMS
+from tests.fakes.firecracker_host import firecracker_daemon
 from tests.helpers import Daemon
-from tests.integration.test_firecracker_driver import firecracker_daemon
 from tests.integration.test_mcp_vm import pytestmark  # noqa: F401  (the same skips)
 
 TOOLS = {"vm_list", "vm_create", "vm_start", "vm_stop", "vm_rm", "vm_inspect", "vm_logs", "vm_exec"}

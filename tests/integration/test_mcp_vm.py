@@ -27,9 +27,9 @@ from mcp.shared.exceptions import MCPError
 
 from nexus.client import NexusClient
 from nexus.mcp.errors import INVALID_STATE, NOT_FOUND, UNAVAILABLE
+from tests.fakes.firecracker_host import _busybox, firecracker_daemon
 from tests.fakes.firecracker_spec import SPEC_MISSING, load_spec
 from tests.helpers import Daemon
-from tests.integration.test_firecracker_driver import _busybox, firecracker_daemon
 
 pytestmark = [
     pytest.mark.skipif(load_spec() is None, reason=SPEC_MISSING),
