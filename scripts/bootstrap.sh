@@ -32,3 +32,10 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
     .venv/bin/pip install -q -e '.[dev]'
     echo "$want" > "$stamp"
 fi
+
+# The MCP Inspector's CLI, which the tests use as a real third-party MCP client of `nexusctl mcp-bridge`.
+INSPECTOR_VERSION=0.15.0
+if command -v npm >/dev/null 2>&1 && [ ! -x .tools/node_modules/.bin/mcp-inspector ]; then
+    echo "bootstrap: installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION into .tools"
+    npm install --silent --no-audit --no-fund --prefix .tools "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" >/dev/null
+fi
