@@ -3,6 +3,7 @@
 P1  nexusctl-equivalent ``POST /v1/vms/{ref}/start`` → ready, vs. raw QEMU (same argv) → the agent's hello.
 P2  a 1-byte file_read through the API, vs. a raw ``nexus/echo`` over the same kind of channel (the ratio is
     nexusd's own overhead); run_command("true") through the API beside it.
+MCP the same file_read through nexusd's MCP endpoint (official SDK client, Streamable HTTP) vs. the raw channel.
 P3  64 MiB written to a guest file through the API (1 MiB chunks), vs. the same file_write calls sent straight
     down the raw channel.
 
@@ -13,6 +14,7 @@ kernel and image are fetched and built once per machine.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 
 from bench.common import nexusd, percentile, print_table
 from nexus.daemon.adapters import DebianKernels
@@ -171,7 +174,7 @@ def run() -> None:
                     api_boots.append(time.perf_counter() - t)
                     if i < BOOTS - 1:
                         api.post("/v1/vms/bench-api/stop").raise_for_status()
-                _calls_and_throughput(api, raws[-1], raw_boots, api_boots)
+                _calls_and_throughput(api, daemon.socket, raws[-1], raw_boots, api_boots)
                 for line in daemon.log.read_text().splitlines():
                     if "launched in" in line:
                         print("nexusd:", line.split(": ", 1)[-1])
@@ -181,7 +184,27 @@ def run() -> None:
                 api.delete("/v1/vms/bench-api", params={"force": True})
 
 
-def _calls_and_throughput(api: httpx.Client, raw: RawVm, raw_boots: list[float], api_boots: list[float]) -> None:
+async def _mcp_calls(sock: Path, raw: RawVm, read_args: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """file_read through nexusd's MCP endpoint with the official SDK client, interleaved with the raw channel."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=str(sock)), timeout=60)
+    through_mcp: list[float] = []
+    through_raw: list[float] = []
+    url = "http://nexusd/v1/vms/bench-api/mcp"
+    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+        for _ in range(CALLS // 2):
+            t = time.perf_counter()
+            await client.call_tool("file_read", read_args)
+            through_mcp.append(time.perf_counter() - t)
+            through_raw += _time(lambda: raw.mcp.call("tools/call", {"name": "file_read", "arguments": read_args}), 1)
+    return through_mcp, through_raw
+
+
+def _calls_and_throughput(
+    api: httpx.Client, sock: Path, raw: RawVm, raw_boots: list[float], api_boots: list[float]
+) -> None:
     api.put("/v1/vms/bench-api/files", params={"path": "/tmp/one"}, content=b"x").raise_for_status()
     read_args = {"path": "/tmp/one", "length": 1}
     raw.mcp.call("tools/call", {"name": "file_write", "arguments": {"path": "/tmp/one", "content": "x"}})
@@ -191,6 +214,7 @@ def _calls_and_throughput(api: httpx.Client, raw: RawVm, raw_boots: list[float],
         raw_echo += _time(lambda: raw.mcp.call("nexus/echo", {"x": "y"}), 1)
         raw_read += _time(lambda: raw.mcp.call("tools/call", {"name": "file_read", "arguments": read_args}), 1)
         api_read += _time(lambda: api.post("/v1/vms/bench-api/tools/file_read", json=read_args).raise_for_status(), 1)
+    mcp_read, mcp_raw_read = asyncio.run(_mcp_calls(sock, raw, read_args))
     api_true = _time(
         lambda: api.post("/v1/vms/bench-api/tools/run_command", json={"command": ["true"]}).raise_for_status(), 50
     )
@@ -219,7 +243,9 @@ def _calls_and_throughput(api: httpx.Client, raw: RawVm, raw_boots: list[float],
 
     med = statistics.median
     p1 = med(api_boots) / med(raw_boots)
-    read_ms, echo_ms, raw_read_ms, true_ms = (percentile(x, 50) * 1e3 for x in (api_read, raw_echo, raw_read, api_true))
+    read_ms, echo_ms, raw_read_ms, true_ms, mcp_ms, mcp_raw_ms = (
+        percentile(x, 50) * 1e3 for x in (api_read, raw_echo, raw_read, api_true, mcp_read, mcp_raw_read)
+    )
     api_mibs, raw_mibs = WRITE_MIB / api_w, WRITE_MIB / raw_w
     rows = [
         ("P1 start→ready (s)", f"{med(api_boots):.2f}", f"{med(raw_boots):.2f}", f"{p1:.2f}", "≤ 1.10"),
@@ -231,6 +257,7 @@ def _calls_and_throughput(api: httpx.Client, raw: RawVm, raw_boots: list[float],
             f"{read_ms / raw_read_ms:.2f}",
             "",
         ),
+        ("   file_read via MCP HTTP p50 (ms)", f"{mcp_ms:.2f}", f"{mcp_raw_ms:.2f}", f"{mcp_ms / mcp_raw_ms:.2f}", ""),
         ("   run_command('true') p50 (ms)", f"{true_ms:.2f}", "", "", ""),
         (
             f"P3 {WRITE_MIB} MiB file_write (MiB/s)",
