@@ -24,7 +24,7 @@ import nexus
 from nexus.channel.rpc import RpcPeer
 from nexus.channel.vsock import GuestListener, connect_hybrid
 from nexus.protocol import CONTROL_VSOCK_PORT, MCP_VSOCK_PORT
-from tests.unit.test_vsock_host import FakeMuxer, no_vsock  # noqa: F401 - autouse guard against AF_VSOCK
+from tests.unit.test_vsock_host import FakeMuxer
 
 pytestmark = pytest.mark.anyio
 SRC_DIR = str(Path(nexus.__file__).resolve().parent.parent)

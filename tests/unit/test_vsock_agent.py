@@ -44,18 +44,6 @@ WAIT_S = 5.0
 Message = dict[str, Any]
 
 
-class _NoVsockSocket(socket.socket):
-    def __init__(self, family: int = -1, *args: object, **kwargs: object) -> None:
-        if family == socket.AF_VSOCK:
-            raise AssertionError("tests must never open an AF_VSOCK socket on this machine")
-        super().__init__(family, *args, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture(autouse=True)
-def no_vsock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(socket, "socket", _NoVsockSocket)
-
-
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A short path prefix: Unix socket paths are limited to 107 bytes."""

@@ -33,18 +33,6 @@ pytestmark = pytest.mark.anyio
 HOST_PORT_REPLY = b"OK 1073741824\n"
 
 
-class _NoVsockSocket(socket.socket):
-    def __init__(self, family: int = -1, *args: object, **kwargs: object) -> None:
-        if family == socket.AF_VSOCK:
-            raise AssertionError("tests must never open an AF_VSOCK socket on this machine")
-        super().__init__(family, *args, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture(autouse=True)
-def no_vsock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(socket, "socket", _NoVsockSocket)
-
-
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A short directory: Unix socket paths are limited to 107 bytes."""
