@@ -1,7 +1,7 @@
 """A real Firecracker microVM through nexusd: boot, hello over hybrid vsock, a tool call, pause/resume, a
 graceful stop (SendCtrlAltDel → the guest reboots → Firecracker exits).
 
-Runs only where Firecracker can: a ``firecracker`` binary (``$NEXUS_FIRECRACKER_BIN`` or PATH) and a KVM that
+Runs only where Firecracker can: a ``firecracker`` binary (``$NEXUS_E2E_FIRECRACKER``, else PATH) and a KVM that
 boots ordinary guests (``/dev/kvm`` opens, and the QEMU boot probe did not find it useless). Elsewhere it skips
 and says why. The kernel and image come from the shared e2e state dir (fetched and built by the QEMU e2e
 fixture); this test's own nexusd gets a state dir of its own that links to them, so it never shares a database
@@ -10,6 +10,7 @@ with the session's QEMU daemon.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,8 +30,11 @@ from tests.helpers import Daemon, start_daemon
 pytestmark = pytest.mark.vm
 
 
+BINARY = Path(os.environ["NEXUS_E2E_FIRECRACKER"]) if os.environ.get("NEXUS_E2E_FIRECRACKER") else None
+
+
 def firecracker_unusable() -> str | None:
-    binary, where = firecracker_binary()
+    binary, where = firecracker_binary(BINARY)
     if binary is None:
         return where
     problem = kvm_device_problem()
@@ -78,7 +82,8 @@ def fc_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
     base = Path(tempfile.mkdtemp(prefix="nxfce2e-"))  # short: Unix socket paths
     try:
         config = base / "nexusd.toml"
-        config.write_text("boot_timeout_s = 30\nheartbeat_timeout_s = 4\nstop_timeout_s = 10\n")
+        binary = f'firecracker_binary = "{BINARY}"\n' if BINARY is not None else ""
+        config.write_text("boot_timeout_s = 30\nheartbeat_timeout_s = 4\nstop_timeout_s = 10\n" + binary)
         daemon = start_daemon(base, "--config", str(config), state_dir=linked_state(base))
         try:
             yield daemon

@@ -15,6 +15,7 @@ from nexus.services import SettingsService
 from nexus.store import ImageRepo, SettingsRepo, open_database
 from tests.fakes.firecracker import write_fake_binary
 from tests.fakes.firecracker_spec import SPEC_MISSING, load_spec
+from tests.fakes.jailer import write_fake_jailer
 from tests.helpers import Daemon, start_daemon
 
 KERNEL_VERSION = "6.1.0-99-cloud-amd64"
@@ -89,15 +90,26 @@ def prepare_state(base: Path) -> Path:
     return state
 
 
-def firecracker_daemon(base: Path, extra_env: dict[str, str] | None = None) -> Daemon:
-    state = prepare_state(base)
-    env = {
-        "NEXUS_FIRECRACKER_BIN": str(write_fake_binary(base)),
-        "NEXUS_FIRECRACKER_ASSUME_KVM": "1",
-        **(extra_env or {}),
-    }
+def firecracker_daemon(base: Path, extra_env: dict[str, str] | None = None, jailer_uid: int | None = None) -> Daemon:
+    """nexusd with the fake firecracker as its binary; with ``jailer_uid``, run through the fake jailer as that uid
+    (chroot base ``base/jail``). A second daemon on the same ``base`` reuses the state dir."""
+    state = base / "state" if (base / "state").exists() else prepare_state(base)
+    env = {"NEXUS_FIRECRACKER_ASSUME_KVM": "1", **(extra_env or {})}
     config = base / "nexusd.toml"
-    config.write_text("boot_timeout_s = 30\nheartbeat_timeout_s = 3\nstop_timeout_s = 10\n")
+    lines = [
+        "boot_timeout_s = 30",
+        "heartbeat_timeout_s = 3",
+        "stop_timeout_s = 10",
+        f'firecracker_binary = "{write_fake_binary(base, world_runnable=jailer_uid is not None)}"',
+    ]
+    if jailer_uid is not None:
+        lines += [
+            f'jailer_binary = "{write_fake_jailer(base)}"',
+            f"jailer_uid = {jailer_uid}",
+            f"jailer_gid = {jailer_uid}",
+            f'jailer_chroot_base = "{base / "jail"}"',
+        ]
+    config.write_text("\n".join(lines) + "\n")
     return start_daemon(base, "--config", str(config), env=env, state_dir=state)
 
 

@@ -23,7 +23,7 @@ from nexus.vmm.firecracker import (
     preboot_requests,
     root_drive,
 )
-from tests.fakes.firecracker import (
+from tests.fakes.firecracker_api import (
     NO_KERNEL,
     NOT_AFTER_START,
     NOT_BEFORE_START,

@@ -11,6 +11,7 @@ empty, so no apt or debootstrap runs; nexusd builds the stub kernel's initramfs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,13 +29,12 @@ from nexus.client import NexusClient
 from nexus.daemon import drivers
 from nexus.daemon.drivers import (
     ASSUME_KVM_ENV,
-    FIRECRACKER_BIN_ENV,
     choose_driver,
     firecracker_binary,
     kvm_runs_guests,
 )
 from nexus.domain import DriverError, GuestPort, LaunchSpec, Layout
-from nexus.vmm.firecracker import FirecrackerDriver
+from nexus.vmm.firecracker import FirecrackerDriver, JailerOptions
 from tests.fakes.firecracker import FAULTS_ENV, write_fake_binary
 from tests.fakes.firecracker_host import (
     FAULT,
@@ -98,6 +99,73 @@ def test_lifecycle_through_nexusd(base: Path) -> None:
             wait_until(lambda: processes_mentioning(str(runtime)) == [], 5, "no process left for the VM")
             assert not runtime.exists()
     finally:
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+JAILED_UID = 64123  # no passwd entry needed: the jailer only calls setuid/setgid
+
+
+def test_jailed_lifecycle_through_nexusd(base: Path) -> None:
+    """The jailer path: the fake jailer builds the chroot and drops to an unprivileged uid, so every file the driver
+    forgot to link into the chroot or hand to that uid fails here as it would for real."""
+    base.chmod(0o711)  # the fake jailer reaches the chroot through its parents (the real one pivots into it)
+    daemon = firecracker_daemon(base, jailer_uid=JAILED_UID)
+    try:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            assert f"jailed as uid {JAILED_UID}" in api.health()["driver"]["reason"]
+            vm = api.create_vm(name="fc-jailed")
+            ready = api.start_vm("fc-jailed")
+            assert ready["state"] == "ready"
+            status = Path(f"/proc/{ready['pid']}/status").read_text()
+            assert f"Uid:\t{JAILED_UID}\t" in status  # the VMM itself runs unprivileged
+            chroot = base / "jail" / "firecracker" / vm["id"]
+            root_drive = daemon.state_dir / "vms" / vm["id"] / "root.img"
+            assert (chroot / "root" / "root.img").samefile(root_drive)  # a hard link, not a copy
+            assert (chroot / "root" / "vmlinux").exists() and (chroot / "root" / "initrd.img").exists()
+            assert root_drive.stat().st_uid == JAILED_UID
+            assert (chroot / "root" / "vsock.sock_1024").stat().st_uid == JAILED_UID
+
+            result = api.call_tool("fc-jailed", "run_command", {"command": ["id", "-u"]})
+            assert result["structuredContent"]["stdout"] == f"{JAILED_UID}\n"
+            fc = [r for r in daemon.log_text().splitlines() if "firecracker pid" in r]
+            assert fc and f"jailed as uid {JAILED_UID}" in fc[-1]
+
+            assert api.stop_vm("fc-jailed")["state"] == "stopped"
+            assert not chroot.exists()  # links and Firecracker's copy gone ...
+            assert root_drive.exists()  # ... the drive itself kept
+
+            pid = api.start_vm("fc-jailed")["pid"]  # a second boot builds the chroot anew
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: api.get_vm("fc-jailed")["state"] == "crashed", 10, "crashed")
+            wait_until(lambda: not chroot.exists(), 5, "the chroot of the crashed VM to be removed")
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def test_jailed_orphan_is_killed_and_its_chroot_removed_at_restart(base: Path) -> None:
+    """A jailed Firecracker only sees its chroot, so its argv names no runtime dir: the orphan is found by the
+    ``--id=`` the jailer gave it, and the chroot it leaves is the driver's to remove."""
+    base.chmod(0o711)
+    daemon = firecracker_daemon(base, jailer_uid=JAILED_UID)
+    pid = 0
+    try:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            vm = api.create_vm(name="fc-orphan")
+            pid = api.start_vm("fc-orphan")["pid"]
+        daemon.proc.kill()  # the daemon dies; its VM keeps running
+        daemon.proc.wait()
+        assert Path(f"/proc/{pid}").exists()
+        daemon = firecracker_daemon(base, jailer_uid=JAILED_UID)
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            after = api.get_vm("fc-orphan")
+            assert after["state"] == "crashed"
+            assert "killed the VM's orphaned VMM" in api.vm_history("fc-orphan")[-1]["reason"]
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 5, "the orphan to be gone")
+        assert not (base / "jail" / "firecracker" / vm["id"]).exists()
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
 
 
@@ -195,7 +263,6 @@ def test_driver_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layout = Layout(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run")
     path = os.environ.get("PATH", "")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.delenv(FIRECRACKER_BIN_ENV, raising=False)
     monkeypatch.delenv(ASSUME_KVM_ENV, raising=False)
 
     driver, reason = choose_driver("firecracker", layout)
@@ -206,24 +273,28 @@ def test_driver_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pulled.write_text("#!/bin/sh\necho 'Firecracker v1.16.1'\n")
     pulled.chmod(0o755)
     FirecrackerStore(layout.cache_dir).add_local(pulled)
-    assert firecracker_binary(layout.cache_dir)[1] == "Firecracker 1.16.1 from the cache"
+    assert firecracker_binary(None, layout.cache_dir)[1] == "Firecracker 1.16.1 from the cache"
     FirecrackerStore(layout.cache_dir).remove("1.16.1")
-    monkeypatch.setenv(FIRECRACKER_BIN_ENV, str(tmp_path / "missing"))
-    assert "is not an executable file" in choose_driver("firecracker", layout)[1]
+    assert "is not an executable file" in choose_driver("firecracker", layout, tmp_path / "missing")[1]
 
-    monkeypatch.setenv(FIRECRACKER_BIN_ENV, str(write_fake_binary(tmp_path)))
+    fake = write_fake_binary(tmp_path)
     monkeypatch.setenv(ASSUME_KVM_ENV, "1")
-    driver, reason = choose_driver("auto", layout)
+    driver, reason = choose_driver("auto", layout, fake)
     assert driver is not None and driver.name == "firecracker" and driver.reason == reason
+    jailer = JailerOptions(tmp_path / "no-jailer", uid=1000, gid=1000)
+    driver, reason = choose_driver("firecracker", layout, fake, jailer)
+    assert driver is None and "jailer_binary" in reason and "is not an executable file" in reason
+    driver, reason = choose_driver("firecracker", layout, fake, replace(jailer, binary=fake))
+    assert driver is not None and "jailed as uid 1000" in reason
     monkeypatch.delenv(ASSUME_KVM_ENV)
 
     monkeypatch.setattr(drivers, "kvm_device_problem", lambda: None)  # as on a host where /dev/kvm opens
     layout.cache_dir.mkdir(parents=True, exist_ok=True)
     _accel_cache(layout.cache_dir / "accel.json", platform.release(), "tcg", "TCG: /dev/kvm is there (kvm_pvm): slow")
-    driver, reason = choose_driver("firecracker", layout)
+    driver, reason = choose_driver("firecracker", layout, fake)
     assert driver is None and "KVM cannot run ordinary guests" in reason
     monkeypatch.setenv("PATH", path)
     if shutil.which("qemu-system-x86_64") is not None:
-        driver, reason = choose_driver("auto", layout)  # falls back to QEMU and says why not Firecracker
+        driver, reason = choose_driver("auto", layout, fake)  # falls back to QEMU and says why not Firecracker
         assert driver is not None and driver.name == "qemu"
         assert "not firecracker: KVM cannot run ordinary guests" in driver.reason

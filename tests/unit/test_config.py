@@ -73,3 +73,24 @@ def test_json_flag_anywhere_before_double_dash() -> None:
         "x",
         "--json",
     ]
+
+
+def test_jailer_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "nexusd.toml"
+    cfg.write_text(
+        'firecracker_binary = "/opt/fc/firecracker"\njailer_binary = "/opt/fc/jailer"\njailer_uid = 123\n'
+        'jailer_gid = 100\njailer_chroot_base = "/var/lib/nexus/jail"\n'
+    )
+    config = load(cfg, {})
+    assert config.firecracker_binary == Path("/opt/fc/firecracker")
+    jailer = config.jailer()
+    assert jailer is not None and (jailer.uid, jailer.gid) == (123, 100)
+    assert jailer.chroot_base == Path("/var/lib/nexus/jail")
+    assert Config().jailer() is None
+    with pytest.raises(Invalid, match="needs jailer_uid and jailer_gid"):
+        Config(jailer_binary=Path("/opt/fc/jailer"), jailer_uid=123).jailer()
+    with pytest.raises(Invalid, match="only apply with jailer_binary"):
+        Config(jailer_uid=123).jailer()
+    cfg.write_text('jailer_uid = "nobody"\n')
+    with pytest.raises(Invalid, match="jailer_uid must be a non-negative integer"):
+        load(cfg, {})

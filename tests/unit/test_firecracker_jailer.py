@@ -9,17 +9,20 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from nexus.domain import DriverError, Invalid
+from nexus.domain import DriverError, Invalid, LaunchSpec
 from nexus.vmm.firecracker import (
     BootSource,
     Drive,
+    FirecrackerDriver,
     JailerLaunch,
+    JailerOptions,
     LogLevel,
     Placement,
     boot_args,
     chroot_layout,
     firecracker_argv,
     jailer_argv,
+    microvm_config,
     place_files,
     plan_chroot,
     root_drive,
@@ -226,3 +229,77 @@ def test_place_files_across_a_real_filesystem_boundary(tmp_path: Path) -> None:
         assert [p for _, p in place_files(plan.files)] == [Placement.COPIED] * 2
     finally:
         shutil.rmtree(jail, ignore_errors=True)
+
+
+def _spec(tmp: Path) -> LaunchSpec:
+    return LaunchSpec(
+        vm_id="0123abcd",
+        name="jailed",
+        vcpus=2,
+        mem_mib=256,
+        kernel=tmp / "cache" / "vmlinux",
+        kernel_version="6.1.0-1-cloud-amd64",
+        initrd=tmp / "cache" / "initrd.img",
+        root_drive=tmp / "vms" / "0123abcd" / "root.img",
+        console_log=tmp / "vms" / "0123abcd" / "console.log",
+        runtime_dir=tmp / "run" / "0123abcd",
+    )
+
+
+def test_jailed_driver_argv_and_in_chroot_config(tmp_path: Path) -> None:
+    jailer = JailerOptions(Path("/usr/bin/jailer"), uid=123, gid=100, chroot_base=Path("/srv/jail"))
+    driver = FirecrackerDriver("/usr/bin/firecracker", jailer=jailer)
+    spec = _spec(tmp_path)
+    assert driver.launch_argv(spec) == [
+        "/usr/bin/jailer",
+        "--id",
+        "0123abcd",
+        "--exec-file",
+        "/usr/bin/firecracker",
+        "--uid",
+        "123",
+        "--gid",
+        "100",
+        "--chroot-base-dir",
+        "/srv/jail",
+        "--",
+        "--api-sock",
+        "/api.sock",
+    ]
+    files = driver.runtime_files(spec)
+    assert files.api_socket == Path("/srv/jail/firecracker/0123abcd/root/api.sock")
+    assert files.stderr_file == spec.runtime_dir / "firecracker.stderr"  # nexusd's own file stays outside
+    config = microvm_config(spec, files)
+    assert str(config.vsock.uds_path) == "/vsock.sock"  # type: ignore[union-attr]
+    assert str(config.logger.log_path) == "/firecracker.log"  # type: ignore[union-attr]
+    layout = driver.chroot("0123abcd")
+    assert layout is not None and layout.instance_dir == Path("/srv/jail/firecracker/0123abcd")
+
+
+def test_direct_driver_keeps_host_paths(tmp_path: Path) -> None:
+    driver = FirecrackerDriver("/usr/bin/firecracker")
+    spec = _spec(tmp_path)
+    files = driver.runtime_files(spec)
+    assert driver.chroot("0123abcd") is None
+    assert driver.launch_argv(spec)[:3] == ["/usr/bin/firecracker", "--api-sock", str(spec.runtime_dir / "api.sock")]
+    assert str(microvm_config(spec, files).vsock.uds_path) == str(spec.runtime_dir / "vsock.sock")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"uid": 0}, "run Firecracker as root"),
+        ({"gid": -1}, "must not be negative"),
+        ({"chroot_base": Path("jail")}, "absolute path"),
+    ],
+)
+def test_jailer_options_refuse_bad_values(kw: dict[str, object], needle: str) -> None:
+    args: dict[str, object] = {"binary": Path("/usr/bin/jailer"), "uid": 123, "gid": 100}
+    args.update(kw)
+    with pytest.raises(Invalid, match=needle):
+        JailerOptions(**args)  # type: ignore[arg-type]
+
+
+def test_jailer_refuses_an_exec_file_without_firecracker_in_its_name() -> None:
+    with pytest.raises(Invalid, match="whose name contains"):
+        launch(exec_file=Path("/usr/bin/fc"))

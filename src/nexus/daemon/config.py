@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nexus.domain import Invalid, Layout
 from nexus.services import RuntimeTimeouts
+from nexus.vmm.firecracker.jailer import DEFAULT_CHROOT_BASE, JailerOptions
 
 DEFAULT_CONFIG_FILE = Path("/etc/nexus/nexusd.toml")
 
@@ -24,6 +25,11 @@ class Config:
     boot_timeout_s: float = 90.0  # start -> agent hello; past it the VM fails with its console tail
     heartbeat_timeout_s: float = 6.0  # a ready VM whose agent is silent this long is unreachable
     stop_timeout_s: float = 15.0  # graceful power-off before the VMM is killed
+    firecracker_binary: Path | None = None  # else PATH, else the newest `nexusctl firecracker pull`
+    jailer_binary: Path | None = None  # set: every Firecracker runs through this jailer
+    jailer_uid: int | None = None
+    jailer_gid: int | None = None
+    jailer_chroot_base: Path = DEFAULT_CHROOT_BASE  # on the state dir's filesystem: drives are hard-linked in
 
     @property
     def layout(self) -> Layout:
@@ -34,6 +40,16 @@ class Config:
         return RuntimeTimeouts(
             boot_s=self.boot_timeout_s, heartbeat_s=self.heartbeat_timeout_s, stop_s=self.stop_timeout_s
         )
+
+    def jailer(self) -> JailerOptions | None:
+        """The jailer settings, or None when Firecracker runs directly."""
+        if self.jailer_binary is None:
+            if self.jailer_uid is not None or self.jailer_gid is not None:
+                raise Invalid("jailer_uid and jailer_gid only apply with jailer_binary")
+            return None
+        if self.jailer_uid is None or self.jailer_gid is None:
+            raise Invalid("jailer_binary needs jailer_uid and jailer_gid: the unprivileged ids Firecracker runs as")
+        return JailerOptions(self.jailer_binary, self.jailer_uid, self.jailer_gid, self.jailer_chroot_base)
 
     def tcp_address(self) -> tuple[str, int] | None:
         if self.listen is None:
@@ -58,7 +74,16 @@ class Config:
         return token
 
 
-_PATH_KEYS = {"state_dir", "runtime_dir", "socket", "token_file"}
+_PATH_KEYS = {
+    "state_dir",
+    "runtime_dir",
+    "socket",
+    "token_file",
+    "firecracker_binary",
+    "jailer_binary",
+    "jailer_chroot_base",
+}
+_ID_KEYS = {"jailer_uid", "jailer_gid"}
 
 
 def load(path: Path | None, overrides: dict[str, object]) -> Config:
@@ -87,6 +112,10 @@ def load(path: Path | None, overrides: dict[str, object]) -> Config:
             typed[key] = Path(str(value))
         elif key == "socket_mode":
             typed[key] = int(str(value), 8) if isinstance(value, str) else value
+        elif key in _ID_KEYS:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise Invalid(f"{key} must be a non-negative integer, got {value!r}")
+            typed[key] = value
         elif key.endswith("_timeout_s"):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise Invalid(f"{key} must be a positive number of seconds, got {value!r}")

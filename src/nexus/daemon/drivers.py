@@ -1,7 +1,8 @@
 """Choosing the VMM driver from the ``vmm`` setting and what this host has.
 
-``vmm`` = ``qemu`` | ``firecracker`` | ``auto``. Firecracker needs its binary (``$NEXUS_FIRECRACKER_BIN``, else
-``firecracker`` on PATH) and a KVM that runs ordinary guests. ``/dev/kvm`` opening is not enough (the dev/CI
+``vmm`` = ``qemu`` | ``firecracker`` | ``auto``. Firecracker needs its binary (nexusd.toml ``firecracker_binary``,
+else ``firecracker`` on PATH, else the newest pulled one) and a KVM that runs ordinary guests; nexusd.toml's
+``jailer_*`` keys make it run through the jailer. ``/dev/kvm`` opening is not enough (the dev/CI
 machines have a ``kvm_pvm`` KVM that opens fine and cannot boot an ordinary kernel), so the evidence is the QEMU
 driver's boot-probe cache (``accel.json``) for this host kernel:
 
@@ -26,29 +27,26 @@ from nexus.assets.firecracker import FirecrackerStore
 from nexus.domain import LaunchSpec, Layout, NexusError, VmmDriver, VmProcess
 from nexus.vmm.firecracker.argv import FIRECRACKER_BINARY
 from nexus.vmm.firecracker.driver import FirecrackerDriver
+from nexus.vmm.firecracker.jailer import JailerOptions
 from nexus.vmm.qemu.accel import kvm_device_problem
 from nexus.vmm.qemu.argv import QEMU_BINARY
 from nexus.vmm.qemu.driver import QemuDriver
 from nexus.vmm.qemu.hostclock import host_tsc_khz
 
-__all__ = ["ASSUME_KVM_ENV", "FIRECRACKER_BIN_ENV", "choose_driver", "firecracker_binary", "kvm_runs_guests"]
+__all__ = ["ASSUME_KVM_ENV", "choose_driver", "firecracker_binary", "kvm_runs_guests"]
 
 log = logging.getLogger(__name__)
 
-FIRECRACKER_BIN_ENV = "NEXUS_FIRECRACKER_BIN"
 ASSUME_KVM_ENV = "NEXUS_FIRECRACKER_ASSUME_KVM"
 
 
-def firecracker_binary(cache_dir: Path | None = None, environ: dict[str, str] | None = None) -> tuple[str | None, str]:
-    """The firecracker executable to run (None when there is none) and where it was found or why not:
-    ``$NEXUS_FIRECRACKER_BIN``, else PATH, else the newest one ``nexusctl firecracker pull`` cached."""
-    env = os.environ if environ is None else environ
-    explicit = env.get(FIRECRACKER_BIN_ENV)
-    if explicit:
-        path = Path(explicit)
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path), f"${FIRECRACKER_BIN_ENV}={path}"
-        return None, f"${FIRECRACKER_BIN_ENV}={path} is not an executable file"
+def firecracker_binary(configured: Path | None = None, cache_dir: Path | None = None) -> tuple[str | None, str]:
+    """The firecracker executable to run (None when there is none) and where it was found or why not: the
+    configured path, else PATH, else the newest one ``nexusctl firecracker pull`` cached."""
+    if configured is not None:
+        if configured.is_file() and os.access(configured, os.X_OK):
+            return str(configured), f"firecracker_binary = {configured}"
+        return None, f"firecracker_binary = {configured} is not an executable file"
     found = shutil.which(FIRECRACKER_BINARY)
     if found is not None:
         return found, f"{found} on PATH"
@@ -61,7 +59,8 @@ def firecracker_binary(cache_dir: Path | None = None, environ: dict[str, str] | 
             return str(cached.path), f"Firecracker {cached.version} from the cache"
     return (
         None,
-        f"no {FIRECRACKER_BINARY} binary on PATH, pulled (nexusctl firecracker pull) or in ${FIRECRACKER_BIN_ENV}",
+        f"no {FIRECRACKER_BINARY} binary on PATH, pulled (nexusctl firecracker pull) or set as firecracker_binary "
+        "in nexusd.toml",
     )
 
 
@@ -87,12 +86,19 @@ def kvm_runs_guests(accel_cache: Path, host_release: str | None = None) -> tuple
     return verdict
 
 
-def _firecracker(vmm: str, layout: Layout) -> tuple[FirecrackerDriver | None, str]:
-    binary, where = firecracker_binary(layout.cache_dir)
+def _firecracker(
+    vmm: str, layout: Layout, configured: Path | None, jailer: JailerOptions | None
+) -> tuple[FirecrackerDriver | None, str]:
+    binary, where = firecracker_binary(configured, layout.cache_dir)
     if binary is None:
         return None, where
+    if jailer is not None:
+        if not (jailer.binary.is_file() and os.access(jailer.binary, os.X_OK)):
+            return None, f"jailer_binary = {jailer.binary} is not an executable file"
+        where += f", jailed as uid {jailer.uid} in {jailer.chroot_base}"
     if os.environ.get(ASSUME_KVM_ENV) == "1":
-        return FirecrackerDriver(binary, f"firecracker ({where}); KVM not checked: ${ASSUME_KVM_ENV}=1"), ""
+        reason = f"firecracker ({where}); KVM not checked: ${ASSUME_KVM_ENV}=1"
+        return FirecrackerDriver(binary, reason, jailer), ""
     problem = kvm_device_problem()
     if problem is not None:
         return None, f"Firecracker needs KVM: {problem}"
@@ -102,7 +108,7 @@ def _firecracker(vmm: str, layout: Layout) -> tuple[FirecrackerDriver | None, st
     if works is None and vmm == "auto":
         return None, f"KVM is unproven on this host: {why}"
     evidence = why if works else "asked for explicitly; KVM not probed yet"
-    return FirecrackerDriver(binary, f"firecracker with kvm ({where}; {evidence})"), ""
+    return FirecrackerDriver(binary, f"firecracker with kvm ({where}; {evidence})", jailer), ""
 
 
 class _Explained:
@@ -123,12 +129,17 @@ class _Explained:
     async def launch(self, spec: LaunchSpec) -> VmProcess:
         return await self._inner.launch(spec)
 
+    def forget(self, vm_id: str) -> None:
+        self._inner.forget(vm_id)
 
-def choose_driver(vmm: str, layout: Layout) -> tuple[VmmDriver | None, str]:
+
+def choose_driver(
+    vmm: str, layout: Layout, firecracker_bin: Path | None = None, jailer: JailerOptions | None = None
+) -> tuple[VmmDriver | None, str]:
     """The driver to use and, when there is none, why."""
     why_not_firecracker = ""
     if vmm in ("firecracker", "auto"):
-        firecracker, why_not_firecracker = _firecracker(vmm, layout)
+        firecracker, why_not_firecracker = _firecracker(vmm, layout, firecracker_bin, jailer)
         if firecracker is not None:
             return firecracker, firecracker.reason
         if vmm == "firecracker":

@@ -40,7 +40,7 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
     conn = open_database(layout.database)
     try:
         vmm = SettingsService(SettingsRepo(conn)).str_value("vmm")
-        driver, driver_reason = choose_driver(vmm, layout)
+        driver, driver_reason = choose_driver(vmm, layout, config.firecracker_binary, config.jailer())
         services, runtime = wire(conn, layout, driver, driver_reason, config.timeouts)
         services.vms.reconcile()
         mcp = McpEndpoints(services.vms, services.guest)
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         token = config.read_token()
         tcp = config.tcp_address()
+        config.jailer()  # refuse a half-configured jailer before binding anything
         asyncio.run(run(config, token, tcp))
     except NexusError as exc:
         print(f"nexusd: {exc.message}", file=sys.stderr)

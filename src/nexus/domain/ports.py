@@ -98,6 +98,11 @@ class VmmDriver(Protocol):
         leaves nothing behind when it cannot."""
         ...
 
+    def forget(self, vm_id: str) -> None:
+        """Remove what the driver keeps for ``vm_id`` outside its runtime dir (a jailed Firecracker's chroot), for
+        a VM whose VMM died with the daemon. Its process handle does this itself when it reaps the VMM."""
+        ...
+
 
 class VmStore(Protocol):
     """Persistence of VMs, their tags and their state history."""

@@ -54,7 +54,7 @@ class VmService:
         runtime: VmRuntime,
         assets: AssetService,
         clone_drive: Callable[[Path, Path], object],
-        kill_orphan: Callable[[int, Path], bool],
+        kill_orphan: Callable[[int, str, Path], bool],
         no_driver_reason: str = "no VMM driver available",
     ) -> None:
         self._repo = repo
@@ -200,7 +200,9 @@ class VmService:
         for vm in self._repo.find(VmFilter()):
             if not vm.state.has_process:
                 continue
-            killed = bool(vm.pid and self._kill_orphan(vm.pid, self._layout.vm_runtime_dir(vm.id)))
+            killed = bool(vm.pid and self._kill_orphan(vm.pid, vm.id, self._layout.vm_runtime_dir(vm.id)))
+            if self._driver is not None:
+                self._driver.forget(vm.id)
             what = (
                 f"nexusd restarted and killed the VM's orphaned VMM (pid {vm.pid})"
                 if killed

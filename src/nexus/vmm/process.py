@@ -28,15 +28,18 @@ def kill_group(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def kill_orphan(pid: int, runtime_dir: Path) -> bool:
-    """Kill ``pid`` if it is the VMM of the VM whose runtime dir is ``runtime_dir`` — left running by a daemon that
-    died — whichever driver started it. True if it was; a recycled pid that is something else is left alone."""
+def kill_orphan(pid: int, vm_id: str, runtime_dir: Path) -> bool:
+    """Kill ``pid`` if it is the VMM of VM ``vm_id`` whose runtime dir is ``runtime_dir`` — left running by a daemon
+    that died — whichever driver started it. True if it was; a recycled pid that is something else is left alone."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    marker = f"{runtime_dir}/".encode()  # every driver puts this VM's sockets there and names them in its argv
-    if not any(marker in arg for arg in argv):
+    # A direct VMM names sockets in this VM's runtime dir; a jailed Firecracker only sees its chroot, but the
+    # jailer passes it ``--id=<vm id>``.
+    marker = f"{runtime_dir}/".encode()
+    jailed_id = f"--id={vm_id}".encode()
+    if not any(marker in arg or arg == jailed_id for arg in argv):
         return False
     kill_group(pid)
     shutil.rmtree(runtime_dir, ignore_errors=True)

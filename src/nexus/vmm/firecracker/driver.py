@@ -6,8 +6,10 @@ dir (API socket, hybrid vsock socket, Firecracker's log and metrics), the API cl
 the agent's control stream dials (``<runtime>/vsock.sock_1024``, opened before the guest boots). The guest
 link is Firecracker's hybrid vsock: control is guest-initiated (accepted on the listener), MCP host-initiated
 (``CONNECT 1025``). A graceful stop is ``SendCtrlAltDel``: the guest's init reboots and, with ``reboot=k`` on the
-kernel command line, Firecracker exits on the guest's reboot. Firecracker runs unjailed here; the jailer argv and
-chroot plan are built by :mod:`nexus.vmm.firecracker.jailer` but not used by this driver yet. It does not decide
+kernel command line, Firecracker exits on the guest's reboot. With :class:`JailerOptions` Firecracker runs through
+the jailer: kernel, initrd and drives are hard-linked into ``<chroot_base>/<binary name>/<vm id>/root``, the
+writable ones and Firecracker's log, metrics and control listener are handed to the jailed uid, every path sent
+over the API is the in-chroot one, and the chroot is removed once Firecracker is reaped. It does not decide
 whether Firecracker can run on this host (``nexus.daemon.drivers`` does).
 """
 
@@ -19,8 +21,8 @@ import logging
 import os
 import shutil
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 
 from nexus.channel.vsock import GuestListener, VsockError, connect_hybrid, guest_listener_path
 from nexus.domain import DriverError, GuestPort, LaunchSpec, NexusError
@@ -40,6 +42,16 @@ from nexus.vmm.firecracker.config import (
     preboot_requests,
     root_drive,
 )
+from nexus.vmm.firecracker.jailer import (
+    ChrootLayout,
+    ChrootPlan,
+    JailerLaunch,
+    JailerOptions,
+    chroot_layout,
+    jailer_argv,
+    place_files,
+    plan_chroot,
+)
 from nexus.vmm.process import VmmProcess, kill_group
 
 log = logging.getLogger(__name__)
@@ -57,25 +69,41 @@ UNIX_PATH_MAX_BYTES = 107  # sun_path is 108 bytes with its NUL
 
 @dataclass(frozen=True, slots=True)
 class RuntimeFiles:
-    """Where one VM's Firecracker keeps its sockets and files (all inside the VM's runtime dir)."""
+    """Where one VM's Firecracker keeps its sockets, log and metrics: ``files_dir`` on the host, which Firecracker
+    itself sees as ``inner_dir`` (the same dir when it runs directly; ``/`` of its chroot under the jailer).
+    nexusd's own files for the VM (Firecracker's stderr) stay in ``runtime_dir``."""
 
     runtime_dir: Path
+    files_dir: Path
+    inner_dir: PurePosixPath
+
+    @classmethod
+    def direct(cls, runtime_dir: Path) -> RuntimeFiles:
+        return cls(runtime_dir, runtime_dir, PurePosixPath(runtime_dir))
+
+    @classmethod
+    def jailed(cls, runtime_dir: Path, chroot: ChrootLayout) -> RuntimeFiles:
+        return cls(runtime_dir, chroot.root, PurePosixPath("/"))
+
+    def inner(self, host_path: Path) -> PurePosixPath:
+        """``host_path`` (inside ``files_dir``) as Firecracker names it."""
+        return self.inner_dir / host_path.relative_to(self.files_dir)
 
     @property
     def api_socket(self) -> Path:
-        return self.runtime_dir / "api.sock"
+        return self.files_dir / "api.sock"
 
     @property
     def vsock_socket(self) -> Path:
-        return self.runtime_dir / "vsock.sock"
+        return self.files_dir / "vsock.sock"
 
     @property
     def log_file(self) -> Path:
-        return self.runtime_dir / "firecracker.log"
+        return self.files_dir / "firecracker.log"
 
     @property
     def metrics_file(self) -> Path:
-        return self.runtime_dir / "metrics.json"
+        return self.files_dir / "metrics.json"
 
     @property
     def stderr_file(self) -> Path:
@@ -87,15 +115,16 @@ class RuntimeFiles:
 
 
 def microvm_config(spec: LaunchSpec, files: RuntimeFiles) -> MicroVmConfig:
-    """What ``spec`` asks of Firecracker, before ``InstanceStart`` (pure; exposed for tests)."""
+    """What ``spec`` asks of Firecracker, before ``InstanceStart`` (pure; exposed for tests). Kernel, initrd and
+    drives are host paths; a jailed launch rewrites them with :func:`plan_chroot`."""
     args = boot_args(extra=(TRANSPORT_ARG, *spec.cmdline_extra))
     return MicroVmConfig(
         machine=MachineConfig(vcpu_count=spec.vcpus, mem_mib=spec.mem_mib),
         boot=BootSource(kernel=spec.kernel, boot_args=args, initrd=spec.initrd),
         drives=(root_drive(spec.root_drive),),
-        vsock=Vsock(guest_cid=GUEST_CID, uds_path=files.vsock_socket),
-        logger=Logger(log_path=files.log_file, level=LogLevel.INFO),
-        metrics=Metrics(metrics_path=files.metrics_file),
+        vsock=Vsock(guest_cid=GUEST_CID, uds_path=files.inner(files.vsock_socket)),
+        logger=Logger(log_path=files.inner(files.log_file), level=LogLevel.INFO),
+        metrics=Metrics(metrics_path=files.inner(files.metrics_file)),
     )
 
 
@@ -119,11 +148,13 @@ class FirecrackerProcess(VmmProcess):
         files: RuntimeFiles,
         api: FirecrackerApi,
         listener: GuestListener,
+        chroot: Path | None = None,
         connect_timeout_s: float = MCP_CONNECT_S,
     ) -> None:
         self._files = files
         self._api = api
         self._listener = listener
+        self._chroot = chroot
         self._connect_timeout_s = connect_timeout_s
         super().__init__(proc, files.runtime_dir)
 
@@ -162,15 +193,21 @@ class FirecrackerProcess(VmmProcess):
     async def _release(self) -> None:
         await self._listener.close()
         await self._api.aclose()
+        if self._chroot is not None:  # only hard links (and Firecracker's own copy): the VM's drives stay
+            shutil.rmtree(self._chroot, ignore_errors=True)
 
 
 class FirecrackerDriver:
     """Launches Firecracker microVMs (KVM only). ``binary`` is the firecracker executable (or a stand-in for it
-    that takes the same argv); ``reason`` is why the daemon chose this driver."""
+    that takes the same argv); with ``jailer`` every VM's Firecracker runs through the jailer, chrooted and as an
+    unprivileged uid. ``reason`` is why the daemon chose this driver."""
 
-    def __init__(self, binary: str = FIRECRACKER_BINARY, reason: str = "firecracker") -> None:
+    def __init__(
+        self, binary: str = FIRECRACKER_BINARY, reason: str = "firecracker", jailer: JailerOptions | None = None
+    ) -> None:
         self._binary = binary
         self._reason = reason
+        self._jailer = jailer
 
     @property
     def name(self) -> str:
@@ -184,36 +221,87 @@ class FirecrackerDriver:
     def binary(self) -> str:
         return self._binary
 
-    def launch_argv(self, spec: LaunchSpec) -> list[str]:
-        """The argv for ``spec`` (pure; exposed for tests)."""
-        return firecracker_argv(
-            api_sock=RuntimeFiles(spec.runtime_dir).api_socket, vm_id=spec.vm_id, binary=self._binary
+    def chroot(self, vm_id: str) -> ChrootLayout | None:
+        """Where the jailer builds ``vm_id``'s chroot (None when Firecracker runs directly)."""
+        if self._jailer is None:
+            return None
+        return chroot_layout(self._jailer.chroot_base, Path(self._binary), vm_id)
+
+    def runtime_files(self, spec: LaunchSpec) -> RuntimeFiles:
+        chroot = self.chroot(spec.vm_id)
+        return (
+            RuntimeFiles.direct(spec.runtime_dir) if chroot is None else RuntimeFiles.jailed(spec.runtime_dir, chroot)
         )
 
+    def launch_argv(self, spec: LaunchSpec) -> list[str]:
+        """The argv for ``spec`` (pure; exposed for tests)."""
+        files = self.runtime_files(spec)
+        if self._jailer is None:
+            return firecracker_argv(api_sock=files.api_socket, vm_id=spec.vm_id, binary=self._binary)
+        return jailer_argv(
+            JailerLaunch(
+                vm_id=spec.vm_id,
+                exec_file=Path(self._binary),
+                uid=self._jailer.uid,
+                gid=self._jailer.gid,
+                chroot_base=self._jailer.chroot_base,
+                api_sock=files.inner(files.api_socket),
+                jailer_binary=self._jailer.binary,
+            )
+        )
+
+    def forget(self, vm_id: str) -> None:
+        chroot = self.chroot(vm_id)
+        if chroot is not None:
+            shutil.rmtree(chroot.instance_dir, ignore_errors=True)
+
+    def _plan(self, spec: LaunchSpec) -> tuple[list[str], RuntimeFiles, MicroVmConfig, ChrootPlan | None]:
+        files = self.runtime_files(spec)
+        argv = self.launch_argv(spec)
+        config = microvm_config(spec, files)
+        chroot = self.chroot(spec.vm_id)
+        if chroot is None:
+            return argv, files, config, None
+        plan = plan_chroot(chroot, config.boot, config.drives)
+        return argv, files, replace(config, boot=plan.boot, drives=plan.drives), plan
+
     async def launch(self, spec: LaunchSpec) -> FirecrackerProcess:
-        files = RuntimeFiles(spec.runtime_dir)
         try:
-            argv = self.launch_argv(spec)
-            config = microvm_config(spec, files)
+            argv, files, config, plan = self._plan(spec)
         except NexusError as exc:
             raise DriverError(f"cannot configure Firecracker for VM {spec.name}: {exc.message}") from exc
         if len(str(files.longest_socket()).encode()) > UNIX_PATH_MAX_BYTES:
+            where = "jailer_chroot_base" if plan is not None else f"the runtime dir {spec.runtime_dir}"
             raise DriverError(
-                f"the runtime dir {spec.runtime_dir} is too long for Unix socket paths; use a shorter one"
+                f"{where} is too long for Unix socket paths ({files.longest_socket()}); use a shorter one"
             )
         if not _is_elf(spec.kernel):
             raise DriverError(f"Firecracker boots an uncompressed ELF vmlinux; {spec.kernel} is not one")
-        shutil.rmtree(spec.runtime_dir, ignore_errors=True)
-        spec.runtime_dir.mkdir(parents=True, mode=0o700)
-        spec.console_log.parent.mkdir(parents=True, exist_ok=True)
-        for path in (files.log_file, files.metrics_file):  # Firecracker opens these; it does not create them
-            path.touch()
+        chroot = None if plan is None else plan.layout.instance_dir
+
+        def discard() -> None:
+            shutil.rmtree(spec.runtime_dir, ignore_errors=True)
+            if chroot is not None:
+                shutil.rmtree(chroot, ignore_errors=True)
+
+        discard()  # whatever a VMM of this VM that died with its daemon left behind
         listener = GuestListener(files.vsock_socket, CONTROL_VSOCK_PORT)
         try:
+            spec.runtime_dir.mkdir(parents=True, mode=0o700)
+            spec.console_log.parent.mkdir(parents=True, exist_ok=True)
+            files.files_dir.mkdir(parents=True, exist_ok=True)
+            if plan is not None:
+                place_files(plan.files)
+            for path in (files.log_file, files.metrics_file):  # Firecracker opens these; it does not create them
+                path.touch()
             await listener.start()  # before boot: the agent dials the host as soon as it runs
-        except VsockError as exc:
-            shutil.rmtree(spec.runtime_dir, ignore_errors=True)
-            raise DriverError(f"cannot listen for the guest's control stream: {exc}") from exc
+            if self._jailer is not None and plan is not None:
+                _hand_over(self._jailer, plan, files, listener.path)
+        except (OSError, VsockError, NexusError) as exc:
+            await listener.close()
+            discard()
+            what = exc.message if isinstance(exc, NexusError) else str(exc)
+            raise DriverError(f"cannot prepare Firecracker's files for VM {spec.name}: {what}") from exc
         try:
             with spec.console_log.open("wb") as console, files.stderr_file.open("wb") as stderr:
                 proc = await asyncio.create_subprocess_exec(
@@ -225,7 +313,7 @@ class FirecrackerDriver:
                 )
         except OSError as exc:
             await listener.close()
-            shutil.rmtree(spec.runtime_dir, ignore_errors=True)
+            discard()
             raise DriverError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
         api = FirecrackerApi(files.api_socket, timeout_s=API_TIMEOUT_S)
         try:
@@ -237,7 +325,7 @@ class FirecrackerDriver:
             with contextlib.suppress(Exception):
                 await api.aclose()
             tail = _tail(files.stderr_file)
-            shutil.rmtree(spec.runtime_dir, ignore_errors=True)
+            discard()
             if not isinstance(exc, Exception):
                 raise
             what = exc.message if isinstance(exc, NexusError) else str(exc) or type(exc).__name__
@@ -245,8 +333,9 @@ class FirecrackerDriver:
                 f"Firecracker did not start VM {spec.name} (exit status {proc.returncode}): {what}"
                 + (f"\nstderr: {tail}" if tail else "")
             ) from None
-        log.info("vm %s: firecracker pid %d (%d vCPU, %d MiB)", spec.name, proc.pid, spec.vcpus, spec.mem_mib)
-        return FirecrackerProcess(proc, files, api, listener)
+        jailed = "" if self._jailer is None else f", jailed as uid {self._jailer.uid}"
+        log.info("vm %s: firecracker pid %d (%d vCPU, %d MiB%s)", spec.name, proc.pid, spec.vcpus, spec.mem_mib, jailed)
+        return FirecrackerProcess(proc, files, api, listener, chroot)
 
     @staticmethod
     async def _configure(proc: asyncio.subprocess.Process, api: FirecrackerApi, config: MicroVmConfig) -> None:
@@ -259,6 +348,13 @@ class FirecrackerDriver:
         for request in preboot_requests(config):
             await api.send(request)
         await api.instance_start()
+
+
+def _hand_over(jailer: JailerOptions, plan: ChrootPlan, files: RuntimeFiles, listener: Path) -> None:
+    """Give the jailed uid what Firecracker writes to: its drives, log, metrics and the control listener."""
+    writable = [f.target for f in plan.files if f.writable]
+    for path in (*writable, files.log_file, files.metrics_file, listener):
+        os.chown(path, jailer.uid, jailer.gid)
 
 
 def _tail(path: Path) -> str:

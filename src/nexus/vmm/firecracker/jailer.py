@@ -4,8 +4,9 @@ The jailer chroots into ``<chroot_base>/<exec-file name>/<id>/root``, so every p
 initrd, drives, sockets) is a path inside that root. :func:`plan_chroot` decides, without touching the disk,
 which host file appears under which in-chroot name and rewrites the boot source and drives accordingly;
 :func:`place_files` carries a plan out (hard link; a copy only where the source is on another filesystem, and
-never silently for a writable drive, whose writes would then miss the original). Nothing here runs the jailer,
-creates cgroups or network namespaces, or changes file ownership.
+never silently for a writable drive, whose writes would then miss the original). :class:`JailerOptions` is how
+nexusd is configured to use it. Nothing here runs the jailer, creates cgroups or network namespaces, or changes
+file ownership (the driver does that).
 """
 
 from __future__ import annotations
@@ -23,10 +24,33 @@ from nexus.vmm.firecracker.argv import check_instance_id, firecracker_args
 from nexus.vmm.firecracker.config import BootSource, Drive, LogLevel
 
 JAILER_BINARY = "jailer"
+DEFAULT_CHROOT_BASE = Path("/srv/jailer")
 IN_CHROOT_API_SOCKET = PurePosixPath("/run/firecracker.socket")
 NETNS_DIR = PurePosixPath("/var/run/netns")
 KERNEL_NAME = "vmlinux"
+FIRECRACKER_NAME = "firecracker"  # the jailer refuses an exec file whose name lacks it
 INITRD_NAME = "initrd.img"
+
+
+@dataclass(frozen=True, slots=True)
+class JailerOptions:
+    """How nexusd runs every Firecracker through the jailer (nexusd.toml ``jailer_*`` keys). The chroot base must be
+    on the filesystem of the state dir: VM drives are hard-linked into each chroot, never copied."""
+
+    binary: Path
+    uid: int
+    gid: int
+    chroot_base: Path = DEFAULT_CHROOT_BASE
+
+    def __post_init__(self) -> None:
+        if self.uid < 0 or self.gid < 0:
+            raise Invalid("the jailer's uid and gid must not be negative")
+        if self.uid == 0:
+            raise Invalid(
+                "jailer_uid 0 would run Firecracker as root, which defeats the jailer; pick an unprivileged uid"
+            )
+        if not self.chroot_base.is_absolute():
+            raise Invalid(f"jailer_chroot_base must be an absolute path, not {self.chroot_base}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +75,8 @@ class JailerLaunch:
 
     def __post_init__(self) -> None:
         check_instance_id(self.vm_id)
+        if FIRECRACKER_NAME not in self.exec_file.name:
+            raise Invalid(f"the jailer only runs a file whose name contains {FIRECRACKER_NAME!r}, not {self.exec_file}")
         if self.uid < 0 or self.gid < 0:
             raise Invalid("the jailer's uid and gid must not be negative")
         if self.cgroup_version not in (1, 2):

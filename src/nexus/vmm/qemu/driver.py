@@ -129,6 +129,9 @@ class QemuDriver:
             )
         )
 
+    def forget(self, vm_id: str) -> None:
+        """QEMU keeps nothing outside the VM's runtime dir."""
+
     async def launch(self, spec: LaunchSpec) -> QemuProcess:
         accel = await self.choose_accel(spec)
         argv = self.launch_argv(spec, accel)
