@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,33 @@ def test_hung_agent_means_unreachable_and_stop_still_works(e2e_daemon: Daemon, a
         assert "no heartbeat" in _states(api, "e2e-hang")[-1][1]
         stopped = nexusctl_json(e2e_daemon, "vm", "stop", "e2e-hang")
         assert stopped["state"] == "stopped"
+    finally:
+        nexusctl(e2e_daemon, "vm", "rm", "--force", "e2e-hang", check=False)
+
+
+def test_hung_agent_fails_calls_in_flight_and_comes_back(e2e_daemon: Daemon, api: NexusClient) -> None:
+    """The agent freezes (SIGSTOP) for 12 s: a call in flight fails once heartbeats stop (not at its own timeout),
+    the VM is unreachable, and after SIGCONT the heartbeats and a new MCP link make it ready and usable again."""
+    nexusctl_json(e2e_daemon, "vm", "run", "e2e-hang")
+    try:
+        # Freeze the agent (the parent of the shell it runs) a moment after the command has returned; a process
+        # of its own (not frozen) thaws it later.
+        script = "p=$PPID; (sleep 1; kill -STOP $p; sleep 12; kill -CONT $p) >/dev/null 2>&1 &"
+        nexusctl(e2e_daemon, "vm", "exec", "--shell", "e2e-hang", "--", script)
+        started = time.monotonic()
+        stuck = nexusctl(e2e_daemon, "vm", "exec", "e2e-hang", "--", "sleep", "60", check=False)
+        assert stuck.returncode != 0
+        assert b"unreachable" in stuck.stderr or b"not ready" in stuck.stderr, stuck.stderr
+        assert time.monotonic() - started < 30  # failed when the agent went silent, not after the 60 s sleep
+        assert any("no heartbeat" in reason for _, reason in _states(api, "e2e-hang"))
+
+        def exec_works() -> bool:
+            done = nexusctl(e2e_daemon, "vm", "exec", "e2e-hang", "--", "echo", "back", check=False)
+            return done.returncode == 0 and done.stdout == b"back\n"
+
+        wait_until(exec_works, 60, "exec to work once the agent is thawed", interval_s=1.0)
+        assert api.get_vm("e2e-hang")["state"] == "ready"
+        assert nexusctl_json(e2e_daemon, "vm", "stop", "e2e-hang")["state"] == "stopped"
     finally:
         nexusctl(e2e_daemon, "vm", "rm", "--force", "e2e-hang", check=False)
 

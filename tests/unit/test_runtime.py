@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from nexus.domain import DriverError, GuestPort, InvalidState, Role, Vm, VmState, utcnow
+from nexus.channel import ChannelClosed, RpcPeer
+from nexus.domain import DriverError, GuestPort, InvalidState, Role, Unavailable, Vm, VmState, utcnow
 from nexus.services import RuntimeTimeouts, VmRuntime
 from nexus.store import VmRepo, connect, migrate
 
@@ -30,6 +31,7 @@ class FakeProcess:
         self.killed = False
         self.powered_off = False
         self.paused = False
+        self.mcp_ends: list[GuestEnd] = []
 
     @property
     def returncode(self) -> int | None:
@@ -68,6 +70,12 @@ class GuestEnd:
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
+        self.task: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.sock.close()
 
     async def send(self, message: dict[str, Any]) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, json.dumps(message).encode() + b"\n")
@@ -81,7 +89,7 @@ class GuestEnd:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 msg = json.loads(line)
-                if "id" in msg:
+                if "id" in msg and msg.get("method") != "hang":  # "hang": a call the agent never answers
                     await self.send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
 
 
@@ -108,10 +116,17 @@ async def env() -> AsyncIterator[tuple[VmRuntime, VmRepo, Vm, FakeProcess]]:
 async def _ready(runtime: VmRuntime, vm: Vm, process: FakeProcess) -> GuestEnd:
     control = GuestEnd(await asyncio.wait_for(process.guest[GuestPort.CONTROL].get(), 2))
     await control.send({"jsonrpc": "2.0", "method": "nexus/hello", "params": HELLO})
-    mcp = GuestEnd(await asyncio.wait_for(process.guest[GuestPort.MCP].get(), 2))
-    asyncio.get_running_loop().create_task(mcp.serve_mcp())
+    await _serve_next_mcp(process)
     await asyncio.wait_for(runtime.wait_ready(vm.id), 2)
     return control
+
+
+async def _serve_next_mcp(process: FakeProcess) -> GuestEnd:
+    """The guest end of the next MCP link nexusd opens, answering (but "hang")."""
+    mcp = GuestEnd(await asyncio.wait_for(process.guest[GuestPort.MCP].get(), 2))
+    mcp.task = asyncio.get_running_loop().create_task(mcp.serve_mcp())
+    process.mcp_ends.append(mcp)
+    return mcp
 
 
 async def _state_becomes(repo: VmRepo, vm: Vm, state: VmState, within_s: float) -> None:
@@ -192,3 +207,51 @@ async def test_stop_of_a_paused_vm_resumes_it_first(env: tuple[VmRuntime, VmRepo
     assert not process.paused
     assert process.powered_off
     assert repo.get(vm.id).state is VmState.STOPPED
+
+
+async def test_mcp_link_closed_by_the_guest_fails_calls_at_once_and_is_reopened(
+    env: tuple[VmRuntime, VmRepo, Vm, FakeProcess],
+) -> None:
+    runtime, repo, vm, process = env
+    await _ready(runtime, vm, process)
+    first = runtime.mcp(vm.id)
+    in_flight = asyncio.create_task(first.call("hang", timeout_s=30))
+    await asyncio.sleep(0.05)
+    process.mcp_ends[-1].close()  # the guest drops the MCP stream (EOF); the VM stays up
+    with pytest.raises(ChannelClosed):
+        await asyncio.wait_for(in_flight, 1)  # at once, not after its 30 s timeout
+    await _serve_next_mcp(process)
+    second = await _open_link(runtime, vm)
+    assert second is not first
+    assert await asyncio.wait_for(second.call("tools/list"), 2) == {}
+    assert repo.get(vm.id).state is VmState.READY
+
+
+async def test_unreachable_agent_fails_calls_in_flight_and_link_returns_with_heartbeats(
+    env: tuple[VmRuntime, VmRepo, Vm, FakeProcess],
+) -> None:
+    runtime, repo, vm, process = env
+    control = await _ready(runtime, vm, process)
+    in_flight = asyncio.create_task(runtime.mcp(vm.id).call("hang", timeout_s=30))
+    await _state_becomes(repo, vm, VmState.UNREACHABLE, 3)
+    with pytest.raises(ChannelClosed, match="unreachable"):
+        await asyncio.wait_for(in_flight, 1)
+    with pytest.raises(Unavailable, match="not open"):
+        runtime.mcp(vm.id)
+    await asyncio.sleep(0.3)
+    assert process.guest[GuestPort.MCP].empty()  # no reconnect attempts while the agent is silent
+    await control.send({"jsonrpc": "2.0", "method": "nexus/heartbeat", "params": {"seq": 1, "uptime_s": 1.0}})
+    await _serve_next_mcp(process)
+    await _state_becomes(repo, vm, VmState.READY, 1)
+    link = await _open_link(runtime, vm)
+    assert await asyncio.wait_for(link.call("tools/list"), 2) == {}
+
+
+async def _open_link(runtime: VmRuntime, vm: Vm) -> RpcPeer:
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            return runtime.mcp(vm.id)
+        except Unavailable:
+            assert time.monotonic() < deadline, "the MCP link was not reopened"
+            await asyncio.sleep(0.01)

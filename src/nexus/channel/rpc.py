@@ -86,6 +86,10 @@ class RpcPeer:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
+
     async def wait_closed(self) -> None:
         await self._closed.wait()
 

@@ -2,7 +2,9 @@
 stream and its heartbeats, and apply the transitions that follow (see docs/design.md, Lifecycle).
 
 Readiness is pushed by the agent's hello, never guessed. Missing heartbeats make a VM unreachable; a heartbeat
-or hello brings it back. VMM process exit makes it stopped (when a stop was asked) or crashed, with the exit
+or hello brings it back. Each VM has one control link and one MCP link (requests multiplexed by JSON-RPC id); a
+link that closes (EOF, or a new agent process announced by a hello with another pid) fails its calls in flight at
+once and is reopened with jittered, capped exponential backoff for as long as the VMM runs. VMM process exit makes it stopped (when a stop was asked) or crashed, with the exit
 status in the history. A boot that produces no hello in time fails the VM with the console tail. Whatever the
 way out, the process is reaped, the links closed and the runtime record cleared exactly once.
 """
@@ -32,9 +34,12 @@ from nexus.domain import (
     VmStore,
     can_transition,
 )
+from nexus.domain.retry import Backoff
 from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, Hello
 
 log = logging.getLogger(__name__)
+
+STABLE_LINK_S = 5.0  # an MCP link that lived this long starts its reconnect backoff afresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class _Running:
     last_seen: float = 0.0
     control: RpcPeer | None = None
     mcp: RpcPeer | None = None
+    reachable: asyncio.Event = field(default_factory=asyncio.Event)  # set by hello/heartbeats, cleared by silence
     stop_requested: bool = False
     failure: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -89,6 +95,7 @@ class VmRuntime:
         run.tasks = [
             asyncio.create_task(self._on_exit(run), name=f"vm-exit-{vm.name}"),
             asyncio.create_task(self._control(run), name=f"vm-control-{vm.name}"),
+            asyncio.create_task(self._mcp_link(run), name=f"vm-mcp-{vm.name}"),
             asyncio.create_task(self._watchdog(run), name=f"vm-watchdog-{vm.name}"),
         ]
 
@@ -193,11 +200,12 @@ class VmRuntime:
                 self._seen(run, f"agent {hello.agent_version} said hello")
                 restarted = run.hello is not None and run.hello.pid != hello.pid
                 run.hello = hello
-                if not run.ready.done() or restarted:  # a new agent process needs a new MCP session
-                    run.tasks.append(asyncio.create_task(self._open_mcp(run), name=f"vm-mcp-{run.name}"))
+                if restarted and run.mcp is not None:  # its MCP session died with it; _mcp_link opens a new one
+                    run.tasks.append(asyncio.create_task(run.mcp.close("the guest agent restarted")))
             elif method == HEARTBEAT_METHOD:
                 self._seen(run, "heartbeats resumed")
 
+        backoff = Backoff()
         while run.process.returncode is None:
             try:
                 run.control = await connect_peer(
@@ -205,17 +213,39 @@ class VmRuntime:
                 )
             except ChannelError as exc:
                 if run.process.returncode is None:
-                    log.warning("vm %s: %s", run.name, exc)
-                    await asyncio.sleep(0.5)
+                    log.warning("vm %s: control link: %s", run.name, exc)
+                    await backoff.sleep()
                 continue
+            backoff.reset()
             await run.control.wait_closed()
 
-    async def _open_mcp(self, run: _Running) -> None:
-        if run.mcp is not None:  # calls in flight to an agent that is gone fail now, not at their timeout
-            await run.mcp.close("the guest agent restarted")
+    async def _mcp_link(self, run: _Running) -> None:
+        """While the agent is heard from: keep one initialized MCP session open, reopening it whenever it closes."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff()
+        while run.process.returncode is None:
+            await run.reachable.wait()
+            try:
+                peer = await self._open_mcp(run)
+            except ChannelError as exc:
+                log.warning("vm %s: MCP link failed: %s", run.name, exc)
+                await backoff.sleep()
+                continue
+            opened = loop.time()
+            run.mcp = peer
+            if self._transition(run, VmState.READY, self._ready_reason(run)) and not run.ready.done():
+                run.ready.set_result(None)
+            await peer.wait_closed()
             run.mcp = None
+            if run.process.returncode is None:
+                log.info("vm %s: MCP link closed (%s); reopening", run.name, peer.close_reason)
+                if loop.time() - opened > STABLE_LINK_S:  # a link that keeps dying at once backs off further
+                    backoff.reset()
+                await backoff.sleep()
+
+    async def _open_mcp(self, run: _Running) -> RpcPeer:
+        peer = await connect_peer(run.process, GuestPort.MCP, run.name, None, self._timeouts.connect_s)
         try:
-            peer = await connect_peer(run.process, GuestPort.MCP, run.name, None, self._timeouts.connect_s)
             await peer.call(
                 "initialize",
                 {
@@ -225,12 +255,10 @@ class VmRuntime:
                 },
             )
             await peer.notify("notifications/initialized")
-        except ChannelError as exc:
-            log.warning("vm %s: MCP link failed: %s", run.name, exc)
-            return
-        run.mcp = peer
-        if self._transition(run, VmState.READY, self._ready_reason(run)) and not run.ready.done():
-            run.ready.set_result(None)
+        except BaseException:
+            await peer.close("MCP initialize failed")
+            raise
+        return peer
 
     @staticmethod
     def _ready_reason(run: _Running) -> str:
@@ -242,6 +270,7 @@ class VmRuntime:
 
     def _seen(self, run: _Running, reason: str) -> None:
         run.last_seen = time.monotonic()
+        run.reachable.set()
         if self._store.get(run.vm_id).state is VmState.UNREACHABLE:  # never PAUSED: resume does that
             self._transition(run, VmState.READY, reason)
 
@@ -259,7 +288,11 @@ class VmRuntime:
                 return
             silent_s = time.monotonic() - run.last_seen
             if state is VmState.READY and silent_s > self._timeouts.heartbeat_s:
-                self._transition(run, VmState.UNREACHABLE, f"no heartbeat for {silent_s:.0f}s")
+                reason = f"no heartbeat for {silent_s:.0f}s"
+                if self._transition(run, VmState.UNREACHABLE, reason):
+                    run.reachable.clear()
+                    if run.mcp is not None:  # calls in flight fail now instead of waiting on a silent agent
+                        await run.mcp.close(f"the agent is unreachable ({reason})")
 
     def _transition(self, run: _Running, new: VmState, reason: str) -> bool:
         """Apply ``new`` if the table allows it from the current state; False when it does not apply."""
