@@ -90,7 +90,9 @@ def prepare_state(base: Path) -> Path:
     return state
 
 
-def firecracker_daemon(base: Path, extra_env: dict[str, str] | None = None, jailer_uid: int | None = None) -> Daemon:
+def firecracker_daemon(
+    base: Path, extra_env: dict[str, str] | None = None, jailer_uid: int | None = None, *extra_args: str
+) -> Daemon:
     """nexusd with the fake firecracker as its binary; with ``jailer_uid``, run through the fake jailer as that uid
     (chroot base ``base/jail``). A second daemon on the same ``base`` reuses the state dir."""
     state = base / "state" if (base / "state").exists() else prepare_state(base)
@@ -110,7 +112,7 @@ def firecracker_daemon(base: Path, extra_env: dict[str, str] | None = None, jail
             f'jailer_chroot_base = "{base / "jail"}"',
         ]
     config.write_text("\n".join(lines) + "\n")
-    return start_daemon(base, "--config", str(config), env=env, state_dir=state)
+    return start_daemon(base, "--config", str(config), *extra_args, env=env, state_dir=state)
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -8,6 +8,7 @@ errors, no hang), and raw Streamable HTTP details (sessions, notifications answe
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from nexus.client import NexusClient
+from nexus.mcp.endpoints import MAX_REQUEST_BODY_BYTES
 from nexus.mcp.errors import INVALID_STATE, NOT_FOUND, UNAVAILABLE
 from tests.fakes.firecracker_host import _busybox, firecracker_daemon
 from tests.fakes.firecracker_spec import SPEC_MISSING, load_spec
@@ -105,6 +107,36 @@ def test_tools_through_the_vm_endpoint(daemon: Daemon, tmp_path: Path) -> None:
             assert unknown.is_error is True and "unknown tool" in unknown.content[0].text  # type: ignore[union-attr]
             bad = await client.call_tool("file_read", {"path": 42})
             assert bad.is_error is True
+
+    anyio.run(scenario)
+
+
+def test_a_large_file_in_one_tool_call(daemon: Daemon, tmp_path: Path) -> None:
+    """MCP has no chunked upload: a 6 MiB binary file_write (8 MiB of base64) is one POST, over the REST API's 1 MiB
+    cap but within the MCP endpoints' own; a body past that is a 413, and the endpoint keeps serving."""
+    data = os.urandom(6 * 1024 * 1024)
+    path = str(tmp_path / "big.bin")
+
+    async def scenario() -> None:
+        async with mcp_client(daemon, "mcp-one") as client:
+            wrote = await client.call_tool(
+                "file_write", {"path": path, "content": base64.b64encode(data).decode(), "encoding": "base64"}
+            )
+            assert wrote.is_error is False, wrote.content
+            # Reading it back in one answer would pass the SDK client's 1 MiB SSE event cap: page it.
+            back = b""
+            while len(back) < len(data):
+                read = await client.call_tool(
+                    "file_read", {"path": path, "encoding": "base64", "offset": len(back), "length": 256 * 1024}
+                )
+                assert read.structured_content is not None
+                back += base64.b64decode(read.structured_content["content"])
+            assert back == data
+        async with httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=str(daemon.socket))) as http:
+            huge = await http.post(_url("mcp-one"), content=b"x" * (MAX_REQUEST_BODY_BYTES + 1))
+            assert huge.status_code == 413
+        async with mcp_client(daemon, "mcp-one") as client:
+            assert "file_read" in {t.name for t in (await client.list_tools()).tools}
 
     anyio.run(scenario)
 

@@ -18,6 +18,11 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
+def _is_mcp_path(path: str) -> bool:
+    """The MCP endpoints mounted below: ``/mcp`` and ``/v1/vms/{ref}/mcp``."""
+    return path == "/mcp" or (path.startswith("/v1/vms/") and path.endswith("/mcp"))
+
+
 def create_app(
     services: Services,
     tcp_token: str | None = None,
@@ -25,8 +30,8 @@ def create_app(
     manage_mcp: ASGIApp | None = None,
 ) -> FastAPI:
     """The API app. With ``tcp_token``, connections over TCP must carry it as a bearer token. The MCP endpoints
-    (ASGI apps, see ``nexus.mcp``) are mounted behind the same middleware: ``vm_mcp`` at ``/v1/vms/{ref}/mcp``,
-    ``manage_mcp`` at ``/mcp``."""
+    (ASGI apps, see ``nexus.mcp``) are mounted behind the same token check: ``vm_mcp`` at ``/v1/vms/{ref}/mcp``,
+    ``manage_mcp`` at ``/mcp``; they cap request bodies themselves (a tool call carries a whole file)."""
     app = FastAPI(
         title="nexusd",
         version=__version__,
@@ -40,7 +45,7 @@ def create_app(
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
         if endpoint is not None:
             app.router.routes.append(Route(path, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False))
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, exempt=_is_mcp_path)
     if tcp_token is not None:
         app.add_middleware(TcpToken, token=tcp_token)
     return app

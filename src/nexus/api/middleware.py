@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,23 +23,28 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes, by Content-Length or by counting while reading.
+    """Refuse request bodies over ``limit`` bytes, by Content-Length or by counting while reading. Paths for which
+    ``exempt`` is true pass untouched (the MCP endpoints: their session managers enforce a cap of their own).
 
     The body is read here first (it is small: JSON requests) and replayed to the app, so an oversized
     streamed body becomes a clean 413 instead of a parse error deep in a handler.
     """
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_BODY_BYTES, exempt: Callable[[str], bool] = lambda _path: False
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self.exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
-        message = f"request body is larger than {self.limit} bytes"
+        limit = self.limit
+        message = f"request body is larger than {limit} bytes"
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await _send_error(send, 413, "payload_too_large", message)
                 return
         buffered: list[Message] = []
@@ -49,7 +55,7 @@ class BodyLimit:
             if msg["type"] != "http.request":
                 break
             received += len(msg.get("body", b""))
-            if received > self.limit:
+            if received > limit:
                 await _send_error(send, 413, "payload_too_large", message)
                 return
             if not msg.get("more_body", False):

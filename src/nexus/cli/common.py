@@ -8,6 +8,7 @@ import typer
 
 from nexus.cli.output import Ctx
 from nexus.client import NexusClient
+from nexus.domain import Invalid
 
 
 def ctx_of(ctx: typer.Context) -> Ctx:
@@ -18,5 +19,18 @@ def ctx_of(ctx: typer.Context) -> Ctx:
 
 
 def client(ctx: typer.Context) -> NexusClient:
-    socket = ctx_of(ctx).socket
-    return NexusClient(Path(socket) if socket else None, timeout_s=600.0)
+    obj = ctx_of(ctx)
+    return NexusClient(Path(obj.socket) if obj.socket else None, url=obj.url, token=obj.token, timeout_s=600.0)
+
+
+def read_token(token_file: Path | None, token: str | None) -> str | None:
+    """The bearer token: from ``token_file`` when given, else ``token`` ($NEXUS_TOKEN)."""
+    if token_file is None:
+        return token or None
+    try:
+        text = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise Invalid(f"cannot read token file {token_file}: {exc.strerror}") from exc
+    if not text:
+        raise Invalid(f"token file {token_file} is empty")
+    return text

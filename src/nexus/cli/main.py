@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,11 +14,11 @@ import typer
 
 from nexus import __version__
 from nexus.cli import assets, mcp_bridge, settings, vm
-from nexus.cli.common import client, ctx_of
+from nexus.cli.common import client, ctx_of, read_token
 from nexus.cli.errors import ERROR, exit_code_for
 from nexus.cli.output import Ctx, console, emit, fields
 from nexus.client import DaemonUnreachable
-from nexus.domain import NexusError
+from nexus.domain import Invalid, NexusError
 
 app = typer.Typer(
     name="nexusctl",
@@ -40,8 +41,19 @@ def root(
         typer.Option(envvar="NEXUS_SOCKET", help="nexusd API socket [default: /run/nexus/nexusd.sock]"),
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="print one JSON document instead of tables")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(envvar="NEXUS_URL", help="reach nexusd's TCP listener (http://HOST:PORT) instead of the socket"),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="NEXUS_TOKEN_FILE", help="file holding the bearer token for --url [or $NEXUS_TOKEN]"),
+    ] = None,
 ) -> None:
-    ctx.obj = Ctx(socket=socket, json=json_)
+    token = read_token(token_file, os.environ.get("NEXUS_TOKEN"))
+    if token is not None and url is None:
+        raise Invalid("a token is only sent over TCP: give --url (or $NEXUS_URL) too")
+    ctx.obj = Ctx(socket=socket, json=json_, url=url, token=token)
 
 
 @app.command()
@@ -85,9 +97,10 @@ def version(ctx: typer.Context) -> None:
 @app.command("mcp-bridge")
 def mcp_bridge_command(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="VM name or id")]) -> None:
     """Serve VM REF's tools as MCP over stdio (for Claude Code and other MCP clients), forwarded to nexusd."""
-    socket = ctx_of(ctx).socket
+    obj = ctx_of(ctx)
+    target = mcp_bridge.Target(Path(obj.socket) if obj.socket else None, obj.url, obj.token)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(mcp_bridge.bridge(Path(socket) if socket else None, ref))
+        asyncio.run(mcp_bridge.bridge(target, ref))
 
 
 def _hoist_global_flags(args: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -203,11 +204,26 @@ async def _sse_data(response: httpx.Response) -> Any:
         yield "\n".join(data)
 
 
-async def bridge(socket: Path | None, ref: str) -> None:
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where nexusd is: its Unix socket (default), or its TCP listener ``url`` with a bearer ``token``."""
+
+    socket: Path | None = None
+    url: str | None = None
+    token: str | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        timeout = httpx.Timeout(30.0, read=None)  # a tool call may run (and stream) for as long as it needs
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        if self.url is not None:
+            return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket or DEFAULT_SOCKET))
+        return httpx.AsyncClient(transport=transport, base_url="http://nexusd", headers=headers, timeout=timeout)
+
+
+async def bridge(target: Target, ref: str) -> None:
     """Run the bridge on this process's stdin/stdout until stdin ends."""
-    transport = httpx.AsyncHTTPTransport(uds=str(socket or DEFAULT_SOCKET))
-    timeout = httpx.Timeout(30.0, read=None)  # a tool call may run (and stream) for as long as it needs
-    async with httpx.AsyncClient(transport=transport, base_url="http://nexusd", timeout=timeout) as http:
+    async with target.client() as http:
         stdin = sys.stdin.buffer
 
         async def readline() -> bytes:

@@ -22,6 +22,8 @@ class Ctx:
 
     socket: str | None
     json: bool
+    url: str | None = None  # nexusd's TCP listener instead of the socket
+    token: str | None = None  # its bearer token
 
 
 def emit(ctx: Ctx, data: Any, human: Callable[[Any], None]) -> None:

@@ -40,7 +40,7 @@ async def retry(
 @dataclass(slots=True)
 class Backoff:
     """Capped exponential delays with jitter: the n-th consecutive failure waits a uniform draw from
-    [½, 1] × min(max_s, initial_s × factor^n). The jitter keeps links that broke together (a daemon-wide hiccup)
+    [1/2, 1] * min(max_s, initial_s * factor**n). The jitter keeps links that broke together (a daemon-wide hiccup)
     from reconnecting in lockstep; ``reset()`` after a success starts again from ``initial_s``."""
 
     initial_s: float = 0.1

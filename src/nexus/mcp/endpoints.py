@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
+from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.types import Receive, Scope, Send
 
@@ -24,6 +26,9 @@ from nexus.services import VmService
 from nexus.services.guest import GuestService
 
 SESSION_IDLE_TIMEOUT_S = 30 * 60.0
+# A tools/call carries a whole file_write in one message (MCP has no chunked upload); the agent reads up to 8 MiB per
+# file_read, so a write gets that much room base64-encoded, plus the envelope. Past it: 413 from the SDK.
+MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 
 
 class _Endpoint:
@@ -44,11 +49,16 @@ class _Endpoint:
         await self.manager.handle_request(scope, receive, send)
 
 
+def _manager(server: Server[Any]) -> StreamableHTTPSessionManager:
+    return StreamableHTTPSessionManager(
+        server, session_idle_timeout=SESSION_IDLE_TIMEOUT_S, max_request_body_size=MAX_REQUEST_BODY_BYTES
+    )
+
+
 class McpEndpoints:
     def __init__(self, vms: VmService, guest: GuestService) -> None:
-        idle_s = SESSION_IDLE_TIMEOUT_S
-        self.vm = _Endpoint(StreamableHTTPSessionManager(guest_server(guest), session_idle_timeout=idle_s))
-        self.manage = _Endpoint(StreamableHTTPSessionManager(manage_server(vms, guest), session_idle_timeout=idle_s))
+        self.vm = _Endpoint(_manager(guest_server(guest)))
+        self.manage = _Endpoint(_manager(manage_server(vms, guest)))
         self._stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager

@@ -4,9 +4,10 @@ stream and its heartbeats, and apply the transitions that follow (see docs/desig
 Readiness is pushed by the agent's hello, never guessed. Missing heartbeats make a VM unreachable; a heartbeat
 or hello brings it back. Each VM has one control link and one MCP link (requests multiplexed by JSON-RPC id); a
 link that closes (EOF, or a new agent process announced by a hello with another pid) fails its calls in flight at
-once and is reopened with jittered, capped exponential backoff for as long as the VMM runs. VMM process exit makes it stopped (when a stop was asked) or crashed, with the exit
-status in the history. A boot that produces no hello in time fails the VM with the console tail. Whatever the
-way out, the process is reaped, the links closed and the runtime record cleared exactly once.
+once and is reopened with jittered, capped exponential backoff for as long as the VMM runs; silence closes the MCP
+link too, so calls in flight fail instead of hanging. VMM process exit makes it stopped (when a stop was asked) or
+crashed, with the exit status in the history. A boot that produces no hello in time fails the VM with the console
+tail. Whatever the way out, the process is reaped, the links closed and the runtime record cleared exactly once.
 """
 
 from __future__ import annotations

@@ -1,0 +1,100 @@
+"""Reaching nexusd without its Unix socket: the TCP listener with the bearer token, from the official MCP SDK
+client (``/mcp``), from ``nexusctl --url`` and from ``nexusctl --url ... mcp-bridge`` (a real nexusd whose VMs are
+the fake Firecracker's: a real agent, no kernel). Only loopback is used."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.fakes.firecracker_host import firecracker_daemon
+from tests.helpers import Daemon
+from tests.integration.test_mcp_vm import pytestmark  # noqa: F401  (the same skips)
+
+TOKEN = "t0ken-for-the-tcp-listener-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def remote() -> Iterator[tuple[Daemon, str, Path]]:
+    base = Path(tempfile.mkdtemp(prefix="nxtcp-"))
+    token_file = base / "token"
+    token_file.write_text(TOKEN + "\n")
+    url = f"http://127.0.0.1:{_free_port()}"
+    d = firecracker_daemon(base, None, None, "--listen", url.removeprefix("http://"), "--token-file", str(token_file))
+    try:
+        yield d, url, token_file
+    finally:
+        code = d.stop()
+        log = d.log_text()
+        shutil.rmtree(base, ignore_errors=True)
+        assert code == 0, log[-3000:]
+
+
+def _nexusctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "nexus.cli.main", *args],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_mcp_sdk_client_reaches_manage_endpoint_over_tcp(remote: tuple[Daemon, str, Path]) -> None:
+    _daemon, url, _token_file = remote
+
+    async def scenario() -> None:
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120))
+        async with http, Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client:
+            assert "vm_create" in {t.name for t in (await client.list_tools()).tools}
+            created = await client.call_tool("vm_create", {"name": "tcp-one", "mem_mib": 256})
+            assert created.is_error is False
+            started = await client.call_tool("vm_start", {"vm": "tcp-one"})
+            assert started.is_error is False and started.structured_content is not None
+            assert started.structured_content["state"] == "ready"
+        async with httpx2.AsyncClient() as anonymous:
+            refused = await anonymous.post(f"{url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+            assert refused.status_code == 401
+            wrong = await anonymous.post(
+                f"{url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"authorization": "Bearer x"}
+            )
+            assert wrong.status_code == 401
+
+    anyio.run(scenario)
+
+    # The CLI and the stdio bridge over the same listener, token from a file or from $NEXUS_TOKEN.
+    done = _nexusctl("--url", url, "--token-file", str(remote[2]), "--json", "vm", "list")
+    assert done.returncode == 0, done.stderr
+    assert b'"tcp-one"' in done.stdout
+    denied = _nexusctl("--url", url, "vm", "list")
+    assert denied.returncode == 1 and b"bearer token" in denied.stderr
+    no_url = _nexusctl("--token-file", str(remote[2]), "vm", "list")
+    assert no_url.returncode == 2 and b"only sent over TCP" in no_url.stderr
+
+    async def bridged() -> None:
+        argv = [sys.executable, "-m", "nexus.cli.main", "--url", url, "mcp-bridge", "tcp-one"]
+        server = StdioServerParameters(command=argv[0], args=argv[1:], env={**os.environ, "NEXUS_TOKEN": TOKEN})
+        async with Client(server, read_timeout_seconds=30) as client:
+            run = await client.call_tool("run_command", {"command": ["echo", "over tcp"]})
+            assert run.structured_content is not None and run.structured_content["stdout"] == "over tcp\n"
+
+    anyio.run(bridged)
