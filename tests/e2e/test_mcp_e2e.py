@@ -116,10 +116,14 @@ def test_a_vm_over_mcp_only(e2e_daemon: Daemon) -> None:
                         except MCPError as exc:
                             outcome["error"] = exc
                 assert "error" in outcome or outcome["result"].is_error is True, outcome
+                for _ in range(100):  # the exit watcher records the crash a moment after the call failed
+                    if (await ok(manage, "vm_inspect", {"vm": VM}))["state"] == "crashed":
+                        break
+                    await anyio.sleep(0.1)
+                assert (await ok(manage, "vm_inspect", {"vm": VM}))["state"] == "crashed"
                 with pytest.raises(MCPError) as caught:  # crashed: not ready, the tool never runs
                     await guest.call_tool("run_command", {"command": "true"})
                 assert caught.value.code == INVALID_STATE
-            assert (await ok(manage, "vm_inspect", {"vm": VM}))["state"] == "crashed"
             assert VM in {vm["name"] for vm in (await ok(manage, "vm_list", {}))["vms"]}
             await ok(manage, "vm_rm", {"vm": VM, "force": True})
 
