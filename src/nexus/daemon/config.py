@@ -24,6 +24,7 @@ class Config:
     boot_timeout_s: float = 90.0  # start -> agent hello; past it the VM fails with its console tail
     heartbeat_timeout_s: float = 6.0  # a ready VM whose agent is silent this long is unreachable
     stop_timeout_s: float = 15.0  # graceful power-off before the VMM is killed
+    network: bool = True  # VMs get a NIC on nexusd's bridge by default; false: no bridge, TAP or rule is made
 
     @property
     def layout(self) -> Layout:
@@ -91,6 +92,10 @@ def load(path: Path | None, overrides: dict[str, object]) -> Config:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise Invalid(f"{key} must be a positive number of seconds, got {value!r}")
             typed[key] = float(value)
+        elif key == "network":
+            if not isinstance(value, bool):
+                raise Invalid(f"network must be true or false, got {value!r}")
+            typed[key] = value
         else:
             typed[key] = value
     return replace(Config(), **typed)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from nexus.domain import (
 from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, Hello
 
 log = logging.getLogger(__name__)
+
+VmHook = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +76,20 @@ def console_tail(path: Path, lines: int = 15) -> str:
 class VmRuntime:
     """Owns every running VM's process handle, guest links and watchers."""
 
-    def __init__(self, store: VmStore, timeouts: RuntimeTimeouts = RuntimeTimeouts()) -> None:
+    def __init__(
+        self,
+        store: VmStore,
+        timeouts: RuntimeTimeouts = RuntimeTimeouts(),
+        on_ready: VmHook | None = None,
+        on_exit: VmHook | None = None,
+    ) -> None:
+        """``on_ready(vm_id)`` runs once the agent's MCP link is open, before the VM counts as ready (the guest's
+        DNS is written then); ``on_exit(vm_id)`` once its VMM is reaped (its TAP goes then). Their failures are
+        logged, never fatal to the lifecycle."""
         self._store = store
         self._timeouts = timeouts
+        self._on_ready = on_ready
+        self._on_exit_hook = on_exit
         self._running: dict[str, _Running] = {}
 
     def is_running(self, vm_id: str) -> bool:
@@ -176,6 +190,7 @@ class VmRuntime:
                 DriverError(f"VM {run.name} did not become ready: {reason}\nconsole:\n{console_tail(run.console_log)}")
             )
         self._store.set_runtime(run.vm_id, None, None, None)
+        await self._hook(self._on_exit_hook, run, "releasing its resources")
         del self._running[run.vm_id]
         run.done.set()
         log.info("vm %s: %s", run.name, reason)
@@ -229,8 +244,18 @@ class VmRuntime:
             log.warning("vm %s: MCP link failed: %s", run.name, exc)
             return
         run.mcp = peer
+        await self._hook(self._on_ready, run, "setting up the guest")
         if self._transition(run, VmState.READY, self._ready_reason(run)) and not run.ready.done():
             run.ready.set_result(None)
+
+    @staticmethod
+    async def _hook(hook: VmHook | None, run: _Running, what: str) -> None:
+        if hook is None:
+            return
+        try:
+            await hook(run.vm_id)
+        except Exception as exc:
+            log.warning("vm %s: %s failed: %s", run.name, what, getattr(exc, "message", None) or exc)
 
     @staticmethod
     def _ready_reason(run: _Running) -> str:
@@ -274,4 +299,4 @@ class VmRuntime:
         return True
 
 
-__all__ = ["ChannelClosed", "RuntimeTimeouts", "VmRuntime", "console_tail"]
+__all__ = ["ChannelClosed", "RuntimeTimeouts", "VmHook", "VmRuntime", "console_tail"]
