@@ -83,8 +83,8 @@ net() {
     dev=
     i=0
     while [ -z "$dev" ] && [ "$i" -lt 100 ]; do
-        for d in /sys/class/net/*; do
-            [ "$(cat "$d/address" 2>/dev/null)" = "$mac" ] && dev="${d##*/}"
+        for d in $(ls /sys/class/net); do  # not a glob: globbing is off (set -f)
+            [ "$(cat "/sys/class/net/$d/address" 2>/dev/null)" = "$mac" ] && dev="$d"
         done
         [ -n "$dev" ] || usleep 20000
         i=$((i + 1))
