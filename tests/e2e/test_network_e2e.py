@@ -198,7 +198,7 @@ class Vms:
 @pytest.fixture(scope="module")
 def vms(lab: Lab) -> Vms:
     with lab.api() as api:
-        api.create_vm(name="e2e-net-a", mem_mib=512, publish=[f"{HOST_PORT}:{GUEST_PORT}"])
+        lab.nexusctl("vm", "create", "e2e-net-a", "--mem", "512", "--publish", f"{HOST_PORT}:{GUEST_PORT}")
         api.create_vm(name="e2e-net-b", mem_mib=512)
         a, b = api.start_vm("e2e-net-a"), api.start_vm("e2e-net-b")
         server = f"setsid python3 -m http.server {GUEST_PORT} </dev/null >/dev/null 2>&1 &"

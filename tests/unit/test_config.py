@@ -73,3 +73,14 @@ def test_json_flag_anywhere_before_double_dash() -> None:
         "x",
         "--json",
     ]
+
+
+def test_network_switch(tmp_path: Path) -> None:
+    assert Config().network is True
+    cfg = tmp_path / "n.toml"
+    cfg.write_text("network = false\n")
+    assert load(cfg, {}).network is False
+    assert load(None, {"network": False}).network is False  # --no-network
+    cfg.write_text('network = "no"\n')
+    with pytest.raises(Invalid, match="network must be true or false"):
+        load(cfg, {})

@@ -91,12 +91,11 @@ class NetworkService:
 
     def wants_network(self, asked: bool | None, ports: Sequence[PublishedPort]) -> bool:
         """Whether a new VM gets a NIC. Invalid/Unavailable when what was asked cannot be had."""
-        network = self._enabled if asked is None else asked
-        if ports and not network:
+        if ports and asked is False:
             raise Invalid("--publish needs the VM on the network; drop --no-network")
-        if network and not self._enabled:
+        if (ports or asked) and not self._enabled:
             raise Unavailable("networking is off in this nexusd (config network = false); create it with --no-network")
-        return network
+        return self._enabled if asked is None else asked
 
     def reserve(self, vm_id: str, ports: Sequence[PublishedPort]) -> NetLease:
         """Lease an address for a new VM and record its published ports; on failure neither is kept."""
