@@ -76,6 +76,7 @@ class NetworkService:
         self._setup_host = setup_host
         self._enabled = enabled
         self._attached: dict[str, NetLease] = {}
+        self._links_lock = asyncio.Lock()  # one change of links and rules at a time (two starts share a bridge)
         settings.guard(PLAN_SETTINGS, self._check_plan_change)
 
     @property
@@ -135,25 +136,30 @@ class NetworkService:
         """Make sure the bridge exists, give the VM its TAP, and put its published ports in the ruleset."""
         if not self._enabled:
             raise Unavailable("networking is off in this nexusd (config network = false); this VM wants a NIC")
-        bridge, subnet = self.plan()
-        lease = self._store.lease(vm_id)
-        if lease is None or lease.subnet != subnet:  # made before networking, or network_subnet changed since
-            self._store.delete_lease(vm_id)
-            lease = self._lease(vm_id)
-        await self._links.ensure_bridge(bridge, gateway(subnet))
-        await self._links.forget_neighbour(bridge, lease.address)
-        await self._links.add_tap(lease.tap, bridge, f"{OWNER_ALIAS} vm {vm_id}")
-        self._attached[vm_id] = lease
-        try:
-            self._apply(bridge, subnet)
-        except BaseException:
-            await self.detach(vm_id)
-            raise
+        async with self._links_lock:
+            bridge, subnet = self.plan()
+            lease = self._store.lease(vm_id)
+            if lease is None or lease.subnet != subnet:  # made before networking, or network_subnet changed since
+                self._store.delete_lease(vm_id)
+                lease = self._lease(vm_id)
+            await self._links.ensure_bridge(bridge, gateway(subnet))
+            await self._links.forget_neighbour(bridge, lease.address)
+            await self._links.add_tap(lease.tap, bridge, f"{OWNER_ALIAS} vm {vm_id}")
+            self._attached[vm_id] = lease
+            try:
+                self._apply(bridge, subnet)
+            except BaseException:
+                await self._detach(vm_id)
+                raise
         return lease
 
     async def detach(self, vm_id: str) -> None:
         """Remove the VM's TAP and its rules (after its VMM exited, or a start failed). Idempotent; a VM that was
         never attached by this nexusd is left alone (leftovers of an earlier one go in ``restore``)."""
+        async with self._links_lock:
+            await self._detach(vm_id)
+
+    async def _detach(self, vm_id: str) -> None:
         lease = self._attached.pop(vm_id, None)
         if lease is None:
             return
@@ -176,6 +182,10 @@ class NetworkService:
     async def restore(self) -> None:
         """At nexusd start, when no VM runs: remove TAPs a previous nexusd left, and rebuild the table if nexus
         set networking up before (once, however often nexusd restarts)."""
+        async with self._links_lock:
+            await self._restore()
+
+    async def _restore(self) -> None:
         for link in await self._links.owned():
             if link.kind == "tun":
                 await self._links.delete(link.name)
@@ -208,6 +218,10 @@ class NetworkService:
 
     async def cleanup(self) -> CleanupReport:
         """Remove every TAP and bridge nexus made and its nftables table; drop leases of an older subnet."""
+        async with self._links_lock:
+            return await self._cleanup()
+
+    async def _cleanup(self) -> CleanupReport:
         if self._attached:
             raise Conflict(f"{len(self._attached)} VM(s) with a network are running; stop them first")
         owned = await self._links.owned()
