@@ -214,3 +214,28 @@ def test_cleanup_refuses_while_attached_then_removes_everything(world: dict[str,
     assert report.links == ("nxstray", "nexus0") and report.table is True and report.leases_dropped == 2
     assert not links.links and world["firewall"].table is None
     assert asyncio.run(net.setup_firewall()) == ["ok nexus0"]
+
+
+class RacyLinks(FakeLinks):
+    """Yields between looking for the bridge and making it, as netlink does: two unserialised starts both make it."""
+
+    async def ensure_bridge(self, name: str, gateway: IPv4Interface) -> None:
+        missing = name not in self.links
+        await asyncio.sleep(0.01)
+        if missing:
+            if name in self.links:
+                raise Conflict(f"{name} exists (netlink EEXIST)")
+            self.links[name] = OwnedLink(name, "bridge", "nexus")
+
+
+def test_concurrent_starts_share_one_bridge(world: dict[str, Any]) -> None:
+    links = RacyLinks()
+    net = NetworkService(NetRepo(world["conn"]), world["settings"], links, FakeFirewall(), list, str, list)
+    net.reserve(add_vm(world, "a"), [])
+    net.reserve(add_vm(world, "b"), [])
+
+    async def both() -> None:
+        await asyncio.gather(net.attach("a"), net.attach("b"))
+
+    asyncio.run(both())
+    assert sorted(link.kind for link in links.links.values()) == ["bridge", "tun", "tun"]

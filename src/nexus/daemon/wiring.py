@@ -8,7 +8,7 @@ from nexus.api import Services
 from nexus.assets.firecracker import FirecrackerStore
 from nexus.daemon.adapters import DebianKernels, RootfsImageBuilder
 from nexus.domain import Layout, VmmDriver
-from nexus.net import NetlinkLinks, NftFirewall, host_nameservers, resolv_conf, setup_host
+from nexus.net import NetlinkLinks, NftFirewall, host_nameservers, ip_forward_enabled, resolv_conf, setup_host
 from nexus.services import AssetService, NetworkService, RuntimeTimeouts, SettingsService, VmRuntime, VmService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
@@ -31,7 +31,15 @@ def wire(
         DebianKernels(layout.cache_dir), RootfsImageBuilder(layout.cache_dir), ImageRepo(conn), vm_store, layout
     )
     net = NetworkService(
-        NetRepo(conn), settings, NetlinkLinks(), NftFirewall(), host_nameservers, resolv_conf, setup_host, network
+        NetRepo(conn),
+        settings,
+        NetlinkLinks(),
+        NftFirewall(),
+        host_nameservers,
+        resolv_conf,
+        setup_host,
+        network,
+        ip_forward_enabled,
     )
 
     async def on_ready(vm_id: str) -> None:

@@ -5,8 +5,17 @@ Pure parts (``ruleset``) render; the rest touches the current network namespace.
 """
 
 from nexus.net.hostdns import host_nameservers, resolv_conf
-from nexus.net.hostfw import setup_host
+from nexus.net.hostfw import ip_forward_enabled, setup_host
 from nexus.net.links import NetlinkLinks
 from nexus.net.nft import Nft, NftError, NftFirewall
 
-__all__ = ["NetlinkLinks", "Nft", "NftError", "NftFirewall", "host_nameservers", "resolv_conf", "setup_host"]
+__all__ = [
+    "NetlinkLinks",
+    "Nft",
+    "NftError",
+    "NftFirewall",
+    "host_nameservers",
+    "ip_forward_enabled",
+    "resolv_conf",
+    "setup_host",
+]

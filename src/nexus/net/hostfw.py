@@ -45,6 +45,13 @@ def _active_manager() -> str | None:
     return None
 
 
+def ip_forward_enabled(path: Path = IP_FORWARD) -> bool:
+    try:
+        return path.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def enable_ip_forward(path: Path = IP_FORWARD) -> bool:
     """Turn IPv4 forwarding on; True when it was off."""
     try:

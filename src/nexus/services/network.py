@@ -66,6 +66,7 @@ class NetworkService:
         resolv_conf: Callable[[Sequence[str]], str],
         setup_host: Callable[[str], list[str]],
         enabled: bool = True,
+        forwarding_on: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -75,6 +76,8 @@ class NetworkService:
         self._resolv_conf = resolv_conf
         self._setup_host = setup_host
         self._enabled = enabled
+        self._forwarding_on = forwarding_on
+        self._warned_forwarding = False
         self._attached: dict[str, NetLease] = {}
         self._links_lock = asyncio.Lock()  # one change of links and rules at a time (two starts share a bridge)
         settings.guard(PLAN_SETTINGS, self._check_plan_change)
@@ -143,6 +146,9 @@ class NetworkService:
                 self._store.delete_lease(vm_id)
                 lease = self._lease(vm_id)
             await self._links.ensure_bridge(bridge, gateway(subnet))
+            if not self._warned_forwarding and not self._forwarding_on():
+                self._warned_forwarding = True
+                log.warning("IPv4 forwarding is off: VMs reach only this host; run nexusctl setup-firewall")
             await self._links.forget_neighbour(bridge, lease.address)
             await self._links.add_tap(lease.tap, bridge, f"{OWNER_ALIAS} vm {vm_id}")
             self._attached[vm_id] = lease
