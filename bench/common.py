@@ -51,6 +51,7 @@ def nexusd(*extra: str, state_dir: Path | None = None) -> Iterator[RunningDaemon
                 str(sock),
                 "--log-level",
                 "info",
+                "--no-network",  # benchmarks run in the host's namespace: no bridge or rules there
                 *extra,
             ],
             stdout=log,

@@ -23,7 +23,11 @@ trap cleanup EXIT
 if ! .venv/bin/nexusctl status >/dev/null 2>&1; then
     log=${TMPDIR:-/tmp}/nexusd-demo.log
     echo "starting nexusd (log: $log)"
-    .venv/bin/nexusd --socket "$NEXUS_SOCKET" >"$log" 2>&1 &
+    # The demo makes no bridge or firewall rule on this host unless asked (NEXUS_DEMO_NETWORK=1): with networking,
+    # nexusd adds a bridge and an nftables table to the host's own network namespace.
+    net_flag=--no-network
+    [ "${NEXUS_DEMO_NETWORK:-0}" = 1 ] && net_flag=
+    .venv/bin/nexusd --socket "$NEXUS_SOCKET" $net_flag >"$log" 2>&1 &
     daemon_pid=$!
     for _ in $(seq 100); do
         .venv/bin/nexusctl status >/dev/null 2>&1 && break

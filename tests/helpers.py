@@ -55,15 +55,24 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-def start_daemon(base: Path, *extra: str, env: dict[str, str] | None = None, state_dir: Path | None = None) -> Daemon:
+def start_daemon(
+    base: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    state_dir: Path | None = None,
+    network: bool = False,
+    prefix: tuple[str, ...] = (),
+) -> Daemon:
     """Start a real nexusd with its files under ``base`` (state too, unless ``state_dir``); return once its API
-    answers."""
+    answers. Without ``network`` it runs with ``--no-network``: a test daemon in the host's own namespace must
+    never make bridges or rules there. ``prefix`` goes before the command (``ip netns exec NS``)."""
     from nexus.client import NexusClient
 
     state, run, sock, log = state_dir or base / "state", base / "run", base / "nexusd.sock", base / "nexusd.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "nexus.daemon.main",
@@ -73,6 +82,7 @@ def start_daemon(base: Path, *extra: str, env: dict[str, str] | None = None, sta
                 str(run),
                 "--socket",
                 str(sock),
+                *(() if network else ("--no-network",)),
                 *extra,
             ],
             stdout=fh,

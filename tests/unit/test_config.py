@@ -94,3 +94,14 @@ def test_jailer_keys(tmp_path: Path) -> None:
     cfg.write_text('jailer_uid = "nobody"\n')
     with pytest.raises(Invalid, match="jailer_uid must be a non-negative integer"):
         load(cfg, {})
+
+
+def test_network_switch(tmp_path: Path) -> None:
+    assert Config().network is True
+    cfg = tmp_path / "n.toml"
+    cfg.write_text("network = false\n")
+    assert load(cfg, {}).network is False
+    assert load(None, {"network": False}).network is False  # --no-network
+    cfg.write_text('network = "no"\n')
+    with pytest.raises(Invalid, match="network must be true or false"):
+        load(cfg, {})

@@ -114,3 +114,39 @@ def test_real_binaries(tmp_path: Path) -> None:
 def test_finds_host_static_busybox() -> None:
     found = find_static_busybox()
     assert is_static_binary(found)
+
+
+def test_guest_network_from_the_kernel_argument() -> None:
+    text = script()
+    assert "nexus.ip=*) netconf=" in text
+    assert '[ -n "$netconf" ] && net "$netconf"' in text
+    net = text[text.index("net() {") :]
+    assert "/sys/class/net" in net and "/sys/class/net/*" not in net  # globbing is off in /init
+    assert 'ip addr add "$addr" dev "$dev"' in net and 'ip route add default via "$gw"' in net
+    assert text.index('net "$netconf"') < text.index("switch_root /newroot")  # before the real init runs
+    assert "ip" in APPLETS
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox not installed")
+def test_net_function_parses_the_argument(tmp_path: Path) -> None:
+    """Run the script's net() with stub ip/ls/cat that record what they are asked."""
+    text = script()
+    func = text[text.index("net() {") : text.index("\n}\n", text.index("net() {")) + 3]
+    sysfs = tmp_path / "eth9"
+    sysfs.mkdir()
+    (sysfs / "address").write_text("02:aa:bb:cc:dd:ee\n")
+    probe = tmp_path / "probe.sh"
+    probe.write_text(
+        f"{func}\n"
+        f"ls() {{ echo eth9; }}\n"
+        f'cat() {{ busybox cat "{tmp_path}/${{1#/sys/class/net/}}"; }}\n'
+        'ip() { echo "ip $*"; }\n'
+        "usleep() { :; }\n"
+        'net "10.77.0.7/24,10.77.0.1,02:aa:bb:cc:dd:ee"\n'
+    )
+    out = subprocess.run(["busybox", "sh", str(probe)], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [
+        "ip link set eth9 up",
+        "ip addr add 10.77.0.7/24 dev eth9",
+        "ip route add default via 10.77.0.1 dev eth9",
+    ]

@@ -37,6 +37,16 @@ SEED: dict[int, list[str]] = {
         "INSERT INTO images VALUES ('img1', 'debian-bookworm', 'debian-bookworm', '/var/lib/nexus/images/x.ext4',"
         " 1024, 'ab', 'busybox', '0.1.0', '2026-01-01T00:00:00+00:00')",
     ],
+    3: [
+        "INSERT INTO vms VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'ready', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 4242, 'qemu', 'tcg', 1)",
+        "INSERT INTO vms VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00', NULL, NULL, NULL, 0)",
+        "INSERT INTO net_leases VALUES ('a1b2c3d4e5f6', '10.77.0.2', '10.77.0.0/24', 'nx0123456789abc',"
+        " '02:01:02:03:04:05', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO vm_ports VALUES ('a1b2c3d4e5f6', 'tcp', 8080, 80)",
+        "INSERT INTO settings VALUES ('dns_servers', '[\"192.0.2.53\"]')",
+    ],
 }
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from nexus.services import AssetService, SettingsService, VmService
+from nexus.services import AssetService, NetworkService, SettingsService, VmService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 
@@ -20,6 +20,7 @@ class Services:
     assets: AssetService
     guest: GuestService
     firecracker: FirecrackerService
+    network: NetworkService
 
 
 async def services(request: Request) -> Services:
@@ -42,3 +43,4 @@ SettingsDep = Annotated[SettingsService, Depends(_one("settings"))]
 Assets = Annotated[AssetService, Depends(_one("assets"))]
 Guest = Annotated[GuestService, Depends(_one("guest"))]
 Firecracker = Annotated[FirecrackerService, Depends(_one("firecracker"))]
+Network = Annotated[NetworkService, Depends(_one("network"))]

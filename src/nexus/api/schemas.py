@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nexus.domain import Image, Kernel, Role, StateChange, Vm, VmState
-from nexus.services import Setting
+from nexus.domain import Image, Kernel, NetInfo, Role, StateChange, Vm, VmState
+from nexus.services import CleanupReport, Setting
 
 
 class Strict(BaseModel):
@@ -26,6 +26,28 @@ class VmCreate(Strict):
     image: str | None = None
     kernel: str | None = None
     tags: list[str] = Field(default_factory=list)
+    network: bool | None = Field(default=None, description="false: no NIC; default: nexusd's (on unless disabled)")
+    publish: list[str] = Field(default_factory=list, description="HOSTPORT:GUESTPORT[/tcp|udp], DNAT to the VM")
+
+
+class NetOut(BaseModel):
+    address: str
+    gateway: str
+    prefix_len: int
+    mac: str
+    tap: str
+    ports: list[str] = Field(description="published ports, HOSTPORT:GUESTPORT/PROTOCOL")
+
+    @classmethod
+    def of(cls, info: NetInfo) -> NetOut:
+        return cls(
+            address=str(info.address),
+            gateway=str(info.gateway),
+            prefix_len=info.prefix_len,
+            mac=info.mac,
+            tap=info.tap,
+            ports=[str(p) for p in info.ports],
+        )
 
 
 class VmOut(BaseModel):
@@ -43,9 +65,10 @@ class VmOut(BaseModel):
     pid: int | None = Field(description="the VMM process while there is one")
     vmm: str | None
     accel: str | None
+    network: NetOut | None = Field(description="its address and published ports; null without a NIC")
 
     @classmethod
-    def of(cls, vm: Vm) -> VmOut:
+    def of(cls, vm: Vm, net: NetInfo | None) -> VmOut:
         return cls(
             id=vm.id,
             name=vm.name,
@@ -61,6 +84,7 @@ class VmOut(BaseModel):
             pid=vm.pid,
             vmm=vm.vmm,
             accel=vm.accel,
+            network=NetOut.of(net) if net is not None else None,
         )
 
 
@@ -190,3 +214,17 @@ class ImageOut(BaseModel):
 class WriteOut(BaseModel):
     path: str
     size: int
+
+
+class CleanupOut(BaseModel):
+    links: list[str] = Field(description="TAPs and bridges removed")
+    table: bool = Field(description="the nftables table was removed")
+    leases_dropped: int = Field(description="leases of an older subnet, renewed at the VM's next start")
+
+    @classmethod
+    def of(cls, report: CleanupReport) -> CleanupOut:
+        return cls(links=list(report.links), table=report.table, leases_dropped=report.leases_dropped)
+
+
+class SetupFirewallOut(BaseModel):
+    done: list[str]

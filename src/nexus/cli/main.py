@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from nexus import __version__
-from nexus.cli import assets, mcp_bridge, settings, vm
+from nexus.cli import admin, assets, mcp_bridge, settings, vm
 from nexus.cli.common import client, ctx_of, read_token
 from nexus.cli.errors import ERROR, exit_code_for
 from nexus.cli.output import Ctx, console, emit, fields
@@ -31,6 +31,8 @@ app.add_typer(assets.kernel_app, name="kernel")
 app.add_typer(assets.image_app, name="image")
 app.add_typer(assets.firecracker_app, name="firecracker")
 app.add_typer(settings.app, name="settings")
+app.add_typer(admin.app, name="admin")
+app.command("setup-firewall")(admin.setup_firewall)
 
 
 @app.callback()

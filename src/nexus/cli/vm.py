@@ -21,12 +21,13 @@ Ref = Annotated[str, typer.Argument(help="VM name or id (a unique id prefix work
 
 def _vm_table(vms: list[dict[str, Any]]) -> None:
     table(
-        ["ID", "NAME", "STATE", "ROLE", "VCPUS", "MEM", "IMAGE", "TAGS", "CREATED"],
+        ["ID", "NAME", "STATE", "ADDRESS", "ROLE", "VCPUS", "MEM", "IMAGE", "TAGS", "CREATED"],
         [
             (
                 vm["id"],
                 vm["name"],
                 vm["state"],
+                vm["network"]["address"] if vm.get("network") else "-",
                 vm["role"],
                 vm["vcpus"],
                 f"{vm['mem_mib']} MiB",
@@ -39,8 +40,18 @@ def _vm_table(vms: list[dict[str, Any]]) -> None:
     )
 
 
+def _show(value: Any) -> Any:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):  # the network: address/prefix via gateway, and its ports
+        ports = ", ".join(value.get("ports") or []) or "none published"
+        where = f"{value['address']}/{value['prefix_len']} via {value['gateway']}"
+        return f"{where} ({value['mac']}, {value['tap']}); ports: {ports}"
+    return value
+
+
 def _vm_fields(vm: dict[str, Any]) -> None:
-    fields((key, ", ".join(value) if isinstance(value, list) else value) for key, value in vm.items())
+    fields((key, _show(value)) for key, value in vm.items())
 
 
 @app.command("create")
@@ -53,10 +64,27 @@ def create(
     image: Annotated[str | None, typer.Option(help="image name (default from settings)")] = None,
     kernel: Annotated[str | None, typer.Option(help="kernel version or flavour (default from settings)")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="tag the VM (repeatable)")] = None,
+    publish: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--publish", "-p", help="HOSTPORT:GUESTPORT[/tcp|udp]: the host's port reaches the VM's (repeatable)"
+        ),
+    ] = None,
+    no_network: Annotated[bool, typer.Option("--no-network", help="no NIC: the VM is not on the network")] = False,
 ) -> None:
     """Create a VM (it is not started)."""
     with client(ctx) as c:
-        vm = c.create_vm(name=name, vcpus=vcpus, mem_mib=mem, role=role, image=image, kernel=kernel, tags=tag or None)
+        vm = c.create_vm(
+            name=name,
+            vcpus=vcpus,
+            mem_mib=mem,
+            role=role,
+            image=image,
+            kernel=kernel,
+            tags=tag or None,
+            publish=publish or None,
+            network=False if no_network else None,
+        )
     emit(ctx_of(ctx), vm, lambda v: console.print(f"created {v['name']} ({v['id']})"))
 
 
@@ -130,10 +158,25 @@ def run(
     vcpus: Annotated[int | None, typer.Option(help="vCPUs (1-32; default from settings)")] = None,
     mem: Annotated[int | None, typer.Option(help="memory in MiB (64-65536; default from settings)")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="tag the VM (repeatable)")] = None,
+    publish: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--publish", "-p", help="HOSTPORT:GUESTPORT[/tcp|udp]: the host's port reaches the VM's (repeatable)"
+        ),
+    ] = None,
+    no_network: Annotated[bool, typer.Option("--no-network", help="no NIC: the VM is not on the network")] = False,
 ) -> None:
     """Create a VM, start it, and wait until its agent is ready."""
     with client(ctx) as c:
-        created = c.create_vm(name=name, image=image, vcpus=vcpus, mem_mib=mem, tags=tag or None)
+        created = c.create_vm(
+            name=name,
+            image=image,
+            vcpus=vcpus,
+            mem_mib=mem,
+            tags=tag or None,
+            publish=publish or None,
+            network=False if no_network else None,
+        )
     vm = _boot(ctx, created["id"], wait=True)
     emit(
         ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']} ({v['vmm']}/{v['accel']}, pid {v['pid']})")

@@ -256,6 +256,15 @@ class NexusClient:
         result: dict[str, Any] = self.request("PUT", f"/v1/settings/{_seg(key)}", json={"value": value})
         return result
 
+    # -- host networking
+    def cleanup_network(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/v1/admin/cleanup-network")
+        return result
+
+    def setup_firewall(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/v1/admin/setup-firewall")
+        return result
+
 
 def _seg(value: str) -> str:
     """One URL path segment: a ref with '/' or '?' must not reach another route."""

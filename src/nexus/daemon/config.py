@@ -30,6 +30,7 @@ class Config:
     jailer_uid: int | None = None
     jailer_gid: int | None = None
     jailer_chroot_base: Path = DEFAULT_CHROOT_BASE  # on the state dir's filesystem: drives are hard-linked in
+    network: bool = True  # VMs get a NIC on nexusd's bridge by default; false: no bridge, TAP or rule is made
 
     @property
     def layout(self) -> Layout:
@@ -120,6 +121,10 @@ def load(path: Path | None, overrides: dict[str, object]) -> Config:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise Invalid(f"{key} must be a positive number of seconds, got {value!r}")
             typed[key] = float(value)
+        elif key == "network":
+            if not isinstance(value, bool):
+                raise Invalid(f"network must be true or false, got {value!r}")
+            typed[key] = value
         else:
             typed[key] = value
     return replace(Config(), **typed)  # type: ignore[arg-type]

@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen", metavar="HOST:PORT", help="also serve over TCP (requires --token-file)")
     parser.add_argument("--token-file", type=Path, help="file holding the bearer token for --listen")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--no-network",
+        action="store_true",
+        help="give VMs no NIC and make no bridge, TAP or firewall rule (config: network = false)",
+    )
     parser.add_argument("--version", action="version", version=f"nexusd {__version__}")
     return parser.parse_args(argv)
 
@@ -41,8 +46,13 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
     try:
         vmm = SettingsService(SettingsRepo(conn)).str_value("vmm")
         driver, driver_reason = choose_driver(vmm, layout, config.firecracker_binary, config.jailer())
-        services, runtime = wire(conn, layout, driver, driver_reason, config.timeouts)
+        services, runtime = wire(conn, layout, driver, driver_reason, config.timeouts, config.network)
         services.vms.reconcile()
+        if config.network:
+            try:
+                await services.network.restore()
+            except NexusError as exc:  # VMs without network still work; a networked start will say why not
+                log.warning("could not restore networking: %s", exc.message)
         mcp = McpEndpoints(services.vms, services.guest)
         app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
         sockets = [server.bind_unix(config.socket, config.socket_mode)]
@@ -81,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 "listen": args.listen,
                 "token_file": args.token_file,
                 "log_level": args.log_level,
+                "network": False if args.no_network else None,
             },
         )
         logging.basicConfig(

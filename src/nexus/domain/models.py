@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from nexus.domain.network import PublishedPort
 from nexus.domain.states import VmState
 
 
@@ -36,6 +37,7 @@ class Vm:
     pid: int | None = None  # the VMM process, while there is one
     vmm: str | None = None  # driver that runs it: qemu, firecracker
     accel: str | None = None  # kvm or tcg
+    network: bool = True  # on the bridge with an address (leased at create), or no NIC at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,8 @@ class VmSpec:
     image: str | None = None
     kernel: str | None = None
     tags: tuple[str, ...] = ()
+    network: bool | None = None  # None: nexusd's default (on unless its config turns networking off)
+    publish: tuple[PublishedPort, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

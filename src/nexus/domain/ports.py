@@ -7,13 +7,15 @@ talks to the process only through this port and cannot tell the drivers apart.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Protocol
 
 from nexus.domain.models import FirecrackerBinary, Image, Kernel, StateChange, Vm, VmFilter
+from nexus.domain.network import NetLease, OwnedLink, PortForward, PublishedPort
 from nexus.domain.settings import SettingValue
 from nexus.domain.states import VmState
 
@@ -40,6 +42,12 @@ class LaunchSpec:
     console_log: Path
     runtime_dir: Path  # the driver's sockets and pid files; created by the driver
     cmdline_extra: tuple[str, ...] = ()
+    net: NetLease | None = None  # a virtio-net NIC on this lease's TAP (which exists already); None: no network
+
+    @property
+    def kernel_args(self) -> tuple[str, ...]:
+        """What the driver adds to the kernel command line: ``cmdline_extra`` and the guest's address."""
+        return (*self.cmdline_extra, self.net.kernel_arg()) if self.net is not None else self.cmdline_extra
 
 
 class VmProcess(Protocol):
@@ -175,3 +183,58 @@ class FirecrackerSource(Protocol):
     def pull(self, version: str, base_url: str, progress: Progress) -> FirecrackerBinary: ...
     def add_local(self, binary: Path) -> FirecrackerBinary: ...
     def remove(self, version: str) -> None: ...
+
+
+class NetStore(Protocol):
+    """Address leases and published ports, kept with the VMs they belong to."""
+
+    def lease(self, vm_id: str) -> NetLease | None: ...
+    def leases(self) -> list[NetLease]: ...
+    def taken(self) -> set[str]:
+        """Every leased address."""
+        ...
+
+    def insert_lease(self, lease: NetLease) -> None:
+        """Conflict when the address (or the TAP name) is leased already."""
+        ...
+
+    def delete_lease(self, vm_id: str) -> None: ...
+    def ports(self, vm_id: str) -> tuple[PublishedPort, ...]: ...
+    def set_ports(self, vm_id: str, ports: Sequence[PublishedPort]) -> None:
+        """Conflict when another VM publishes one of the host ports."""
+        ...
+
+
+class HostLinks(Protocol):
+    """The host's links (netlink): the bridge with the gateway address, one persistent TAP per VM."""
+
+    async def ensure_bridge(self, name: str, gateway: IPv4Interface) -> None:
+        """Create (if missing), address with ``gateway`` only, and bring up the bridge. Raises DriverError."""
+        ...
+
+    async def exists(self, name: str) -> bool: ...
+    async def add_tap(self, name: str, bridge: str, alias: str) -> None:
+        """A persistent TAP, up, attached to ``bridge`` as an isolated port; a leftover of that name is replaced."""
+        ...
+
+    async def delete(self, name: str) -> bool:
+        """Remove a link; False when there was none."""
+        ...
+
+    async def owned(self) -> list[OwnedLink]:
+        """Links whose alias marks them as nexusd's."""
+        ...
+
+    async def forget_neighbour(self, bridge: str, address: IPv4Address) -> None:
+        """Drop the bridge's ARP entry for ``address`` (the next VM to lease it has another MAC)."""
+        ...
+
+
+class Firewall(Protocol):
+    """The one nftables table nexusd owns, rebuilt whole and atomically from what should be."""
+
+    def apply(self, bridge: str, subnet: IPv4Network, forwards: Sequence[PortForward]) -> None: ...
+    def exists(self) -> bool: ...
+    def remove(self) -> bool:
+        """Delete the table; False when there was none."""
+        ...

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nexus.domain.errors import Invalid, NotFound
+from nexus.domain.network import check_ifname, parse_dns_servers, parse_subnet
 from nexus.domain.validation import MEM_MIB_RANGE, VCPUS_RANGE, check_range
 
 SettingValue = str | int | bool | list[str]
@@ -77,6 +78,24 @@ SETTINGS: dict[str, SettingSpec] = {
             "https://github.com/firecracker-microvm/firecracker/releases/download",
             "where Firecracker release tarballs and their .sha256.txt are fetched from",
             _text("firecracker_base_url"),
+        ),
+        SettingSpec(
+            "network_bridge",
+            "nexus0",
+            "the bridge VMs are attached to (created on first need; cleanup-network removes it)",
+            lambda v: check_ifname("network_bridge", v),
+        ),
+        SettingSpec(
+            "network_subnet",
+            "10.77.0.0/24",
+            "IPv4 subnet of the VMs; the bridge takes its first address as their gateway",
+            lambda v: str(parse_subnet(v)),
+        ),
+        SettingSpec(
+            "dns_servers",
+            "from-host",
+            'nameservers written to a guest\'s /etc/resolv.conf when it is ready: a list, or "from-host"',
+            parse_dns_servers,
         ),
         SettingSpec(
             "vmm",

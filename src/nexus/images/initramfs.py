@@ -33,6 +33,7 @@ APPLETS = (
     "echo",
     "findfs",
     "insmod",
+    "ip",
     "ls",
     "mount",
     "poweroff",

@@ -4,9 +4,12 @@ What the script does: mount /proc, /sys, /dev; insert the planned modules in ord
 ``<module>.<param>=`` arguments taken from the kernel command line (``insmod`` does not read them itself);
 wait for ``root=`` (default /dev/vda; ``LABEL=``/``UUID=`` via findfs); mount it (``rootfstype=`` default
 ext4, ``ro``/``rw`` default rw, ``rootflags=``); move /dev /proc /sys into it; ``exec switch_root`` to
-``init=`` (default /sbin/init). On any failure it prints the reason, /dev and the dmesg tail on the console and
-powers off at once, so a broken boot ends instead of hanging. With ``nexus.probe`` on the command line it only
-prints :data:`PROBE_MARKER` and powers off (the accelerator probe boots it that way).
+``init=`` (default /sbin/init). With ``nexus.ip=ADDR/PREFIX,GATEWAY,MAC`` it first configures the NIC with
+that MAC (address, link up, default route): Debian's cloud kernels lack CONFIG_IP_PNP, so the kernel's own
+``ip=`` would be ignored, and doing it here serves every init system alike. A NIC that cannot be configured is
+a warning on the console, not a failed boot. On any failure it prints the reason, /dev and the dmesg tail on the
+console and powers off at once, so a broken boot ends instead of hanging. With ``nexus.probe`` on the command line
+it only prints :data:`PROBE_MARKER` and powers off (the accelerator probe boots it that way).
 Pure: returns a string, touches nothing.
 """
 
@@ -47,6 +50,7 @@ rootflags=
 mode=rw
 init=/sbin/init
 rootwait=__ROOTWAIT__
+netconf=
 for arg in $cmdline; do
     case "$arg" in
         root=*) root="${arg#root=}" ;;
@@ -56,6 +60,7 @@ for arg in $cmdline; do
         ro) mode=ro ;;
         rw) mode=rw ;;
         nexus.rootwait=*) rootwait="${arg#nexus.rootwait=}" ;;
+        nexus.ip=*) netconf="${arg#nexus.ip=}" ;;
         nexus.probe|nexus.probe=*)
             echo "__MARKER__"
             poweroff -f
@@ -72,9 +77,27 @@ load() {
     insmod "$2" $params
 }
 
+# net ADDR/PREFIX,GATEWAY,MAC: configure the interface with that MAC
+net() {
+    addr="${1%%,*}"; rest="${1#*,}"; gw="${rest%%,*}"; mac="${rest#*,}"
+    dev=
+    i=0
+    while [ -z "$dev" ] && [ "$i" -lt 100 ]; do
+        for d in $(ls /sys/class/net); do  # not a glob: globbing is off (set -f)
+            [ "$(cat "/sys/class/net/$d/address" 2>/dev/null)" = "$mac" ] && dev="$d"
+        done
+        [ -n "$dev" ] || usleep 20000
+        i=$((i + 1))
+    done
+    [ -n "$dev" ] || { echo "nexus-initramfs: warning: no network interface with MAC $mac"; return 1; }
+    ip link set "$dev" up && ip addr add "$addr" dev "$dev" && ip route add default via "$gw" dev "$dev" \
+        || { echo "nexus-initramfs: warning: cannot configure $dev as $addr via $gw"; return 1; }
+}
+
 """
 
 _TAIL = r"""
+[ -n "$netconf" ] && net "$netconf"
 i=0
 while :; do
     case "$root" in

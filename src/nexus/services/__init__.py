@@ -1,8 +1,19 @@
 """Use cases. The only layer that coordinates stores, drivers and the rest."""
 
 from nexus.services.assets import AssetService, BootFiles
+from nexus.services.network import CleanupReport, NetworkService
 from nexus.services.runtime import RuntimeTimeouts, VmRuntime
 from nexus.services.settings import Setting, SettingsService
 from nexus.services.vms import VmService
 
-__all__ = ["AssetService", "BootFiles", "RuntimeTimeouts", "Setting", "SettingsService", "VmRuntime", "VmService"]
+__all__ = [
+    "AssetService",
+    "BootFiles",
+    "CleanupReport",
+    "NetworkService",
+    "RuntimeTimeouts",
+    "Setting",
+    "SettingsService",
+    "VmRuntime",
+    "VmService",
+]

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_V
 log = logging.getLogger(__name__)
 
 STABLE_LINK_S = 5.0  # an MCP link that lived this long starts its reconnect backoff afresh
+VmHook = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +82,20 @@ def console_tail(path: Path, lines: int = 15) -> str:
 class VmRuntime:
     """Owns every running VM's process handle, guest links and watchers."""
 
-    def __init__(self, store: VmStore, timeouts: RuntimeTimeouts = RuntimeTimeouts()) -> None:
+    def __init__(
+        self,
+        store: VmStore,
+        timeouts: RuntimeTimeouts = RuntimeTimeouts(),
+        on_ready: VmHook | None = None,
+        on_exit: VmHook | None = None,
+    ) -> None:
+        """``on_ready(vm_id)`` runs once the agent's MCP link is open, before the VM counts as ready (the guest's
+        DNS is written then); ``on_exit(vm_id)`` once its VMM is reaped (its TAP goes then). Their failures are
+        logged, never fatal to the lifecycle."""
         self._store = store
         self._timeouts = timeouts
+        self._on_ready = on_ready
+        self._on_exit_hook = on_exit
         self._running: dict[str, _Running] = {}
 
     def is_running(self, vm_id: str) -> bool:
@@ -184,6 +197,7 @@ class VmRuntime:
                 DriverError(f"VM {run.name} did not become ready: {reason}\nconsole:\n{console_tail(run.console_log)}")
             )
         self._store.set_runtime(run.vm_id, None, None, None)
+        await self._hook(self._on_exit_hook, run, "releasing its resources")
         del self._running[run.vm_id]
         run.done.set()
         log.info("vm %s: %s", run.name, reason)
@@ -234,6 +248,7 @@ class VmRuntime:
                 continue
             opened = loop.time()
             run.mcp = peer
+            await self._hook(self._on_ready, run, "setting up the guest")
             if self._transition(run, VmState.READY, self._ready_reason(run)) and not run.ready.done():
                 run.ready.set_result(None)
             await peer.wait_closed()
@@ -260,6 +275,15 @@ class VmRuntime:
             await peer.close("MCP initialize failed")
             raise
         return peer
+
+    @staticmethod
+    async def _hook(hook: VmHook | None, run: _Running, what: str) -> None:
+        if hook is None:
+            return
+        try:
+            await hook(run.vm_id)
+        except Exception as exc:
+            log.warning("vm %s: %s failed: %s", run.name, what, getattr(exc, "message", None) or exc)
 
     @staticmethod
     def _ready_reason(run: _Running) -> str:
@@ -308,4 +332,4 @@ class VmRuntime:
         return True
 
 
-__all__ = ["ChannelClosed", "RuntimeTimeouts", "VmRuntime", "console_tail"]
+__all__ = ["ChannelClosed", "RuntimeTimeouts", "VmHook", "VmRuntime", "console_tail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from nexus.domain import SETTINGS, Invalid, SettingsStore, SettingValue, spec_for
@@ -22,6 +23,12 @@ class Setting:
 class SettingsService:
     def __init__(self, repo: SettingsStore) -> None:
         self._repo = repo
+        self._guards: dict[str, list[Callable[[str, SettingValue], None]]] = {}
+
+    def guard(self, keys: Iterable[str], check: Callable[[str, SettingValue], None]) -> None:
+        """Have ``check(key, new value)`` run before any of ``keys`` changes; it raises to refuse the change."""
+        for key in keys:
+            self._guards.setdefault(key, []).append(check)
 
     def all(self) -> list[Setting]:
         stored = self._repo.stored()
@@ -37,7 +44,11 @@ class SettingsService:
 
     def set(self, key: str, value: object) -> Setting:
         spec = spec_for(key)
-        self._repo.put(key, spec.check(value))
+        checked = spec.check(value)
+        if checked != self.get(key).value:
+            for check in self._guards.get(key, ()):
+                check(key, checked)
+        self._repo.put(key, checked)
         return self.get(key)
 
     def str_value(self, key: str) -> str:

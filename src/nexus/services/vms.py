@@ -34,6 +34,7 @@ from nexus.domain import (
 )
 from nexus.domain.validation import check_mem_mib, check_name, check_tag, check_vcpus
 from nexus.services.assets import AssetService, BootFiles
+from nexus.services.network import NetworkService
 from nexus.services.runtime import VmRuntime
 from nexus.services.settings import SettingsService
 
@@ -55,6 +56,7 @@ class VmService:
         assets: AssetService,
         clone_drive: Callable[[Path, Path], object],
         kill_orphan: Callable[[int, str, Path], bool],
+        network: NetworkService,
         no_driver_reason: str = "no VMM driver available",
     ) -> None:
         self._repo = repo
@@ -65,6 +67,7 @@ class VmService:
         self._assets = assets
         self._clone_drive = clone_drive
         self._kill_orphan = kill_orphan
+        self._net = network
         self._no_driver_reason = no_driver_reason
         self._launching: set[str] = set()  # VMs between "start requested" and a watched VMM process
 
@@ -75,6 +78,7 @@ class VmService:
         mem_mib = check_mem_mib(
             spec.mem_mib if spec.mem_mib is not None else self._settings.int_value("default_mem_mib")
         )
+        network = self._net.wants_network(spec.network, spec.publish)
         created = utcnow()
         vm = Vm(
             id=new_vm_id(),
@@ -88,8 +92,15 @@ class VmService:
             created_at=created,
             updated_at=created,
             tags=tags,
+            network=network,
         )
         self._repo.insert(vm, reason="created")
+        if network:
+            try:
+                self._net.reserve(vm.id, spec.publish)
+            except BaseException:
+                self._repo.delete(vm.id)
+                raise
         log.info("vm created id=%s name=%s", vm.id, vm.name)
         return vm
 
@@ -108,7 +119,8 @@ class VmService:
             if not force:
                 raise InvalidState(f"VM {vm.name} is {vm.state}; stop it first or remove it with force")
             await self.stop(vm.id)
-        self._repo.delete(vm.id)
+        await self._net.detach(vm.id)
+        self._repo.delete(vm.id)  # its address lease and published ports go with it
         shutil.rmtree(self._layout.vm_dir(vm.id), ignore_errors=True)
         log.info("vm removed id=%s name=%s", vm.id, vm.name)
 
@@ -153,20 +165,26 @@ class VmService:
             root.parent.mkdir(parents=True, exist_ok=True)
             method = await asyncio.to_thread(self._clone_drive, files.image.path, root)
             log.info("vm %s: root drive from image %s (%s)", vm.name, files.image.name, method)
-        return await driver.launch(
-            LaunchSpec(
-                vm_id=vm.id,
-                name=vm.name,
-                vcpus=vm.vcpus,
-                mem_mib=vm.mem_mib,
-                kernel=files.kernel.boot_file,
-                kernel_version=files.kernel.version,
-                initrd=files.initrd,
-                root_drive=root,
-                console_log=self._layout.console_log(vm.id),
-                runtime_dir=self._layout.vm_runtime_dir(vm.id),
+        net = await self._net.attach(vm.id) if vm.network else None
+        try:
+            return await driver.launch(
+                LaunchSpec(
+                    vm_id=vm.id,
+                    name=vm.name,
+                    vcpus=vm.vcpus,
+                    mem_mib=vm.mem_mib,
+                    kernel=files.kernel.boot_file,
+                    kernel_version=files.kernel.version,
+                    initrd=files.initrd,
+                    root_drive=root,
+                    console_log=self._layout.console_log(vm.id),
+                    runtime_dir=self._layout.vm_runtime_dir(vm.id),
+                    net=net,
+                )
             )
-        )
+        except BaseException:
+            await self._net.detach(vm.id)
+            raise
 
     async def stop(self, ref: str) -> Vm:
         vm = self._repo.get(ref)

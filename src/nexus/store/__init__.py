@@ -2,11 +2,13 @@
 
 from nexus.store.db import connect, latest_version, migrate, migrations, open_database, schema_version
 from nexus.store.images import ImageRepo
+from nexus.store.network import NetRepo
 from nexus.store.settings import SettingsRepo
 from nexus.store.vms import VmRepo
 
 __all__ = [
     "ImageRepo",
+    "NetRepo",
     "SettingsRepo",
     "VmRepo",
     "connect",

@@ -27,7 +27,7 @@ class VmRepo:
             with self._transaction():
                 self._conn.execute(
                     "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " updated_at, network) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         vm.id,
                         vm.name,
@@ -39,6 +39,7 @@ class VmRepo:
                         vm.state.value,
                         _ts(vm.created_at),
                         _ts(vm.updated_at),
+                        int(vm.network),
                     ),
                 )
                 self._conn.executemany("INSERT INTO vm_tags (vm_id, tag) VALUES (?, ?)", [(vm.id, t) for t in vm.tags])
@@ -162,6 +163,7 @@ class VmRepo:
             pid=row["pid"],
             vmm=row["vmm"],
             accel=row["accel"],
+            network=bool(row["network"]),
         )
 
 

@@ -7,16 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
-from nexus.api.deps import Vms
+from nexus.api.deps import Network, Vms
 from nexus.api.schemas import LogsOut, StateChangeOut, TagsIn, VmCreate, VmOut
 from nexus.api.streaming import Emit, ndjson, progress_emitter
-from nexus.domain import Role, VmFilter, VmSpec, VmState
+from nexus.domain import PublishedPort, Role, Vm, VmFilter, VmSpec, VmState
+from nexus.services import NetworkService
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
 
+def _out(vm: Vm, net: NetworkService) -> VmOut:
+    return VmOut.of(vm, net.info(vm.id))
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_vm(body: VmCreate, vms: Vms) -> VmOut:
+async def create_vm(body: VmCreate, vms: Vms, net: Network) -> VmOut:
     spec = VmSpec(
         name=body.name,
         role=body.role,
@@ -25,23 +30,26 @@ async def create_vm(body: VmCreate, vms: Vms) -> VmOut:
         image=body.image,
         kernel=body.kernel,
         tags=tuple(body.tags),
+        network=body.network,
+        publish=tuple(PublishedPort.parse(p) for p in body.publish),
     )
-    return VmOut.of(vms.create(spec))
+    return _out(vms.create(spec), net)
 
 
 @router.get("")
 async def list_vms(
     vms: Vms,
+    net: Network,
     role: Role | None = None,
     state: VmState | None = None,
     tag: Annotated[list[str] | None, Query(description="repeat to require several tags")] = None,
 ) -> list[VmOut]:
-    return [VmOut.of(vm) for vm in vms.find(VmFilter(role=role, state=state, tags=tuple(tag or ())))]
+    return [_out(vm, net) for vm in vms.find(VmFilter(role=role, state=state, tags=tuple(tag or ())))]
 
 
 @router.get("/{ref}")
-async def get_vm(ref: str, vms: Vms) -> VmOut:
-    return VmOut.of(vms.get(ref))
+async def get_vm(ref: str, vms: Vms, net: Network) -> VmOut:
+    return _out(vms.get(ref), net)
 
 
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
@@ -64,24 +72,24 @@ async def prepare_vm(ref: str, vms: Vms) -> StreamingResponse:
 
 
 @router.post("/{ref}/start")
-async def start_vm(ref: str, vms: Vms, wait: bool = True) -> VmOut:
-    return VmOut.of(await vms.start(ref, wait=wait))
+async def start_vm(ref: str, vms: Vms, net: Network, wait: bool = True) -> VmOut:
+    return _out(await vms.start(ref, wait=wait), net)
 
 
 @router.post("/{ref}/stop")
-async def stop_vm(ref: str, vms: Vms) -> VmOut:
-    return VmOut.of(await vms.stop(ref))
+async def stop_vm(ref: str, vms: Vms, net: Network) -> VmOut:
+    return _out(await vms.stop(ref), net)
 
 
 @router.post("/{ref}/pause")
-async def pause_vm(ref: str, vms: Vms) -> VmOut:
+async def pause_vm(ref: str, vms: Vms, net: Network) -> VmOut:
     """Freeze a running VM's vCPUs (its memory stays); heartbeats are not expected while paused."""
-    return VmOut.of(await vms.pause(ref))
+    return _out(await vms.pause(ref), net)
 
 
 @router.post("/{ref}/resume")
-async def resume_vm(ref: str, vms: Vms) -> VmOut:
-    return VmOut.of(await vms.resume(ref))
+async def resume_vm(ref: str, vms: Vms, net: Network) -> VmOut:
+    return _out(await vms.resume(ref), net)
 
 
 @router.get("/{ref}/history")

@@ -37,6 +37,7 @@ from nexus.vmm.firecracker.config import (
     MachineConfig,
     Metrics,
     MicroVmConfig,
+    NetworkInterface,
     Vsock,
     boot_args,
     preboot_requests,
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 ACCEL = "kvm"  # Firecracker has no other
 GUEST_CID = 3
+NET_IFACE_ID = "eth0"
 TRANSPORT_ARG = "nexus.transport=vsock"
 STARTUP_TIMEOUT_S = 10.0
 API_TIMEOUT_S = 5.0
@@ -117,11 +119,13 @@ class RuntimeFiles:
 def microvm_config(spec: LaunchSpec, files: RuntimeFiles) -> MicroVmConfig:
     """What ``spec`` asks of Firecracker, before ``InstanceStart`` (pure; exposed for tests). Kernel, initrd and
     drives are host paths; a jailed launch rewrites them with :func:`plan_chroot`."""
-    args = boot_args(extra=(TRANSPORT_ARG, *spec.cmdline_extra))
+    args = boot_args(extra=(TRANSPORT_ARG, *spec.kernel_args))
+    net = spec.net
     return MicroVmConfig(
         machine=MachineConfig(vcpu_count=spec.vcpus, mem_mib=spec.mem_mib),
         boot=BootSource(kernel=spec.kernel, boot_args=args, initrd=spec.initrd),
         drives=(root_drive(spec.root_drive),),
+        network=(NetworkInterface(NET_IFACE_ID, net.tap, net.mac),) if net is not None else (),
         vsock=Vsock(guest_cid=GUEST_CID, uds_path=files.inner(files.vsock_socket)),
         logger=Logger(log_path=files.inner(files.log_file), level=LogLevel.INFO),
         metrics=Metrics(metrics_path=files.inner(files.metrics_file)),

@@ -22,7 +22,7 @@ from nexus.domain.retry import retry
 from nexus.protocol import CONTROL_PORT_NAME, MCP_PORT_NAME
 from nexus.vmm.process import VmmProcess
 from nexus.vmm.qemu.accel import AccelChoice, choose_accel
-from nexus.vmm.qemu.argv import QEMU_BINARY, Accel, QemuLaunch, SerialPort, qemu_argv
+from nexus.vmm.qemu.argv import QEMU_BINARY, Accel, NetIface, QemuLaunch, SerialPort, qemu_argv
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs every connection attempt and end-of-file on its own; the driver reports what matters.
@@ -124,7 +124,8 @@ class QemuDriver:
                 ports=tuple(SerialPort(PORT_NAMES[p], sockets[p]) for p in GuestPort),
                 tsc_khz=self._tsc_khz,
                 name=spec.name,
-                cmdline_extra=spec.cmdline_extra,
+                cmdline_extra=spec.kernel_args,
+                net=NetIface(spec.net.tap, spec.net.mac) if spec.net is not None else None,
                 binary=self._binary,
             )
         )

@@ -1,0 +1,300 @@
+"""VM networking end to end, inside two network namespaces this module creates and removes.
+
+``nx-host-*`` runs nexusd (started through ``ip netns exec``, so nexusd itself just uses its current
+namespace) and the QEMU VMs; its only uplink is a veth to ``nx-inet-*``, which plays "the internet" with an
+HTTP server that answers with the client's address. Addresses are from TEST-NET-3 and the nexus subnet, all
+inside the two namespaces; the guests' DNS server is set to the "internet" namespace too, so nothing is ever
+sent anywhere else. IPv4 forwarding starts off in nx-host: ``nexusctl setup-firewall`` turns it on.
+
+Two VMs are booted once for the module: A publishes 18080:8000 and runs a web server, B has no ports.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nexus.client import NexusClient
+from nexus.services import SettingsService
+from nexus.store import SettingsRepo, open_database
+from tests.e2e.test_firecracker_e2e import linked_state
+from tests.helpers import Daemon, start_daemon, wait_until
+
+pytestmark = pytest.mark.vm
+
+INET_ADDR, UPLINK_ADDR = "203.0.113.1", "203.0.113.2"
+INET_PORT, HOST_PORT, GUEST_PORT = 8080, 18080, 8000
+NEXUSCTL = str(Path(sys.executable).parent / "nexusctl")
+
+# The "internet": answers every GET with the address the connection came from.
+ECHO_SERVER = f"""
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.client_address[0].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("{INET_ADDR}", {INET_PORT}), H).serve_forever()
+"""
+
+# Run inside a namespace: nexusd's table as libnftables lists it, rules without handles.
+LIST_RULES = "import json; from nexus.net.nft import NftFirewall; from nexus.net.ruleset import rules_of; " + (
+    "t = NftFirewall().listed(); print(json.dumps(None if t is None else rules_of(t)))"
+)
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr}")
+    return done
+
+
+def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run("ip", "netns", "exec", ns, *argv, check=check)
+
+
+def fetch_in_ns(ns: str, url: str) -> str:
+    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode(), end='')"
+    return in_ns(ns, sys.executable, "-c", code).stdout
+
+
+@dataclass
+class Lab:
+    host: str
+    inet: str
+    base: Path
+    state: Path
+    daemon: Daemon | None
+    setup_output: str
+    root_ip_forward: str
+
+    def start_nexusd(self) -> None:
+        config = self.base / "nexusd.toml"
+        config.write_text("boot_timeout_s = 90\nheartbeat_timeout_s = 6\nstop_timeout_s = 10\n")
+        self.daemon = start_daemon(
+            self.base,
+            "--config",
+            str(config),
+            state_dir=self.state,
+            network=True,
+            prefix=("ip", "netns", "exec", self.host),
+        )
+
+    @property
+    def nexusd(self) -> Daemon:
+        assert self.daemon is not None
+        return self.daemon
+
+    def nexusctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(NEXUSCTL, "--socket", str(self.nexusd.socket), *args, check=check)
+
+    def api(self) -> NexusClient:
+        return NexusClient(self.nexusd.socket, timeout_s=300)
+
+    def rules(self) -> list[dict[str, Any]] | None:
+        out = in_ns(self.host, sys.executable, "-c", LIST_RULES).stdout
+        rules: list[dict[str, Any]] | None = json.loads(out)
+        return rules
+
+    def links(self) -> dict[str, dict[str, Any]]:
+        return {link["ifname"]: link for link in json.loads(run("ip", "-n", self.host, "-j", "link", "show").stdout)}
+
+
+def guest(api: NexusClient, vm: str, command: str | list[str], timeout_s: float = 60) -> dict[str, Any]:
+    result = api.call_tool(vm, "run_command", {"command": command, "timeout_s": timeout_s})
+    structured: dict[str, Any] = result["structuredContent"]
+    return structured
+
+
+def guest_python(api: NexusClient, vm: str, code: str) -> str:
+    done = guest(api, vm, ["python3", "-c", code])
+    assert done["exit_code"] == 0, done
+    return str(done["stdout"])
+
+
+def connect_from(api: NexusClient, vm: str, addr: str, port: int) -> str:
+    """'connected' or 'blocked' (no answer within 3 s, or refused, or unreachable)."""
+    code = (
+        "import socket\n"
+        "s = socket.socket(); s.settimeout(3)\n"
+        f"try:\n    s.connect(({addr!r}, {port})); print('connected', end='')\n"
+        "except OSError:\n    print('blocked', end='')\n"
+    )
+    return guest_python(api, vm, code)
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 (ip) is needed to make the test namespaces")
+    request.getfixturevalue("e2e_daemon")  # the shared kernel and image exist once it is up
+    suffix = secrets.token_hex(3)
+    host, inet = f"nx-host-{suffix}", f"nx-inet-{suffix}"
+    base = Path(tempfile.mkdtemp(prefix="nxnet"))  # short: Unix socket paths
+    server: subprocess.Popen[bytes] | None = None
+    lab: Lab | None = None
+    root_ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    try:
+        run("ip", "netns", "add", host)
+        run("ip", "netns", "add", inet)
+        # made inside the namespaces: the root namespace never holds these links, not even for a moment
+        run("ip", "-n", host, "link", "add", "uplink", "type", "veth", "peer", "name", "wan", "netns", inet)
+        run("ip", "-n", host, "addr", "add", f"{UPLINK_ADDR}/24", "dev", "uplink")
+        run("ip", "-n", inet, "addr", "add", f"{INET_ADDR}/24", "dev", "wan")
+        for ns, dev in ((host, "uplink"), (host, "lo"), (inet, "wan"), (inet, "lo")):
+            run("ip", "-n", ns, "link", "set", dev, "up")
+        run("ip", "-n", host, "route", "add", "default", "via", INET_ADDR)
+        assert in_ns(host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
+        server = subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-c", ECHO_SERVER])
+        wait_until(lambda: fetch_in_ns(inet, f"http://{INET_ADDR}:{INET_PORT}/") == INET_ADDR, 20, "the echo server")
+
+        state = linked_state(base)
+        conn = open_database(state / "nexus.db")
+        try:
+            settings = SettingsService(SettingsRepo(conn))
+            settings.set("vmm", "qemu")
+            settings.set("dns_servers", [INET_ADDR])
+        finally:
+            conn.close()
+        lab = Lab(host, inet, base, state, None, "", root_ip_forward)
+        lab.start_nexusd()
+        lab.setup_output = lab.nexusctl("setup-firewall").stdout
+        yield lab
+    finally:
+        if lab is not None and lab.daemon is not None:
+            code = lab.daemon.stop()
+            if code != 0:
+                print(lab.daemon.log_text()[-5000:])
+        if server is not None:
+            server.kill()
+            server.wait()
+        for ns in (host, inet):
+            run("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Vms:
+    a: dict[str, Any]
+    b: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def vms(lab: Lab) -> Vms:
+    with lab.api() as api:
+        lab.nexusctl("vm", "create", "e2e-net-a", "--mem", "512", "--publish", f"{HOST_PORT}:{GUEST_PORT}")
+        api.create_vm(name="e2e-net-b", mem_mib=512)
+        a, b = api.start_vm("e2e-net-a"), api.start_vm("e2e-net-b")
+        server = f"setsid python3 -m http.server {GUEST_PORT} </dev/null >/dev/null 2>&1 &"
+        script = f"cd /tmp && echo inside-a > index.html && {server}"
+        assert guest(api, "e2e-net-a", script)["exit_code"] == 0
+    address = a["network"]["address"]
+    wait_until(lambda: fetch_in_ns(lab.host, f"http://{address}:{GUEST_PORT}/") == "inside-a\n", 30, "A's web server")
+    return Vms(a, b)
+
+
+def test_setup_firewall_enables_forwarding_in_its_namespace_only(lab: Lab) -> None:
+    assert "enabled IPv4 forwarding" in lab.setup_output
+    assert in_ns(lab.host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == lab.root_ip_forward
+
+
+def test_vm_gets_its_lease_and_dns_and_reaches_the_internet_through_nat(lab: Lab, vms: Vms) -> None:
+    net = vms.a["network"]
+    assert (net["gateway"], net["prefix_len"], net["ports"]) == ("10.77.0.1", 24, [f"{HOST_PORT}:{GUEST_PORT}/tcp"])
+    assert net["mac"].startswith("02:") and len(net["tap"]) <= 15
+    assert vms.b["network"]["address"] != net["address"]
+    with lab.api() as api:
+        local = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        local += f"s.connect(({INET_ADDR!r}, 9)); print(s.getsockname()[0], end='')"  # UDP connect sends nothing
+        assert guest_python(api, "e2e-net-a", local) == net["address"]
+        resolv = guest(api, "e2e-net-a", ["cat", "/etc/resolv.conf"])["stdout"]
+        assert f"nameserver {INET_ADDR}\n" in resolv
+        url = f"http://{INET_ADDR}:{INET_PORT}/"
+        code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode(), end='')"
+        # the server saw the host's uplink address: the VM's own address was masqueraded
+        assert guest_python(api, "e2e-net-a", code) == UPLINK_ADDR
+        assert guest_python(api, "e2e-net-b", code) == UPLINK_ADDR
+
+
+def test_vms_cannot_reach_each_other(lab: Lab, vms: Vms) -> None:
+    a_address = vms.a["network"]["address"]
+    assert fetch_in_ns(lab.host, f"http://{a_address}:{GUEST_PORT}/") == "inside-a\n"  # A does listen
+    with lab.api() as api:
+        assert connect_from(api, "e2e-net-b", a_address, GUEST_PORT) == "blocked"  # bridged: isolated ports
+        assert connect_from(api, "e2e-net-b", UPLINK_ADDR, HOST_PORT) == "blocked"  # routed back: forward drop
+        assert connect_from(api, "e2e-net-a", INET_ADDR, INET_PORT) == "connected"  # the same probe can pass
+
+
+def test_published_port_reaches_the_vm_from_outside(lab: Lab, vms: Vms) -> None:
+    assert fetch_in_ns(lab.inet, f"http://{UPLINK_ADDR}:{HOST_PORT}/") == "inside-a\n"
+
+
+def test_stop_and_rm_leave_no_tap_address_or_rule(lab: Lab, vms: Vms) -> None:
+    tap, address = vms.a["network"]["tap"], vms.a["network"]["address"]
+    rules = lab.rules()
+    assert rules is not None and address in json.dumps(rules)
+    assert tap in lab.links()
+    assert lab.nexusctl("--json", "vm", "stop", "e2e-net-a").returncode == 0
+    assert tap not in lab.links()
+    rules = lab.rules()
+    assert rules is not None and address not in json.dumps(rules)
+    lab.nexusctl("vm", "rm", "e2e-net-a")
+    with sqlite3.connect(f"file:{lab.state / 'nexus.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT count(*) FROM net_leases WHERE vm_id = ?", (vms.a["id"],)).fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM vm_ports WHERE vm_id = ?", (vms.a["id"],)).fetchone()[0] == 0
+    neighbours = run("ip", "-n", lab.host, "neigh", "show", address).stdout
+    assert "lladdr" not in neighbours, neighbours
+    assert tap not in lab.links() and vms.b["network"]["tap"] in lab.links()
+
+
+def test_restart_leaves_exactly_one_copy_of_each_rule(lab: Lab, vms: Vms) -> None:
+    before = lab.rules()
+    assert before is not None and len(before) >= 7
+    b_tap = vms.b["network"]["tap"]
+    assert b_tap in lab.links()
+    # First nexusd dies hard, leaving B's QEMU and TAP behind; the next one kills that QEMU and removes the TAP.
+    lab.nexusd.proc.kill()
+    lab.nexusd.proc.wait()
+    assert b_tap in lab.links()
+    lab.start_nexusd()
+    assert b_tap not in lab.links()
+    assert lab.nexusd.stop() == 0  # and once more, cleanly
+    lab.start_nexusd()
+    after = lab.rules()
+    assert after is not None
+    dumped = [json.dumps(rule, sort_keys=True) for rule in after]
+    assert len(dumped) == len(set(dumped)), "a rule is there twice"
+    assert sorted(dumped) == sorted(json.dumps(rule, sort_keys=True) for rule in before)
+    assert set(lab.links()) == {"lo", "uplink", "nexus0"}
+
+
+def test_cleanup_network_removes_bridge_taps_and_table(lab: Lab, vms: Vms) -> None:
+    with lab.api() as api:
+        api.start_vm("e2e-net-b")
+        refused = lab.nexusctl("admin", "cleanup-network", check=False)
+        assert refused.returncode == 5 and "stop them first" in refused.stderr
+        api.stop_vm("e2e-net-b")
+    report = json.loads(lab.nexusctl("--json", "admin", "cleanup-network").stdout)
+    assert "nexus0" in report["links"] and report["table"] is True
+    assert set(lab.links()) == {"lo", "uplink"}
+    assert lab.rules() is None
+    again = json.loads(lab.nexusctl("--json", "admin", "cleanup-network").stdout)
+    assert again == {"links": [], "table": False, "leases_dropped": 0}
+    lab.nexusctl("vm", "rm", "e2e-net-b")
