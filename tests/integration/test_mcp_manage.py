@@ -69,7 +69,16 @@ def test_management_tools(daemon: Daemon) -> None:
             assert client.server_info is not None and client.server_info.name == "nexus"
             assert {t.name for t in (await client.list_tools()).tools} == TOOLS
 
-            created = await _ok(client, "vm_create", {"name": "mg-one", "mem_mib": 256, "tags": ["t1"]})
+            bad_port = await _refused(client, "vm_create", {"name": "mg-bad", "publish": ["80"]})
+            assert bad_port["code"] == "invalid" and "HOSTPORT:GUESTPORT" in bad_port["message"]
+            # this nexusd runs with --no-network: a NIC cannot be had, and asking says so
+            no_net = await _refused(client, "vm_create", {"name": "mg-bad", "publish": ["8080:80"]})
+            assert no_net["code"] == "unavailable" and "networking is off" in no_net["message"]
+            assert (await _ok(client, "vm_list", {}))["vms"] == []  # refusals created nothing
+            created = await _ok(
+                client, "vm_create", {"name": "mg-one", "mem_mib": 256, "tags": ["t1"], "network": False}
+            )
+            assert created["network"] is None
             assert (created["name"], created["state"], created["tags"]) == ("mg-one", "created", ["t1"])
             listed = await _ok(client, "vm_list", {"tags": ["t1"]})
             assert [vm["name"] for vm in listed["vms"]] == ["mg-one"]

@@ -53,7 +53,7 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
                 await services.network.restore()
             except NexusError as exc:  # VMs without network still work; a networked start will say why not
                 log.warning("could not restore networking: %s", exc.message)
-        mcp = McpEndpoints(services.vms, services.guest)
+        mcp = McpEndpoints(services.vms, services.guest, services.network)
         app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
         sockets = [server.bind_unix(config.socket, config.socket_mode)]
         try:

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from nexus.mcp.guest import guest_server
 from nexus.mcp.manage import manage_server
 from nexus.protocol import INTERNAL_ERROR
-from nexus.services import VmService
+from nexus.services import NetworkService, VmService
 from nexus.services.guest import GuestService
 
 SESSION_IDLE_TIMEOUT_S = 30 * 60.0
@@ -56,9 +56,9 @@ def _manager(server: Server[Any]) -> StreamableHTTPSessionManager:
 
 
 class McpEndpoints:
-    def __init__(self, vms: VmService, guest: GuestService) -> None:
+    def __init__(self, vms: VmService, guest: GuestService, network: NetworkService) -> None:
         self.vm = _Endpoint(_manager(guest_server(guest)))
-        self.manage = _Endpoint(_manager(manage_server(vms, guest)))
+        self.manage = _Endpoint(_manager(manage_server(vms, guest, network)))
         self._stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager

@@ -20,10 +20,10 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 
 from nexus import __version__
-from nexus.domain import Invalid, NexusError, Role, Vm, VmFilter, VmSpec, VmState
+from nexus.domain import Invalid, NetInfo, NexusError, PublishedPort, Role, Vm, VmFilter, VmSpec, VmState
 from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, with_progress
-from nexus.services import VmService
+from nexus.services import NetworkService, VmService
 from nexus.services.guest import GuestService, OutputChunk
 
 Ctx = ServerRequestContext[Any, Any]
@@ -36,7 +36,19 @@ def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
     return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
 
 
-def vm_dict(vm: Vm) -> dict[str, Any]:
+def net_dict(info: NetInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {
+        "address": str(info.address),
+        "gateway": str(info.gateway),
+        "prefix_len": info.prefix_len,
+        "mac": info.mac,
+        "ports": [str(port) for port in info.ports],
+    }
+
+
+def vm_dict(vm: Vm, net: NetInfo | None) -> dict[str, Any]:
     return {
         "id": vm.id,
         "name": vm.name,
@@ -52,6 +64,7 @@ def vm_dict(vm: Vm) -> dict[str, Any]:
         "pid": vm.pid,
         "vmm": vm.vmm,
         "accel": vm.accel,
+        "network": net_dict(net),
     }
 
 
@@ -86,9 +99,13 @@ class _Tool:
 
 
 class _Tools:
-    def __init__(self, vms: VmService, guest: GuestService) -> None:
+    def __init__(self, vms: VmService, guest: GuestService, network: NetworkService) -> None:
         self.vms = vms
         self.guest = guest
+        self.network = network
+
+    def vm(self, vm: Vm) -> dict[str, Any]:
+        return vm_dict(vm, self.network.info(vm.id))
 
     async def vm_list(self, ctx: Ctx, args: Args) -> dict[str, Any]:
         state = _get(args, "state", str)
@@ -101,12 +118,13 @@ class _Tools:
             )
         except ValueError as exc:
             raise Invalid(str(exc)) from exc
-        return {"vms": [vm_dict(vm) for vm in self.vms.find(flt)]}
+        return {"vms": [self.vm(vm) for vm in self.vms.find(flt)]}
 
     async def vm_create(self, ctx: Ctx, args: Args) -> dict[str, Any]:
         tags = _get(args, "tags", list, [])
-        if not all(isinstance(t, str) for t in tags):
-            raise Invalid("argument 'tags' must be a list of strings")
+        publish = _get(args, "publish", list, [])
+        if not all(isinstance(t, str) for t in (*tags, *publish)):
+            raise Invalid("arguments 'tags' and 'publish' must be lists of strings")
         spec = VmSpec(
             name=_get(args, "name", str, required=True),
             vcpus=_get(args, "vcpus", int),
@@ -114,15 +132,17 @@ class _Tools:
             image=_get(args, "image", str),
             kernel=_get(args, "kernel", str),
             tags=tuple(tags),
+            network=_get(args, "network", bool),
+            publish=tuple(PublishedPort.parse(p) for p in publish),
         )
-        return vm_dict(self.vms.create(spec))
+        return self.vm(self.vms.create(spec))
 
     async def vm_start(self, ctx: Ctx, args: Args) -> dict[str, Any]:
         vm = _get(args, "vm", str, required=True)
-        return vm_dict(await self.vms.start(vm, wait=_get(args, "wait", bool, True)))
+        return self.vm(await self.vms.start(vm, wait=_get(args, "wait", bool, True)))
 
     async def vm_stop(self, ctx: Ctx, args: Args) -> dict[str, Any]:
-        return vm_dict(await self.vms.stop(_get(args, "vm", str, required=True)))
+        return self.vm(await self.vms.stop(_get(args, "vm", str, required=True)))
 
     async def vm_rm(self, ctx: Ctx, args: Args) -> dict[str, Any]:
         vm = self.vms.get(_get(args, "vm", str, required=True))
@@ -140,7 +160,7 @@ class _Tools:
             }
             for h in self.vms.history(vm.id)
         ]
-        return {**vm_dict(vm), "history": history}
+        return {**self.vm(vm), "history": history}
 
     async def vm_logs(self, ctx: Ctx, args: Args) -> dict[str, Any]:
         vm = _get(args, "vm", str, required=True)
@@ -213,6 +233,12 @@ class _Tools:
                         "image": {"type": "string"},
                         "kernel": {"type": "string"},
                         "tags": {"type": "array", "items": {"type": "string"}},
+                        "network": {"type": "boolean", "description": "give it a NIC (default: nexusd's setting)"},
+                        "publish": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "HOSTPORT:GUESTPORT[/tcp|udp]: the host's port forwarded to the VM's",
+                        },
                     },
                     ("name",),
                 ),
@@ -251,8 +277,8 @@ def _result(structured: dict[str, Any], is_error: bool = False, text: str | None
     )
 
 
-def manage_server(vms: VmService, guest: GuestService) -> Server[Any]:
-    tools = _Tools(vms, guest).table()
+def manage_server(vms: VmService, guest: GuestService, network: NetworkService) -> Server[Any]:
+    tools = _Tools(vms, guest, network).table()
     listing = types.ListToolsResult(
         tools=[types.Tool(name=name, description=t.description, input_schema=t.schema) for name, t in tools.items()]
     )
