@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from nexus.services import AssetService, SettingsService, VmService
+from nexus.services import AssetService, DriveService, SettingsService, SnapshotService, VmService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 
@@ -20,6 +20,8 @@ class Services:
     assets: AssetService
     guest: GuestService
     firecracker: FirecrackerService
+    drives: DriveService
+    snapshots: SnapshotService
 
 
 async def services(request: Request) -> Services:
@@ -42,3 +44,5 @@ SettingsDep = Annotated[SettingsService, Depends(_one("settings"))]
 Assets = Annotated[AssetService, Depends(_one("assets"))]
 Guest = Annotated[GuestService, Depends(_one("guest"))]
 Firecracker = Annotated[FirecrackerService, Depends(_one("firecracker"))]
+Drives = Annotated[DriveService, Depends(_one("drives"))]
+Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]

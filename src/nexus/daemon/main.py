@@ -18,6 +18,7 @@ from nexus.domain import NexusError
 from nexus.mcp import McpEndpoints
 from nexus.services import SettingsService
 from nexus.store import SettingsRepo, open_database
+from nexus.workspaces import probe_backend
 
 log = logging.getLogger("nexusd")
 
@@ -41,7 +42,8 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
     try:
         vmm = SettingsService(SettingsRepo(conn)).str_value("vmm")
         driver, driver_reason = choose_driver(vmm, layout)
-        services, runtime = wire(conn, layout, driver, driver_reason, config.timeouts)
+        storage = probe_backend(layout.state_dir)
+        services, runtime = wire(conn, layout, driver, driver_reason, storage, config.timeouts)
         services.vms.reconcile()
         mcp = McpEndpoints(services.vms, services.guest)
         app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
@@ -50,12 +52,13 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
             if tcp is not None:
                 sockets.append(server.bind_tcp(*tcp))
             log.info(
-                "nexusd %s serving on %s%s (state %s; %s)",
+                "nexusd %s serving on %s%s (state %s; %s; storage %s)",
                 __version__,
                 config.socket,
                 f" and tcp {tcp[0]}:{tcp[1]}" if tcp else "",
                 layout.state_dir,
                 driver_reason,
+                storage.reason,
             )
             async with mcp.running():  # the MCP sessions' task group: up before serving, closed at shutdown
                 await server.serve(app, sockets, on_exit=mcp.stop)

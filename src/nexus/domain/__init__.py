@@ -11,9 +11,25 @@ from nexus.domain.errors import (
     NotFound,
     Unavailable,
 )
-from nexus.domain.layout import Layout
-from nexus.domain.models import FirecrackerBinary, Image, Kernel, Role, StateChange, Vm, VmFilter, VmSpec, utcnow
+from nexus.domain.layout import DRIVE_FILE, Layout
+from nexus.domain.models import (
+    Drive,
+    DriveKind,
+    FirecrackerBinary,
+    Image,
+    Kernel,
+    Role,
+    Snapshot,
+    SnapshotDrive,
+    StateChange,
+    Vm,
+    VmFilter,
+    VmSpec,
+    utcnow,
+)
 from nexus.domain.ports import (
+    DataDrive,
+    DriveStore,
     FirecrackerSource,
     GuestPort,
     ImageBuilder,
@@ -23,6 +39,8 @@ from nexus.domain.ports import (
     LaunchSpec,
     Progress,
     SettingsStore,
+    SnapshotStore,
+    StorageBackend,
     VmmDriver,
     VmProcess,
     VmStore,
@@ -31,10 +49,15 @@ from nexus.domain.settings import SETTINGS, SettingSpec, SettingValue, spec_for
 from nexus.domain.states import TRANSITIONS, VmState, can_transition, check_transition
 
 __all__ = [
+    "DRIVE_FILE",
     "ERRORS_BY_CODE",
     "SETTINGS",
     "TRANSITIONS",
     "Conflict",
+    "DataDrive",
+    "Drive",
+    "DriveKind",
+    "DriveStore",
     "DriverError",
     "FirecrackerBinary",
     "FirecrackerSource",
@@ -57,7 +80,11 @@ __all__ = [
     "SettingSpec",
     "SettingValue",
     "SettingsStore",
+    "Snapshot",
+    "SnapshotDrive",
+    "SnapshotStore",
     "StateChange",
+    "StorageBackend",
     "Unavailable",
     "Vm",
     "VmFilter",

@@ -1,8 +1,20 @@
 """Use cases. The only layer that coordinates stores, drivers and the rest."""
 
 from nexus.services.assets import AssetService, BootFiles
+from nexus.services.drives import DriveService
 from nexus.services.runtime import RuntimeTimeouts, VmRuntime
 from nexus.services.settings import Setting, SettingsService
+from nexus.services.snapshots import SnapshotService
 from nexus.services.vms import VmService
 
-__all__ = ["AssetService", "BootFiles", "RuntimeTimeouts", "Setting", "SettingsService", "VmRuntime", "VmService"]
+__all__ = [
+    "AssetService",
+    "BootFiles",
+    "DriveService",
+    "RuntimeTimeouts",
+    "Setting",
+    "SettingsService",
+    "SnapshotService",
+    "VmRuntime",
+    "VmService",
+]

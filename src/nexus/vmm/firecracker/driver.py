@@ -37,6 +37,7 @@ from nexus.vmm.firecracker.config import (
     MicroVmConfig,
     Vsock,
     boot_args,
+    data_drive,
     preboot_requests,
     root_drive,
 )
@@ -92,7 +93,7 @@ def microvm_config(spec: LaunchSpec, files: RuntimeFiles) -> MicroVmConfig:
     return MicroVmConfig(
         machine=MachineConfig(vcpu_count=spec.vcpus, mem_mib=spec.mem_mib),
         boot=BootSource(kernel=spec.kernel, boot_args=args, initrd=spec.initrd),
-        drives=(root_drive(spec.root_drive),),
+        drives=(root_drive(spec.root_drive), *(data_drive(d.drive_id, d.path, d.read_only) for d in spec.data_drives)),
         vsock=Vsock(guest_cid=GUEST_CID, uds_path=files.vsock_socket),
         logger=Logger(log_path=files.log_file, level=LogLevel.INFO),
         metrics=Metrics(metrics_path=files.metrics_file),

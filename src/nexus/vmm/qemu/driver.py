@@ -126,6 +126,7 @@ class QemuDriver:
                 name=spec.name,
                 cmdline_extra=spec.cmdline_extra,
                 binary=self._binary,
+                data_drives=spec.data_drives,
             )
         )
 

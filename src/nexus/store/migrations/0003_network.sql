@@ -1,0 +1,3 @@
+-- Placeholder on the workspaces branch only: 0003 belongs to the network branch (0003_network.sql), which
+-- replaces this file when the branches merge. Migrations must be numbered 1..N without gaps, and the
+-- workspaces migration is 0004. Nothing here: a database passes through version 3 unchanged.
