@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.types import Receive, Scope, Send
 
+from nexus.mcp import workspace
 from nexus.mcp.guest import guest_server
 from nexus.mcp.manage import manage_server
 from nexus.protocol import INTERNAL_ERROR
-from nexus.services import VmService
+from nexus.services import DriveService, SnapshotService, VmService
 from nexus.services.guest import GuestService
 
 SESSION_IDLE_TIMEOUT_S = 30 * 60.0
@@ -45,10 +46,12 @@ class _Endpoint:
 
 
 class McpEndpoints:
-    def __init__(self, vms: VmService, guest: GuestService) -> None:
+    def __init__(self, vms: VmService, guest: GuestService, drives: DriveService, snapshots: SnapshotService) -> None:
         idle_s = SESSION_IDLE_TIMEOUT_S
-        self.vm = _Endpoint(StreamableHTTPSessionManager(guest_server(guest), session_idle_timeout=idle_s))
-        self.manage = _Endpoint(StreamableHTTPSessionManager(manage_server(vms, guest), session_idle_timeout=idle_s))
+        vm_server = guest_server(guest, snapshots)
+        manage = manage_server(vms, guest, workspace.manage_tools(drives, snapshots))
+        self.vm = _Endpoint(StreamableHTTPSessionManager(vm_server, session_idle_timeout=idle_s))
+        self.manage = _Endpoint(StreamableHTTPSessionManager(manage, session_idle_timeout=idle_s))
         self._stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager
