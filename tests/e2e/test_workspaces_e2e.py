@@ -32,33 +32,11 @@ from nexus.domain import Image
 from nexus.store import ImageRepo, open_database
 from nexus.workspaces import btrfs
 from tests.e2e.conftest import STATE, nexusctl, nexusctl_json
-from tests.helpers import Daemon, start_daemon
+from tests.helpers import Daemon, btrfs_mount, start_daemon
 
 pytestmark = pytest.mark.vm
 
-BTRFS_SIZE = "2G"
 WS_IMAGE = "e2e-ws-agent"
-
-
-@contextlib.contextmanager
-def btrfs_mount(base: Path) -> Iterator[Path]:
-    """A fresh btrfs on a loop device, mounted at ``base/mnt``; unmounted and detached however the test ends."""
-    if shutil.which("mkfs.btrfs") is None:
-        pytest.skip("mkfs.btrfs is missing (apt-get install btrfs-progs)")
-    backing, mnt = base / "btrfs.img", base / "mnt"
-    subprocess.run(["truncate", "-s", BTRFS_SIZE, str(backing)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", str(backing)], check=True, capture_output=True)
-    loop = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True)
-    device = loop.stdout.strip()
-    try:
-        mnt.mkdir()
-        subprocess.run(["mount", device, str(mnt)], check=True)
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
 
 
 def _seed_state(state: Path, image: dict[str, Any]) -> None:
@@ -108,7 +86,7 @@ def ws_daemon(request: pytest.FixtureRequest, ws_image: dict[str, Any]) -> Itera
     image = {**ws_image, "name": "debian-bookworm"}  # the default image of the new daemon
     base = Path(tempfile.mkdtemp(prefix="nxws-", dir="/var/tmp"))
     try:
-        with btrfs_mount(base) if request.param == "btrfs" else contextlib.nullcontext(base) as root:
+        with btrfs_mount(base, "2G") if request.param == "btrfs" else contextlib.nullcontext(base) as root:
             state = root / "state"
             _seed_state(state, image)
             config = base / "nexusd.toml"
