@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # python for nexus itself; QEMU to run VMs; debootstrap, e2fsprogs and busybox-static to build images;
-# kmod (depmod), zstd and lz4 to unpack kernel modules and the vmlinux.
+# kmod (depmod), zstd and lz4 to unpack kernel modules and the vmlinux; btrfs-progs for the tests and benchmark
+# that make a btrfs on a loop device (nexusd itself uses ioctls, never the btrfs tools).
 APT_PACKAGES=(python3 python3-venv python3-dev ca-certificates qemu-system-x86 debootstrap e2fsprogs
-    busybox-static kmod zstd lz4)
+    busybox-static kmod zstd lz4 btrfs-progs)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -168,3 +168,29 @@ def test_freezer_thaws_by_itself(btrfs_dir: Path) -> None:
     wait_until(lambda: not writer.is_alive(), 15, "the freezer's timer to thaw")
     assert freezer.auto_thaws == 1
     assert freezer.thaw() == []
+
+
+@pytest.mark.parametrize("kind", ["btrfs", "copy"])
+def test_sealed_images_are_read_only(kind: str, btrfs_dir: Path, tmp_path: Path) -> None:
+    backend, where = BACKENDS[kind](btrfs_dir, tmp_path)
+    images = where / f"images-{kind}"
+    images.mkdir()
+    built = images / "base.ext4"
+    built.write_bytes(os.urandom(8192))
+    content = built.read_bytes()
+    sealed = backend.seal_image(built)
+    assert sealed.read_bytes() == content
+    if kind == "btrfs":
+        assert sealed == images / "base" / "base.ext4" and not built.exists()
+        assert btrfs.is_subvolume(sealed.parent) and btrfs.is_readonly(sealed.parent)
+        with pytest.raises(OSError) as err:
+            sealed.write_bytes(b"x")
+        assert err.value.errno == errno.EROFS
+    else:
+        assert sealed == built and sealed.stat().st_mode & 0o222 == 0
+    backend.copy_file(sealed, where / f"root-{kind}.img")  # a VM's root drive is made from it as before
+    assert (where / f"root-{kind}.img").read_bytes() == content
+    (where / f"root-{kind}.img").unlink()
+    backend.remove_image(sealed)
+    assert list(images.iterdir()) == []
+    images.rmdir()

@@ -37,7 +37,7 @@ def wire(
     images, drive_store, snapshot_store = ImageRepo(conn), DriveRepo(conn), SnapshotRepo(conn)
     settings = SettingsService(SettingsRepo(conn))
     assets = AssetService(
-        DebianKernels(layout.cache_dir), RootfsImageBuilder(layout.cache_dir), images, vm_store, layout
+        DebianKernels(layout.cache_dir), RootfsImageBuilder(layout.cache_dir), images, vm_store, layout, storage
     )
     runtime = VmRuntime(vm_store, timeouts)
     drives = DriveService(

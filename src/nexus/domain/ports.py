@@ -224,6 +224,15 @@ class StorageBackend(Protocol):
         """``dest`` as a copy-on-write copy of ``source`` where possible; returns how it was made."""
         ...
 
+    def seal_image(self, path: Path) -> Path:
+        """Make a freshly built image file read-only (btrfs: moved into a read-only subvolume of its own);
+        returns where it lives now. On failure the image stays where it was."""
+        ...
+
+    def remove_image(self, path: Path) -> None:
+        """Remove an image ``seal_image`` returned (its subvolume with it)."""
+        ...
+
 
 class DriveStore(Protocol):
     def insert(self, drive: Drive) -> None: ...

@@ -5,6 +5,9 @@
 - ``ReflinkBackend``: each volume is a directory; cloning reflinks every file (O(extents), no data copied).
 - ``CopyBackend``: each volume is a directory; cloning is a sparse copy of every file (only data regions).
 
+Images are sealed once built: on btrfs moved (reflinked) into a read-only subvolume ``images/<name>/``; elsewhere
+their file is made 0444.
+
 A read-only clone on the directory backends marks its files 0444 (a guard against mistakes, not a security
 boundary: nexusd runs as root). Every operation builds under a temporary name and renames into place, so a
 failure leaves no half-made volume behind. This module does not know drives, VMs or the database.
@@ -62,6 +65,27 @@ class BtrfsBackend:
     def copy_file(self, source: Path, dest: Path) -> str:
         return clone_file(source, dest).value
 
+    def seal_image(self, path: Path) -> Path:
+        volume = path.parent / path.name.split(".")[0]
+        tmp = _tmp_name(volume)
+        self.delete_volume(tmp)
+        btrfs.create_subvolume(tmp)
+        try:
+            clone_file(path, tmp / path.name)
+            btrfs.set_readonly(tmp, True)
+            tmp.rename(volume)
+        except BaseException:
+            self.delete_volume(tmp)
+            raise
+        path.unlink()
+        return volume / path.name
+
+    def remove_image(self, path: Path) -> None:
+        if btrfs.is_subvolume(path.parent):
+            btrfs.delete_subvolume(path.parent)
+        else:
+            path.unlink(missing_ok=True)
+
 
 class _DirectoryBackend:
     """Volumes as plain directories; files copied by ``_copy``."""
@@ -98,6 +122,13 @@ class _DirectoryBackend:
 
     def copy_file(self, source: Path, dest: Path) -> str:
         return self._copy(source, dest).value
+
+    def seal_image(self, path: Path) -> Path:
+        path.chmod(0o444)
+        return path
+
+    def remove_image(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
 
 
 class ReflinkBackend(_DirectoryBackend):
