@@ -32,7 +32,7 @@ from nexus.domain import (
     VmStore,
     can_transition,
 )
-from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, Hello
+from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, METHOD_NOT_FOUND, Hello
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,11 @@ class VmRuntime:
         try:
             return await run.control.call(method, params, timeout_s)
         except RemoteError as exc:
+            if exc.code == METHOD_NOT_FOUND:
+                raise Unavailable(
+                    f"VM {run.name}: its agent does not know {method} (built before it existed): stop the VM "
+                    "for this, or rebuild its image"
+                ) from exc
             raise DriverError(f"VM {run.name}: {method}: {exc.message}") from exc
         except ChannelError as exc:
             raise Unavailable(f"VM {run.name}: {method}: {exc}") from exc

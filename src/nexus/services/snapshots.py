@@ -187,6 +187,8 @@ class SnapshotService:
                 for copy, _ in copies:
                     self._drive_store.insert(dataclasses.replace(copy, vm_id=clone.id))
         except BaseException:
+            for copy, _ in copies:  # rows first (a data drive's row would outlive the VM), then the VM, then files
+                self._drive_store.delete(copy.id)
             await self._vms.remove(clone.id, force=True)
             await asyncio.to_thread(self._delete_volumes, [copy for copy, _ in copies])
             raise
