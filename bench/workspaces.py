@@ -4,7 +4,8 @@ in the same run, interleaved.
 A btrfs filesystem is made on a loop device for the run (and removed); nexusd keeps its state there. Both VMs run
 (QEMU, TCG here) with their data drive filled with random bytes from the host (4 GiB vs 64 MiB of real extents).
 Timed: ``POST /v1/vms/{ref}/snapshots`` (the whole call: guest sync + freeze, the subvolume snapshots, thaw) and
-``POST /v1/vms/{ref}/clone`` (live, frozen likewise), plus the storage step alone (``clone_volume``, one ioctl).
+``POST /v1/vms/{ref}/clone`` (live, frozen likewise); the same snapshot call once the VMs are stopped (no freeze);
+and the storage step alone (``clone_volume`` of the data drive's volume: one ioctl).
 For contrast, the copy backend's storage step on the host's ordinary filesystem, once per size.
 
 Needs root (loop device, mount). The kernel and the base rootfs come from $NEXUS_BENCH_STATE (default
@@ -188,8 +189,21 @@ def run() -> None:
                         )
                         api.delete(f"/v1/vms/{copy}").raise_for_status()
                         api.delete(f"/v1/drives/{copy}-d-{SIZES_MIB[label]}").raise_for_status()
+                stopped: dict[str, list[float]] = {label: [] for label in SIZES_MIB}
+                for name, _ in vms.values():
+                    api.post(f"/v1/vms/{name}/stop").raise_for_status()
+                for i in range(SNAPSHOTS):  # no guest to freeze: the API call and the subvolume snapshots alone
+                    for label, (name, _) in vms.items():
+                        stopped[label].append(
+                            _timed(
+                                lambda n=name, i=i: api.post(
+                                    f"/v1/vms/{n}/snapshots", json={"name": f"t{i}"}
+                                ).raise_for_status()
+                            )
+                        )
                 rows = [
                     _row(f"snapshot, running VM ({SNAPSHOTS}x, API call)", snap["64 MiB"], snap["4 GiB"]),
+                    _row(f"snapshot, stopped VM ({SNAPSHOTS}x, API call)", stopped["64 MiB"], stopped["4 GiB"]),
                     _row(f"clone, running VM ({CLONES}x, API call)", clone["64 MiB"], clone["4 GiB"]),
                     _row(f"storage step alone, btrfs ({SNAPSHOTS}x)", step["64 MiB"], step["4 GiB"]),
                 ]

@@ -117,6 +117,9 @@ def test_snapshot_rollback_clone_and_refusals(ws_daemon: Daemon, request: pytest
     assert status["storage"]["name"] == backend, status["storage"]
     state = d.state_dir
 
+    from_image = nexusctl_json(d, "drive", "create", "ws-img", "--image", "debian-bookworm")
+    assert (from_image["size_mib"], from_image["image"]) == (1024, "debian-bookworm")
+    nexusctl(d, "drive", "rm", "ws-img")
     drive = nexusctl_json(d, "drive", "create", "ws-data", "--size", "64")
     assert (drive["kind"], drive["size_mib"], drive["vm_id"]) == ("data", 64, None)
     nexusctl(d, "vm", "create", "e2e-ws", "--mem", "384")

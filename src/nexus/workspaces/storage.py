@@ -66,7 +66,7 @@ class BtrfsBackend:
         return clone_file(source, dest).value
 
     def seal_image(self, path: Path) -> Path:
-        volume = path.parent / path.name.split(".")[0]
+        volume = path.parent / _image_volume_name(path)
         tmp = _tmp_name(volume)
         self.delete_volume(tmp)
         btrfs.create_subvolume(tmp)
@@ -81,8 +81,9 @@ class BtrfsBackend:
         return volume / path.name
 
     def remove_image(self, path: Path) -> None:
-        if btrfs.is_subvolume(path.parent):
-            btrfs.delete_subvolume(path.parent)
+        volume = path.parent
+        if volume.name == _image_volume_name(path) and btrfs.is_subvolume(volume):  # never any other subvolume
+            btrfs.delete_subvolume(volume)
         else:
             path.unlink(missing_ok=True)
 
@@ -144,6 +145,11 @@ class CopyBackend(_DirectoryBackend):
     def _copy(self, source: Path, dest: Path) -> CloneMethod:
         sparse_copy_file(source, dest)
         return CloneMethod.SPARSE_COPY
+
+
+def _image_volume_name(image: Path) -> str:
+    """``images/<name>.ext4`` is sealed into ``images/<name>/`` (image names hold no dots)."""
+    return image.name.split(".")[0]
 
 
 def _remove_dir(path: Path) -> None:
