@@ -72,6 +72,11 @@ async def test_drives_snapshots_clone_without_booting(api: httpx.AsyncClient, tm
     await _ok(await api.post("/v1/drives/data/detach"))
     message = _error(await api.delete("/v1/drives/data"), 409, "conflict")
     assert "web/s1" in message and disk.exists()
+    await _ok(await api.post("/v1/vms", json={"name": "other"}), 201)
+    await _ok(await api.post("/v1/drives/data/attach", json={"vm": "other"}))
+    message = _error(await api.post("/v1/vms/web/snapshots/s1/rollback"), 409, "conflict")
+    assert "attached to VM other" in message
+    await _ok(await api.post("/v1/drives/data/detach"))
 
     clone = await _ok(await api.post("/v1/vms/web/clone", json={"name": "web2", "snapshot": "s1"}), 201)
     assert clone["state"] == "created"
@@ -92,6 +97,7 @@ async def test_drives_snapshots_clone_without_booting(api: httpx.AsyncClient, tm
     await _ok(await api.delete("/v1/vms/web/snapshots/s1"), 204)
     assert list((state / "snapshots").iterdir()) == []
     await _ok(await api.delete("/v1/vms/web2"), 204)  # its data drive stays, detached
+    await _ok(await api.delete("/v1/vms/other"), 204)
     kept = await _ok(await api.get("/v1/drives/web2-data"))
     assert kept["vm_id"] is None
     for name in ("data", "web2-data"):

@@ -118,6 +118,11 @@ class SnapshotService:
     async def rollback(self, ref: str, name: str, restart: bool = False) -> Vm:
         vm = self._vm_store.get(ref)
         snapshot = self._snapshots.get(vm.id, name)
+        for item in snapshot.drives:  # a data drive since moved to another VM is that VM's now
+            owner = self._drive_store.get(item.drive_id).vm_id
+            if owner is not None and owner != vm.id:
+                other = self._vm_store.get(owner).name
+                raise Conflict(f"drive {item.drive_name} is attached to VM {other} now; detach it to roll it back")
         running = vm.state.has_process
         if running and not restart:
             raise InvalidState(f"VM {vm.name} is {vm.state}; stop it first, or roll back with restart")
@@ -154,9 +159,6 @@ class SnapshotService:
         vm = self._vm_store.get(ref)
         check_name(new_name)
         snapshot = self._snapshots.get(vm.id, snapshot_name) if snapshot_name is not None else None
-        with contextlib.suppress(NotFound):
-            self._vm_store.get(new_name)
-            raise Conflict(f"a VM named {new_name!r} already exists")
         if snapshot is not None:
             sources = [
                 (self._drive_store.get(d.drive_id), d.mount_path, self._layout.snapshot_volume(snapshot.id, d.drive_id))
