@@ -45,6 +45,7 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
         storage = probe_backend(layout.state_dir)
         services, runtime = wire(conn, layout, driver, driver_reason, storage, config.timeouts)
         services.vms.reconcile()
+        services.drives.recover()
         mcp = McpEndpoints(services.vms, services.guest, services.drives, services.snapshots)
         app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
         sockets = [server.bind_unix(config.socket, config.socket_mode)]

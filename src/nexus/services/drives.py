@@ -297,6 +297,47 @@ class DriveService:
 
             await asyncio.to_thread(files)
 
+    # -- after a crash
+
+    def recover(self) -> None:
+        """At daemon start: finish or undo what a crash interrupted. A rollback that had swapped a drive's volume
+        away is completed, one that had not is dropped; half-made volumes and snapshot files without a row (copies,
+        never the only copy of anything) are removed. A drive volume without a row is kept and reported."""
+        for root in (self._layout.drives_dir, self._layout.images_dir):
+            for leftover in sorted(root.glob(".*.part")) if root.exists() else []:
+                log.warning("removing %s, left half-made by a crash", leftover)
+                self.backend.delete_volume(leftover)
+        if self._layout.drives_dir.exists():
+            self._recover_rollbacks()
+            known = {d.id for d in self._drives.find()}
+            for volume in sorted(self._layout.drives_dir.iterdir()):
+                if not volume.name.startswith(".") and volume.name not in known:
+                    log.warning("drive volume %s has no drive in the database; left in place", volume)
+        if self._layout.snapshots_dir.exists():
+            for directory in sorted(self._layout.snapshots_dir.iterdir()):
+                if not self._snapshots.exists(directory.name):
+                    log.warning("removing snapshot files %s, whose snapshot was never recorded or removed", directory)
+                    for volume in directory.iterdir():
+                        self.backend.delete_volume(volume)
+                    directory.rmdir()
+
+    def _recover_rollbacks(self) -> None:
+        drives = self._layout.drives_dir
+        for marker in sorted(drives.glob(".*.rollback")) + sorted(drives.glob(".*.old")):
+            if not marker.exists():  # renamed by an earlier step of this loop
+                continue
+            volume = drives / marker.name[1:].rsplit(".", 1)[0]
+            fresh, old = drives / f".{volume.name}.rollback", drives / f".{volume.name}.old"
+            if not volume.exists() and fresh.exists():  # swapped away, not yet in: finish the rollback
+                fresh.rename(volume)
+                log.warning("drive %s: finished a rollback a crash interrupted", volume.name)
+            elif not volume.exists() and old.exists():  # cannot happen with the order _restore uses; be safe
+                old.rename(volume)
+                log.warning("drive %s: put back the volume a crashed rollback had moved away", volume.name)
+            for leftover in (fresh, old):
+                if leftover.exists() and volume.exists():
+                    self.backend.delete_volume(leftover)
+
     # -- checks
 
     def _require_free_name(self, name: str) -> None:

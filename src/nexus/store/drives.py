@@ -115,6 +115,9 @@ class SnapshotRepo:
         rows = self._conn.execute("SELECT * FROM snapshots WHERE vm_id = ? ORDER BY created_at, id", (vm_id,))
         return [self._snapshot(row) for row in rows.fetchall()]
 
+    def exists(self, snapshot_id: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone() is not None
+
     def delete(self, snapshot_id: str) -> None:
         self._conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
 
