@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from bench import api_latency, vm_boot
+from bench import api_latency, vm_boot, workspaces
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "api": api_latency.run,
     "vm": vm_boot.run,
+    "workspaces": workspaces.run,
 }
 
 

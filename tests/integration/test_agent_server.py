@@ -242,6 +242,8 @@ def test_control_requests_and_errors(host: Host) -> None:
     assert c.call("nexus/hello")["pid"] == host.proc.pid
     unknown = c.response(c.request("nexus/nope"))
     assert unknown["error"]["code"] == -32601
+    # Not launched by nexusd (no nexus.mounts on its command line): it must never freeze this host's filesystems.
+    assert c.response(c.request("nexus/freeze", {"timeout_s": 1}))["error"]["code"] == -32601
     c.send_raw(b"{not json\n")
     assert c.wait_for(lambda m: "error" in m and m["id"] is None)["error"]["code"] == -32700
 

@@ -12,6 +12,7 @@ from nexus.api import create_app
 from nexus.daemon.wiring import wire
 from nexus.domain import Layout
 from nexus.store import open_database
+from nexus.workspaces import probe_backend
 
 pytestmark = pytest.mark.anyio
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.anyio
 def make_app(tmp_path: Path, token: str | None = None, base_url: str = "http://nexusd") -> httpx.AsyncClient:
     conn = open_database(tmp_path / "nexus.db")
     layout = Layout(tmp_path / "state", tmp_path / "run")
-    services, _ = wire(conn, layout, None, "none in this test")
+    services, _ = wire(conn, layout, None, "none in this test", probe_backend(layout.state_dir))
     app = create_app(services, tcp_token=token)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
 

@@ -141,7 +141,8 @@ def test_settings_and_status(capsys: pytest.CaptureFixture[str], daemon: Daemon)
     health = run_json(capsys, daemon, "status")
     assert health["status"] == "ok"  # type: ignore[index]
     code, out, _ = run(capsys, daemon, "status")
-    assert "vmm     none (qemu-system-x86_64 not found" in out
+    assert "vmm      none (qemu-system-x86_64 not found" in out
+    assert "storage  copy (" in out or "storage  reflink (" in out
     assert run_json(capsys, daemon, "version") == {"client": "0.1.0", "daemon": "0.1.0"}
 
 

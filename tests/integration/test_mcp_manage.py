@@ -26,6 +26,19 @@ from tests.helpers import Daemon
 from tests.integration.test_mcp_vm import pytestmark  # noqa: F401  (the same skips)
 
 TOOLS = {"vm_list", "vm_create", "vm_start", "vm_stop", "vm_rm", "vm_inspect", "vm_logs", "vm_exec"}
+WORKSPACE_TOOLS = {
+    "drive_list",
+    "drive_create",
+    "drive_attach",
+    "drive_detach",
+    "drive_resize",
+    "drive_rm",
+    "snapshot_create",
+    "snapshot_list",
+    "snapshot_rollback",
+    "snapshot_rm",
+    "vm_clone",
+}
 
 
 @pytest.fixture
@@ -67,7 +80,7 @@ def test_management_tools(daemon: Daemon) -> None:
     async def scenario() -> None:
         async with manage_client(daemon) as client:
             assert client.server_info is not None and client.server_info.name == "nexus"
-            assert {t.name for t in (await client.list_tools()).tools} == TOOLS
+            assert {t.name for t in (await client.list_tools()).tools} == TOOLS | WORKSPACE_TOOLS
 
             bad_port = await _refused(client, "vm_create", {"name": "mg-bad", "publish": ["80"]})
             assert bad_port["code"] == "invalid" and "HOSTPORT:GUESTPORT" in bad_port["message"]

@@ -47,6 +47,21 @@ SEED: dict[int, list[str]] = {
         "INSERT INTO vm_ports VALUES ('a1b2c3d4e5f6', 'tcp', 8080, 80)",
         "INSERT INTO settings VALUES ('dns_servers', '[\"192.0.2.53\"]')",
     ],
+    4: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
+        "INSERT INTO drives VALUES ('d00000000001', 'web.root', 'root', 1024, 'a1b2c3d4e5f6', NULL,"
+        " 'debian-bookworm', '2026-01-01T00:00:01+00:00')",
+        "INSERT INTO drives VALUES ('d00000000002', 'data', 'data', 64, 'a1b2c3d4e5f6', '/data', NULL,"
+        " '2026-01-01T00:00:02+00:00')",
+        "INSERT INTO snapshots VALUES ('s00000000001', 'a1b2c3d4e5f6', 'before', '2026-01-01T00:00:03+00:00')",
+        "INSERT INTO snapshot_drives VALUES ('s00000000001', 'd00000000001', 'root', NULL)",
+        "INSERT INTO snapshot_drives VALUES ('s00000000001', 'd00000000002', 'data', '/data')",
+    ],
 }
 
 

@@ -5,6 +5,8 @@ Kernel command line (``/proc/cmdline``):
   ``nexus.log_level=info``  debug | info | warning | error
   ``nexus.transport=auto``  auto | virtio-serial | vsock (for the ports not given by ``--control``/``--mcp``;
                             auto: see ``nexus.agent.transport.choose_transport``)
+  ``nexus.mounts=S:/p,...`` data drives to mount at boot, by virtio-blk serial (``nexus.protocol.drives``);
+                            present (even empty) only in VMs nexusd launches: it also enables nexus/freeze
 
 Flags (mostly for tests and debugging; a guest normally runs plain ``python3 -m nexus.agent``):
   ``--control PATH|none``   control stream: a character device or a Unix socket to connect to;
@@ -67,6 +69,8 @@ class AgentConfig:
     """For the default ports: one of ``TRANSPORTS``."""
     vsock_unix: str | None = None
     """vsock emulated over Unix sockets at this path prefix (tests); None: real AF_VSOCK."""
+    mounts: str | None = None
+    """The ``nexus.mounts`` value; None when absent (not a nexusd VM: no mounting, no freezing)."""
 
 
 def parse_kernel_cmdline(text: str) -> dict[str, str]:
@@ -163,4 +167,5 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
         warnings=tuple(warnings),
         transport=transport,
         vsock_unix=ns.vsock_unix,
+        mounts=kernel.get("nexus.mounts"),
     )

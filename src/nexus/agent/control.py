@@ -4,7 +4,8 @@ On each host connection the agent writes a newline (ending any half line a previ
 the host's buffer) and ``nexus/hello``, then ``nexus/heartbeat`` every ``heartbeat_s``. A heartbeat
 that cannot be written drops the connection; the runner then waits for the host and says hello again.
 Requests: ``nexus/hello`` (the hello params again), ``nexus/ping`` (``{"uptime_s"}``), ``nexus/echo``
-(params unchanged); anything else is -32601. Notifications from the host are ignored.
+(params unchanged), ``nexus/freeze`` and ``nexus/thaw`` (``nexus.protocol.drives``; only in a VM nexusd
+launched); anything else is -32601. Notifications from the host are ignored.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import logging
 import threading
 from collections.abc import Callable
 
+from nexus.agent.drives import Freezer
 from nexus.agent.identity import uptime_s
 from nexus.agent.session import Connection, RpcService
 from nexus.protocol import (
     ECHO_METHOD,
+    FREEZE_METHOD,
     HEARTBEAT_METHOD,
     HELLO_METHOD,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
     METHOD_NOT_FOUND,
     PING_METHOD,
+    THAW_METHOD,
     Heartbeat,
     Hello,
     JsonRpcError,
@@ -35,8 +41,11 @@ log = logging.getLogger("nexus.agent")
 
 
 class ControlService(RpcService):
-    def __init__(self, hello: Callable[[], Hello], heartbeat_s: float, stop: threading.Event) -> None:
+    def __init__(
+        self, hello: Callable[[], Hello], heartbeat_s: float, stop: threading.Event, freezer: Freezer | None = None
+    ) -> None:
         self._hello = hello
+        self._freezer = freezer
         self._heartbeat_s = heartbeat_s
         self._stop = stop
         self._seq = itertools.count(1)
@@ -64,5 +73,21 @@ class ControlService(RpcService):
             self.reply(conn, req, req.params)
         elif req.method == HELLO_METHOD:
             self.reply(conn, req, self._hello().to_params())
+        elif req.method in (FREEZE_METHOD, THAW_METHOD) and self._freezer is not None:
+            self._freeze_or_thaw(conn, req, self._freezer)
         else:
             raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {req.method}")
+
+    def _freeze_or_thaw(self, conn: Connection, req: Request, freezer: Freezer) -> None:
+        if req.method == THAW_METHOD:
+            self.reply(conn, req, {"thawed": freezer.thaw()})
+            return
+        params = req.params if isinstance(req.params, dict) else {}
+        timeout_s = params.get("timeout_s", 10.0)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s <= 300:
+            raise JsonRpcError(INVALID_PARAMS, "timeout_s must be a number in (0, 300]")
+        try:
+            frozen = freezer.freeze(float(timeout_s))
+        except (OSError, RuntimeError) as exc:
+            raise JsonRpcError(INTERNAL_ERROR, f"cannot freeze the filesystems: {exc}") from exc
+        self.reply(conn, req, {"frozen": frozen})

@@ -23,6 +23,7 @@ from types import FrameType
 from nexus import __version__
 from nexus.agent.config import AgentConfig, load_config
 from nexus.agent.control import ControlService
+from nexus.agent.drives import Freezer, mount_drives
 from nexus.agent.identity import make_hello, read_image_id
 from nexus.agent.mcp_server import McpService
 from nexus.agent.session import PortRunner
@@ -91,11 +92,12 @@ def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None
         log.error("both ports are disabled; nothing to do")
         return 2
 
+    freezer = Freezer(mount_drives(config.mounts)) if config.mounts is not None else None
     executor = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="tool")
     mcp = McpService(Toolbox(image_id), executor)
     runners: list[PortRunner] = []
     if control_ep is not None:
-        control = ControlService(lambda: make_hello(image_id), config.heartbeat_s, stop)
+        control = ControlService(lambda: make_hello(image_id), config.heartbeat_s, stop, freezer)
         runners.append(PortRunner("control", control_ep, control, stop, on_exit=wake.set))
     if mcp_ep is not None:
         sessions = MCP_LISTEN_SESSIONS if isinstance(mcp_ep, SocketListenEndpoint) else 1

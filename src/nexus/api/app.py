@@ -10,7 +10,7 @@ from nexus import __version__
 from nexus.api import errors
 from nexus.api.deps import Services
 from nexus.api.middleware import BodyLimit, TcpToken
-from nexus.api.routers import admin, assets, firecracker, guest, health, settings, vms
+from nexus.api.routers import admin, assets, firecracker, guest, health, settings, vms, workspaces
 from nexus.api.schemas import ErrorOut
 
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
@@ -40,7 +40,7 @@ def create_app(
     )
     app.state.services = services
     errors.install(app)
-    for module in (health, vms, guest, assets, firecracker, settings, admin):
+    for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces):
         app.include_router(module.router)
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
         if endpoint is not None:

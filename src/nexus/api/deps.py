@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from nexus.services import AssetService, NetworkService, SettingsService, VmService
+from nexus.services import AssetService, DriveService, NetworkService, SettingsService, SnapshotService, VmService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 
@@ -21,6 +21,8 @@ class Services:
     guest: GuestService
     firecracker: FirecrackerService
     network: NetworkService
+    drives: DriveService
+    snapshots: SnapshotService
 
 
 async def services(request: Request) -> Services:
@@ -44,3 +46,5 @@ Assets = Annotated[AssetService, Depends(_one("assets"))]
 Guest = Annotated[GuestService, Depends(_one("guest"))]
 Firecracker = Annotated[FirecrackerService, Depends(_one("firecracker"))]
 Network = Annotated[NetworkService, Depends(_one("network"))]
+Drives = Annotated[DriveService, Depends(_one("drives"))]
+Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]

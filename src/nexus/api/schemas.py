@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nexus.domain import Image, Kernel, NetInfo, Role, StateChange, Vm, VmState
+from nexus.domain import Drive, DriveKind, Image, Kernel, NetInfo, Role, Snapshot, StateChange, Vm, VmState
 from nexus.services import CleanupReport, Setting
 
 
@@ -128,11 +128,17 @@ class DriverOut(BaseModel):
     reason: str
 
 
+class StorageOut(BaseModel):
+    name: str = Field(description="btrfs, reflink or copy")
+    reason: str
+
+
 class HealthOut(BaseModel):
     status: str
     version: str
     vms: int
     driver: DriverOut
+    storage: StorageOut
 
 
 class ErrorDetail(BaseModel):
@@ -228,3 +234,79 @@ class CleanupOut(BaseModel):
 
 class SetupFirewallOut(BaseModel):
     done: list[str]
+
+
+class DriveCreate(Strict):
+    name: str = Field(description="unique name: ^[a-z0-9][a-z0-9-]{0,62}$")
+    image: str | None = Field(default=None, description="copy this image (give image or size_mib)")
+    size_mib: int | None = Field(default=None, description="an empty ext4 drive of this size, 16..1048576")
+
+
+class DriveAttach(Strict):
+    vm: str = Field(description="VM name or id (the VM must be stopped)")
+    mount: str | None = Field(default=None, description="where the agent mounts it at boot, e.g. /data")
+
+
+class DriveResize(Strict):
+    size_mib: int = Field(description="the new size; drives only grow")
+
+
+class DriveOut(BaseModel):
+    id: str
+    name: str
+    kind: DriveKind
+    size_mib: int
+    vm_id: str | None
+    mount_path: str | None
+    image: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, drive: Drive) -> DriveOut:
+        return cls(
+            id=drive.id,
+            name=drive.name,
+            kind=drive.kind,
+            size_mib=drive.size_mib,
+            vm_id=drive.vm_id,
+            mount_path=drive.mount_path,
+            image=drive.image,
+            created_at=drive.created_at,
+        )
+
+
+class SnapshotCreate(Strict):
+    name: str | None = Field(default=None, description="default: snap-<UTC time>")
+
+
+class SnapshotDriveOut(BaseModel):
+    drive_id: str
+    drive_name: str
+    kind: DriveKind
+    mount_path: str | None
+
+
+class SnapshotOut(BaseModel):
+    id: str
+    vm_id: str
+    name: str
+    created_at: datetime
+    drives: list[SnapshotDriveOut]
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> SnapshotOut:
+        return cls(
+            id=snapshot.id,
+            vm_id=snapshot.vm_id,
+            name=snapshot.name,
+            created_at=snapshot.created_at,
+            drives=[
+                SnapshotDriveOut(drive_id=d.drive_id, drive_name=d.drive_name, kind=d.kind, mount_path=d.mount_path)
+                for d in snapshot.drives
+            ],
+        )
+
+
+class VmClone(Strict):
+    name: str = Field(description="the new VM's name")
+    snapshot: str | None = Field(default=None, description="clone this snapshot instead of the current drives")

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from nexus import __version__
-from nexus.cli import admin, assets, mcp_bridge, settings, vm
+from nexus.cli import admin, assets, mcp_bridge, settings, vm, workspaces
 from nexus.cli.common import client, ctx_of, read_token
 from nexus.cli.errors import ERROR, exit_code_for
 from nexus.cli.output import Ctx, console, emit, fields
@@ -33,6 +33,8 @@ app.add_typer(assets.firecracker_app, name="firecracker")
 app.add_typer(settings.app, name="settings")
 app.add_typer(admin.app, name="admin")
 app.command("setup-firewall")(admin.setup_firewall)
+app.add_typer(workspaces.drive_app, name="drive")
+app.add_typer(workspaces.snapshot_app, name="snapshot")
 
 
 @app.callback()
@@ -60,10 +62,10 @@ def root(
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Show whether nexusd is up, its version, VM count and VMM driver."""
+    """Show whether nexusd is up, its version, VM count, VMM driver and storage backend."""
     with client(ctx) as c:
         health = c.health()
-    driver = health["driver"]
+    driver, storage = health["driver"], health["storage"]
     emit(
         ctx_of(ctx),
         health,
@@ -72,6 +74,7 @@ def status(ctx: typer.Context) -> None:
                 ("nexusd", f"{h['status']} (version {h['version']})"),
                 ("vms", h["vms"]),
                 ("vmm", f"{driver['name'] or 'none'} ({driver['reason']})"),
+                ("storage", f"{storage['name']} ({storage['reason']})"),
             ]
         ),
     )

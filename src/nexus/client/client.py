@@ -243,6 +243,60 @@ class NexusClient:
         result: dict[str, Any] = self.request("POST", f"/v1/vms/{_seg(ref)}/tools/{_seg(name)}", json=arguments)
         return result
 
+    # -- drives and snapshots
+    def list_drives(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/drives")
+        return result
+
+    def create_drive(self, name: str, image: str | None = None, size_mib: int | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in (("name", name), ("image", image), ("size_mib", size_mib)) if v is not None}
+        result: dict[str, Any] = self.request("POST", "/v1/drives", json=body)
+        return result
+
+    def get_drive(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/drives/{_seg(ref)}")
+        return result
+
+    def attach_drive(self, ref: str, vm: str, mount: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/drives/{_seg(ref)}/attach", json={"vm": vm, "mount": mount})
+        return result
+
+    def detach_drive(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/drives/{_seg(ref)}/detach")
+        return result
+
+    def resize_drive(self, ref: str, size_mib: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/drives/{_seg(ref)}/resize", json={"size_mib": size_mib})
+        return result
+
+    def remove_drive(self, ref: str) -> None:
+        self.request("DELETE", f"/v1/drives/{_seg(ref)}")
+
+    def list_snapshots(self, ref: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", f"/v1/vms/{_seg(ref)}/snapshots")
+        return result
+
+    def create_snapshot(self, ref: str, name: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/vms/{_seg(ref)}/snapshots", json={"name": name})
+        return result
+
+    def rollback(self, ref: str, name: str, restart: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST",
+            f"/v1/vms/{_seg(ref)}/snapshots/{_seg(name)}/rollback",
+            params={"restart": True} if restart else None,
+        )
+        return result
+
+    def remove_snapshot(self, ref: str, name: str) -> None:
+        self.request("DELETE", f"/v1/vms/{_seg(ref)}/snapshots/{_seg(name)}")
+
+    def clone_vm(self, ref: str, name: str, snapshot: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/vms/{_seg(ref)}/clone", json={"name": name, "snapshot": snapshot}
+        )
+        return result
+
     # -- settings
     def list_settings(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", "/v1/settings")

@@ -18,6 +18,7 @@ from nexus.domain import NexusError
 from nexus.mcp import McpEndpoints
 from nexus.services import SettingsService
 from nexus.store import SettingsRepo, open_database
+from nexus.workspaces import probe_backend
 
 log = logging.getLogger("nexusd")
 
@@ -46,26 +47,29 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
     try:
         vmm = SettingsService(SettingsRepo(conn)).str_value("vmm")
         driver, driver_reason = choose_driver(vmm, layout, config.firecracker_binary, config.jailer())
-        services, runtime = wire(conn, layout, driver, driver_reason, config.timeouts, config.network)
+        storage = probe_backend(layout.state_dir)
+        services, runtime = wire(conn, layout, driver, driver_reason, storage, config.timeouts, config.network)
         services.vms.reconcile()
+        services.drives.recover()
         if config.network:
             try:
                 await services.network.restore()
             except NexusError as exc:  # VMs without network still work; a networked start will say why not
                 log.warning("could not restore networking: %s", exc.message)
-        mcp = McpEndpoints(services.vms, services.guest, services.network)
+        mcp = McpEndpoints(services.vms, services.guest, services.network, services.drives, services.snapshots)
         app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
         sockets = [server.bind_unix(config.socket, config.socket_mode)]
         try:
             if tcp is not None:
                 sockets.append(server.bind_tcp(*tcp))
             log.info(
-                "nexusd %s serving on %s%s (state %s; %s)",
+                "nexusd %s serving on %s%s (state %s; %s; storage %s)",
                 __version__,
                 config.socket,
                 f" and tcp {tcp[0]}:{tcp[1]}" if tcp else "",
                 layout.state_dir,
                 driver_reason,
+                storage.reason,
             )
             async with mcp.running():  # the MCP sessions' task group: up before serving, closed at shutdown
                 await server.serve(app, sockets, on_exit=mcp.stop)

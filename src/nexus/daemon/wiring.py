@@ -1,4 +1,5 @@
-"""Wiring: adapters (SQLite stores, asset sources, a VMM driver) into the services the API serves."""
+"""Wiring: adapters (SQLite stores, asset sources, a VMM driver, a storage backend) into the services the API
+serves."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ import sqlite3
 from nexus.api import Services
 from nexus.assets.firecracker import FirecrackerStore
 from nexus.daemon.adapters import DebianKernels, RootfsImageBuilder
-from nexus.domain import Layout, VmmDriver
+from nexus.domain import Layout, StorageBackend, VmmDriver
 from nexus.net import NetlinkLinks, NftFirewall, host_nameservers, ip_forward_enabled, resolv_conf, setup_host
-from nexus.services import AssetService, NetworkService, RuntimeTimeouts, SettingsService, VmRuntime, VmService
+from nexus.services import (
+    AssetService,
+    DriveService,
+    NetworkService,
+    RuntimeTimeouts,
+    SettingsService,
+    SnapshotService,
+    VmRuntime,
+    VmService,
+)
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
-from nexus.store import ImageRepo, NetRepo, SettingsRepo, VmRepo
+from nexus.store import DriveRepo, ImageRepo, NetRepo, SettingsRepo, SnapshotRepo, VmRepo
 from nexus.vmm.process import kill_orphan
-from nexus.workspaces import clone_file
+from nexus.workspaces.ext4 import format_drive, grow_filesystem
 
 
 def wire(
@@ -22,13 +32,15 @@ def wire(
     layout: Layout,
     driver: VmmDriver | None,
     driver_reason: str,
+    storage: StorageBackend,
     timeouts: RuntimeTimeouts = RuntimeTimeouts(),
     network: bool = True,
 ) -> tuple[Services, VmRuntime]:
     vm_store = VmRepo(conn)
+    images, drive_store, snapshot_store = ImageRepo(conn), DriveRepo(conn), SnapshotRepo(conn)
     settings = SettingsService(SettingsRepo(conn))
     assets = AssetService(
-        DebianKernels(layout.cache_dir), RootfsImageBuilder(layout.cache_dir), ImageRepo(conn), vm_store, layout
+        DebianKernels(layout.cache_dir), RootfsImageBuilder(layout.cache_dir), images, vm_store, layout, storage
     )
     net = NetworkService(
         NetRepo(conn),
@@ -47,7 +59,28 @@ def wire(
 
     runtime = VmRuntime(vm_store, timeouts, on_ready=on_ready, on_exit=net.detach)
     guest = GuestService(vm_store, runtime)
-    vms = VmService(vm_store, settings, layout, driver, runtime, assets, clone_file, kill_orphan, net, driver_reason)
+    drives = DriveService(
+        drive_store,
+        snapshot_store,
+        vm_store,
+        images,
+        storage,
+        layout,
+        format_drive,
+        grow_filesystem,
+        runtime.is_running,
+    )
+    vms = VmService(vm_store, settings, layout, driver, runtime, assets, drives, kill_orphan, net, driver_reason)
+    snapshots = SnapshotService(vms, drives, vm_store, drive_store, snapshot_store, runtime, layout)
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
-    services = Services(vms=vms, settings=settings, assets=assets, guest=guest, firecracker=firecracker, network=net)
+    services = Services(
+        vms=vms,
+        settings=settings,
+        assets=assets,
+        guest=guest,
+        firecracker=firecracker,
+        network=net,
+        drives=drives,
+        snapshots=snapshots,
+    )
     return services, runtime

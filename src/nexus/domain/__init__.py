@@ -11,10 +11,26 @@ from nexus.domain.errors import (
     NotFound,
     Unavailable,
 )
-from nexus.domain.layout import Layout
-from nexus.domain.models import FirecrackerBinary, Image, Kernel, Role, StateChange, Vm, VmFilter, VmSpec, utcnow
+from nexus.domain.layout import DRIVE_FILE, Layout
+from nexus.domain.models import (
+    Drive,
+    DriveKind,
+    FirecrackerBinary,
+    Image,
+    Kernel,
+    Role,
+    Snapshot,
+    SnapshotDrive,
+    StateChange,
+    Vm,
+    VmFilter,
+    VmSpec,
+    utcnow,
+)
 from nexus.domain.network import L4Proto, NetInfo, NetLease, OwnedLink, PortForward, PublishedPort
 from nexus.domain.ports import (
+    DataDrive,
+    DriveStore,
     FirecrackerSource,
     Firewall,
     GuestPort,
@@ -27,6 +43,8 @@ from nexus.domain.ports import (
     NetStore,
     Progress,
     SettingsStore,
+    SnapshotStore,
+    StorageBackend,
     VmmDriver,
     VmProcess,
     VmStore,
@@ -35,10 +53,15 @@ from nexus.domain.settings import SETTINGS, SettingSpec, SettingValue, spec_for
 from nexus.domain.states import TRANSITIONS, VmState, can_transition, check_transition
 
 __all__ = [
+    "DRIVE_FILE",
     "ERRORS_BY_CODE",
     "SETTINGS",
     "TRANSITIONS",
     "Conflict",
+    "DataDrive",
+    "Drive",
+    "DriveKind",
+    "DriveStore",
     "DriverError",
     "FirecrackerBinary",
     "FirecrackerSource",
@@ -70,7 +93,11 @@ __all__ = [
     "SettingSpec",
     "SettingValue",
     "SettingsStore",
+    "Snapshot",
+    "SnapshotDrive",
+    "SnapshotStore",
     "StateChange",
+    "StorageBackend",
     "Unavailable",
     "Vm",
     "VmFilter",

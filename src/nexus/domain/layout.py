@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+DRIVE_FILE = "disk.img"
+
 
 @dataclass(frozen=True, slots=True)
 class Layout:
@@ -35,6 +37,28 @@ class Layout:
     def console_log(self, vm_id: str) -> Path:
         return self.vm_dir(vm_id) / "console.log"
 
-    def root_drive(self, vm_id: str) -> Path:
-        """The VM's own copy-on-write copy of its image, made at its first start."""
+    def legacy_root_drive(self, vm_id: str) -> Path:
+        """Where a VM's root drive lived before drives had volumes of their own (adopted at its next start)."""
         return self.vm_dir(vm_id) / "root.img"
+
+    @property
+    def drives_dir(self) -> Path:
+        return self.state_dir / "drives"
+
+    def drive_volume(self, drive_id: str) -> Path:
+        """One drive's volume: a btrfs subvolume (or a plain directory) holding only its disk file."""
+        return self.drives_dir / drive_id
+
+    def drive_file(self, drive_id: str) -> Path:
+        return self.drive_volume(drive_id) / DRIVE_FILE
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.state_dir / "snapshots"
+
+    def snapshot_dir(self, snapshot_id: str) -> Path:
+        """A plain directory with one read-only volume per drive of the snapshot."""
+        return self.snapshots_dir / snapshot_id
+
+    def snapshot_volume(self, snapshot_id: str, drive_id: str) -> Path:
+        return self.snapshot_dir(snapshot_id) / drive_id

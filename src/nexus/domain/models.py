@@ -1,4 +1,4 @@
-"""Value objects of the domain: VMs, their state history, and settings."""
+"""Value objects of the domain: VMs, their state history, images, kernels, drives and snapshots."""
 
 from __future__ import annotations
 
@@ -122,3 +122,43 @@ class StateChange:
     to_state: VmState
     reason: str
     at: datetime
+
+
+class DriveKind(StrEnum):
+    ROOT = "root"  # a VM's boot disk, made from its image; lives and dies with the VM
+    DATA = "data"  # a named disk of its own; attached to at most one VM, survives it
+
+
+@dataclass(frozen=True, slots=True)
+class Drive:
+    """A raw disk file in its own volume (a btrfs subvolume, or a directory elsewhere)."""
+
+    id: str
+    name: str
+    kind: DriveKind
+    size_mib: int
+    created_at: datetime
+    vm_id: str | None = None  # the VM it is attached to
+    mount_path: str | None = None  # where the agent mounts a data drive at boot (None: not mounted)
+    image: str | None = None  # the image it was made from
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDrive:
+    """One drive as a snapshot holds it."""
+
+    drive_id: str
+    drive_name: str
+    kind: DriveKind
+    mount_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A point-in-time copy of every drive a VM had, taken together."""
+
+    id: str
+    vm_id: str
+    name: str
+    created_at: datetime
+    drives: tuple[SnapshotDrive, ...] = ()

@@ -14,7 +14,16 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Protocol
 
-from nexus.domain.models import FirecrackerBinary, Image, Kernel, StateChange, Vm, VmFilter
+from nexus.domain.models import (
+    Drive,
+    FirecrackerBinary,
+    Image,
+    Kernel,
+    Snapshot,
+    StateChange,
+    Vm,
+    VmFilter,
+)
 from nexus.domain.network import NetLease, OwnedLink, PortForward, PublishedPort
 from nexus.domain.settings import SettingValue
 from nexus.domain.states import VmState
@@ -25,6 +34,17 @@ class GuestPort(StrEnum):
 
     CONTROL = "control"  # hello, heartbeats, nexus/* requests
     MCP = "mcp"  # MCP JSON-RPC: the guest's tools
+
+
+@dataclass(frozen=True, slots=True)
+class DataDrive:
+    """A data drive as a driver attaches it: virtio-blk, its id as the device serial (QEMU ``serial=``,
+    Firecracker's ``drive_id``, which it reports as the virtio-blk device id), so the agent finds it by
+    ``/sys/block/vdX/serial`` and mounts it where ``nexus.mounts`` on the kernel command line says."""
+
+    drive_id: str
+    path: Path
+    read_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +62,7 @@ class LaunchSpec:
     console_log: Path
     runtime_dir: Path  # the driver's sockets and pid files; created by the driver
     cmdline_extra: tuple[str, ...] = ()
+    data_drives: tuple[DataDrive, ...] = ()
     net: NetLease | None = None  # a virtio-net NIC on this lease's TAP (which exists already); None: no network
 
     @property
@@ -238,3 +259,62 @@ class Firewall(Protocol):
     def remove(self) -> bool:
         """Delete the table; False when there was none."""
         ...
+
+
+class StorageBackend(Protocol):
+    """Where drives live: volumes (one directory per drive) that can be cloned writable or read-only.
+
+    btrfs: volumes are subvolumes, a clone is a snapshot (O(1)). reflink: directories, files cloned with
+    FICLONE. copy: directories, files copied sparsely. Every method leaves nothing half-made on failure.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def reason(self) -> str:
+        """Why this backend was chosen, for ``nexusctl status``."""
+        ...
+
+    def create_volume(self, path: Path) -> None:
+        """An empty writable volume at ``path`` (which must not exist)."""
+        ...
+
+    def clone_volume(self, source: Path, dest: Path, readonly: bool) -> None:
+        """``dest`` (which must not exist) as a copy of volume ``source``; ``readonly`` for snapshots."""
+        ...
+
+    def delete_volume(self, path: Path) -> None:
+        """Remove volume ``path`` and what it holds; nothing when it does not exist."""
+        ...
+
+    def copy_file(self, source: Path, dest: Path) -> str:
+        """``dest`` as a copy-on-write copy of ``source`` where possible; returns how it was made."""
+        ...
+
+    def seal_image(self, path: Path) -> Path:
+        """Make a freshly built image file read-only (btrfs: moved into a read-only subvolume of its own);
+        returns where it lives now. On failure the image stays where it was."""
+        ...
+
+    def remove_image(self, path: Path) -> None:
+        """Remove an image ``seal_image`` returned (its subvolume with it)."""
+        ...
+
+
+class DriveStore(Protocol):
+    def insert(self, drive: Drive) -> None: ...
+    def get(self, ref: str) -> Drive: ...
+    def find(self, vm_id: str | None = None) -> list[Drive]: ...
+    def attach(self, drive_id: str, vm_id: str | None, mount_path: str | None) -> None: ...
+    def set_size(self, drive_id: str, size_mib: int) -> None: ...
+    def snapshot_users(self, drive_id: str) -> list[str]: ...
+    def delete(self, drive_id: str) -> None: ...
+
+
+class SnapshotStore(Protocol):
+    def insert(self, snapshot: Snapshot) -> None: ...
+    def get(self, vm_id: str, name: str) -> Snapshot: ...
+    def find(self, vm_id: str) -> list[Snapshot]: ...
+    def exists(self, snapshot_id: str) -> bool: ...
+    def delete(self, snapshot_id: str) -> None: ...

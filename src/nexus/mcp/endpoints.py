@@ -19,10 +19,11 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.types import Receive, Scope, Send
 
+from nexus.mcp import workspace
 from nexus.mcp.guest import guest_server
 from nexus.mcp.manage import manage_server
 from nexus.protocol import INTERNAL_ERROR
-from nexus.services import NetworkService, VmService
+from nexus.services import DriveService, NetworkService, SnapshotService, VmService
 from nexus.services.guest import GuestService
 
 SESSION_IDLE_TIMEOUT_S = 30 * 60.0
@@ -56,9 +57,18 @@ def _manager(server: Server[Any]) -> StreamableHTTPSessionManager:
 
 
 class McpEndpoints:
-    def __init__(self, vms: VmService, guest: GuestService, network: NetworkService) -> None:
-        self.vm = _Endpoint(_manager(guest_server(guest)))
-        self.manage = _Endpoint(_manager(manage_server(vms, guest, network)))
+    def __init__(
+        self,
+        vms: VmService,
+        guest: GuestService,
+        network: NetworkService,
+        drives: DriveService,
+        snapshots: SnapshotService,
+    ) -> None:
+        self.vm = _Endpoint(_manager(guest_server(guest, snapshots)))
+        self.manage = _Endpoint(
+            _manager(manage_server(vms, guest, network, workspace.manage_tools(drives, snapshots, network.info)))
+        )
         self._stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager

@@ -23,7 +23,9 @@ from nexus import __version__
 from nexus.domain import NexusError
 from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, wants_progress, with_progress
+from nexus.mcp.workspace import VM_TOOLS, call_vm_tool, is_vm_tool
 from nexus.protocol import INVALID_REQUEST
+from nexus.services import SnapshotService
 from nexus.services.guest import GuestService
 
 Ctx = ServerRequestContext[Any, Any]
@@ -37,17 +39,22 @@ def _vm_ref(ctx: Ctx) -> str:
     return ref
 
 
-def guest_server(guest: GuestService) -> Server[Any]:
+def guest_server(guest: GuestService, snapshots: SnapshotService | None = None) -> Server[Any]:
+    """With ``snapshots``, nexusd serves its own ``workspace_*`` tools beside the agent's (``nexus.mcp.workspace``)."""
+    host_tools = list(VM_TOOLS) if snapshots is not None else []
+
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         try:
             tools = await guest.list_tools(_vm_ref(ctx))
         except NexusError as exc:
             raise to_mcp_error(exc) from exc
-        return types.ListToolsResult(tools=[types.Tool.model_validate(tool) for tool in tools])
+        return types.ListToolsResult(tools=[*(types.Tool.model_validate(tool) for tool in tools), *host_tools])
 
     async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
         ref = _vm_ref(ctx)
         arguments = dict(params.arguments or {})
+        if snapshots is not None and is_vm_tool(params.name):
+            return await call_vm_tool(snapshots, ref, params.name, arguments)
         try:
             if not wants_progress(ctx):
                 result = await guest.call_tool(ref, params.name, arguments)

@@ -277,8 +277,11 @@ def _result(structured: dict[str, Any], is_error: bool = False, text: str | None
     )
 
 
-def manage_server(vms: VmService, guest: GuestService, network: NetworkService) -> Server[Any]:
-    tools = _Tools(vms, guest, network).table()
+def manage_server(
+    vms: VmService, guest: GuestService, network: NetworkService, extra_tools: dict[str, _Tool] | None = None
+) -> Server[Any]:
+    """``extra_tools``: more tools served beside the VM ones (the workspace tools, ``nexus.mcp.workspace``)."""
+    tools = {**_Tools(vms, guest, network).table(), **(extra_tools or {})}
     listing = types.ListToolsResult(
         tools=[types.Tool(name=name, description=t.description, input_schema=t.schema) for name, t in tools.items()]
     )

@@ -6,6 +6,7 @@ framing and message shapes; it opens nothing and sends nothing.
 
 from __future__ import annotations
 
+from nexus.protocol.drives import FREEZE_METHOD, MOUNTS_ARG, THAW_METHOD, decode_mounts, encode_mounts
 from nexus.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -66,6 +67,7 @@ __all__ = [
     "CONTROL_PORT_NAME",
     "CONTROL_VSOCK_PORT",
     "ECHO_METHOD",
+    "FREEZE_METHOD",
     "HEARTBEAT_METHOD",
     "HELLO_METHOD",
     "HOST_CID",
@@ -82,11 +84,13 @@ __all__ = [
     "MCP_SUPPORTED_PROTOCOL_VERSIONS",
     "MCP_VSOCK_PORT",
     "METHOD_NOT_FOUND",
+    "MOUNTS_ARG",
     "PARSE_ERROR",
     "PING_METHOD",
     "PROGRESS_NOTIFICATION",
     "SERVER_NAME",
     "STREAM_META_KEY",
+    "THAW_METHOD",
     "TOOLS_CALL_METHOD",
     "TOOLS_LIST_METHOD",
     "ErrorObject",
@@ -101,7 +105,9 @@ __all__ = [
     "RequestId",
     "Response",
     "decode_message",
+    "decode_mounts",
     "encode_message",
+    "encode_mounts",
     "error_response",
     "negotiate_protocol_version",
     "notification",

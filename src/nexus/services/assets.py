@@ -8,6 +8,7 @@ the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from nexus.domain import (
     Layout,
     NotFound,
     Progress,
+    StorageBackend,
     Vm,
     VmFilter,
     VmStore,
@@ -56,12 +58,14 @@ class AssetService:
         images: ImageStore,
         vms: VmStore,
         layout: Layout,
+        storage: StorageBackend,
     ) -> None:
         self._kernels = kernels
         self._builder = builder
         self._images = images
         self._vms = vms
         self._layout = layout
+        self._storage = storage
         self._kernel_lock = asyncio.Lock()  # one apt pull at a time
         self._image_lock = asyncio.Lock()
 
@@ -114,10 +118,16 @@ class AssetService:
             raise Conflict(f"an image named {request.name!r} already exists; remove it first")
         async with self._image_lock:
             image = await asyncio.to_thread(self._builder.build, request, self._layout.images_dir, progress)
+            try:
+                sealed = await asyncio.to_thread(self._storage.seal_image, image.path)
+            except BaseException:
+                image.path.unlink(missing_ok=True)
+                raise
+            image = dataclasses.replace(image, path=sealed)
         try:
             self._images.insert(image)
         except Conflict:
-            image.path.unlink(missing_ok=True)
+            self._storage.remove_image(image.path)
             raise
         log.info("image %s built (%d MiB, %s)", image.name, image.size_mib, image.init_system)
         return image
@@ -128,7 +138,7 @@ class AssetService:
         if users:
             raise Conflict(f"image {image.name} is used by VM(s) {', '.join(users)}; remove them first")
         self._images.delete(image.id)
-        image.path.unlink(missing_ok=True)
+        self._storage.remove_image(image.path)
 
     async def image_for(self, name: str, progress: Progress = no_progress) -> Image:
         """The image ``name``; the default base image is built on first use."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus import __version__
-from nexus.channel import ChannelClosed, ChannelError, RpcPeer, connect_peer
+from nexus.channel import ChannelClosed, ChannelError, RemoteError, RpcPeer, connect_peer
 from nexus.domain import (
     Conflict,
     DriverError,
@@ -37,7 +37,7 @@ from nexus.domain import (
     can_transition,
 )
 from nexus.domain.retry import Backoff
-from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, Hello
+from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, METHOD_NOT_FOUND, Hello
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,24 @@ class VmRuntime:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(vm_id) for vm_id in list(self._running)), return_exceptions=True)
+
+    async def agent_request(self, vm_id: str, method: str, params: dict[str, Any], timeout_s: float) -> Any:
+        """One request on the VM's control stream (e.g. nexus/freeze). Unavailable when the link is down or the
+        agent gives no answer in time; the agent's own error is a DriverError with its message."""
+        run = self._require(vm_id)
+        if run.control is None or run.control.closed:
+            raise Unavailable(f"VM {run.name}: its agent's control link is not open")
+        try:
+            return await run.control.call(method, params, timeout_s)
+        except RemoteError as exc:
+            if exc.code == METHOD_NOT_FOUND:
+                raise Unavailable(
+                    f"VM {run.name}: its agent does not know {method} (built before it existed): stop the VM "
+                    "for this, or rebuild its image"
+                ) from exc
+            raise DriverError(f"VM {run.name}: {method}: {exc.message}") from exc
+        except ChannelError as exc:
+            raise Unavailable(f"VM {run.name}: {method}: {exc}") from exc
 
     def mcp(self, vm_id: str) -> RpcPeer:
         """The open MCP link of a ready VM."""

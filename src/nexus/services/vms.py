@@ -5,7 +5,6 @@ The only code that coordinates the store, the settings and the VMM driver. It do
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import shutil
@@ -33,7 +32,9 @@ from nexus.domain import (
     utcnow,
 )
 from nexus.domain.validation import check_mem_mib, check_name, check_tag, check_vcpus
+from nexus.protocol import encode_mounts
 from nexus.services.assets import AssetService, BootFiles
+from nexus.services.drives import DriveService
 from nexus.services.network import NetworkService
 from nexus.services.runtime import VmRuntime
 from nexus.services.settings import SettingsService
@@ -54,7 +55,7 @@ class VmService:
         driver: VmmDriver | None,
         runtime: VmRuntime,
         assets: AssetService,
-        clone_drive: Callable[[Path, Path], object],
+        drives: DriveService,
         kill_orphan: Callable[[int, str, Path], bool],
         network: NetworkService,
         no_driver_reason: str = "no VMM driver available",
@@ -65,7 +66,7 @@ class VmService:
         self._driver = driver
         self._runtime = runtime
         self._assets = assets
-        self._clone_drive = clone_drive
+        self._drives = drives
         self._kill_orphan = kill_orphan
         self._net = network
         self._no_driver_reason = no_driver_reason
@@ -120,6 +121,7 @@ class VmService:
                 raise InvalidState(f"VM {vm.name} is {vm.state}; stop it first or remove it with force")
             await self.stop(vm.id)
         await self._net.detach(vm.id)
+        await self._drives.drop_vm(vm)
         self._repo.delete(vm.id)  # its address lease and published ports go with it
         shutil.rmtree(self._layout.vm_dir(vm.id), ignore_errors=True)
         log.info("vm removed id=%s name=%s", vm.id, vm.name)
@@ -160,11 +162,7 @@ class VmService:
 
     async def _launch(self, vm: Vm, driver: VmmDriver) -> VmProcess:
         files = await self._assets.boot_files(vm)
-        root = self._layout.root_drive(vm.id)
-        if not root.exists():
-            root.parent.mkdir(parents=True, exist_ok=True)
-            method = await asyncio.to_thread(self._clone_drive, files.image.path, root)
-            log.info("vm %s: root drive from image %s (%s)", vm.name, files.image.name, method)
+        drives = await self._drives.boot_drives(vm, files.image)
         net = await self._net.attach(vm.id) if vm.network else None
         try:
             return await driver.launch(
@@ -176,9 +174,11 @@ class VmService:
                     kernel=files.kernel.boot_file,
                     kernel_version=files.kernel.version,
                     initrd=files.initrd,
-                    root_drive=root,
+                    root_drive=drives.root,
                     console_log=self._layout.console_log(vm.id),
                     runtime_dir=self._layout.vm_runtime_dir(vm.id),
+                    cmdline_extra=(encode_mounts(list(drives.mounts)),),
+                    data_drives=drives.data,
                     net=net,
                 )
             )

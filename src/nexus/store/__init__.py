@@ -1,15 +1,18 @@
 """State in SQLite: connection, numbered migrations, repositories."""
 
 from nexus.store.db import connect, latest_version, migrate, migrations, open_database, schema_version
+from nexus.store.drives import DriveRepo, SnapshotRepo
 from nexus.store.images import ImageRepo
 from nexus.store.network import NetRepo
 from nexus.store.settings import SettingsRepo
 from nexus.store.vms import VmRepo
 
 __all__ = [
+    "DriveRepo",
     "ImageRepo",
     "NetRepo",
     "SettingsRepo",
+    "SnapshotRepo",
     "VmRepo",
     "connect",
     "latest_version",

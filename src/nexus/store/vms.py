@@ -167,6 +167,10 @@ class VmRepo:
         )
 
 
+def transaction(conn: sqlite3.Connection) -> _Transaction:
+    return _Transaction(conn)
+
+
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (the connection is in autocommit mode)."""
 

@@ -41,6 +41,17 @@ def clone_file(src: Path, dst: Path) -> CloneMethod:
     return method
 
 
+def sparse_copy_file(src: Path, dst: Path) -> None:
+    """``clone_file`` without trying a reflink: always a sparse copy (the copy backend's one way)."""
+    tmp = dst.with_name(f".{dst.name}.part")
+    try:
+        with src.open("rb") as fin, tmp.open("xb") as fout:
+            _sparse_copy(fin.fileno(), fout.fileno())
+        os.link(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _sparse_copy(fd_in: int, fd_out: int) -> None:
     size = os.fstat(fd_in).st_size
     offset = 0

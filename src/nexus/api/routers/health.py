@@ -1,4 +1,4 @@
-"""/v1/health: is the daemon up, which version, how many VMs, which VMM driver and why."""
+"""/v1/health: is the daemon up, which version, how many VMs, which VMM driver and storage backend and why."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from nexus import __version__
 from nexus.api.deps import ServicesDep
-from nexus.api.schemas import DriverOut, HealthOut
+from nexus.api.schemas import DriverOut, HealthOut, StorageOut
 
 router = APIRouter(tags=["health"])
 
@@ -14,9 +14,11 @@ router = APIRouter(tags=["health"])
 @router.get("/v1/health")
 async def health(svc: ServicesDep) -> HealthOut:
     name, reason = svc.vms.driver_status()
+    storage, storage_reason = svc.drives.storage_status()
     return HealthOut(
         status="ok",
         version=__version__,
         vms=svc.vms.count(),
         driver=DriverOut(name=name, reason=reason),
+        storage=StorageOut(name=storage, reason=storage_reason),
     )

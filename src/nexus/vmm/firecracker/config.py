@@ -122,6 +122,14 @@ def root_drive(path: PurePath, *, read_only: bool = False) -> Drive:
     return Drive(drive_id=ROOT_DRIVE_ID, path=path, is_root_device=True, read_only=read_only)
 
 
+def data_drive(drive_id: str, path: PurePath, read_only: bool = False) -> Drive:
+    """A data drive. Firecracker answers the guest's virtio-blk GET_ID with the ``drive_id``, so the guest reads
+    it as ``/sys/block/vdX/serial`` (QEMU's ``serial=``): the agent finds the disk by it."""
+    if drive_id == ROOT_DRIVE_ID:
+        raise Invalid(f"drive_id {drive_id!r} is the root drive's")
+    return Drive(drive_id=drive_id, path=path, read_only=read_only)
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkInterface:
     """A virtio-net device on an existing host TAP device."""

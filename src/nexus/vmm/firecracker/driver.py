@@ -40,6 +40,7 @@ from nexus.vmm.firecracker.config import (
     NetworkInterface,
     Vsock,
     boot_args,
+    data_drive,
     preboot_requests,
     root_drive,
 )
@@ -124,7 +125,7 @@ def microvm_config(spec: LaunchSpec, files: RuntimeFiles) -> MicroVmConfig:
     return MicroVmConfig(
         machine=MachineConfig(vcpu_count=spec.vcpus, mem_mib=spec.mem_mib),
         boot=BootSource(kernel=spec.kernel, boot_args=args, initrd=spec.initrd),
-        drives=(root_drive(spec.root_drive),),
+        drives=(root_drive(spec.root_drive), *(data_drive(d.drive_id, d.path, d.read_only) for d in spec.data_drives)),
         network=(NetworkInterface(NET_IFACE_ID, net.tap, net.mac),) if net is not None else (),
         vsock=Vsock(guest_cid=GUEST_CID, uds_path=files.inner(files.vsock_socket)),
         logger=Logger(log_path=files.inner(files.log_file), level=LogLevel.INFO),

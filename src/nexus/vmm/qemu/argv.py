@@ -21,6 +21,8 @@ Choices (measured on QEMU 7.2 with the Debian cloud kernel):
 - ``pci=off`` always: microvm has no PCI bus, probing for one only costs time.
 - KVM: ``-cpu host``.
 - ``-no-reboot``: a guest reboot or panic (``panic=-1``) ends the QEMU process instead of looping.
+- Data drives: one ``-drive ...,if=none`` + ``virtio-blk-device`` each after the root drive, with the drive id as
+  the virtio-blk ``serial`` (the agent finds its disks by serial, not by the order the guest kernel names them).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from nexus.domain.errors import Invalid
+from nexus.domain.ports import DataDrive
 
 QEMU_BINARY = "qemu-system-x86_64"
 MACHINE = "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on,acpi=on"
@@ -38,6 +41,7 @@ TCG_CPU = "Nehalem-v1,+rdrand"
 KVM_CPU = "host"
 ROOT_DEVICE = "/dev/vda"
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_SERIAL_RE = re.compile(r"^[A-Za-z0-9_]{1,20}$")  # virtio-blk ids are 20 bytes
 
 
 class Accel(StrEnum):
@@ -84,6 +88,7 @@ class QemuLaunch:
     cmdline_extra: tuple[str, ...] = ()
     name: str | None = None
     cpu: str | None = None  # override the per-accelerator default
+    data_drives: tuple[DataDrive, ...] = ()
     binary: str = QEMU_BINARY
     extra_args: tuple[str, ...] = field(default=())
 
@@ -102,6 +107,12 @@ def _check(spec: QemuLaunch) -> None:
         raise Invalid("a TCG guest needs the host TSC rate (tsc_khz) or its boot may hang")
     if spec.net is not None and not _MAC_RE.match(spec.net.mac):
         raise Invalid(f"bad MAC address {spec.net.mac!r}: want six lower-case hex pairs like 52:54:00:12:34:56")
+    serials = [drive.drive_id for drive in spec.data_drives]
+    for serial in serials:
+        if not _SERIAL_RE.match(serial):
+            raise Invalid(f"drive id {serial!r} must be 1-20 letters, digits or underscores (the virtio-blk serial)")
+    if len(set(serials)) != len(serials):
+        raise Invalid(f"drive ids must be unique, got {serials}")
     names = [port.name for port in spec.ports]
     if len(set(names)) != len(names):
         raise Invalid(f"virtio-serial port names must be unique, got {names}")
@@ -169,6 +180,11 @@ def qemu_argv(spec: QemuLaunch) -> list[str]:
     if spec.root_readonly:
         drive += ",readonly=on"
     argv += ["-drive", drive, "-device", "virtio-blk-device,drive=root"]
+    for data in spec.data_drives:
+        drive = f"id=d{data.drive_id},file={escape_opt(str(data.path))},format=raw,if=none,discard=unmap"
+        if data.read_only:
+            drive += ",readonly=on"
+        argv += ["-drive", drive, "-device", f"virtio-blk-device,drive=d{data.drive_id},serial={data.drive_id}"]
     if spec.ports:
         argv += ["-device", "virtio-serial-device,id=vser0"]
         for index, port in enumerate(spec.ports):

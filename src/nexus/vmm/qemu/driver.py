@@ -127,6 +127,7 @@ class QemuDriver:
                 cmdline_extra=spec.kernel_args,
                 net=NetIface(spec.net.tap, spec.net.mac) if spec.net is not None else None,
                 binary=self._binary,
+                data_drives=spec.data_drives,
             )
         )
 

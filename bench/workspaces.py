@@ -1,0 +1,219 @@
+"""P4: snapshots and clones of running VMs on btrfs, a VM with a 4 GiB data drive against one with a 64 MiB drive,
+in the same run, interleaved.
+
+A btrfs filesystem is made on a loop device for the run (and removed); nexusd keeps its state there. Both VMs run
+(QEMU, TCG here) with their data drive filled with random bytes from the host (4 GiB vs 64 MiB of real extents).
+Timed: ``POST /v1/vms/{ref}/snapshots`` (the whole call: guest sync + freeze, the subvolume snapshots, thaw) and
+``POST /v1/vms/{ref}/clone`` (live, frozen likewise); the same snapshot call once the VMs are stopped (no freeze);
+and the storage step alone (``clone_volume`` of the data drive's volume: one ioctl).
+For contrast, the copy backend's storage step on the host's ordinary filesystem, once per size.
+
+Needs root (loop device, mount). The kernel and the base rootfs come from $NEXUS_BENCH_STATE (default
+/var/tmp/nexus-bench, shared with the vm benchmark); an image with this checkout's agent is built from the cached
+base (about a minute) so that the guest can freeze its filesystems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import nexusd, percentile, print_table
+from nexus.domain import Image
+from nexus.store import ImageRepo, open_database
+from nexus.workspaces import BtrfsBackend, CopyBackend
+
+STATE = Path(os.environ.get("NEXUS_BENCH_STATE", "/var/tmp/nexus-bench"))
+IMAGE = "bench-ws-agent"
+SNAPSHOTS = 10
+CLONES = 3
+SIZES_MIB = {"64 MiB": 64, "4 GiB": 4096}
+CHUNK = 64 << 20
+
+
+@contextlib.contextmanager
+def _btrfs(base: Path, size: str) -> Iterator[Path]:
+    backing, mnt = base / "btrfs.img", base / "mnt"
+    subprocess.run(["truncate", "-s", size, str(backing)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(backing)], check=True, capture_output=True)
+    device = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True)
+    loop = device.stdout.strip()
+    try:
+        mnt.mkdir()
+        subprocess.run(["mount", loop, str(mnt)], check=True)
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def _fresh_image() -> dict[str, Any]:
+    """Kernel pulled and an image with this checkout's agent built, in the shared bench state."""
+    with nexusd(state_dir=STATE) as daemon, _client(daemon.socket) as api:
+        with api.stream("POST", "/v1/kernels/pull", json={"version": None}) as r:
+            r.read()
+        if api.get(f"/v1/images/{IMAGE}").status_code == 200:
+            api.delete(f"/v1/images/{IMAGE}").raise_for_status()
+        with api.stream("POST", "/v1/images", json={"base": "debian-bookworm", "name": IMAGE}) as r:
+            r.read()
+        image: dict[str, Any] = api.get(f"/v1/images/{IMAGE}").raise_for_status().json()
+        return image
+
+
+def _seed(state: Path, image: dict[str, Any]) -> None:
+    (state / "cache").mkdir(parents=True)
+    shutil.copytree(STATE / "cache" / "kernels", state / "cache" / "kernels", symlinks=True)
+    if (STATE / "cache" / "accel.json").exists():
+        shutil.copy2(STATE / "cache" / "accel.json", state / "cache" / "accel.json")
+    (state / "images").mkdir()
+    target = state / "images" / "debian-bookworm.ext4"
+    subprocess.run(["cp", "--sparse=always", image["path"], str(target)], check=True)
+    conn = open_database(state / "nexus.db")
+    try:
+        fields = {k: image[k] for k in ("id", "base", "size_mib", "sha256", "init_system", "agent_version")}
+        built = datetime.fromisoformat(image["built_at"])
+        ImageRepo(conn).insert(Image(name="debian-bookworm", path=target, built_at=built, **fields))
+    finally:
+        conn.close()
+
+
+def _client(socket: Path) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://nexusd", timeout=600)
+
+
+def _fill(path: Path, size_mib: int) -> None:
+    """Random bytes over the whole drive (the guest does not mount it): real extents, not a sparse file."""
+    block = os.urandom(CHUNK)
+    with path.open("r+b") as fh:
+        for offset in range(0, size_mib << 20, CHUNK):
+            fh.seek(offset)
+            fh.write(block[: min(CHUNK, (size_mib << 20) - offset)])
+        os.fsync(fh.fileno())
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def _row(what: str, small: list[float], big: list[float]) -> list[object]:
+    ms, mb = statistics.median(small), statistics.median(big)
+    return [
+        what,
+        f"{ms:.1f}",
+        f"{percentile(small, 90):.1f}",
+        f"{mb:.1f}",
+        f"{percentile(big, 90):.1f}",
+        f"{mb / ms:.2f}",
+    ]
+
+
+def _copy_contrast(work: Path) -> list[object]:
+    """The copy backend's storage step, once per size, on the host's own filesystem."""
+    backend = CopyBackend("bench")
+    times = {}
+    for label, size_mib in SIZES_MIB.items():
+        source, dest = work / f"src-{size_mib}", work / f"dst-{size_mib}"
+        backend.create_volume(source)
+        with (source / "disk.img").open("wb") as fh:
+            fh.truncate(size_mib << 20)
+        _fill(source / "disk.img", size_mib)
+        times[label] = _timed(lambda s=source, d=dest: backend.clone_volume(s, d, readonly=True))
+        backend.delete_volume(dest)
+        backend.delete_volume(source)
+    small, big = times["64 MiB"], times["4 GiB"]
+    return ["storage step, copy backend (1 run)", f"{small:.1f}", "", f"{big:.1f}", "", f"{big / small:.2f}"]
+
+
+def run() -> None:
+    image = _fresh_image()
+    base = Path(tempfile.mkdtemp(prefix="nexus-bench-ws-", dir="/var/tmp"))
+    try:
+        with _btrfs(base, "12G") as mnt:
+            state = mnt / "state"
+            _seed(state, image)
+            with nexusd(state_dir=state) as daemon, _client(daemon.socket) as api:
+                storage = api.get("/v1/health").json()["storage"]
+                if storage["name"] != "btrfs":
+                    raise RuntimeError(f"expected the btrfs backend, got {storage}")
+                vms = {}
+                for label, size_mib in SIZES_MIB.items():
+                    name = f"ws-{size_mib}"
+                    drive = api.post("/v1/drives", json={"name": f"d-{size_mib}", "size_mib": size_mib})
+                    drive_id = drive.raise_for_status().json()["id"]
+                    _fill(state / "drives" / drive_id / "disk.img", size_mib)
+                    api.post("/v1/vms", json={"name": name, "mem_mib": 256}).raise_for_status()
+                    api.post(f"/v1/drives/d-{size_mib}/attach", json={"vm": name}).raise_for_status()
+                    api.post(f"/v1/vms/{name}/start").raise_for_status()
+                    vms[label] = (name, drive_id)
+
+                snap: dict[str, list[float]] = {label: [] for label in SIZES_MIB}
+                step: dict[str, list[float]] = {label: [] for label in SIZES_MIB}
+                clone: dict[str, list[float]] = {label: [] for label in SIZES_MIB}
+                backend = BtrfsBackend("bench")
+                for i in range(SNAPSHOTS):  # interleaved, so load on the shared host hits both alike
+                    for label, (name, drive_id) in vms.items():
+                        snap[label].append(
+                            _timed(
+                                lambda n=name, i=i: api.post(
+                                    f"/v1/vms/{n}/snapshots", json={"name": f"s{i}"}
+                                ).raise_for_status()
+                            )
+                        )
+                        volume, dest = state / "drives" / drive_id, mnt / f"step-{drive_id}-{i}"
+                        step[label].append(_timed(lambda v=volume, d=dest: backend.clone_volume(v, d, readonly=True)))
+                        backend.delete_volume(dest)
+                for i in range(CLONES):
+                    for label, (name, _) in vms.items():
+                        copy = f"{name}-c{i}"
+                        clone[label].append(
+                            _timed(
+                                lambda n=name, c=copy: api.post(
+                                    f"/v1/vms/{n}/clone", json={"name": c}
+                                ).raise_for_status()
+                            )
+                        )
+                        api.delete(f"/v1/vms/{copy}").raise_for_status()
+                        api.delete(f"/v1/drives/{copy}-d-{SIZES_MIB[label]}").raise_for_status()
+                stopped: dict[str, list[float]] = {label: [] for label in SIZES_MIB}
+                for name, _ in vms.values():
+                    api.post(f"/v1/vms/{name}/stop").raise_for_status()
+                for i in range(SNAPSHOTS):  # no guest to freeze: the API call and the subvolume snapshots alone
+                    for label, (name, _) in vms.items():
+                        stopped[label].append(
+                            _timed(
+                                lambda n=name, i=i: api.post(
+                                    f"/v1/vms/{n}/snapshots", json={"name": f"t{i}"}
+                                ).raise_for_status()
+                            )
+                        )
+                rows = [
+                    _row(f"snapshot, running VM ({SNAPSHOTS}x, API call)", snap["64 MiB"], snap["4 GiB"]),
+                    _row(f"snapshot, stopped VM ({SNAPSHOTS}x, API call)", stopped["64 MiB"], stopped["4 GiB"]),
+                    _row(f"clone, running VM ({CLONES}x, API call)", clone["64 MiB"], clone["4 GiB"]),
+                    _row(f"storage step alone, btrfs ({SNAPSHOTS}x)", step["64 MiB"], step["4 GiB"]),
+                ]
+        with tempfile.TemporaryDirectory(prefix="nexus-bench-copy-", dir="/var/tmp") as work:
+            rows.append(_copy_contrast(Path(work)))
+        print_table(
+            f"P4 workspaces on btrfs (loop device), ms; storage: {storage['reason']}",
+            ["operation", "64M med", "64M p90", "4G med", "4G p90", "ratio 4G/64M"],
+            rows,
+        )
+        print("goal: ratio <= 1.2 and snapshot under 20 ms on btrfs")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,92 @@
+"""/v1/drives and /v1/vms/{ref}/snapshots, /v1/vms/{ref}/clone: drives, snapshots and clones. Each handler
+parses, makes one service call, serialises."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from nexus.api.deps import Drives, Network, Snapshots
+from nexus.api.schemas import (
+    DriveAttach,
+    DriveCreate,
+    DriveOut,
+    DriveResize,
+    SnapshotCreate,
+    SnapshotOut,
+    VmClone,
+    VmOut,
+)
+
+router = APIRouter(tags=["workspaces"])
+
+
+@router.get("/v1/drives")
+async def list_drives(drives: Drives) -> list[DriveOut]:
+    return [DriveOut.of(d) for d in drives.find()]
+
+
+@router.post("/v1/drives", status_code=status.HTTP_201_CREATED)
+async def create_drive(body: DriveCreate, drives: Drives) -> DriveOut:
+    return DriveOut.of(await drives.create(body.name, image=body.image, size_mib=body.size_mib))
+
+
+@router.get("/v1/drives/{ref}")
+async def get_drive(ref: str, drives: Drives) -> DriveOut:
+    return DriveOut.of(drives.get(ref))
+
+
+@router.delete("/v1/drives/{ref}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_drive(ref: str, drives: Drives) -> Response:
+    """Refused (409) while the drive is attached or a snapshot holds it; nothing is touched then."""
+    await drives.remove(ref)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/v1/drives/{ref}/attach")
+async def attach_drive(ref: str, body: DriveAttach, drives: Drives) -> DriveOut:
+    return DriveOut.of(drives.attach(ref, body.vm, body.mount))
+
+
+@router.post("/v1/drives/{ref}/detach")
+async def detach_drive(ref: str, drives: Drives) -> DriveOut:
+    return DriveOut.of(drives.detach(ref))
+
+
+@router.post("/v1/drives/{ref}/resize")
+async def resize_drive(ref: str, body: DriveResize, drives: Drives) -> DriveOut:
+    return DriveOut.of(await drives.resize(ref, body.size_mib))
+
+
+@router.get("/v1/vms/{ref}/snapshots")
+async def list_snapshots(ref: str, snapshots: Snapshots) -> list[SnapshotOut]:
+    return [SnapshotOut.of(s) for s in snapshots.find(ref)]
+
+
+@router.post("/v1/vms/{ref}/snapshots", status_code=status.HTTP_201_CREATED)
+async def create_snapshot(ref: str, body: SnapshotCreate, snapshots: Snapshots) -> SnapshotOut:
+    """Snapshot every drive of the VM together; a running VM's filesystems are frozen around it."""
+    return SnapshotOut.of(await snapshots.create(ref, body.name))
+
+
+@router.get("/v1/vms/{ref}/snapshots/{name}")
+async def get_snapshot(ref: str, name: str, snapshots: Snapshots) -> SnapshotOut:
+    return SnapshotOut.of(snapshots.get(ref, name))
+
+
+@router.delete("/v1/vms/{ref}/snapshots/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_snapshot(ref: str, name: str, snapshots: Snapshots) -> Response:
+    await snapshots.remove(ref, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/v1/vms/{ref}/snapshots/{name}/rollback")
+async def rollback_snapshot(ref: str, name: str, snapshots: Snapshots, net: Network, restart: bool = False) -> VmOut:
+    """Needs the VM stopped (409 otherwise), or ``restart=true``: stop, roll back, start."""
+    vm = await snapshots.rollback(ref, name, restart=restart)
+    return VmOut.of(vm, net.info(vm.id))
+
+
+@router.post("/v1/vms/{ref}/clone", status_code=status.HTTP_201_CREATED)
+async def clone_vm(ref: str, body: VmClone, snapshots: Snapshots, net: Network) -> VmOut:
+    vm = await snapshots.clone(ref, body.name, body.snapshot)
+    return VmOut.of(vm, net.info(vm.id))
