@@ -1,10 +1,13 @@
 """Real VMs under QEMU through a real nexusd. One daemon per test session; its state dir persists across
-sessions (``NEXUS_E2E_STATE``, default /var/tmp/nexus-e2e) so the kernel and image are fetched and built once
-per machine, not per run. Each test names its VMs ``e2e-...`` and removes them; leftovers of an interrupted run
-are removed when the session starts."""
+sessions (``NEXUS_E2E_STATE``, default /var/tmp/nexus-e2e) so the kernel and base are fetched once per machine,
+and the image once per version of the guest agent: it is named after a digest of this checkout's agent and
+protocol sources (``AGENT_IMAGE``) and made the default image, so every e2e VM runs the agent under test, never
+one left from an older checkout. Each test names its VMs ``e2e-...`` and removes them; leftovers of an
+interrupted run are removed when the session starts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,10 +20,23 @@ from typing import Any
 import pytest
 
 from nexus.client import NexusClient
-from tests.helpers import Daemon, start_daemon
+from tests.helpers import REPO, Daemon, start_daemon
 
 STATE = Path(os.environ.get("NEXUS_E2E_STATE", "/var/tmp/nexus-e2e"))
 NEXUSCTL = str(Path(sys.executable).parent / "nexusctl")
+AGENT_IMAGE_PREFIX = "e2e-agent-"
+IMAGE_SIZE_MIB = 1024
+
+
+def _agent_digest() -> str:
+    src = REPO / "src" / "nexus"
+    digest = hashlib.sha256()
+    for path in sorted([*(src / "agent").rglob("*.py"), *(src / "protocol").rglob("*.py")]):
+        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+AGENT_IMAGE = AGENT_IMAGE_PREFIX + _agent_digest()
 
 
 def _usable() -> str | None:
@@ -49,9 +65,14 @@ def e2e_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             # Fetch and build once, up front, with generous time: later starts then only boot.
             for _ in client.stream("POST", "/v1/kernels/pull", json={"version": None}):
                 pass
-            if not any(i["name"] == "debian-bookworm" for i in client.list_images()):
-                for _ in client.build_image(base="debian-bookworm", name="debian-bookworm"):
+            images = {i["name"] for i in client.list_images()}
+            if AGENT_IMAGE not in images:
+                for _ in client.build_image(base="debian-bookworm", name=AGENT_IMAGE, size_mib=IMAGE_SIZE_MIB):
                     pass
+            client.set_setting("default_image", AGENT_IMAGE)
+            for stale in images:  # images of older agents: nothing uses them once the leftover VMs are gone
+                if stale.startswith(AGENT_IMAGE_PREFIX) and stale != AGENT_IMAGE:
+                    client.remove_image(stale)
         yield daemon
     finally:
         code = daemon.stop()

@@ -24,7 +24,7 @@ from nexus.domain import Layout
 from nexus.services import SettingsService
 from nexus.store import ImageRepo, SettingsRepo, open_database
 from nexus.vmm.qemu.accel import kvm_device_problem
-from tests.e2e.conftest import STATE
+from tests.e2e.conftest import AGENT_IMAGE, STATE
 from tests.helpers import Daemon, start_daemon
 
 pytestmark = pytest.mark.vm
@@ -65,7 +65,9 @@ def linked_state(base: Path) -> Path:
     try:
         for image in ImageRepo(shared_conn).find():
             ImageRepo(conn).insert(image)
-        SettingsService(SettingsRepo(conn)).set("vmm", "firecracker")
+        settings = SettingsService(SettingsRepo(conn))
+        settings.set("vmm", "firecracker")
+        settings.set("default_image", AGENT_IMAGE)
     finally:
         shared_conn.close()
         conn.close()

@@ -31,12 +31,10 @@ from nexus.client import NexusClient
 from nexus.domain import Image
 from nexus.store import ImageRepo, open_database
 from nexus.workspaces import btrfs
-from tests.e2e.conftest import STATE, nexusctl, nexusctl_json
+from tests.e2e.conftest import AGENT_IMAGE, STATE, nexusctl, nexusctl_json
 from tests.helpers import Daemon, btrfs_mount, start_daemon
 
 pytestmark = pytest.mark.vm
-
-WS_IMAGE = "e2e-ws-agent"
 
 
 def _seed_state(state: Path, image: dict[str, Any]) -> None:
@@ -71,13 +69,9 @@ def _seed_state(state: Path, image: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def ws_image(e2e_daemon: Daemon) -> dict[str, Any]:
-    """An image with this checkout's agent (mounting drives, freezing), built from the cached base once per run."""
-    with NexusClient(e2e_daemon.socket, timeout_s=600) as client:
-        if any(i["name"] == WS_IMAGE for i in client.list_images()):
-            client.remove_image(WS_IMAGE)
-        for _ in client.build_image(base="debian-bookworm", name=WS_IMAGE, size_mib=1024):
-            pass
-        image: dict[str, Any] = client.get_image(WS_IMAGE)
+    """The session's image: this checkout's agent (mounting drives, freezing)."""
+    with NexusClient(e2e_daemon.socket, timeout_s=60) as client:
+        image: dict[str, Any] = client.get_image(AGENT_IMAGE)
         return image
 
 

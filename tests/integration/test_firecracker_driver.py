@@ -119,7 +119,8 @@ def test_jailed_lifecycle_through_nexusd(base: Path) -> None:
             status = Path(f"/proc/{ready['pid']}/status").read_text()
             assert f"Uid:\t{JAILED_UID}\t" in status  # the VMM itself runs unprivileged
             chroot = base / "jail" / "firecracker" / vm["id"]
-            root_drive = daemon.state_dir / "vms" / vm["id"] / "root.img"
+            drive = next(d for d in api.list_drives() if d["name"] == "fc-jailed.root")
+            root_drive = daemon.state_dir / "drives" / drive["id"] / "disk.img"
             assert (chroot / "root" / "root.img").samefile(root_drive)  # a hard link, not a copy
             assert (chroot / "root" / "vmlinux").exists() and (chroot / "root" / "initrd.img").exists()
             assert root_drive.stat().st_uid == JAILED_UID

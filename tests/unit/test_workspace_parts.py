@@ -76,7 +76,7 @@ def test_firecracker_data_drives_validate_against_the_spec(tmp_path: Path) -> No
         cmdline_extra=(encode_mounts([("a1b2c3d4e5f6", "/data")]),),
         data_drives=DRIVES,
     )
-    cfg = microvm_config(launch, RuntimeFiles(tmp_path))
+    cfg = microvm_config(launch, RuntimeFiles.direct(tmp_path))
     assert [(d.drive_id, d.is_root_device, d.read_only) for d in cfg.drives] == [
         ("root", True, False),
         ("a1b2c3d4e5f6", False, False),

@@ -242,8 +242,9 @@ def place_files(
             if f.writable and not copy_writable:
                 raise DriverError(
                     f"cannot hard-link the writable drive {f.source} into {f.target.parent}: they are on different "
-                    "filesystems, and a copy would not keep the VM's writes (put the chroot base on the same "
-                    "filesystem as the drives)"
+                    "filesystems (or btrfs subvolumes), and a copy would not keep the VM's writes (put the chroot "
+                    "base on the same filesystem as the drives; the btrfs storage backend keeps each drive in a "
+                    "subvolume of its own, which the jailer cannot link from)"
                 )
             copy(f.source, f.target)
             done.append((f, Placement.COPIED))
