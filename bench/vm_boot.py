@@ -30,9 +30,11 @@ from typing import Any
 import httpx
 import httpx2
 
+import nexus
 from bench.common import nexusd, percentile, print_table
 from nexus.daemon.adapters import DebianKernels
 from nexus.domain import Kernel, LaunchSpec
+from nexus.images.agentinstall import agent_digest
 from nexus.protocol import LineBuffer, encode_message
 from nexus.vmm.qemu.accel import choose_accel
 from nexus.vmm.qemu.driver import QemuDriver
@@ -41,6 +43,7 @@ from nexus.workspaces import clone_file
 
 STATE = Path(os.environ.get("NEXUS_BENCH_STATE", "/var/tmp/nexus-bench"))
 BOOTS = 5
+AGENT_IMAGE_PREFIX = "bench-agent-"
 CALLS = 200
 WRITE_MIB = 64
 CHUNK = 1024 * 1024
@@ -140,6 +143,20 @@ def _time(fn: Any, n: int) -> list[float]:
     return out
 
 
+def agent_image(api: httpx.Client) -> str:
+    """An image carrying this checkout's agent (built once per agent version, untimed); older ones removed."""
+    name = AGENT_IMAGE_PREFIX + agent_digest(Path(nexus.__file__).parent)
+    names = {i["name"] for i in api.get("/v1/images").json()}
+    if name not in names:
+        with api.stream("POST", "/v1/images", json={"base": "debian-bookworm", "name": name}) as r:
+            r.read()
+        api.get(f"/v1/images/{name}").raise_for_status()
+    for stale in names - {name}:
+        if stale.startswith(AGENT_IMAGE_PREFIX):
+            api.delete(f"/v1/images/{stale}")
+    return name
+
+
 def run() -> None:
     with (
         nexusd(state_dir=STATE) as daemon,
@@ -150,12 +167,13 @@ def run() -> None:
         for vm in api.get("/v1/vms").json():
             if vm["name"].startswith("bench-"):
                 api.delete(f"/v1/vms/{vm['id']}", params={"force": True})
-        api.post("/v1/vms", json={"name": "bench-api", "mem_mib": 512}).raise_for_status()
+        image_name = agent_image(api)
+        api.post("/v1/vms", json={"name": "bench-api", "mem_mib": 512, "image": image_name}).raise_for_status()
         with api.stream("POST", "/v1/vms/bench-api/prepare") as r:  # fetch/build once, untimed
             r.read()
         kernel = DebianKernels(STATE / "cache").get(api.get("/v1/vms/bench-api").json()["kernel"])
         initrd = DebianKernels(STATE / "cache").initrd(kernel)
-        image = Path(api.get("/v1/images/debian-bookworm").json()["path"])
+        image = Path(api.get(f"/v1/images/{image_name}").json()["path"])
 
         raw_boots: list[float] = []
         api_boots: list[float] = []

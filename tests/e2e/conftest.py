@@ -1,13 +1,12 @@
 """Real VMs under QEMU through a real nexusd. One daemon per test session; its state dir persists across
 sessions (``NEXUS_E2E_STATE``, default /var/tmp/nexus-e2e) so the kernel and base are fetched once per machine,
-and the image once per version of the guest agent: it is named after a digest of this checkout's agent and
-protocol sources (``AGENT_IMAGE``) and made the default image, so every e2e VM runs the agent under test, never
+and the image once per version of the guest agent: it is named after a digest of the agent files this checkout
+would install (``AGENT_IMAGE``) and made the default image, so every e2e VM runs the agent under test, never
 one left from an older checkout. Each test names its VMs ``e2e-...`` and removes them; leftovers of an
 interrupted run are removed when the session starts."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from nexus.client import NexusClient
+from nexus.images.agentinstall import agent_digest
 from tests.helpers import REPO, Daemon, start_daemon
 
 STATE = Path(os.environ.get("NEXUS_E2E_STATE", "/var/tmp/nexus-e2e"))
@@ -28,15 +28,7 @@ AGENT_IMAGE_PREFIX = "e2e-agent-"
 IMAGE_SIZE_MIB = 1024
 
 
-def _agent_digest() -> str:
-    src = REPO / "src" / "nexus"
-    digest = hashlib.sha256()
-    for path in sorted([*(src / "agent").rglob("*.py"), *(src / "protocol").rglob("*.py")]):
-        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-AGENT_IMAGE = AGENT_IMAGE_PREFIX + _agent_digest()
+AGENT_IMAGE = AGENT_IMAGE_PREFIX + agent_digest(REPO / "src" / "nexus")
 
 
 def _usable() -> str | None:

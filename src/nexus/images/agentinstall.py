@@ -9,6 +9,7 @@ boot from a fresh disk the compile time. Only ``*.py`` files (and ``py.typed``) 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -59,6 +60,15 @@ def agent_files(agent_src: Path) -> list[tuple[Path, str]]:
             if path.suffix == ".py" or path.name == "py.typed":
                 files.append((path, rel.as_posix()))
     return files
+
+
+def agent_digest(agent_src: Path) -> str:
+    """A short sha256 of every file :func:`install_agent` would copy (names and bytes): which agent an image built
+    from ``agent_src`` now would carry, where ``__version__`` alone does not change with every edit."""
+    digest = hashlib.sha256()
+    for src, rel in agent_files(agent_src):
+        digest.update(rel.encode() + b"\0" + src.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def install_agent(root: Path, agent_src: Path, guest_python_minor: str | None) -> str:
