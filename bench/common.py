@@ -98,3 +98,23 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def loop_btrfs(base: Path, size: str) -> Iterator[Path]:
+    """A fresh btrfs on a loop device (backing file in ``base``), mounted at ``base/mnt``; unmounted and detached
+    however the block ends. Needs root and mkfs.btrfs (the tests use it too, through ``tests.helpers``)."""
+    backing, mnt = base / "btrfs.img", base / "mnt"
+    subprocess.run(["truncate", "-s", size, str(backing)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(backing)], check=True, capture_output=True)
+    loop = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True)
+    device = loop.stdout.strip()
+    try:
+        mnt.mkdir()
+        subprocess.run(["mount", device, str(mnt)], check=True)
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)

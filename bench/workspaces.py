@@ -15,21 +15,20 @@ base (about a minute) so that the guest can freeze its filesystems.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import nexusd, percentile, print_table
+from bench.common import loop_btrfs, nexusd, percentile, print_table
 from nexus.domain import Image
 from nexus.store import ImageRepo, open_database
 from nexus.workspaces import BtrfsBackend, CopyBackend
@@ -40,24 +39,6 @@ SNAPSHOTS = 10
 CLONES = 3
 SIZES_MIB = {"64 MiB": 64, "4 GiB": 4096}
 CHUNK = 64 << 20
-
-
-@contextlib.contextmanager
-def _btrfs(base: Path, size: str) -> Iterator[Path]:
-    backing, mnt = base / "btrfs.img", base / "mnt"
-    subprocess.run(["truncate", "-s", size, str(backing)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", str(backing)], check=True, capture_output=True)
-    device = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True)
-    loop = device.stdout.strip()
-    try:
-        mnt.mkdir()
-        subprocess.run(["mount", loop, str(mnt)], check=True)
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
 
 
 def _fresh_image() -> dict[str, Any]:
@@ -143,7 +124,7 @@ def run() -> None:
     image = _fresh_image()
     base = Path(tempfile.mkdtemp(prefix="nexus-bench-ws-", dir="/var/tmp"))
     try:
-        with _btrfs(base, "12G") as mnt:
+        with loop_btrfs(base, "12G") as mnt:
             state = mnt / "state"
             _seed(state, image)
             with nexusd(state_dir=state) as daemon, _client(daemon.socket) as api:

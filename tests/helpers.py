@@ -114,17 +114,7 @@ def btrfs_mount(base: Path, size: str = "512M") -> Iterator[Path]:
     """A fresh btrfs on a loop device, mounted at ``base/mnt``; unmounted and detached however the test ends."""
     if os.geteuid() != 0 or shutil.which("mkfs.btrfs") is None:
         pytest.skip("a btrfs on a loop device needs root and mkfs.btrfs (apt-get install btrfs-progs)")
-    backing, mnt = base / "btrfs.img", base / "mnt"
-    subprocess.run(["truncate", "-s", size, str(backing)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", str(backing)], check=True, capture_output=True)
-    loop = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True)
-    device = loop.stdout.strip()
-    try:
-        mnt.mkdir()
-        subprocess.run(["mount", device, str(mnt)], check=True)
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
+    from bench.common import loop_btrfs
+
+    with loop_btrfs(base, size) as mnt:
+        yield mnt
