@@ -52,6 +52,19 @@ def _show(value: Any) -> Any:
     return value
 
 
+# Options `vm create` and `vm run` share.
+NewName = Annotated[str, typer.Argument(help="unique name: lowercase letters, digits, '-'")]
+Vcpus = Annotated[int | None, typer.Option(help="vCPUs (1-32; default from settings)")]
+MemMib = Annotated[int | None, typer.Option(help="memory in MiB (64-65536; default from settings)")]
+ImageName = Annotated[str | None, typer.Option(help="image name (default from settings)")]
+Tags = Annotated[list[str] | None, typer.Option(help="tag the VM (repeatable)")]
+Publish = Annotated[
+    list[str] | None,
+    typer.Option("--publish", "-p", help=r"HOSTPORT:GUESTPORT\[/tcp|udp]: the host's port reaches the VM's (repeatable)"),
+]
+NoNetwork = Annotated[bool, typer.Option("--no-network", help="no NIC: the VM is not on the network")]
+
+
 def _vm_fields(vm: dict[str, Any]) -> None:
     fields((key, _show(value)) for key, value in vm.items())
 
@@ -59,20 +72,15 @@ def _vm_fields(vm: dict[str, Any]) -> None:
 @app.command("create")
 def create(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="unique name: lowercase letters, digits, '-'")],
-    vcpus: Annotated[int | None, typer.Option(help="vCPUs (1-32; default from settings)")] = None,
-    mem: Annotated[int | None, typer.Option(help="memory in MiB (64-65536; default from settings)")] = None,
+    name: NewName,
+    vcpus: Vcpus = None,
+    mem: MemMib = None,
     role: Annotated[str | None, typer.Option(help="work, portal or service")] = None,
-    image: Annotated[str | None, typer.Option(help="image name (default from settings)")] = None,
+    image: ImageName = None,
     kernel: Annotated[str | None, typer.Option(help="kernel version or flavour (default from settings)")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="tag the VM (repeatable)")] = None,
-    publish: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--publish", "-p", help="HOSTPORT:GUESTPORT[/tcp|udp]: the host's port reaches the VM's (repeatable)"
-        ),
-    ] = None,
-    no_network: Annotated[bool, typer.Option("--no-network", help="no NIC: the VM is not on the network")] = False,
+    tag: Tags = None,
+    publish: Publish = None,
+    no_network: NoNetwork = False,
 ) -> None:
     """Create a VM (it is not started)."""
     with client(ctx) as c:
@@ -155,18 +163,13 @@ def start(
 @app.command("run")
 def run(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="unique name: lowercase letters, digits, '-'")],
-    image: Annotated[str | None, typer.Option(help="image name (default from settings)")] = None,
-    vcpus: Annotated[int | None, typer.Option(help="vCPUs (1-32; default from settings)")] = None,
-    mem: Annotated[int | None, typer.Option(help="memory in MiB (64-65536; default from settings)")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="tag the VM (repeatable)")] = None,
-    publish: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--publish", "-p", help="HOSTPORT:GUESTPORT[/tcp|udp]: the host's port reaches the VM's (repeatable)"
-        ),
-    ] = None,
-    no_network: Annotated[bool, typer.Option("--no-network", help="no NIC: the VM is not on the network")] = False,
+    name: NewName,
+    image: ImageName = None,
+    vcpus: Vcpus = None,
+    mem: MemMib = None,
+    tag: Tags = None,
+    publish: Publish = None,
+    no_network: NoNetwork = False,
 ) -> None:
     """Create a VM, start it, and wait until its agent is ready."""
     with client(ctx) as c:
