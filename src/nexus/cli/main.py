@@ -51,7 +51,9 @@ def root(
     ] = None,
     token_file: Annotated[
         Path | None,
-        typer.Option(envvar="NEXUS_TOKEN_FILE", help="file holding the bearer token for --url (or the token in $NEXUS_TOKEN)"),
+        typer.Option(
+            envvar="NEXUS_TOKEN_FILE", help="file holding the bearer token for --url (or the token in $NEXUS_TOKEN)"
+        ),
     ] = None,
 ) -> None:
     token = read_token(token_file, os.environ.get("NEXUS_TOKEN"))

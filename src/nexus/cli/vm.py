@@ -60,7 +60,9 @@ ImageName = Annotated[str | None, typer.Option(help="image name (default from se
 Tags = Annotated[list[str] | None, typer.Option(help="tag the VM (repeatable)")]
 Publish = Annotated[
     list[str] | None,
-    typer.Option("--publish", "-p", help=r"HOSTPORT:GUESTPORT\[/tcp|udp]: the host's port reaches the VM's (repeatable)"),
+    typer.Option(
+        "--publish", "-p", help=r"HOSTPORT:GUESTPORT\[/tcp|udp]: the host's port reaches the VM's (repeatable)"
+    ),
 ]
 NoNetwork = Annotated[bool, typer.Option("--no-network", help="no NIC: the VM is not on the network")]
 
