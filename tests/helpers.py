@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import anyio
 import pytest
+from mcp.shared.exceptions import MCPError
 
 T = TypeVar("T")
 
@@ -118,3 +120,27 @@ def btrfs_mount(base: Path, size: str = "512M") -> Iterator[Path]:
 
     with loop_btrfs(base, size) as mnt:
         yield mnt
+
+
+async def call_killing_vmm(client: Any, tool: str, args: dict[str, Any], pid: int, timeout_s: float) -> Any | MCPError:
+    """Call MCP ``tool`` asking for progress, SIGKILL the VMM ``pid`` once the first progress arrives (the tool is
+    running), and return what the call ended with: its result, or the MCPError it raised. Fails the test if the
+    call does not end within ``timeout_s``."""
+    running = anyio.Event()
+
+    async def on_progress(_value: float, _total: float | None, _message: str | None) -> None:
+        running.set()
+
+    async def kill_when_running() -> None:
+        await running.wait()
+        os.kill(pid, signal.SIGKILL)
+
+    outcome: Any | MCPError = None
+    with anyio.fail_after(timeout_s):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_when_running)
+            try:
+                outcome = await client.call_tool(tool, args, progress_callback=on_progress)
+            except MCPError as exc:
+                outcome = exc
+    return outcome

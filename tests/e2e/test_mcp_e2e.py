@@ -6,7 +6,6 @@ daemon keeps serving) and its endpoint refusing calls once it is not ready. One 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 
 from nexus.mcp.errors import INVALID_STATE
 from tests.e2e.conftest import nexusctl
-from tests.helpers import Daemon
+from tests.helpers import Daemon, call_killing_vmm
 
 pytestmark = pytest.mark.vm
 
@@ -94,28 +93,11 @@ def test_a_vm_over_mcp_only(e2e_daemon: Daemon) -> None:
             assert (await ok(manage, "vm_logs", {"vm": VM, "tail": 200}))["lines"]
 
             # Killed in the middle of a call: the call ends with an error at once, the daemon keeps serving.
-            pid = inspected["pid"]
-            running = anyio.Event()
-
-            async def on_progress(_value: float, _total: float | None, _message: str | None) -> None:
-                running.set()
-
-            async def kill_when_running() -> None:
-                await running.wait()
-                os.kill(pid, signal.SIGKILL)
-
-            outcome: dict[str, Any] = {}
             async with http_client(e2e_daemon, f"/v1/vms/{VM}/mcp") as guest:
-                with anyio.fail_after(60):
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(kill_when_running)
-                        try:
-                            outcome["result"] = await guest.call_tool(
-                                "run_command", {"command": "echo up; sleep 120"}, progress_callback=on_progress
-                            )
-                        except MCPError as exc:
-                            outcome["error"] = exc
-                assert "error" in outcome or outcome["result"].is_error is True, outcome
+                outcome = await call_killing_vmm(
+                    guest, "run_command", {"command": "echo up; sleep 120"}, inspected["pid"], timeout_s=60
+                )
+                assert isinstance(outcome, MCPError) or outcome.is_error is True, outcome
                 for _ in range(100):  # the exit watcher records the crash a moment after the call failed
                     if (await ok(manage, "vm_inspect", {"vm": VM}))["state"] == "crashed":
                         break

@@ -3,9 +3,7 @@ socket; the VMs are the fake Firecracker's (a real agent, no kernel booted)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 
 from nexus.protocol import INVALID_PARAMS
 from tests.fakes.firecracker_host import firecracker_daemon
-from tests.helpers import Daemon
+from tests.helpers import Daemon, call_killing_vmm
 from tests.integration.test_mcp_vm import pytestmark  # noqa: F401  (the same skips)
 
 TOOLS = {"vm_list", "vm_create", "vm_start", "vm_stop", "vm_rm", "vm_inspect", "vm_logs", "vm_exec"}
@@ -145,23 +143,9 @@ def test_vm_killed_during_exec_is_an_error_not_a_hang(daemon: Daemon) -> None:
         async with manage_client(daemon) as client:
             await _ok(client, "vm_create", {"name": "mg-doomed", "mem_mib": 256})
             pid = (await _ok(client, "vm_start", {"vm": "mg-doomed"}))["pid"]
-            started = anyio.Event()
-
-            async def on_progress(_value: float, _total: float | None, _message: str | None) -> None:
-                started.set()
-
-            async def kill_when_running() -> None:
-                await started.wait()
-                os.kill(pid, signal.SIGKILL)
-
-            outcome: dict[str, Any] = {}
-            with anyio.fail_after(20):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(kill_when_running)
-                    outcome["result"] = await client.call_tool(
-                        "vm_exec", {"vm": "mg-doomed", "command": "echo up; sleep 60"}, progress_callback=on_progress
-                    )
-            result = outcome["result"]
+            result = await call_killing_vmm(
+                client, "vm_exec", {"vm": "mg-doomed", "command": "echo up; sleep 60"}, pid, timeout_s=20
+            )
             assert result.is_error is True and result.structured_content["error"]["code"] == "unavailable"
             assert (await _ok(client, "vm_list", {}))["vms"][0]["name"] == "mg-doomed"  # still serving
 

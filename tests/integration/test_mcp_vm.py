@@ -11,12 +11,10 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
@@ -31,7 +29,7 @@ from nexus.mcp.endpoints import MAX_REQUEST_BODY_BYTES
 from nexus.mcp.errors import INVALID_STATE, NOT_FOUND, UNAVAILABLE
 from tests.fakes.firecracker_host import _busybox, firecracker_daemon
 from tests.fakes.firecracker_spec import SPEC_MISSING, load_spec
-from tests.helpers import Daemon
+from tests.helpers import Daemon, call_killing_vmm
 
 pytestmark = [
     pytest.mark.skipif(load_spec() is None, reason=SPEC_MISSING),
@@ -204,26 +202,8 @@ def test_vm_killed_during_a_call_is_an_error_not_a_hang(daemon: Daemon) -> None:
 
     async def scenario() -> None:
         async with mcp_client(daemon, "mcp-doomed") as client:
-            started = anyio.Event()
-
-            async def on_progress(_value: float, _total: float | None, _message: str | None) -> None:
-                started.set()
-
-            async def kill_when_running() -> None:
-                await started.wait()
-                os.kill(pid, signal.SIGKILL)
-
-            outcome: dict[str, Any] = {}
-            with anyio.fail_after(20):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(kill_when_running)
-                    try:
-                        await client.call_tool(
-                            "run_command", {"command": "echo up; sleep 60"}, progress_callback=on_progress
-                        )
-                    except MCPError as exc:
-                        outcome["error"] = exc
-            error = outcome["error"]
+            error = await call_killing_vmm(client, "run_command", {"command": "echo up; sleep 60"}, pid, timeout_s=20)
+            assert isinstance(error, MCPError), error
             assert error.code == UNAVAILABLE and "went away" in error.message
         # The daemon keeps serving the others.
         async with mcp_client(daemon, "mcp-one") as client:
