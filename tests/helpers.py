@@ -68,10 +68,13 @@ def start_daemon(
     state_dir: Path | None = None,
     network: bool = False,
     prefix: tuple[str, ...] = (),
+    stop_vms_on_exit: bool = True,
 ) -> Daemon:
     """Start a real nexusd with its files under ``base`` (state too, unless ``state_dir``); return once its API
     answers. Without ``network`` it runs with ``--no-network``: a test daemon in the host's own namespace must
-    never make bridges or rules there. ``prefix`` goes before the command (``ip netns exec NS``)."""
+    never make bridges or rules there. ``prefix`` goes before the command (``ip netns exec NS``). A test daemon
+    powers its VMs off when stopped, so no test leaves a VM running, unless ``stop_vms_on_exit`` is False (live
+    restore tests, which stop their VMs themselves)."""
     from nexus.client import NexusClient
 
     state, run, sock, log = state_dir or base / "state", base / "run", base / "nexusd.sock", base / "nexusd.log"
@@ -89,6 +92,7 @@ def start_daemon(
                 "--socket",
                 str(sock),
                 *(() if network else ("--no-network",)),
+                *(("--stop-vms-on-exit",) if stop_vms_on_exit else ()),
                 *extra,
             ],
             stdout=fh,

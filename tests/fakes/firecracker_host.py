@@ -91,7 +91,11 @@ def prepare_state(base: Path) -> Path:
 
 
 def firecracker_daemon(
-    base: Path, extra_env: dict[str, str] | None = None, jailer_uid: int | None = None, *extra_args: str
+    base: Path,
+    extra_env: dict[str, str] | None = None,
+    jailer_uid: int | None = None,
+    *extra_args: str,
+    stop_vms_on_exit: bool = True,
 ) -> Daemon:
     """nexusd with the fake firecracker as its binary; with ``jailer_uid``, run through the fake jailer as that uid
     (chroot base ``base/jail``). A second daemon on the same ``base`` reuses the state dir."""
@@ -112,7 +116,9 @@ def firecracker_daemon(
             f'jailer_chroot_base = "{base / "jail"}"',
         ]
     config.write_text("\n".join(lines) + "\n")
-    return start_daemon(base, "--config", str(config), *extra_args, env=env, state_dir=state)
+    return start_daemon(
+        base, "--config", str(config), *extra_args, env=env, state_dir=state, stop_vms_on_exit=stop_vms_on_exit
+    )
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -33,7 +33,7 @@ from nexus.daemon.drivers import (
     firecracker_binary,
     kvm_runs_guests,
 )
-from nexus.domain import DriverError, GuestPort, LaunchSpec, Layout
+from nexus.domain import DriverError, GuestPort, LaunchSpec, Layout, VmmGone, VmmRecord, VmProcess
 from nexus.vmm.firecracker import FirecrackerDriver, JailerOptions
 from tests.fakes.firecracker import FAULTS_ENV, write_fake_binary
 from tests.fakes.firecracker_host import (
@@ -143,31 +143,76 @@ def test_jailed_lifecycle_through_nexusd(base: Path) -> None:
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
 
 
-def test_jailed_orphan_is_killed_and_its_chroot_removed_at_restart(base: Path) -> None:
-    """A jailed Firecracker only sees its chroot, so its argv names no runtime dir: the orphan is found by the
-    ``--id=`` the jailer gave it, and the chroot it leaves is the driver's to remove."""
+def test_jailed_vm_is_adopted_by_the_next_daemon(base: Path) -> None:
+    """nexusd killed hard: its jailed Firecracker runs on; the next nexusd proves the pid is that VM's VMM (start
+    time, and the ``--id=`` the jailer gave it, since a jailed argv names no runtime dir), listens for the agent
+    again (as the jailed uid), and the VM is ready with the same pid; a stop then powers it off gracefully."""
     base.chmod(0o711)
     daemon = firecracker_daemon(base, jailer_uid=JAILED_UID)
     pid = 0
     try:
         with NexusClient(daemon.socket, timeout_s=60) as api:
-            vm = api.create_vm(name="fc-orphan")
-            pid = api.start_vm("fc-orphan")["pid"]
+            vm = api.create_vm(name="fc-adopt")
+            pid = api.start_vm("fc-adopt")["pid"]
         daemon.proc.kill()  # the daemon dies; its VM keeps running
         daemon.proc.wait()
         assert Path(f"/proc/{pid}").exists()
+        chroot = base / "jail" / "firecracker" / vm["id"]
         daemon = firecracker_daemon(base, jailer_uid=JAILED_UID)
         with NexusClient(daemon.socket, timeout_s=60) as api:
-            after = api.get_vm("fc-orphan")
-            assert after["state"] == "crashed"
-            assert "killed the VM's orphaned VMM" in api.vm_history("fc-orphan")[-1]["reason"]
-        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 5, "the orphan to be gone")
-        assert not (base / "jail" / "firecracker" / vm["id"]).exists()
+            wait_until(lambda: api.get_vm("fc-adopt")["state"] == "ready", 20, "the adopted VM to be ready")
+            assert api.get_vm("fc-adopt")["pid"] == pid
+            reasons = [h["reason"] for h in api.vm_history("fc-adopt")]
+            assert f"nexusd restarted; re-attaching to VMM pid {pid}" in reasons
+            assert (chroot / "root" / "vsock.sock_1024").stat().st_uid == JAILED_UID
+            result = api.call_tool("fc-adopt", "run_command", {"command": ["id", "-u"]})
+            assert result["structuredContent"]["stdout"] == f"{JAILED_UID}\n"
+            stopped = api.stop_vm("fc-adopt")
+            assert stopped["state"] == "stopped"
+            assert "powered off" in api.vm_history("fc-adopt")[-1]["reason"]
+        wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 5, "the VMM to be gone")
+        assert not chroot.exists()
     finally:
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def test_sigterm_leaves_vms_running_and_a_vmm_dead_meanwhile_is_crashed(base: Path) -> None:
+    daemon = firecracker_daemon(base, stop_vms_on_exit=False)
+    pid = 0
+    try:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            vm = api.create_vm(name="fc-left")
+            pid = api.start_vm("fc-left")["pid"]
+        assert daemon.stop() == 0
+        assert "left 1 VM(s) running for the next nexusd: fc-left" in daemon.log_text()
+        assert Path(f"/proc/{pid}").exists() and not _zombie(pid)
+        runtime = daemon.runtime_dir / "vms" / vm["id"]
+        assert runtime.exists()  # its sockets are the next nexusd's way back in
+        os.kill(pid, signal.SIGKILL)  # dies while no nexusd watches
+        wait_until(lambda: _zombie(pid) or not Path(f"/proc/{pid}").exists(), 5, "the VMM to die")
+        daemon = firecracker_daemon(base, stop_vms_on_exit=False)
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            after = api.get_vm("fc-left")
+            assert (after["state"], after["pid"]) == ("crashed", None)
+            reason = api.vm_history("fc-left")[-1]["reason"]
+            assert reason.startswith("VMM exited while nexusd was down"), reason
+        assert not runtime.exists()
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def _zombie(pid: int) -> bool:
+    """Exited, and not reaped by its parent (here the orphaned VMM's new parent reaps nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 def test_instance_start_fault_fails_the_vm(base: Path) -> None:
@@ -207,19 +252,36 @@ def test_driver_kill_leaves_no_guest_behind(base: Path) -> None:
         cmdline_extra=("quiet",),
     )
 
+    async def hello(process: VmProcess) -> None:
+        reader, writer = await process.connect(GuestPort.CONTROL)
+        first = b""
+        while not first.strip():
+            first = await asyncio.wait_for(reader.readline(), 10)
+        assert b"nexus/hello" in first
+        writer.close()
+
     async def scenario() -> None:
-        process = await FirecrackerDriver(str(write_fake_binary(base))).launch(spec)
+        records: list[VmmRecord] = []
+        process = await FirecrackerDriver(str(write_fake_binary(base))).launch(spec, records.append)
         try:
-            reader, writer = await process.connect(GuestPort.CONTROL)
-            first = b""
-            while not first.strip():
-                first = await asyncio.wait_for(reader.readline(), 10)
-            assert b"nexus/hello" in first
-            writer.close()
+            assert records == [process.record] and records[0].start_time > 0
+            await hello(process)
             agents = processes_mentioning(str(spec.runtime_dir / "vsock.sock"))
             assert len(agents) == 1  # the agent (the fake names only the API socket)
+            await process.detach()  # as nexusd does on exit: the VMM runs on, its files stay
+            assert Path(f"/proc/{process.pid}").exists() and (spec.runtime_dir / "api.sock").exists()
+
+            other = FirecrackerDriver("firecracker")  # adoption needs no binary: the record says where it all is
+            with pytest.raises(VmmGone, match="another process"):
+                await other.adopt("abc123", "direct", replace(records[0], start_time=records[0].start_time + 1))
+            with pytest.raises(VmmGone, match="does not run this VM"):
+                await other.adopt(
+                    "ffffff", "direct", replace(records[0], detail={**records[0].detail, "runtime_dir": "/x"})
+                )
+            process = await other.adopt("abc123", "direct", records[0])
+            await hello(process)  # the agent redialled the new listener and said hello again
         finally:
-            assert await process.kill() == -signal.SIGKILL
+            assert (await process.kill()).code in (-signal.SIGKILL, None)
         wait_until(lambda: processes_mentioning(str(spec.runtime_dir)) == [], 5, "the agent to die")
         assert not spec.runtime_dir.exists()
 
@@ -233,7 +295,7 @@ def test_not_elf_kernel_is_refused(base: Path) -> None:
 
     async def scenario() -> None:
         with pytest.raises(DriverError, match="ELF vmlinux"):
-            await FirecrackerDriver(str(write_fake_binary(base))).launch(spec)
+            await FirecrackerDriver(str(write_fake_binary(base))).launch(spec, lambda _: None)
 
     asyncio.run(scenario())
     assert not (base / "run" / "x").exists()

@@ -13,7 +13,18 @@ from typing import Any
 import pytest
 
 from nexus.channel import ChannelClosed, RpcPeer
-from nexus.domain import DriverError, GuestPort, InvalidState, Role, Unavailable, Vm, VmState, utcnow
+from nexus.domain import (
+    DriverError,
+    ExitStatus,
+    GuestPort,
+    InvalidState,
+    Role,
+    Unavailable,
+    Vm,
+    VmmRecord,
+    VmState,
+    utcnow,
+)
 from nexus.services import RuntimeTimeouts, VmRuntime
 from nexus.store import VmRepo, connect, migrate
 
@@ -26,19 +37,24 @@ class FakeProcess:
     def __init__(self) -> None:
         self.pid = 4242
         self.accel = "tcg"
-        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.record = VmmRecord(self.pid, 1, "fake", "tcg")
+        self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         self.guest: dict[GuestPort, asyncio.Queue[socket.socket]] = {p: asyncio.Queue() for p in GuestPort}
         self.killed = False
         self.powered_off = False
         self.paused = False
+        self.detached = False
         self.mcp_ends: list[GuestEnd] = []
 
     @property
-    def returncode(self) -> int | None:
+    def exit_status(self) -> ExitStatus | None:
         return self._exit.result() if self._exit.done() else None
 
-    async def wait(self) -> int:
+    async def wait(self) -> ExitStatus:
         return await asyncio.shield(self._exit)
+
+    async def detach(self) -> None:
+        self.detached = True
 
     async def connect(self, port: GuestPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host, guest = socket.socketpair()
@@ -47,12 +63,12 @@ class FakeProcess:
 
     def exit(self, code: int) -> None:
         if not self._exit.done():
-            self._exit.set_result(code)
+            self._exit.set_result(ExitStatus(code))
 
-    async def shutdown(self, timeout_s: float) -> int:
+    async def shutdown(self, timeout_s: float) -> ExitStatus:
         self.powered_off = True
         self.exit(0)
-        return 0
+        return ExitStatus(0)
 
     async def pause(self) -> None:
         self.paused = True
@@ -60,10 +76,10 @@ class FakeProcess:
     async def resume(self) -> None:
         self.paused = False
 
-    async def kill(self) -> int:
+    async def kill(self) -> ExitStatus:
         self.killed = True
         self.exit(-9)
-        return -9
+        return ExitStatus(-9)
 
 
 class GuestEnd:
@@ -142,10 +158,11 @@ async def test_hello_makes_ready_and_silence_unreachable(env: tuple[VmRuntime, V
     assert repo.get(vm.id).state is VmState.READY
     await _state_becomes(repo, vm, VmState.UNREACHABLE, 3)
     await control.send({"jsonrpc": "2.0", "method": "nexus/heartbeat", "params": {"seq": 1, "uptime_s": 1.0}})
+    await _serve_next_mcp(process)  # ready again once the MCP link is open again
     await _state_becomes(repo, vm, VmState.READY, 1)
     reasons = [c.reason for c in repo.history(vm.id)]
     assert any("no heartbeat" in r for r in reasons)
-    assert reasons[-1] == "heartbeats resumed"
+    assert reasons[-1].startswith("agent t ready")
 
 
 async def test_no_hello_in_time_fails_and_kills(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:

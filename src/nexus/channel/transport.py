@@ -20,7 +20,7 @@ async def connect_peer(
     """An ``RpcPeer`` on ``port`` of the guest run by ``process``; ChannelError after ``timeout_s``."""
 
     def exited() -> ChannelError | None:
-        if process.returncode is None:
+        if process.exit_status is None:
             return None
         return ChannelError(f"{vm_name}: the VMM exited before its {port} port opened")
 

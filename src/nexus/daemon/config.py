@@ -31,6 +31,8 @@ class Config:
     jailer_gid: int | None = None
     jailer_chroot_base: Path = DEFAULT_CHROOT_BASE  # on the state dir's filesystem: drives are hard-linked in
     network: bool = True  # VMs get a NIC on nexusd's bridge by default; false: no bridge, TAP or rule is made
+    ip_forward: bool = True  # turn IPv4 forwarding on when a VM needs a way out; false: the operator decides
+    stop_vms_on_exit: bool = False  # on SIGTERM/SIGINT power VMs off; by default they run on (live restore)
 
     @property
     def layout(self) -> Layout:
@@ -85,6 +87,7 @@ _PATH_KEYS = {
     "jailer_chroot_base",
 }
 _ID_KEYS = {"jailer_uid", "jailer_gid"}
+_BOOL_KEYS = {"network", "ip_forward", "stop_vms_on_exit"}
 
 
 def load(path: Path | None, overrides: dict[str, object]) -> Config:
@@ -121,9 +124,9 @@ def load(path: Path | None, overrides: dict[str, object]) -> Config:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise Invalid(f"{key} must be a positive number of seconds, got {value!r}")
             typed[key] = float(value)
-        elif key == "network":
+        elif key in _BOOL_KEYS:
             if not isinstance(value, bool):
-                raise Invalid(f"network must be true or false, got {value!r}")
+                raise Invalid(f"{key} must be true or false, got {value!r}")
             typed[key] = value
         else:
             typed[key] = value

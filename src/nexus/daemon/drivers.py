@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from nexus.assets.firecracker import FirecrackerStore
-from nexus.domain import LaunchSpec, Layout, NexusError, VmmDriver, VmProcess
+from nexus.domain import LaunchSpec, Layout, NexusError, SpawnHook, VmmDriver, VmmRecord, VmProcess
 from nexus.vmm.firecracker.argv import FIRECRACKER_BINARY
 from nexus.vmm.firecracker.driver import FirecrackerDriver
 from nexus.vmm.firecracker.jailer import JailerOptions
@@ -126,11 +126,14 @@ class _Explained:
     def reason(self) -> str:
         return f"{self._inner.reason} (not firecracker: {self._why_not})"
 
-    async def launch(self, spec: LaunchSpec) -> VmProcess:
-        return await self._inner.launch(spec)
+    async def launch(self, spec: LaunchSpec, on_spawn: SpawnHook) -> VmProcess:
+        return await self._inner.launch(spec, on_spawn)
 
-    def forget(self, vm_id: str) -> None:
-        self._inner.forget(vm_id)
+    async def adopt(self, vm_id: str, name: str, record: VmmRecord) -> VmProcess:
+        return await self._inner.adopt(vm_id, name, record)
+
+    def forget(self, vm_id: str, record: VmmRecord | None) -> None:
+        self._inner.forget(vm_id, record)
 
 
 def choose_driver(

@@ -13,6 +13,7 @@ from nexus.api import create_app
 from nexus.daemon import server
 from nexus.daemon.config import Config, load
 from nexus.daemon.drivers import choose_driver
+from nexus.daemon.statelock import state_dir_lock
 from nexus.daemon.wiring import wire
 from nexus.domain import NexusError
 from nexus.mcp import McpEndpoints
@@ -37,25 +38,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="give VMs no NIC and make no bridge, TAP or firewall rule (config: network = false)",
     )
+    parser.add_argument(
+        "--stop-vms-on-exit",
+        action="store_true",
+        help="power VMs off on SIGTERM/SIGINT instead of leaving them running (config: stop_vms_on_exit = true)",
+    )
     parser.add_argument("--version", action="version", version=f"nexusd {__version__}")
     return parser.parse_args(argv)
 
 
 async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) -> None:
+    with state_dir_lock(config.state_dir):
+        await _run(config, token, tcp)
+
+
+async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None) -> None:
     layout = config.layout
     conn = open_database(layout.database)
     try:
         vmm = SettingsService(SettingsRepo(conn)).str_value("vmm")
         driver, driver_reason = choose_driver(vmm, layout, config.firecracker_binary, config.jailer())
         storage = probe_backend(layout.state_dir)
-        services, runtime = wire(conn, layout, driver, driver_reason, storage, config.timeouts, config.network)
-        services.vms.reconcile()
+        services, runtime = wire(conn, layout, driver, driver_reason, storage, config)
+        await services.vms.recover()
         services.drives.recover()
-        if config.network:
-            try:
-                await services.network.restore()
-            except NexusError as exc:  # VMs without network still work; a networked start will say why not
-                log.warning("could not restore networking: %s", exc.message)
         mcp = McpEndpoints(services.vms, services.guest, services.network, services.drives, services.snapshots)
         app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
         sockets = [server.bind_unix(config.socket, config.socket_mode)]
@@ -77,7 +83,12 @@ async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) ->
             for sock in sockets:
                 sock.close()
             config.socket.unlink(missing_ok=True)
-            await runtime.stop_all()
+            if config.stop_vms_on_exit:
+                await runtime.stop_all()
+            else:
+                left = await runtime.detach_all()
+                if left:
+                    log.info("left %d VM(s) running for the next nexusd: %s", len(left), ", ".join(left))
     finally:
         conn.close()
         log.info("nexusd stopped")
@@ -96,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 "token_file": args.token_file,
                 "log_level": args.log_level,
                 "network": False if args.no_network else None,
+                "stop_vms_on_exit": True if args.stop_vms_on_exit else None,
             },
         )
         logging.basicConfig(

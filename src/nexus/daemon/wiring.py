@@ -8,13 +8,21 @@ import sqlite3
 from nexus.api import Services
 from nexus.assets.firecracker import FirecrackerStore
 from nexus.daemon.adapters import DebianKernels, RootfsImageBuilder
+from nexus.daemon.config import Config
 from nexus.domain import Layout, StorageBackend, VmmDriver
-from nexus.net import NetlinkLinks, NftFirewall, host_nameservers, ip_forward_enabled, resolv_conf, setup_host
+from nexus.net import (
+    NetlinkLinks,
+    NftFirewall,
+    enable_ip_forward,
+    host_nameservers,
+    ip_forward_enabled,
+    resolv_conf,
+    setup_host,
+)
 from nexus.services import (
     AssetService,
     DriveService,
     NetworkService,
-    RuntimeTimeouts,
     SettingsService,
     SnapshotService,
     VmRuntime,
@@ -23,7 +31,9 @@ from nexus.services import (
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.store import DriveRepo, ImageRepo, NetRepo, SettingsRepo, SnapshotRepo, VmRepo
+from nexus.vmm.firecracker.driver import FirecrackerDriver
 from nexus.vmm.process import kill_orphan
+from nexus.vmm.qemu.driver import QemuDriver
 from nexus.workspaces.ext4 import format_drive, grow_filesystem
 
 
@@ -33,8 +43,7 @@ def wire(
     driver: VmmDriver | None,
     driver_reason: str,
     storage: StorageBackend,
-    timeouts: RuntimeTimeouts = RuntimeTimeouts(),
-    network: bool = True,
+    config: Config = Config(),
 ) -> tuple[Services, VmRuntime]:
     vm_store = VmRepo(conn)
     images, drive_store, snapshot_store = ImageRepo(conn), DriveRepo(conn), SnapshotRepo(conn)
@@ -50,14 +59,15 @@ def wire(
         host_nameservers,
         resolv_conf,
         setup_host,
-        network,
+        config.network,
         ip_forward_enabled,
+        enable_ip_forward if config.ip_forward else None,
     )
 
     async def on_ready(vm_id: str) -> None:
         await net.configure_guest(vm_id, guest)
 
-    runtime = VmRuntime(vm_store, timeouts, on_ready=on_ready, on_exit=net.detach)
+    runtime = VmRuntime(vm_store, config.timeouts, on_ready=on_ready, on_exit=net.detach)
     guest = GuestService(vm_store, runtime)
     drives = DriveService(
         drive_store,
@@ -70,7 +80,19 @@ def wire(
         grow_filesystem,
         runtime.is_running,
     )
-    vms = VmService(vm_store, settings, layout, driver, runtime, assets, drives, kill_orphan, net, driver_reason)
+    vms = VmService(
+        vm_store,
+        settings,
+        layout,
+        driver,
+        runtime,
+        assets,
+        drives,
+        kill_orphan,
+        net,
+        driver_reason,
+        adopters=adopters(layout, config),
+    )
     snapshots = SnapshotService(vms, drives, vm_store, drive_store, snapshot_store, runtime, layout)
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     services = Services(
@@ -84,3 +106,11 @@ def wire(
         snapshots=snapshots,
     )
     return services, runtime
+
+
+def adopters(layout: Layout, config: Config) -> dict[str, VmmDriver]:
+    """A driver of each kind for VMMs an earlier nexusd left running, whatever this one launches with: adoption
+    reads everything it needs from the VMM's record, never from the binary or the accelerator probe."""
+    firecracker = FirecrackerDriver(str(config.firecracker_binary or "firecracker"), "adoption", config.jailer())
+    qemu = QemuDriver(layout.cache_dir / "accel.json", tsc_khz=None)
+    return {qemu.name: qemu, firecracker.name: firecracker}

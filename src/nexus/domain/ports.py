@@ -7,8 +7,8 @@ talks to the process only through this port and cannot tell the drivers apart.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -71,8 +71,46 @@ class LaunchSpec:
         return (*self.cmdline_extra, self.net.kernel_arg()) if self.net is not None else self.cmdline_extra
 
 
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a VMM process ended: ``code`` is its exit status, negative for the signal that killed it, None when
+    nexusd could not learn it (a VMM adopted after a restart is not nexusd's child, and its parent may have reaped
+    it first)."""
+
+    code: int | None
+
+    def __str__(self) -> str:
+        if self.code is None:
+            return "status unknown"
+        return f"signal {-self.code}" if self.code < 0 else f"status {self.code}"
+
+
+@dataclass(frozen=True, slots=True)
+class VmmRecord:
+    """What a launch leaves in the store so that a later nexusd can find the VMM again and prove it is the same
+    process: its pid, its start time (clock ticks since boot, ``/proc/PID/stat`` field 22: a recycled pid has
+    another), the driver that launched it, the accelerator, and the driver's own notes (where its sockets and
+    chroot are, which a changed config must not move)."""
+
+    pid: int
+    start_time: int
+    driver: str
+    accel: str
+    detail: Mapping[str, str] = field(default_factory=dict)
+
+
+class VmmGone(Exception):
+    """Adoption found no VMM to adopt: it exited while nexusd was down (``status``), or its pid now belongs to
+    another process (which is left alone)."""
+
+    def __init__(self, what: str, status: ExitStatus = ExitStatus(None)) -> None:
+        super().__init__(what)
+        self.what = what
+        self.status = status
+
+
 class VmProcess(Protocol):
-    """One running VMM process, owned by whoever launched it."""
+    """One running VMM process, owned by whoever launched or adopted it."""
 
     @property
     def pid(self) -> int: ...
@@ -81,25 +119,29 @@ class VmProcess(Protocol):
     def accel(self) -> str: ...
 
     @property
-    def returncode(self) -> int | None:
-        """None while running; the exit status (negative: killed by that signal) once reaped."""
+    def record(self) -> VmmRecord:
+        """What to store so a later nexusd can adopt this VMM."""
         ...
 
-    async def wait(self) -> int:
-        """Wait for the process to exit and reap it; return its exit status."""
+    @property
+    def exit_status(self) -> ExitStatus | None:
+        """None while the VMM runs; how it ended once it has (and its resources are released)."""
+        ...
+
+    async def wait(self) -> ExitStatus:
+        """Wait for the VMM to exit (reaping it when it is a child) and release what the driver held for it."""
         ...
 
     async def connect(self, port: GuestPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Open a byte stream to the guest agent's ``port``. Raises DriverError when it cannot."""
         ...
 
-    async def shutdown(self, timeout_s: float) -> int:
-        """Ask the guest to power off; kill the VMM if it is still running after ``timeout_s``. Returns the
-        exit status."""
+    async def shutdown(self, timeout_s: float) -> ExitStatus:
+        """Ask the guest to power off; kill the VMM if it is still running after ``timeout_s``."""
         ...
 
-    async def kill(self) -> int:
-        """Kill the VMM at once and reap it; returns the exit status."""
+    async def kill(self) -> ExitStatus:
+        """Kill the VMM at once and wait for it."""
         ...
 
     async def pause(self) -> None:
@@ -109,6 +151,15 @@ class VmProcess(Protocol):
     async def resume(self) -> None:
         """Let a paused guest run again. Raises DriverError."""
         ...
+
+    async def detach(self) -> None:
+        """Let go of the VMM and leave it running (nexusd is exiting): close the driver's connections to it, keep
+        its runtime dir. A later nexusd adopts it from ``record``."""
+        ...
+
+
+SpawnHook = Callable[[VmmRecord], None]
+"""Called by a driver right after it spawned a VMM, before anything else can fail: the pid is on record then."""
 
 
 class VmmDriver(Protocol):
@@ -122,14 +173,21 @@ class VmmDriver(Protocol):
         """Why this driver and accelerator were chosen, for ``nexusctl status``."""
         ...
 
-    async def launch(self, spec: LaunchSpec) -> VmProcess:
-        """Start the VMM for ``spec``; return once it runs (not once the guest is up). Raises DriverError and
-        leaves nothing behind when it cannot."""
+    async def launch(self, spec: LaunchSpec, on_spawn: SpawnHook) -> VmProcess:
+        """Start the VMM for ``spec``; return once it runs (not once the guest is up). ``on_spawn`` gets the
+        record as soon as the process exists; if it raises, the VMM is killed. Raises DriverError and leaves
+        nothing behind when it cannot."""
         ...
 
-    def forget(self, vm_id: str) -> None:
-        """Remove what the driver keeps for ``vm_id`` outside its runtime dir (a jailed Firecracker's chroot), for
-        a VM whose VMM died with the daemon. Its process handle does this itself when it reaps the VMM."""
+    async def adopt(self, vm_id: str, name: str, record: VmmRecord) -> VmProcess:
+        """Take over the VMM an earlier nexusd launched for ``vm_id`` after proving it is that process (pid, start
+        time and command line). Raises VmmGone when it is not running, DriverError when it runs but cannot be
+        reattached (``kill_vmm`` then ends it)."""
+        ...
+
+    def forget(self, vm_id: str, record: VmmRecord | None) -> None:
+        """Remove what a VMM that is gone left behind (its runtime dir, a jailed Firecracker's chroot), for a VM
+        whose VMM died while nexusd was down. A process handle does this itself when its VMM exits."""
         ...
 
 
@@ -141,7 +199,14 @@ class VmStore(Protocol):
     def find(self, flt: VmFilter = ...) -> list[Vm]: ...
     def count(self) -> int: ...
     def set_state(self, vm_id: str, expected: VmState, new: VmState, reason: str) -> None: ...
-    def set_runtime(self, vm_id: str, pid: int | None, vmm: str | None, accel: str | None) -> None: ...
+    def set_runtime(self, vm_id: str, record: VmmRecord | None) -> None:
+        """Record the VMM that runs the VM (None: clear it)."""
+        ...
+
+    def runtime_record(self, vm_id: str) -> VmmRecord | None:
+        """The recorded VMM; None when there is none or it was launched before VMMs were recorded in full."""
+        ...
+
     def delete(self, vm_id: str) -> None: ...
     def add_tags(self, vm_id: str, tags: Iterable[str]) -> None: ...
     def remove_tags(self, vm_id: str, tags: Iterable[str]) -> None: ...

@@ -5,7 +5,7 @@ Pure parts (``ruleset``) render; the rest touches the current network namespace.
 """
 
 from nexus.net.hostdns import host_nameservers, resolv_conf
-from nexus.net.hostfw import ip_forward_enabled, setup_host
+from nexus.net.hostfw import enable_ip_forward, ip_forward_enabled, setup_host
 from nexus.net.links import NetlinkLinks
 from nexus.net.nft import Nft, NftError, NftFirewall
 
@@ -14,6 +14,7 @@ __all__ = [
     "Nft",
     "NftError",
     "NftFirewall",
+    "enable_ip_forward",
     "host_nameservers",
     "ip_forward_enabled",
     "resolv_conf",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
@@ -67,7 +67,10 @@ class NetworkService:
         setup_host: Callable[[str], list[str]],
         enabled: bool = True,
         forwarding_on: Callable[[], bool] = lambda: True,
+        enable_forwarding: Callable[[], bool] | None = None,
     ) -> None:
+        """``enable_forwarding`` turns IPv4 forwarding on when the first VM needs a way out (as Docker does);
+        None leaves it to the operator (nexusd.toml ``ip_forward = false``)."""
         self._store = store
         self._settings = settings
         self._links = links
@@ -77,6 +80,7 @@ class NetworkService:
         self._setup_host = setup_host
         self._enabled = enabled
         self._forwarding_on = forwarding_on
+        self._enable_forwarding = enable_forwarding
         self._warned_forwarding = False
         self._attached: dict[str, NetLease] = {}
         self._links_lock = asyncio.Lock()  # one change of links and rules at a time (two starts share a bridge)
@@ -146,9 +150,7 @@ class NetworkService:
                 self._store.delete_lease(vm_id)
                 lease = self._lease(vm_id)
             await self._links.ensure_bridge(bridge, gateway(subnet))
-            if not self._warned_forwarding and not self._forwarding_on():
-                self._warned_forwarding = True
-                log.warning("IPv4 forwarding is off: VMs reach only this host; run nexusctl setup-firewall")
+            self._ensure_forwarding()
             await self._links.forget_neighbour(bridge, lease.address)
             await self._links.add_tap(lease.tap, bridge, f"{OWNER_ALIAS} vm {vm_id}")
             self._attached[vm_id] = lease
@@ -177,6 +179,35 @@ class NetworkService:
         if removed:
             log.info("vm %s: TAP %s removed", vm_id, lease.tap)
 
+    def _ensure_forwarding(self) -> None:
+        if self._forwarding_on():
+            return
+        if self._enable_forwarding is not None:
+            try:
+                self._enable_forwarding()
+            except (OSError, NexusError) as exc:
+                log.warning("cannot enable IPv4 forwarding (%s): VMs reach only this host", exc)
+            else:
+                log.info("enabled IPv4 forwarding so VMs can reach the network (ip_forward = false: leave it off)")
+                return
+        if not self._warned_forwarding:
+            self._warned_forwarding = True
+            log.warning("IPv4 forwarding is off: VMs reach only this host; run nexusctl setup-firewall")
+
+    def egress(self) -> tuple[bool, str]:
+        """Whether networked VMs have a way out of this host, and why (for ``nexusctl status``)."""
+        if not self._enabled:
+            return False, "networking is off in this nexusd (config network = false)"
+        if not self._forwarding_on():
+            how = (
+                "it is turned on at the next VM start"
+                if self._enable_forwarding is not None
+                else ("ip_forward = false in nexusd.toml: run nexusctl setup-firewall")
+            )
+            return False, f"IPv4 forwarding is off, so VMs reach only this host; {how}"
+        bridge, subnet = self.plan()
+        return True, f"VMs on {bridge} ({subnet}) are masqueraded out of this host"
+
     def _apply(self, bridge: str, subnet: IPv4Network) -> None:
         forwards = [
             PortForward(port.protocol, port.host_port, lease.address, port.guest_port)
@@ -185,21 +216,27 @@ class NetworkService:
         ]
         self._firewall.apply(bridge, subnet, forwards)
 
-    async def restore(self) -> None:
-        """At nexusd start, when no VM runs: remove TAPs a previous nexusd left, and rebuild the table if nexus
-        set networking up before (once, however often nexusd restarts)."""
+    async def restore(self, running: Collection[str] = ()) -> None:
+        """At nexusd start: keep the TAPs of the ``running`` VMs (adopted from an earlier nexusd; they count as
+        attached again), remove every other TAP an earlier nexusd left, and rebuild the table once if nexus set
+        networking up before. Idempotent however often nexusd restarts."""
         async with self._links_lock:
-            await self._restore()
+            await self._restore(running)
 
-    async def _restore(self) -> None:
+    async def _restore(self, running: Collection[str]) -> None:
+        for vm_id in running:
+            lease = self._store.lease(vm_id)
+            if lease is not None:
+                self._attached[vm_id] = lease
+        kept = {lease.tap for lease in self._attached.values()}
         for link in await self._links.owned():
-            if link.kind == "tun":
+            if link.kind == "tun" and link.name not in kept:
                 await self._links.delete(link.name)
                 log.info("removed leftover TAP %s (%s)", link.name, link.alias)
-        if not self._enabled:
+        if not self._enabled and not self._attached:
             return
         bridge, subnet = self.plan()
-        if self._firewall.exists() or await self._links.exists(bridge):
+        if self._attached or self._firewall.exists() or await self._links.exists(bridge):
             self._apply(bridge, subnet)
 
     # -- the guest -------------------------------------------------------------------------------------------

@@ -8,6 +8,12 @@ once and is reopened with jittered, capped exponential backoff for as long as th
 link too, so calls in flight fail instead of hanging. VMM process exit makes it stopped (when a stop was asked) or
 crashed, with the exit status in the history. A boot that produces no hello in time fails the VM with the console
 tail. Whatever the way out, the process is reaped, the links closed and the runtime record cleared exactly once.
+
+A VMM adopted after a nexusd restart is watched the same way: it counts as unreachable until its agent says hello
+on the new links (it does on every new connection) and the MCP link is open again. ``detach_all`` lets go of
+every VMM when nexusd exits and leaves them running. No runtime task dies silently: a failed store write is
+retried with backoff, the watchdog logs and goes on, and a VM whose exit cannot be recorded yet is released all
+the same (its record is written once the store takes it).
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from nexus.channel import ChannelClosed, ChannelError, RemoteError, RpcPeer, con
 from nexus.domain import (
     Conflict,
     DriverError,
+    ExitStatus,
     GuestPort,
     InvalidState,
+    NotFound,
     Unavailable,
     Vm,
     VmProcess,
@@ -42,6 +50,7 @@ from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_V
 log = logging.getLogger(__name__)
 
 STABLE_LINK_S = 5.0  # an MCP link that lived this long starts its reconnect backoff afresh
+EXIT_RECORD_WAIT_S = 2.0  # how long a VMM's exit waits for the store before the VM is released regardless
 VmHook = Callable[[str], Awaitable[None]]
 
 
@@ -66,6 +75,7 @@ class _Running:
     mcp: RpcPeer | None = None
     reachable: asyncio.Event = field(default_factory=asyncio.Event)  # set by hello/heartbeats, cleared by silence
     stop_requested: bool = False
+    silence: str | None = None  # why the agent counts as unreachable, until it is heard from again
     failure: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -97,12 +107,19 @@ class VmRuntime:
         self._on_ready = on_ready
         self._on_exit_hook = on_exit
         self._running: dict[str, _Running] = {}
+        self._recording: set[asyncio.Task[None]] = set()  # exits still waiting for the store to take them
 
     def is_running(self, vm_id: str) -> bool:
         return vm_id in self._running
 
+    def running(self) -> list[str]:
+        """The ids of the VMs whose VMM this runtime watches."""
+        return list(self._running)
+
     def watch(self, vm: Vm, process: VmProcess, console_log: Path) -> None:
-        """Take ownership of ``process`` for ``vm`` (which is ``starting``)."""
+        """Take ownership of ``process`` for ``vm``: a VMM just launched (``vm`` is ``starting``), or one adopted
+        from an earlier nexusd (its links are reopened; it is ready again once its agent answers; a boot timeout
+        counts from here)."""
         run = _Running(vm.id, vm.name, process, console_log, asyncio.get_running_loop().create_future())
         run.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # never "unretrieved"
         self._running[vm.id] = run
@@ -158,6 +175,33 @@ class VmRuntime:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(vm_id) for vm_id in list(self._running)), return_exceptions=True)
+        await self._drain_records()
+
+    async def detach_all(self) -> list[str]:
+        """Let go of every VMM and leave it running (nexusd is exiting); returns the names of those VMs."""
+        names = []
+        for run in list(self._running.values()):
+            for task in run.tasks:
+                task.cancel()
+            await asyncio.gather(*run.tasks, return_exceptions=True)
+            for peer in (run.control, run.mcp):
+                if peer is not None:
+                    await peer.close("nexusd is exiting; the VM runs on")
+            await run.process.detach()
+            if not run.ready.done():
+                run.ready.set_exception(Unavailable(f"VM {run.name}: nexusd is exiting"))
+            del self._running[run.vm_id]
+            run.done.set()
+            names.append(run.name)
+        await self._drain_records()
+        return names
+
+    async def _drain_records(self) -> None:
+        """Give exits still waiting for the store a last moment; what does not land is settled at the next start."""
+        if self._recording:
+            await asyncio.wait(self._recording, timeout=EXIT_RECORD_WAIT_S)
+            for task in self._recording:
+                task.cancel()
 
     async def agent_request(self, vm_id: str, method: str, params: dict[str, Any], timeout_s: float) -> Any:
         """One request on the VM's control stream (e.g. nexus/freeze). Unavailable when the link is down or the
@@ -189,36 +233,64 @@ class VmRuntime:
     # -- watchers ---------------------------------------------------------------------------------------
 
     async def _on_exit(self, run: _Running) -> None:
-        code = await run.process.wait()
-        status = f"signal {-code}" if code < 0 else f"status {code}"
+        status = await run.process.wait()
         for peer in (run.control, run.mcp):
             if peer is not None:
                 await peer.close(f"the VMM exited ({status})")
         for task in run.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
-        state = self._store.get(run.vm_id).state
-        if run.failure is not None:
-            reason = run.failure
-            self._transition(run, VmState.FAILED, reason)
-        elif run.stop_requested or state is VmState.STOPPING:
-            reason = f"powered off (VMM exit {status})"
-            self._transition(run, VmState.STOPPED, reason)
-        elif state is VmState.STARTING:  # it never came up: the start failed, it did not crash
-            reason = f"VMM exited during boot ({status})"
-            self._transition(run, VmState.FAILED, reason)
-        else:
-            reason = f"VMM exited unexpectedly ({status})"
-            self._transition(run, VmState.CRASHED, reason)
+        new, reason = self._exit_outcome(run, status)
         if not run.ready.done():
             run.ready.set_exception(
                 DriverError(f"VM {run.name} did not become ready: {reason}\nconsole:\n{console_tail(run.console_log)}")
             )
-        self._store.set_runtime(run.vm_id, None, None, None)
+        record = asyncio.create_task(self._record_exit(run, new, reason), name=f"vm-exit-record-{run.name}")
+        self._recording.add(record)
+        record.add_done_callback(self._recording.discard)
+        await asyncio.wait({record}, timeout=EXIT_RECORD_WAIT_S)  # usually at once; never wait on a stuck store
         await self._hook(self._on_exit_hook, run, "releasing its resources")
         del self._running[run.vm_id]
         run.done.set()
         log.info("vm %s: %s", run.name, reason)
+
+    def _exit_outcome(self, run: _Running, status: ExitStatus) -> tuple[VmState, str]:
+        if run.failure is not None:
+            return VmState.FAILED, run.failure
+        try:
+            state: VmState | None = self._store.get(run.vm_id).state
+        except Exception:  # the store is unavailable: judge by what this runtime knows
+            state = None
+        if run.stop_requested or state is VmState.STOPPING:
+            return VmState.STOPPED, f"powered off (VMM exit {status})"
+        if state is VmState.STARTING:  # it never came up: the start failed, it did not crash
+            return VmState.FAILED, f"VMM exited during boot ({status})"
+        return VmState.CRASHED, f"VMM exited unexpectedly ({status})"
+
+    async def _record_exit(self, run: _Running, new: VmState, reason: str) -> None:
+        """Write the VM's end state and clear its runtime record, retrying until the store takes both."""
+        backoff = Backoff()
+        warned = False
+        while True:
+            try:
+                current = self._store.get(run.vm_id).state
+                if current.has_process:
+                    if not can_transition(current, new):  # e.g. paused -> stopped: through stopping
+                        self._store.set_state(run.vm_id, current, VmState.STOPPING, reason)
+                        current = VmState.STOPPING
+                    self._store.set_state(run.vm_id, current, new, reason)
+                    log.info("vm %s: %s -> %s (%s)", run.name, current, new, reason)
+                self._store.set_runtime(run.vm_id, None)
+                return
+            except Conflict:
+                continue  # changed under us: look again
+            except NotFound:
+                return  # removed meanwhile: nothing left to record
+            except Exception as exc:
+                if not warned:
+                    log.warning("vm %s: cannot record its exit yet (%s); retrying", run.name, exc)
+                    warned = True
+                await backoff.sleep()
 
     async def _control(self, run: _Running) -> None:
         """Keep a control link open and feed hello/heartbeats into the lifecycle."""
@@ -239,13 +311,13 @@ class VmRuntime:
                 self._seen(run, "heartbeats resumed")
 
         backoff = Backoff()
-        while run.process.returncode is None:
+        while run.process.exit_status is None:
             try:
                 run.control = await connect_peer(
                     run.process, GuestPort.CONTROL, run.name, on_message, self._timeouts.connect_s
                 )
             except ChannelError as exc:
-                if run.process.returncode is None:
+                if run.process.exit_status is None:
                     log.warning("vm %s: control link: %s", run.name, exc)
                     await backoff.sleep()
                 continue
@@ -256,7 +328,7 @@ class VmRuntime:
         """While the agent is heard from: keep one initialized MCP session open, reopening it whenever it closes."""
         loop = asyncio.get_running_loop()
         backoff = Backoff()
-        while run.process.returncode is None:
+        while run.process.exit_status is None:
             await run.reachable.wait()
             try:
                 peer = await self._open_mcp(run)
@@ -267,11 +339,11 @@ class VmRuntime:
             opened = loop.time()
             run.mcp = peer
             await self._hook(self._on_ready, run, "setting up the guest")
-            if self._transition(run, VmState.READY, self._ready_reason(run)) and not run.ready.done():
+            if await self._persist(run, VmState.READY, self._ready_reason(run)) and not run.ready.done():
                 run.ready.set_result(None)
             await peer.wait_closed()
             run.mcp = None
-            if run.process.returncode is None:
+            if run.process.exit_status is None:
                 log.info("vm %s: MCP link closed (%s); reopening", run.name, peer.close_reason)
                 if loop.time() - opened > STABLE_LINK_S:  # a link that keeps dying at once backs off further
                     backoff.reset()
@@ -311,31 +383,67 @@ class VmRuntime:
         boot_s = max(0.0, time.time() - hello.boot_time)
         return f"agent {hello.agent_version} ready, guest up {boot_s:.1f}s"
 
-    def _seen(self, run: _Running, reason: str) -> None:
+    @staticmethod
+    def _seen(run: _Running, reason: str) -> None:
+        """The agent was heard from: an unreachable VM is ready again once ``_mcp_link`` has its MCP link open."""
+        if not run.reachable.is_set():
+            log.info("vm %s: %s", run.name, reason)
+        run.silence = None
         run.last_seen = time.monotonic()
         run.reachable.set()
-        if self._store.get(run.vm_id).state is VmState.UNREACHABLE:  # never PAUSED: resume does that
-            self._transition(run, VmState.READY, reason)
 
     async def _watchdog(self, run: _Running) -> None:
+        """Boot and heartbeat timeouts. Survives store errors: it logs them and looks again on the next tick."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        failing = False
         while True:
             await asyncio.sleep(0.5)
-            state = self._store.get(run.vm_id).state
-            if state is VmState.STARTING and loop.time() - started > self._timeouts.boot_s:
-                run.failure = (
-                    f"no agent hello within {self._timeouts.boot_s:.0f}s; console:\n{console_tail(run.console_log)}"
-                )
-                await run.process.kill()  # _on_exit records the failure and releases everything
-                return
-            silent_s = time.monotonic() - run.last_seen
-            if state is VmState.READY and silent_s > self._timeouts.heartbeat_s:
-                reason = f"no heartbeat for {silent_s:.0f}s"
-                if self._transition(run, VmState.UNREACHABLE, reason):
-                    run.reachable.clear()
-                    if run.mcp is not None:  # calls in flight fail now instead of waiting on a silent agent
-                        await run.mcp.close(f"the agent is unreachable ({reason})")
+            try:
+                await self._watch_once(run, loop.time() - started)
+            except Exception as exc:
+                if not failing:
+                    log.warning("vm %s: watchdog: %s; retrying", run.name, exc)
+                failing = True
+            else:
+                failing = False
+
+    async def _watch_once(self, run: _Running, watched_s: float) -> None:
+        if run.failure is not None:
+            return
+        try:
+            state: VmState | None = self._store.get(run.vm_id).state
+        except Exception as exc:
+            state, store_error = None, exc
+        silent_s = time.monotonic() - run.last_seen
+        if state in (VmState.READY, None) and run.reachable.is_set() and silent_s > self._timeouts.heartbeat_s:
+            run.silence = f"no heartbeat for {silent_s:.0f}s"
+            run.reachable.clear()
+            if run.mcp is not None:  # calls in flight fail now instead of waiting on a silent agent
+                await run.mcp.close(f"the agent is unreachable ({run.silence})")
+        if state is None:
+            raise store_error
+        if state is VmState.READY and run.silence is not None and not run.reachable.is_set():
+            self._transition(run, VmState.UNREACHABLE, run.silence)
+        if state is VmState.STARTING and watched_s > self._timeouts.boot_s:
+            run.failure = (
+                f"no agent hello within {self._timeouts.boot_s:.0f}s; console:\n{console_tail(run.console_log)}"
+            )
+            await run.process.kill()  # _on_exit records the failure and releases everything
+
+    async def _persist(self, run: _Running, new: VmState, reason: str) -> bool:
+        """``_transition``, retried with backoff while the store fails and the VMM runs."""
+        backoff = Backoff()
+        warned = False
+        while run.process.exit_status is None:
+            try:
+                return self._transition(run, new, reason)
+            except Exception as exc:
+                if not warned:
+                    log.warning("vm %s: cannot record %s yet (%s); retrying", run.name, new, exc)
+                    warned = True
+                await backoff.sleep()
+        return False
 
     def _transition(self, run: _Running, new: VmState, reason: str) -> bool:
         """Apply ``new`` if the table allows it from the current state; False when it does not apply."""

@@ -5,12 +5,13 @@ The only code that coordinates the store, the settings and the VMM driver. It do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nexus.domain import (
@@ -25,6 +26,7 @@ from nexus.domain import (
     Vm,
     VmFilter,
     VmmDriver,
+    VmmGone,
     VmProcess,
     VmSpec,
     VmState,
@@ -59,7 +61,10 @@ class VmService:
         kill_orphan: Callable[[int, str, Path], bool],
         network: NetworkService,
         no_driver_reason: str = "no VMM driver available",
+        adopters: Mapping[str, VmmDriver] | None = None,
     ) -> None:
+        """``adopters``: a driver by name for every kind of VMM an earlier nexusd may have left running (the
+        current ``driver`` among them), so a VM keeps running under the VMM it was launched with."""
         self._repo = repo
         self._settings = settings
         self._layout = layout
@@ -71,6 +76,10 @@ class VmService:
         self._net = network
         self._no_driver_reason = no_driver_reason
         self._launching: set[str] = set()  # VMs between "start requested" and a watched VMM process
+        self._adopters = dict(adopters or {})
+        if driver is not None:
+            self._adopters.setdefault(driver.name, driver)
+        self._tasks: set[asyncio.Task[None]] = set()  # stops that an earlier nexusd began and this one finishes
 
     def create(self, spec: VmSpec) -> Vm:
         check_name(spec.name)
@@ -143,14 +152,13 @@ class VmService:
         try:
             process = await self._launch(vm, driver)
         except NexusError as exc:
-            self._repo.set_state(vm.id, VmState.STARTING, VmState.FAILED, reason=f"start failed: {exc.message}")
+            self._launch_failed(vm, exc.message)
             raise
         except Exception as exc:  # e.g. no space left for the root drive: still never leave it "starting"
-            self._repo.set_state(vm.id, VmState.STARTING, VmState.FAILED, reason=f"start failed: {exc}")
+            self._launch_failed(vm, str(exc))
             raise DriverError(f"VM {vm.name} could not be started: {exc}") from exc
         finally:
             self._launching.discard(vm.id)
-        self._repo.set_runtime(vm.id, process.pid, driver.name, process.accel)
         self._runtime.watch(vm, process, self._layout.console_log(vm.id))
         launched = time.monotonic()
         if wait:
@@ -159,6 +167,10 @@ class VmService:
                 "vm %s: launched in %.2fs, ready %.2fs later", vm.name, launched - started, time.monotonic() - launched
             )
         return self._repo.get(vm.id)
+
+    def _launch_failed(self, vm: Vm, why: str) -> None:
+        self._repo.set_state(vm.id, VmState.STARTING, VmState.FAILED, reason=f"start failed: {why}")
+        self._repo.set_runtime(vm.id, None)  # the driver killed what it had spawned
 
     async def _launch(self, vm: Vm, driver: VmmDriver) -> VmProcess:
         files = await self._assets.boot_files(vm)
@@ -180,7 +192,8 @@ class VmService:
                     cmdline_extra=(encode_mounts(list(drives.mounts)),),
                     data_drives=drives.data,
                     net=net,
-                )
+                ),
+                on_spawn=lambda record: self._repo.set_runtime(vm.id, record),
             )
         except BaseException:
             await self._net.detach(vm.id)
@@ -213,25 +226,67 @@ class VmService:
         await self._runtime.resume(vm.id)
         return self._repo.get(vm.id)
 
-    def reconcile(self) -> None:
-        """After a daemon start: no VM has a live process handle, so settle every VM the store says runs."""
+    async def recover(self) -> None:
+        """At daemon start: adopt every VMM an earlier nexusd left running (the VM runs on, untouched), settle
+        the VMs whose VMM is gone, keep the network of the adopted ones and remove the rest."""
+        adopted: list[tuple[Vm, VmProcess]] = []
         for vm in self._repo.find(VmFilter()):
-            if not vm.state.has_process:
-                continue
-            killed = bool(vm.pid and self._kill_orphan(vm.pid, vm.id, self._layout.vm_runtime_dir(vm.id)))
-            if self._driver is not None:
-                self._driver.forget(vm.id)
-            what = (
-                f"nexusd restarted and killed the VM's orphaned VMM (pid {vm.pid})"
+            if vm.state.has_process:
+                process = await self._adopt(vm)
+                if process is not None:
+                    adopted.append((vm, process))
+        try:
+            await self._net.restore({vm.id for vm, _ in adopted if vm.network})
+        except NexusError as exc:  # VMs without network still work; a networked start will say why not
+            log.warning("could not restore networking: %s", exc.message)
+        for vm, process in adopted:
+            self._runtime.watch(vm, process, self._layout.console_log(vm.id))
+            if vm.state is VmState.STOPPING:  # the stop an earlier nexusd began
+                task = asyncio.create_task(self._runtime.stop(vm.id), name=f"vm-stop-{vm.name}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        if adopted:
+            log.info("adopted %d running VM(s): %s", len(adopted), ", ".join(vm.name for vm, _ in adopted))
+
+    async def _adopt(self, vm: Vm) -> VmProcess | None:
+        """The VM's running VMM, reattached; None when there is none (the VM is then settled)."""
+        record = self._repo.runtime_record(vm.id)
+        driver = self._adopters.get(vm.vmm or "")
+        if record is None or driver is None:
+            # Never spawned (nexusd died before), or recorded by pid alone by a nexusd before live restore.
+            killed = vm.pid is not None and self._kill_orphan(vm.pid, vm.id, self._layout.vm_runtime_dir(vm.id))
+            if driver is not None:
+                driver.forget(vm.id, None)
+            self._settle(
+                vm,
+                f"nexusd restarted and killed the VM's VMM (pid {vm.pid}), which it could not adopt"
                 if killed
-                else ("nexusd restarted and found no VMM process")
+                else "nexusd restarted and found no VMM process",
             )
-            if vm.state is VmState.STOPPING:
-                self._repo.set_state(vm.id, vm.state, VmState.STOPPED, what)
-            else:
-                self._repo.set_state(vm.id, vm.state, VmState.CRASHED, what)
-            self._repo.set_runtime(vm.id, None, None, None)
-            log.warning("vm %s: %s", vm.name, what)
+            return None
+        try:
+            process = await driver.adopt(vm.id, vm.name, record)
+        except VmmGone as gone:
+            driver.forget(vm.id, record)
+            log.info("vm %s: not adopted: %s", vm.name, gone.what)
+            self._settle(vm, f"VMM exited while nexusd was down ({gone.status})")
+            return None
+        except DriverError as exc:
+            driver.forget(vm.id, record)
+            self._settle(vm, f"nexusd restarted and could not re-attach to its VMM: {exc.message}")
+            return None
+        if vm.state in (VmState.READY, VmState.UNREACHABLE):  # ready again once its agent answers on new links
+            self._repo.set_state(
+                vm.id, vm.state, VmState.UNREACHABLE, f"nexusd restarted; re-attaching to VMM pid {record.pid}"
+            )
+        return process
+
+    def _settle(self, vm: Vm, reason: str) -> None:
+        """End the record of a VM whose VMM is gone: stopped if it was stopping, failed if it was starting."""
+        outcome = {VmState.STOPPING: VmState.STOPPED, VmState.STARTING: VmState.FAILED}.get(vm.state, VmState.CRASHED)
+        self._repo.set_state(vm.id, vm.state, outcome, reason)
+        self._repo.set_runtime(vm.id, None)
+        log.warning("vm %s: %s -> %s (%s)", vm.name, vm.state, outcome, reason)
 
     def history(self, ref: str) -> list[StateChange]:
         return self._repo.history(self._repo.get(ref).id)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
 
-from nexus.domain import Conflict, NotFound, Role, StateChange, Vm, VmFilter, VmState, utcnow
+from nexus.domain import Conflict, NotFound, Role, StateChange, Vm, VmFilter, VmmRecord, VmState, utcnow
 
 
 def _ts(value: datetime) -> str:
@@ -98,9 +99,31 @@ class VmRepo:
                 raise Conflict(f"VM {vm_id} is no longer {expected}")
             self._record(vm_id, expected, new, reason, at)
 
-    def set_runtime(self, vm_id: str, pid: int | None, vmm: str | None, accel: str | None) -> None:
+    def set_runtime(self, vm_id: str, record: VmmRecord | None) -> None:
         """Record (or, with None, clear) the VMM process that runs the VM."""
-        self._conn.execute("UPDATE vms SET pid = ?, vmm = ?, accel = ? WHERE id = ?", (pid, vmm, accel, vm_id))
+        if record is None:
+            values: tuple[object, ...] = (None, None, None, None, None)
+        else:
+            detail = json.dumps(dict(record.detail), sort_keys=True)
+            values = (record.pid, record.driver, record.accel, record.start_time, detail)
+        self._conn.execute(
+            "UPDATE vms SET pid = ?, vmm = ?, accel = ?, pid_start = ?, vmm_detail = ? WHERE id = ?", (*values, vm_id)
+        )
+
+    def runtime_record(self, vm_id: str) -> VmmRecord | None:
+        row = self._conn.execute(
+            "SELECT pid, vmm, accel, pid_start, vmm_detail FROM vms WHERE id = ?", (vm_id,)
+        ).fetchone()
+        if row is None or row["pid"] is None or row["pid_start"] is None or row["vmm"] is None:
+            return None
+        detail = json.loads(row["vmm_detail"] or "{}")
+        return VmmRecord(
+            pid=row["pid"],
+            start_time=row["pid_start"],
+            driver=row["vmm"],
+            accel=row["accel"] or "",
+            detail={str(k): str(v) for k, v in detail.items()},
+        )
 
     def delete(self, vm_id: str) -> None:
         self._conn.execute("DELETE FROM vms WHERE id = ?", (vm_id,))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from nexus.channel.vsock import GuestListener, VsockError, connect_hybrid, guest_listener_path
-from nexus.domain import DriverError, GuestPort, LaunchSpec, NexusError
+from nexus.domain import DriverError, ExitStatus, GuestPort, LaunchSpec, NexusError, SpawnHook, VmmRecord
 from nexus.domain.retry import retry
 from nexus.protocol import CONTROL_VSOCK_PORT, MCP_VSOCK_PORT
 from nexus.vmm.firecracker.api import FirecrackerApi
@@ -54,7 +54,7 @@ from nexus.vmm.firecracker.jailer import (
     place_files,
     plan_chroot,
 )
-from nexus.vmm.process import VmmProcess, kill_group
+from nexus.vmm.process import VmmProcess, child_exit, claim, kill_group, pidfd_exit, start_time
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,12 @@ CONTROL_ACCEPT_S = 1.0  # one wait for the agent's dial; connect_peer retries it
 MCP_CONNECT_S = 5.0
 STDERR_TAIL_BYTES = 2000
 UNIX_PATH_MAX_BYTES = 107  # sun_path is 108 bytes with its NUL
+# Keys of the VmmRecord's detail: where this VM's files are, as launched (a changed config must not move them).
+RUNTIME_DIR_KEY = "runtime_dir"
+FILES_DIR_KEY = "files_dir"
+INNER_DIR_KEY = "inner_dir"
+CHROOT_KEY = "chroot"
+OWNER_KEY = "owner"  # uid:gid the control listener belongs to (jailed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +149,15 @@ def _is_elf(path: Path) -> bool:
 
 class FirecrackerProcess(VmmProcess):
     """A running Firecracker: control stream from a guest listener, MCP over hybrid vsock, stop by
-    SendCtrlAltDel, pause/resume by PATCH /vm. Once reaped, its listener and API client are closed."""
+    SendCtrlAltDel, pause/resume by PATCH /vm. Once it exits, its listener and API client are closed and its
+    chroot removed."""
 
     power_off_name = "SendCtrlAltDel"
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        record: VmmRecord,
+        exited: Awaitable[ExitStatus],
         files: RuntimeFiles,
         api: FirecrackerApi,
         listener: GuestListener,
@@ -161,14 +169,14 @@ class FirecrackerProcess(VmmProcess):
         self._listener = listener
         self._chroot = chroot
         self._connect_timeout_s = connect_timeout_s
-        super().__init__(proc, files.runtime_dir)
+        super().__init__(record, exited, files.runtime_dir)
 
     @property
     def accel(self) -> str:
         return ACCEL
 
     async def connect(self, port: GuestPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.returncode is not None:
+        if self.exit_status is not None:
             raise DriverError(f"Firecracker pid {self.pid} has exited")
         try:
             if port is GuestPort.CONTROL:  # the agent dials the host; take its next connection
@@ -184,7 +192,7 @@ class FirecrackerProcess(VmmProcess):
         await self._vm_state("resume", self._api.resume)
 
     async def _vm_state(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
-        if self.returncode is not None:
+        if self.exit_status is not None:
             raise DriverError(f"Firecracker pid {self.pid} has exited; nothing to {what}")
         try:
             await asyncio.wait_for(call(), API_TIMEOUT_S)
@@ -195,9 +203,12 @@ class FirecrackerProcess(VmmProcess):
         # x86 Firecracker: the guest reboots on Ctrl-Alt-Del and Firecracker exits with it.
         await self._api.send_ctrl_alt_del()
 
-    async def _release(self) -> None:
+    async def _disconnect(self) -> None:
         await self._listener.close()
         await self._api.aclose()
+
+    async def _release(self) -> None:
+        await self._disconnect()
         if self._chroot is not None:  # only hard links (and Firecracker's own copy): the VM's drives stay
             shutil.rmtree(self._chroot, ignore_errors=True)
 
@@ -255,10 +266,40 @@ class FirecrackerDriver:
             )
         )
 
-    def forget(self, vm_id: str) -> None:
-        chroot = self.chroot(vm_id)
+    def forget(self, vm_id: str, record: VmmRecord | None) -> None:
+        if record is not None:
+            for key in (RUNTIME_DIR_KEY, CHROOT_KEY):
+                if record.detail.get(key):
+                    shutil.rmtree(record.detail[key], ignore_errors=True)
+            return
+        chroot = self.chroot(vm_id)  # recorded by pid alone, by an older nexusd: where this config puts it
         if chroot is not None:
             shutil.rmtree(chroot.instance_dir, ignore_errors=True)
+
+    async def adopt(self, vm_id: str, name: str, record: VmmRecord) -> FirecrackerProcess:
+        detail = record.detail
+        files = RuntimeFiles(
+            Path(detail[RUNTIME_DIR_KEY]), Path(detail[FILES_DIR_KEY]), PurePosixPath(detail[INNER_DIR_KEY])
+        )
+        chroot = Path(detail[CHROOT_KEY]) if detail.get(CHROOT_KEY) else None
+        fd = claim(record, vm_id, files.runtime_dir)
+        exited = pidfd_exit(fd, record.pid)
+        api = FirecrackerApi(files.api_socket, timeout_s=API_TIMEOUT_S)
+        listener = GuestListener(files.vsock_socket, CONTROL_VSOCK_PORT)
+        try:
+            await api.describe_instance()  # it answers: the API socket is this VM's
+            await listener.start()  # the agent redials the host until someone listens here again
+            if detail.get(OWNER_KEY):
+                uid, gid = (int(x) for x in detail[OWNER_KEY].split(":"))
+                os.chown(listener.path, uid, gid)
+        except (OSError, VsockError, NexusError) as exc:
+            exited.cancel()
+            await listener.close()
+            await api.aclose()
+            what = exc.message if isinstance(exc, NexusError) else str(exc)
+            raise DriverError(f"cannot reattach to Firecracker pid {record.pid}: {what}") from exc
+        log.info("vm %s: adopted firecracker pid %d", name, record.pid)
+        return FirecrackerProcess(record, exited, files, api, listener, chroot)
 
     def _plan(self, spec: LaunchSpec) -> tuple[list[str], RuntimeFiles, MicroVmConfig, ChrootPlan | None]:
         files = self.runtime_files(spec)
@@ -270,7 +311,7 @@ class FirecrackerDriver:
         plan = plan_chroot(chroot, config.boot, config.drives)
         return argv, files, replace(config, boot=plan.boot, drives=plan.drives), plan
 
-    async def launch(self, spec: LaunchSpec) -> FirecrackerProcess:
+    async def launch(self, spec: LaunchSpec, on_spawn: SpawnHook) -> FirecrackerProcess:
         try:
             argv, files, config, plan = self._plan(spec)
         except NexusError as exc:
@@ -320,8 +361,22 @@ class FirecrackerDriver:
             await listener.close()
             discard()
             raise DriverError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
+        record = VmmRecord(
+            pid=proc.pid,
+            start_time=start_time(proc.pid),
+            driver=self.name,
+            accel=ACCEL,
+            detail={
+                RUNTIME_DIR_KEY: str(files.runtime_dir),
+                FILES_DIR_KEY: str(files.files_dir),
+                INNER_DIR_KEY: str(files.inner_dir),
+                CHROOT_KEY: str(chroot or ""),
+                OWNER_KEY: f"{self._jailer.uid}:{self._jailer.gid}" if self._jailer is not None else "",
+            },
+        )
         api = FirecrackerApi(files.api_socket, timeout_s=API_TIMEOUT_S)
         try:
+            on_spawn(record)
             await self._configure(proc, api, config)
         except BaseException as exc:
             kill_group(proc.pid)
@@ -331,8 +386,8 @@ class FirecrackerDriver:
                 await api.aclose()
             tail = _tail(files.stderr_file)
             discard()
-            if not isinstance(exc, Exception):
-                raise
+            if not isinstance(exc, Exception) or (isinstance(exc, NexusError) and not isinstance(exc, DriverError)):
+                raise  # cancelled, or the store could not record the process: not Firecracker's fault
             what = exc.message if isinstance(exc, NexusError) else str(exc) or type(exc).__name__
             raise DriverError(
                 f"Firecracker did not start VM {spec.name} (exit status {proc.returncode}): {what}"
@@ -340,7 +395,7 @@ class FirecrackerDriver:
             ) from None
         jailed = "" if self._jailer is None else f", jailed as uid {self._jailer.uid}"
         log.info("vm %s: firecracker pid %d (%d vCPU, %d MiB%s)", spec.name, proc.pid, spec.vcpus, spec.mem_mib, jailed)
-        return FirecrackerProcess(proc, files, api, listener, chroot)
+        return FirecrackerProcess(record, child_exit(proc), files, api, listener, chroot)
 
     @staticmethod
     async def _configure(proc: asyncio.subprocess.Process, api: FirecrackerApi, config: MicroVmConfig) -> None:

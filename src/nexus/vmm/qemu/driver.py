@@ -12,15 +12,16 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Awaitable
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import QMPClient, Runstate
 from qemu.qmp.error import QMPError
 
-from nexus.domain import DriverError, GuestPort, LaunchSpec
+from nexus.domain import DriverError, ExitStatus, GuestPort, LaunchSpec, NexusError, SpawnHook, VmmRecord
 from nexus.domain.retry import retry
 from nexus.protocol import CONTROL_PORT_NAME, MCP_PORT_NAME
-from nexus.vmm.process import VmmProcess
+from nexus.vmm.process import VmmProcess, child_exit, claim, pidfd_exit, start_time
 from nexus.vmm.qemu.accel import AccelChoice, choose_accel
 from nexus.vmm.qemu.argv import QEMU_BINARY, Accel, NetIface, QemuLaunch, SerialPort, qemu_argv
 
@@ -31,6 +32,8 @@ logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 PORT_NAMES = {GuestPort.CONTROL: CONTROL_PORT_NAME, GuestPort.MCP: MCP_PORT_NAME}
 STARTUP_TIMEOUT_S = 10.0
 STDERR_TAIL_BYTES = 2000
+QMP_SOCKET = "qmp.sock"
+RUNTIME_DIR_KEY = "runtime_dir"  # in the VmmRecord's detail
 
 
 def _socket_paths(runtime_dir: Path) -> dict[GuestPort, Path]:
@@ -38,19 +41,29 @@ def _socket_paths(runtime_dir: Path) -> dict[GuestPort, Path]:
 
 
 class QemuProcess(VmmProcess):
-    """A running QEMU: its guest ports are virtio-serial Unix sockets, power-off and pause go through QMP."""
+    """A running QEMU: its guest ports are virtio-serial Unix sockets, power-off and pause go through QMP. QMP is
+    (re)connected on first need, so an adopted QEMU is reattached without touching it."""
 
     power_off_name = "system_powerdown"
 
-    def __init__(self, proc: asyncio.subprocess.Process, accel: Accel, runtime_dir: Path, qmp: QMPClient) -> None:
-        self._accel = accel
+    def __init__(
+        self,
+        record: VmmRecord,
+        exited: Awaitable[ExitStatus],
+        runtime_dir: Path,
+        name: str,
+        qmp: QMPClient | None = None,
+    ) -> None:
         self._sockets = _socket_paths(runtime_dir)
+        self._qmp_socket = runtime_dir / QMP_SOCKET
+        self._name = name
         self._qmp = qmp
-        super().__init__(proc, runtime_dir)
+        self._qmp_lock = asyncio.Lock()
+        super().__init__(record, exited, runtime_dir)
 
     @property
     def accel(self) -> str:
-        return self._accel.value
+        return self.record.accel
 
     async def connect(self, port: GuestPort) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -64,17 +77,32 @@ class QemuProcess(VmmProcess):
     async def resume(self) -> None:
         await self._qmp_command("cont")
 
+    async def _client(self) -> QMPClient:
+        async with self._qmp_lock:
+            if self._qmp is None or self._qmp.runstate != Runstate.RUNNING:
+                if self._qmp is not None:
+                    with contextlib.suppress(Exception):
+                        await self._qmp.disconnect()
+                qmp = QMPClient(f"vm-{self._name}")
+                await qmp.connect(str(self._qmp_socket))
+                self._qmp = qmp
+            return self._qmp
+
     async def _qmp_command(self, command: str) -> None:
         try:
-            await asyncio.wait_for(self._qmp.execute(command), 5.0)
+            await asyncio.wait_for(self._execute(command), 5.0)
         except (QMPError, OSError, TimeoutError) as exc:
             raise DriverError(f"QEMU pid {self.pid} did not {command}: {exc}") from exc
 
-    async def _request_power_off(self) -> None:
-        await self._qmp.execute("system_powerdown")  # an ACPI power-button press on microvm
+    async def _execute(self, command: str) -> None:
+        await (await self._client()).execute(command)
 
-    async def _release(self) -> None:
-        await self._qmp.disconnect()
+    async def _request_power_off(self) -> None:
+        await self._execute("system_powerdown")  # an ACPI power-button press on microvm
+
+    async def _disconnect(self) -> None:
+        if self._qmp is not None:
+            await self._qmp.disconnect()
 
 
 class QemuDriver:
@@ -116,7 +144,7 @@ class QemuDriver:
                 kernel=spec.kernel,
                 initrd=spec.initrd,
                 root_drive=spec.root_drive,
-                qmp_socket=spec.runtime_dir / "qmp.sock",
+                qmp_socket=spec.runtime_dir / QMP_SOCKET,
                 console_log=spec.console_log,
                 accel=accel,
                 vcpus=spec.vcpus,
@@ -131,10 +159,18 @@ class QemuDriver:
             )
         )
 
-    def forget(self, vm_id: str) -> None:
+    def forget(self, vm_id: str, record: VmmRecord | None) -> None:
         """QEMU keeps nothing outside the VM's runtime dir."""
+        if record is not None and RUNTIME_DIR_KEY in record.detail:
+            shutil.rmtree(record.detail[RUNTIME_DIR_KEY], ignore_errors=True)
 
-    async def launch(self, spec: LaunchSpec) -> QemuProcess:
+    async def adopt(self, vm_id: str, name: str, record: VmmRecord) -> QemuProcess:
+        runtime_dir = Path(record.detail[RUNTIME_DIR_KEY])
+        fd = claim(record, vm_id, runtime_dir)
+        log.info("vm %s: adopted qemu pid %d (%s)", name, record.pid, record.accel)
+        return QemuProcess(record, pidfd_exit(fd, record.pid), runtime_dir, name)
+
+    async def launch(self, spec: LaunchSpec, on_spawn: SpawnHook) -> QemuProcess:
         accel = await self.choose_accel(spec)
         argv = self.launch_argv(spec, accel)
         shutil.rmtree(spec.runtime_dir, ignore_errors=True)
@@ -153,18 +189,28 @@ class QemuDriver:
         except OSError as exc:
             shutil.rmtree(spec.runtime_dir, ignore_errors=True)
             raise DriverError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
+        record = VmmRecord(
+            pid=proc.pid,
+            start_time=start_time(proc.pid),
+            driver=self.name,
+            accel=accel.value,
+            detail={RUNTIME_DIR_KEY: str(spec.runtime_dir)},
+        )
         qmp = QMPClient(f"vm-{spec.name}")
         try:
-            await self._connect_qmp(proc, qmp, spec.runtime_dir / "qmp.sock")
-        except BaseException:
+            on_spawn(record)
+            await self._connect_qmp(proc, qmp, spec.runtime_dir / QMP_SOCKET)
+        except BaseException as exc:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
             tail = _tail(stderr_path)
             shutil.rmtree(spec.runtime_dir, ignore_errors=True)
+            if not isinstance(exc, Exception) or (isinstance(exc, NexusError) and not isinstance(exc, DriverError)):
+                raise  # cancelled, or the store could not record the process: not QEMU's fault
             raise DriverError(f"QEMU did not start (exit status {proc.returncode}): {tail}") from None
         log.info("vm %s: qemu pid %d (%s, %d vCPU, %d MiB)", spec.name, proc.pid, accel.value, spec.vcpus, spec.mem_mib)
-        return QemuProcess(proc, accel, spec.runtime_dir, qmp)
+        return QemuProcess(record, child_exit(proc), spec.runtime_dir, spec.name, qmp)
 
     @staticmethod
     async def _connect_qmp(proc: asyncio.subprocess.Process, qmp: QMPClient, path: Path) -> None:
