@@ -207,6 +207,10 @@ def test_sigterm_leaves_vms_running_and_a_vmm_dead_meanwhile_is_crashed(base: Pa
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
 
 
+def _present(*paths: str | Path) -> bool:
+    return all(Path(p).exists() for p in paths)
+
+
 def _zombie(pid: int) -> bool:
     """Exited, and not reaped by its parent (here the orphaned VMM's new parent reaps nothing)."""
     try:
@@ -269,7 +273,7 @@ def test_driver_kill_leaves_no_guest_behind(base: Path) -> None:
             agents = processes_mentioning(str(spec.runtime_dir / "vsock.sock"))
             assert len(agents) == 1  # the agent (the fake names only the API socket)
             await process.detach()  # as nexusd does on exit: the VMM runs on, its files stay
-            assert os.path.exists(f"/proc/{process.pid}") and os.path.exists(spec.runtime_dir / "api.sock")
+            assert _present(f"/proc/{process.pid}", spec.runtime_dir / "api.sock")
 
             other = FirecrackerDriver("firecracker")  # adoption needs no binary: the record says where it all is
             with pytest.raises(VmmGone, match="another process"):
