@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 
 from nexus.client import NexusClient
+from nexus.domain import Layout
 from nexus.images.agentinstall import agent_digest
+from nexus.services import SettingsService
+from nexus.store import ImageRepo, SettingsRepo, open_database
 from tests.helpers import REPO, Daemon, start_daemon
 
 STATE = Path(os.environ.get("NEXUS_E2E_STATE", "/var/tmp/nexus-e2e"))
@@ -91,3 +94,34 @@ def nexusctl(
 
 def nexusctl_json(daemon: Daemon, *args: str) -> Any:
     return json.loads(nexusctl(daemon, "--json", *args).stdout)
+
+
+def linked_state(base: Path, vmm: str) -> Path:
+    """A state dir of its own for a test's own nexusd (one nexusd per state dir): its kernel cache links to the
+    shared one (initramfs copied: nexusd may rebuild it), its database knows the shared images, the agent image
+    is the default and ``vmm`` is set. Call it once the session daemon is up (the shared assets exist then)."""
+    shared = Layout(state_dir=STATE, runtime_dir=base / "unused")
+    layout = Layout(state_dir=base / "state", runtime_dir=base / "run")
+    for kdir in (shared.cache_dir / "kernels").iterdir():
+        if kdir.name.startswith("."):
+            continue
+        mine = layout.cache_dir / "kernels" / kdir.name
+        mine.mkdir(parents=True)
+        for item in kdir.iterdir():
+            if item.name.startswith("initramfs-nexus"):
+                shutil.copy2(item, mine / item.name)
+            else:
+                (mine / item.name).symlink_to(item)
+    if (shared.cache_dir / "accel.json").exists():  # the KVM probe's verdict: not paid again
+        shutil.copy2(shared.cache_dir / "accel.json", layout.cache_dir / "accel.json")
+    shared_conn, conn = open_database(shared.database), open_database(layout.database)
+    try:
+        for image in ImageRepo(shared_conn).find():
+            ImageRepo(conn).insert(image)
+        settings = SettingsService(SettingsRepo(conn))
+        settings.set("vmm", vmm)
+        settings.set("default_image", AGENT_IMAGE)
+    finally:
+        shared_conn.close()
+        conn.close()
+    return layout.state_dir

@@ -20,11 +20,8 @@ import pytest
 
 from nexus.client import NexusClient
 from nexus.daemon.drivers import firecracker_binary, kvm_runs_guests
-from nexus.domain import Layout
-from nexus.services import SettingsService
-from nexus.store import ImageRepo, SettingsRepo, open_database
 from nexus.vmm.qemu.accel import kvm_device_problem
-from tests.e2e.conftest import AGENT_IMAGE, STATE
+from tests.e2e.conftest import STATE, linked_state
 from tests.helpers import Daemon, start_daemon
 
 pytestmark = pytest.mark.vm
@@ -46,34 +43,6 @@ def firecracker_unusable() -> str | None:
     return None
 
 
-def linked_state(base: Path) -> Path:
-    """A state dir whose kernel cache links to the shared one (initramfs copied: nexusd may rebuild it) and
-    whose database knows the shared image; ``vmm`` set to firecracker."""
-    shared = Layout(state_dir=STATE, runtime_dir=base / "unused")
-    layout = Layout(state_dir=base / "state", runtime_dir=base / "run")
-    for kdir in (shared.cache_dir / "kernels").iterdir():
-        if kdir.name.startswith("."):
-            continue
-        mine = layout.cache_dir / "kernels" / kdir.name
-        mine.mkdir(parents=True)
-        for item in kdir.iterdir():
-            if item.name.startswith("initramfs-nexus"):
-                shutil.copy2(item, mine / item.name)
-            else:
-                (mine / item.name).symlink_to(item)
-    shared_conn, conn = open_database(shared.database), open_database(layout.database)
-    try:
-        for image in ImageRepo(shared_conn).find():
-            ImageRepo(conn).insert(image)
-        settings = SettingsService(SettingsRepo(conn))
-        settings.set("vmm", "firecracker")
-        settings.set("default_image", AGENT_IMAGE)
-    finally:
-        shared_conn.close()
-        conn.close()
-    return layout.state_dir
-
-
 @pytest.fixture
 def fc_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
     reason = firecracker_unusable()
@@ -86,7 +55,7 @@ def fc_daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
         config = base / "nexusd.toml"
         binary = f'firecracker_binary = "{BINARY}"\n' if BINARY is not None else ""
         config.write_text("boot_timeout_s = 30\nheartbeat_timeout_s = 4\nstop_timeout_s = 10\n" + binary)
-        daemon = start_daemon(base, "--config", str(config), state_dir=linked_state(base))
+        daemon = start_daemon(base, "--config", str(config), state_dir=linked_state(base, vmm="firecracker"))
         try:
             yield daemon
         finally:
