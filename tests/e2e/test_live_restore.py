@@ -49,9 +49,7 @@ def base(e2e_daemon: Daemon) -> Iterator[Path]:
 
 
 def _daemon(base: Path) -> Daemon:
-    return start_daemon(
-        base, "--config", str(base / "nexusd.toml"), state_dir=base / "state", stop_vms_on_exit=False
-    )
+    return start_daemon(base, "--config", str(base / "nexusd.toml"), state_dir=base / "state", stop_vms_on_exit=False)
 
 
 def _ticks(api: NexusClient, name: str) -> int:

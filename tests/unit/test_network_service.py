@@ -239,3 +239,59 @@ def test_concurrent_starts_share_one_bridge(world: dict[str, Any]) -> None:
 
     asyncio.run(both())
     assert sorted(link.kind for link in links.links.values()) == ["bridge", "tun", "tun"]
+
+
+def test_restore_keeps_the_taps_and_ports_of_adopted_vms_however_often(world: dict[str, Any]) -> None:
+    """After a restart the VMs still running keep their TAP and published ports; the rest go; the table is rebuilt
+    once per restart with exactly their rules."""
+    net: NetworkService = world["net"]
+    links: FakeLinks = world["links"]
+    firewall: FakeFirewall = world["firewall"]
+    net.reserve(add_vm(world, "a"), [PublishedPort(8080, 80)])
+    net.reserve(add_vm(world, "b"), [])
+    asyncio.run(net.attach("a"))
+    asyncio.run(net.attach("b"))
+    taps = {lease.vm_id: lease.tap for lease in NetRepo(world["conn"]).leases()}
+    for _ in range(3):  # restarts: a fresh service (nexusd's memory is gone), "a" adopted, "b" died meanwhile
+        fresh = NetworkService(NetRepo(world["conn"]), world["settings"], links, firewall, list, str, list)
+        applied = firewall.applied
+        asyncio.run(fresh.restore({"a"}))
+        assert set(links.links) == {"nexus0", taps["a"]}
+        assert firewall.applied == applied + 1
+        assert firewall.table is not None
+        assert firewall.table[2] == (PortForward("tcp", 8080, IPv4Address("10.77.0.2"), 80),)
+    asyncio.run(fresh.detach("a"))  # its VMM exits later: the adopted TAP is this nexusd's to remove
+    assert set(links.links) == {"nexus0"}
+
+
+def test_ip_forward_is_turned_on_at_the_first_attach_unless_opted_out(world: dict[str, Any]) -> None:
+    forwarding = {"on": False}
+
+    def enable() -> bool:
+        forwarding["on"] = True
+        return True
+
+    def service(enable_forwarding: Any) -> NetworkService:
+        return NetworkService(
+            NetRepo(world["conn"]),
+            world["settings"],
+            FakeLinks(),
+            FakeFirewall(),
+            list,
+            str,
+            list,
+            forwarding_on=lambda: forwarding["on"],
+            enable_forwarding=enable_forwarding,
+        )
+
+    opted_out = service(None)
+    opted_out.reserve(add_vm(world, "a"), [])
+    assert opted_out.egress() == (False, opted_out.egress()[1])
+    assert "ip_forward = false" in opted_out.egress()[1]
+    asyncio.run(opted_out.attach("a"))
+    assert forwarding["on"] is False
+    net = service(enable)
+    assert not net.egress()[0] and "turned on at the next VM start" in net.egress()[1]
+    asyncio.run(net.attach("a"))
+    assert forwarding["on"] is True
+    assert net.egress()[0]

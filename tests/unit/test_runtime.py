@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -112,11 +113,22 @@ class GuestEnd:
 HELLO = {"agent_version": "t", "image_id": None, "boot_time": time.time(), "hostname": "g", "pid": 1}
 
 
+class FlakyRepo(VmRepo):
+    """A VmRepo that fails every call while ``broken`` (as SQLite does while another process holds the lock)."""
+
+    broken = False
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("_") and name != "broken" and object.__getattribute__(self, "broken"):
+            raise sqlite3.OperationalError("database is locked")
+        return object.__getattribute__(self, name)
+
+
 @pytest.fixture
 async def env() -> AsyncIterator[tuple[VmRuntime, VmRepo, Vm, FakeProcess]]:
     conn = connect(":memory:")
     migrate(conn)
-    repo = VmRepo(conn)
+    repo = FlakyRepo(conn)
     now = utcnow()
     vm = Vm("abc123abc123", "t", Role.WORK, 1, 256, "img", "k", VmState.STARTING, now, now)
     repo.insert(vm, "test")
@@ -272,3 +284,47 @@ async def _open_link(runtime: VmRuntime, vm: Vm) -> RpcPeer:
         except Unavailable:
             assert time.monotonic() < deadline, "the MCP link was not reopened"
             await asyncio.sleep(0.01)
+
+
+async def test_exit_while_the_store_is_locked_releases_the_vm_and_records_it_later(
+    env: tuple[VmRuntime, VmRepo, Vm, FakeProcess],
+) -> None:
+    runtime, repo, vm, process = env
+    await _ready(runtime, vm, process)
+    repo.set_runtime(vm.id, process.record)
+    repo.broken = True  # type: ignore[attr-defined]
+    process.exit(-9)
+    deadline = time.monotonic() + 4
+    while runtime.is_running(vm.id):  # released within its wait for the store, not when the store is back
+        assert time.monotonic() < deadline, "the VM was not released while the store was locked"
+        await asyncio.sleep(0.05)
+    repo.broken = False  # type: ignore[attr-defined]
+    await _state_becomes(repo, vm, VmState.CRASHED, 8)
+    assert repo.get(vm.id).pid is None
+    assert "signal 9" in repo.history(vm.id)[-1].reason
+
+
+async def test_watchdog_survives_a_locked_store(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+    """Silence while the store is locked: calls in flight fail at once, and unreachable is recorded once it
+    is back (the watchdog logs and goes on; it does not die)."""
+    runtime, repo, vm, process = env
+    await _ready(runtime, vm, process)
+    in_flight = asyncio.create_task(runtime.mcp(vm.id).call("hang", timeout_s=30))
+    repo.broken = True  # type: ignore[attr-defined]
+    with pytest.raises(ChannelClosed, match="unreachable"):
+        await asyncio.wait_for(in_flight, 3)
+    await asyncio.sleep(0.6)
+    repo.broken = False  # type: ignore[attr-defined]
+    await _state_becomes(repo, vm, VmState.UNREACHABLE, 2)
+
+
+async def test_detach_all_leaves_the_vmm_running_and_the_record_as_it_was(
+    env: tuple[VmRuntime, VmRepo, Vm, FakeProcess],
+) -> None:
+    runtime, repo, vm, process = env
+    control = await _ready(runtime, vm, process)
+    assert await runtime.detach_all() == [vm.name]
+    assert process.detached and not process.killed and not process.powered_off
+    assert not runtime.is_running(vm.id)
+    assert repo.get(vm.id).state is VmState.READY  # the next nexusd adopts it from here
+    assert await asyncio.get_running_loop().sock_recv(control.sock, 100) in (b"", b"\n")  # links closed
