@@ -14,9 +14,9 @@ from nexus.domain import Unavailable
 def test_second_holder_is_refused_and_the_first_keeps_it(tmp_path: Path) -> None:
     with state_dir_lock(tmp_path):
         assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
-        with pytest.raises(Unavailable, match=rf"another nexusd \(pid {os.getpid()}\) is using the state dir"):
-            with state_dir_lock(tmp_path):
-                pass
+        refused = rf"another nexusd \(pid {os.getpid()}\) is using the state dir"
+        with pytest.raises(Unavailable, match=refused), state_dir_lock(tmp_path):
+            pass
         assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
     with state_dir_lock(tmp_path):  # released with its holder
         pass
