@@ -4,7 +4,8 @@
 namespace) and the QEMU VMs; its only uplink is a veth to ``nx-inet-*``, which plays "the internet" with an
 HTTP server that answers with the client's address. Addresses are from TEST-NET-3 and the nexus subnet, all
 inside the two namespaces; the guests' DNS server is set to the "internet" namespace too, so nothing is ever
-sent anywhere else. IPv4 forwarding starts off in nx-host: ``nexusctl setup-firewall`` turns it on.
+sent anywhere else. IPv4 forwarding starts off in nx-host: ``nexusctl setup-firewall`` turns it on, and, turned
+off again, nexusd turns it on by itself at the first VM start.
 
 Two VMs are booted once for the module: A publishes 18080:8000 and runs a web server, B has no ports.
 """
@@ -28,7 +29,7 @@ import pytest
 from nexus.client import NexusClient
 from nexus.services import SettingsService
 from nexus.store import SettingsRepo, open_database
-from tests.e2e.test_firecracker_e2e import linked_state
+from tests.e2e.conftest import linked_state
 from tests.helpers import Daemon, start_daemon, wait_until
 
 pytestmark = pytest.mark.vm
@@ -81,10 +82,10 @@ class Lab:
     base: Path
     state: Path
     daemon: Daemon | None
-    setup_output: str
     root_ip_forward: str
 
-    def start_nexusd(self) -> None:
+    def start_nexusd(self, keep_vms: bool = False) -> None:
+        """``keep_vms``: its SIGTERM leaves the VMs running (else it stops them, so the module leaves none)."""
         config = self.base / "nexusd.toml"
         config.write_text("boot_timeout_s = 90\nheartbeat_timeout_s = 6\nstop_timeout_s = 10\n")
         self.daemon = start_daemon(
@@ -94,6 +95,7 @@ class Lab:
             state_dir=self.state,
             network=True,
             prefix=("ip", "netns", "exec", self.host),
+            stop_vms_on_exit=not keep_vms,
         )
 
     @property
@@ -164,17 +166,15 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         server = subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-c", ECHO_SERVER])
         wait_until(lambda: fetch_in_ns(inet, f"http://{INET_ADDR}:{INET_PORT}/") == INET_ADDR, 20, "the echo server")
 
-        state = linked_state(base)
+        state = linked_state(base, vmm="qemu")
         conn = open_database(state / "nexus.db")
         try:
             settings = SettingsService(SettingsRepo(conn))
-            settings.set("vmm", "qemu")
             settings.set("dns_servers", [INET_ADDR])
         finally:
             conn.close()
-        lab = Lab(host, inet, base, state, None, "", root_ip_forward)
+        lab = Lab(host, inet, base, state, None, root_ip_forward)
         lab.start_nexusd()
-        lab.setup_output = lab.nexusctl("setup-firewall").stdout
         yield lab
     finally:
         if lab is not None and lab.daemon is not None:
@@ -210,12 +210,19 @@ def vms(lab: Lab) -> Vms:
 
 
 def test_setup_firewall_enables_forwarding_in_its_namespace_only(lab: Lab) -> None:
-    assert "enabled IPv4 forwarding" in lab.setup_output
+    assert in_ns(lab.host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
+    assert "enabled IPv4 forwarding" in lab.nexusctl("setup-firewall").stdout
     assert in_ns(lab.host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == lab.root_ip_forward
+    # Off again, before any VM: the first VM start turns it on by itself (see the next tests).
+    in_ns(lab.host, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
+    assert json.loads(lab.nexusctl("--json", "status").stdout)["network"]["egress"] is False
 
 
 def test_vm_gets_its_lease_and_dns_and_reaches_the_internet_through_nat(lab: Lab, vms: Vms) -> None:
+    assert in_ns(lab.host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"  # nexusd turned it on
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == lab.root_ip_forward
+    assert json.loads(lab.nexusctl("--json", "status").stdout)["network"]["egress"] is True
     net = vms.a["network"]
     assert (net["gateway"], net["prefix_len"], net["ports"]) == ("10.77.0.1", 24, [f"{HOST_PORT}:{GUEST_PORT}/tcp"])
     assert net["mac"].startswith("02:") and len(net["tap"]) <= 15
@@ -264,30 +271,47 @@ def test_stop_and_rm_leave_no_tap_address_or_rule(lab: Lab, vms: Vms) -> None:
     assert tap not in lab.links() and vms.b["network"]["tap"] in lab.links()
 
 
-def test_restart_leaves_exactly_one_copy_of_each_rule(lab: Lab, vms: Vms) -> None:
+def test_restarts_keep_a_running_vm_its_address_and_egress_and_one_copy_of_each_rule(lab: Lab, vms: Vms) -> None:
     before = lab.rules()
     assert before is not None and len(before) >= 7
-    b_tap = vms.b["network"]["tap"]
-    assert b_tap in lab.links()
-    # First nexusd dies hard, leaving B's QEMU and TAP behind; the next one kills that QEMU and removes the TAP.
+    b_tap, b_address = vms.b["network"]["tap"], vms.b["network"]["address"]
+    with lab.api() as api:
+        pid = api.get_vm("e2e-net-b")["pid"]
+    # nexusd dies hard; B runs on with its TAP; the next nexusd adopts B: it keeps its address and its way out.
     lab.nexusd.proc.kill()
     lab.nexusd.proc.wait()
     assert b_tap in lab.links()
-    lab.start_nexusd()
-    assert b_tap not in lab.links()
-    assert lab.nexusd.stop() == 0  # and once more, cleanly
+    lab.start_nexusd(keep_vms=True)
+    url = f"http://{INET_ADDR}:{INET_PORT}/"
+    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode(), end='')"
+    with lab.api() as api:
+        wait_until(lambda: api.get_vm("e2e-net-b")["state"] == "ready", 15, "B adopted and ready")
+        vm = api.get_vm("e2e-net-b")
+        assert (vm["pid"], vm["network"]["address"], vm["network"]["tap"]) == (pid, b_address, b_tap)
+        print("GUEST", guest(api, "e2e-net-b", ["sh", "-c", "cat /proc/net/arp /proc/net/dev"]))
+        print(
+            "HOST",
+            in_ns(lab.host, "sh", "-c", "ip neigh; bridge fdb show br nexus0; ip -s link show dev " + b_tap).stdout,
+        )
+        print("LOG", lab.nexusd.log_text()[-3000:])
+        assert guest_python(api, "e2e-net-b", code) == UPLINK_ADDR
+    assert lab.nexusd.stop() == 0  # cleanly this time: B runs on again
+    assert b_tap in lab.links()
     lab.start_nexusd()
     after = lab.rules()
     assert after is not None
     dumped = [json.dumps(rule, sort_keys=True) for rule in after]
     assert len(dumped) == len(set(dumped)), "a rule is there twice"
     assert sorted(dumped) == sorted(json.dumps(rule, sort_keys=True) for rule in before)
-    assert set(lab.links()) == {"lo", "uplink", "nexus0"}
+    assert set(lab.links()) == {"lo", "uplink", "nexus0", b_tap}
+    with lab.api() as api:
+        wait_until(lambda: api.get_vm("e2e-net-b")["state"] == "ready", 15, "B adopted again")
+        assert guest_python(api, "e2e-net-b", code) == UPLINK_ADDR
 
 
 def test_cleanup_network_removes_bridge_taps_and_table(lab: Lab, vms: Vms) -> None:
     with lab.api() as api:
-        api.start_vm("e2e-net-b")
+        assert api.get_vm("e2e-net-b")["state"] == "ready"  # still running from the restarts above
         refused = lab.nexusctl("admin", "cleanup-network", check=False)
         assert refused.returncode == 5 and "stop them first" in refused.stderr
         api.stop_vm("e2e-net-b")

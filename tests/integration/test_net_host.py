@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from nexus.domain.network import bridge_mac
+
 SCRIPT = r"""
 import asyncio, json, subprocess
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -40,6 +42,7 @@ async def main():
     await links.add_tap("nxtap1", "nexus0", "nexus vm abc")
     await links.add_tap("nxtap1", "nexus0", "nexus vm abc")  # a leftover of that name is replaced
     tap = ip_json("link", "show", "nxtap1")[0]
+    out["bridge_mac"] = ip_json("link", "show", "nexus0")[0]["address"]  # its own, not the TAP's
     out["tap"] = {
         "master": tap.get("master"), "alias": tap.get("ifalias"), "up": "UP" in tap["flags"],
         "isolated": tap["linkinfo"]["info_slave_data"].get("isolated"),
@@ -93,6 +96,7 @@ def test_links_and_table_in_a_namespace(netns: str) -> None:
     assert out["addr_once"] == ["10.77.0.1/24"]
     assert out["addr_moved"] == ["10.88.0.1/16"]  # an earlier subnet's gateway is replaced, not kept beside
     assert out["tap"] == {"master": "nexus0", "alias": "nexus vm abc", "up": True, "isolated": True, "persist": True}
+    assert out["bridge_mac"] == bridge_mac("nexus0")
     assert out["owned"] == [["nexus0", "bridge"], ["nxtap1", "tun"]]  # by alias: foreign0 and the veths are not ours
     assert "nexus did not make it" in out["foreign"] and out["foreign_addrs"] == []
     assert out["exists_before"] is False

@@ -133,12 +133,19 @@ class StorageOut(BaseModel):
     reason: str
 
 
+class EgressOut(BaseModel):
+    enabled: bool  # VMs get a NIC by default
+    egress: bool  # networked VMs have a way out of this host
+    reason: str
+
+
 class HealthOut(BaseModel):
     status: str
     version: str
     vms: int
     driver: DriverOut
     storage: StorageOut
+    network: EgressOut
 
 
 class ErrorDetail(BaseModel):

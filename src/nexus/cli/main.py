@@ -64,10 +64,10 @@ def root(
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Show whether nexusd is up, its version, VM count, VMM driver and storage backend."""
+    """Show whether nexusd is up, its version, VM count, VMM driver, storage backend and the VMs' way out."""
     with client(ctx) as c:
         health = c.health()
-    driver, storage = health["driver"], health["storage"]
+    driver, storage, network = health["driver"], health["storage"], health["network"]
     emit(
         ctx_of(ctx),
         health,
@@ -77,6 +77,7 @@ def status(ctx: typer.Context) -> None:
                 ("vms", h["vms"]),
                 ("vmm", f"{driver['name'] or 'none'} ({driver['reason']})"),
                 ("storage", f"{storage['name']} ({storage['reason']})"),
+                ("network", f"{'ok' if network['egress'] else 'NO WAY OUT'} ({network['reason']})"),
             ]
         ),
     )

@@ -145,8 +145,14 @@ def _boot(ctx: typer.Context, ref: str, wait: bool) -> dict[str, Any]:
         follow(c.stream("POST", f"/v1/vms/{ref}/prepare"), "preparing", show=not opts.json and stderr.is_terminal)
         if wait and not opts.json and stderr.is_terminal:
             with stderr.status(f"booting {ref}..."):
-                return c.start_vm(ref, wait=True)
-        return c.start_vm(ref, wait=wait)
+                vm = c.start_vm(ref, wait=True)
+        else:
+            vm = c.start_vm(ref, wait=wait)
+        if vm.get("network") is not None:
+            net = c.health()["network"]
+            if not net["egress"]:  # say it plainly: a VM without internet is a puzzle otherwise
+                stderr.print(f"warning: {vm['name']} has no way out of this host: {net['reason']}", markup=False)
+        return vm
 
 
 @app.command("start")

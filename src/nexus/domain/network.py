@@ -103,6 +103,12 @@ def mac_address(vm_id: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, *_digest(vm_id)[-5:]))
 
 
+def bridge_mac(bridge: str) -> str:
+    """The bridge's own MAC, fixed: a Linux bridge otherwise takes its lowest port's MAC, which changes whenever a
+    VM's TAP comes or goes, and every other guest's ARP entry for the gateway then points nowhere for a while."""
+    return ":".join(f"{b:02x}" for b in (0x02, *_digest(f"bridge {bridge}")[:5]))
+
+
 @dataclass(frozen=True, slots=True)
 class PublishedPort:
     """``HOSTPORT:GUESTPORT[/tcp|udp]``: connections to the host's port reach the VM's port."""

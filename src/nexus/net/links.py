@@ -19,7 +19,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nexus.domain import Conflict, DriverError, OwnedLink
-from nexus.domain.network import OWNER_ALIAS
+from nexus.domain.network import OWNER_ALIAS, bridge_mac
 
 
 def is_owned(alias: str | None) -> bool:
@@ -62,8 +62,9 @@ class NetlinkLinks:
     async def ensure_bridge(self, name: str, gateway: IPv4Interface) -> None:
         async with _netlink(f"cannot set up bridge {name}") as ipr:
             index = await _index(ipr, name)
+            mac = bridge_mac(name)
             if index is None:
-                await ipr.link("add", ifname=name, kind="bridge")
+                await ipr.link("add", ifname=name, kind="bridge", address=mac)
                 index = await _index(ipr, name)
                 if index is None:
                     raise DriverError(f"bridge {name} vanished right after it was made")
@@ -74,6 +75,8 @@ class NetlinkLinks:
                     raise Conflict(
                         f"a link named {name} exists and nexus did not make it; choose another network_bridge"
                     )
+                if link.get_attr("IFLA_ADDRESS") != mac:  # made by a nexusd before bridges had a fixed MAC
+                    await ipr.link("set", index=index, address=mac)
             have = [a async for a in await ipr.addr("dump", index=index, family=2)]
             keep = False
             for addr in have:

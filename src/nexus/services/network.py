@@ -238,6 +238,8 @@ class NetworkService:
         bridge, subnet = self.plan()
         if self._attached or self._firewall.exists() or await self._links.exists(bridge):
             self._apply(bridge, subnet)
+        if self._attached:
+            self._ensure_forwarding()
 
     # -- the guest -------------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""/v1/health: is the daemon up, which version, how many VMs, which VMM driver and storage backend and why."""
+"""/v1/health: is the daemon up, which version, how many VMs, which VMM driver and storage backend and why, and
+whether VMs have a way out of the host."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from fastapi import APIRouter
 
 from nexus import __version__
 from nexus.api.deps import ServicesDep
-from nexus.api.schemas import DriverOut, HealthOut, StorageOut
+from nexus.api.schemas import DriverOut, EgressOut, HealthOut, StorageOut
 
 router = APIRouter(tags=["health"])
 
@@ -15,10 +16,12 @@ router = APIRouter(tags=["health"])
 async def health(svc: ServicesDep) -> HealthOut:
     name, reason = svc.vms.driver_status()
     storage, storage_reason = svc.drives.storage_status()
+    egress, egress_reason = svc.network.egress()
     return HealthOut(
         status="ok",
         version=__version__,
         vms=svc.vms.count(),
         driver=DriverOut(name=name, reason=reason),
         storage=StorageOut(name=storage, reason=storage_reason),
+        network=EgressOut(enabled=svc.network.enabled, egress=egress, reason=egress_reason),
     )
