@@ -1,9 +1,20 @@
 """The domain: models, states, errors, settings and ports. Standard library only."""
 
+from nexus.domain.access import (
+    AGENT_TOKEN_PREFIX,
+    AgentToken,
+    IssuedToken,
+    TokenStore,
+    Transport,
+    names_host_file,
+    parse_lifetime,
+    require_host_access,
+)
 from nexus.domain.errors import (
     ERRORS_BY_CODE,
     Conflict,
     DriverError,
+    Forbidden,
     GuestError,
     Invalid,
     InvalidState,
@@ -53,10 +64,12 @@ from nexus.domain.settings import SETTINGS, SettingSpec, SettingValue, spec_for
 from nexus.domain.states import TRANSITIONS, VmState, can_transition, check_transition
 
 __all__ = [
+    "AGENT_TOKEN_PREFIX",
     "DRIVE_FILE",
     "ERRORS_BY_CODE",
     "SETTINGS",
     "TRANSITIONS",
+    "AgentToken",
     "Conflict",
     "DataDrive",
     "Drive",
@@ -66,6 +79,7 @@ __all__ = [
     "FirecrackerBinary",
     "FirecrackerSource",
     "Firewall",
+    "Forbidden",
     "GuestError",
     "GuestPort",
     "HostLinks",
@@ -75,6 +89,7 @@ __all__ = [
     "ImageStore",
     "Invalid",
     "InvalidState",
+    "IssuedToken",
     "Kernel",
     "KernelSource",
     "L4Proto",
@@ -98,6 +113,8 @@ __all__ = [
     "SnapshotStore",
     "StateChange",
     "StorageBackend",
+    "TokenStore",
+    "Transport",
     "Unavailable",
     "Vm",
     "VmFilter",
@@ -108,6 +125,9 @@ __all__ = [
     "VmmDriver",
     "can_transition",
     "check_transition",
+    "names_host_file",
+    "parse_lifetime",
+    "require_host_access",
     "spec_for",
     "utcnow",
 ]
