@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from nexus import __version__
-from nexus.cli import admin, assets, mcp_bridge, settings, vm, workspaces
+from nexus.cli import admin, assets, mcp_bridge, settings, tokens, vm, workspaces
 from nexus.cli.common import client, ctx_of, read_token
 from nexus.cli.errors import ERROR, exit_code_for
 from nexus.cli.output import Ctx, console, emit, fields
@@ -35,6 +35,7 @@ app.add_typer(admin.app, name="admin")
 app.command("setup-firewall")(admin.setup_firewall)
 app.add_typer(workspaces.drive_app, name="drive")
 app.add_typer(workspaces.snapshot_app, name="snapshot")
+app.add_typer(tokens.app, name="token")
 
 
 @app.callback()

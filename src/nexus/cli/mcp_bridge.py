@@ -42,6 +42,19 @@ def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
+def _http_refusal(text: str) -> str | None:
+    """The message of nexusd's HTTP error body ``{"error": {"code", "message"}}``, or None for anything else
+    (a JSON-RPC message is relayed as it is)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) and "jsonrpc" not in body else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return None
+    return f"{error.get('code', 'error')}: {error['message']}"
+
+
 def _is_request(message: Any) -> bool:
     return isinstance(message, dict) and "method" in message and message.get("id") is not None
 
@@ -143,7 +156,19 @@ class Bridge:
                 async for event in _sse_data(response):
                     answered |= self._relay(event, request_id)
             else:
-                answered = self._relay((await response.aread()).decode(errors="replace"), request_id)
+                text = (await response.aread()).decode(errors="replace")
+                refusal = _http_refusal(text) if response.status_code >= 400 else None
+                if refusal is not None:  # nexusd's own error body (401, 403, 413...), not a JSON-RPC message
+                    self._log(f"nexusd answered HTTP {response.status_code}: {refusal}")
+                    if request_id is not None:
+                        self._emit(
+                            _error(
+                                request_id, INTERNAL_ERROR, f"nexusd answered HTTP {response.status_code}: {refusal}"
+                            )
+                        )
+                        return True
+                    return False
+                answered = self._relay(text, request_id)
             if not answered and response.status_code >= 400:
                 self._log(f"nexusd answered HTTP {response.status_code} to {message.get('method', 'a response')}")
                 if request_id is not None:

@@ -310,6 +310,20 @@ class NexusClient:
         result: dict[str, Any] = self.request("PUT", f"/v1/settings/{_seg(key)}", json={"value": value})
         return result
 
+    # -- agent tokens
+    def create_token(self, vm: str, expires: str | None = None) -> dict[str, Any]:
+        """A new agent token for ``vm``; its ``token`` field is the secret, shown only now."""
+        body = {"vm": vm, **({"expires": expires} if expires is not None else {})}
+        result: dict[str, Any] = self.request("POST", "/v1/tokens", json=body)
+        return result
+
+    def list_tokens(self, vm: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/tokens", params={"vm": vm} if vm else None)
+        return result
+
+    def remove_token(self, token_id: str) -> None:
+        self.request("DELETE", f"/v1/tokens/{_seg(token_id)}")
+
     # -- host networking
     def cleanup_network(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/admin/cleanup-network")
