@@ -207,8 +207,11 @@ class NexusClient:
         result: list[dict[str, Any]] = self.request("GET", "/v1/firecracker")
         return result
 
-    def pull_firecracker(self, version: str | None = None, path: str | None = None) -> Iterator[dict[str, Any]]:
-        return self.stream("POST", "/v1/firecracker/pull", json={"version": version, "path": path})
+    def pull_firecracker(
+        self, version: str | None = None, path: str | None = None, sha256: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        body = {k: v for k, v in (("version", version), ("path", path), ("sha256", sha256)) if v is not None}
+        return self.stream("POST", "/v1/firecracker/pull", json=body)
 
     def remove_firecracker(self, version: str) -> None:
         self.request("DELETE", f"/v1/firecracker/{_seg(version)}")

@@ -46,6 +46,9 @@ class FirecrackerPullIn(Strict):
     path: str | None = Field(
         default=None, description="register this binary on the host instead of downloading (Unix socket only)"
     )
+    sha256: str | None = Field(
+        default=None, description="sha256 of the release tarball; needed for a version nexus has no pinned sum of"
+    )
 
 
 @router.get("")
@@ -60,7 +63,8 @@ async def pull_firecracker(body: FirecrackerPullIn, fc: Firecracker, via: Via) -
 
     async def work(emit: Emit) -> object:
         path = Path(body.path) if body.path else None
-        return FirecrackerOut.of(await fc.pull(body.version, path, progress_emitter(emit))).model_dump(mode="json")
+        pulled = await fc.pull(body.version, path, progress_emitter(emit), sha256=body.sha256)
+        return FirecrackerOut.of(pulled).model_dump(mode="json")
 
     return await ndjson(work)
 
