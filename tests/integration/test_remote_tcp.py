@@ -38,6 +38,7 @@ def remote() -> Iterator[tuple[Daemon, str, Path]]:
     base = Path(tempfile.mkdtemp(prefix="nxtcp-"))
     token_file = base / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     url = f"http://127.0.0.1:{_free_port()}"
     d = firecracker_daemon(base, None, None, "--listen", url.removeprefix("http://"), "--token-file", str(token_file))
     try:

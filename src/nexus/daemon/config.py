@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from nexus.daemon.credentials import read_private_text
 from nexus.domain import Invalid, Layout
 from nexus.services import RuntimeTimeouts
 from nexus.vmm.firecracker.jailer import DEFAULT_CHROOT_BASE, JailerOptions
@@ -66,10 +67,7 @@ class Config:
             return None
         if self.token_file is None:
             raise Invalid("a TCP listener (--listen) needs --token-file: requests without the token get 401")
-        try:
-            token = self.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise Invalid(f"cannot read token file {self.token_file}: {exc.strerror}") from exc
+        token = read_private_text(self.token_file, "token file").strip()
         if len(token) < 16:
             raise Invalid(f"token in {self.token_file} is shorter than 16 characters")
         return token
