@@ -85,6 +85,20 @@ def test_token_file_of_another_user_is_refused(tmp_path: Path) -> None:
         check_private(tmp_path, "token file", os.stat(tmp_path))
 
 
+def test_tls_keys(tmp_path: Path) -> None:
+    assert Config().tls_files() is None
+    both = Config(listen="127.0.0.1:8443", tls_cert=Path("/c.pem"), tls_key=Path("/k.pem"))
+    assert both.tls_files() == (Path("/c.pem"), Path("/k.pem"))
+    with pytest.raises(Invalid, match="needs both tls_cert and tls_key"):
+        Config(listen="127.0.0.1:8443", tls_cert=Path("/c.pem")).tls_files()
+    with pytest.raises(Invalid, match="give --listen too"):
+        Config(tls_cert=Path("/c.pem"), tls_key=Path("/k.pem")).tls_files()
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('listen = "127.0.0.1:8443"\ntls_cert = "/etc/nexus/cert.pem"\ntls_key = "/etc/nexus/key.pem"\n')
+    assert load(cfg, {}).tls_files() == (Path("/etc/nexus/cert.pem"), Path("/etc/nexus/key.pem"))
+    assert load(cfg, {"tls_cert": Path("/x.pem")}).tls_cert == Path("/x.pem")
+
+
 @pytest.mark.parametrize("listen", ["8080", "host:", ":80", "h:0", "h:99999", "h:x"])
 def test_bad_listen(listen: str) -> None:
     with pytest.raises(Invalid, match="HOST:PORT"):

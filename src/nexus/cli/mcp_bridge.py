@@ -31,7 +31,7 @@ from mcp.shared.inbound import (
 )
 from mcp_types import PROTOCOL_VERSION_META_KEY
 
-from nexus.client import DEFAULT_SOCKET
+from nexus.client import DEFAULT_SOCKET, tls_verify
 from nexus.protocol import INTERNAL_ERROR, PARSE_ERROR
 
 ACCEPT = "application/json, text/event-stream"
@@ -231,17 +231,21 @@ async def _sse_data(response: httpx.Response) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where nexusd is: its Unix socket (default), or its TCP listener ``url`` with a bearer ``token``."""
+    """Where nexusd is: its Unix socket (default), or its TCP listener ``url`` with a bearer ``token`` (the admin
+    token or an agent token for this VM), its TLS certificate checked against ``ca_file`` when given."""
 
     socket: Path | None = None
     url: str | None = None
     token: str | None = None
+    ca_file: Path | None = None
 
     def client(self) -> httpx.AsyncClient:
         timeout = httpx.Timeout(30.0, read=None)  # a tool call may run (and stream) for as long as it needs
         headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
         if self.url is not None:
-            return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+            return httpx.AsyncClient(
+                base_url=self.url, headers=headers, timeout=timeout, verify=tls_verify(self.ca_file)
+            )
         transport = httpx.AsyncHTTPTransport(uds=str(self.socket or DEFAULT_SOCKET))
         return httpx.AsyncClient(transport=transport, base_url="http://nexusd", headers=headers, timeout=timeout)
 

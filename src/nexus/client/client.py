@@ -7,6 +7,7 @@ handle one error tree whichever side of the socket raised it.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,13 +53,15 @@ class NexusClient:
         *,
         url: str | None = None,
         token: str | None = None,
+        ca_file: Path | None = None,
         timeout_s: float = 30.0,
     ) -> None:
-        """Talk to nexusd over ``socket_path`` (default), or over ``url`` (TCP) with a bearer ``token``."""
+        """Talk to nexusd over ``socket_path`` (default), or over ``url`` (TCP, ``https://`` for TLS, its certificate
+        checked against ``ca_file`` when given, else the system's CAs) with a bearer ``token``."""
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._where = url or str(socket_path or DEFAULT_SOCKET)
         if url is not None:
-            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
+            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s, verify=tls_verify(ca_file))
         else:
             transport = httpx.HTTPTransport(uds=str(socket_path or DEFAULT_SOCKET))
             self._http = httpx.Client(transport=transport, base_url="http://nexusd", headers=headers, timeout=timeout_s)
@@ -77,7 +80,7 @@ class NexusClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError, PermissionError) as exc:
-            raise DaemonUnreachable(f"cannot reach nexusd at {self._where}: {exc}") from exc
+            raise unreachable(self._where, exc) from exc
         except httpx.TimeoutException as exc:
             raise DaemonUnreachable(f"nexusd at {self._where} did not answer in time") from exc
         if response.status_code >= 400:
@@ -175,7 +178,7 @@ class NexusClient:
                         raise cls(str(detail.get("message", "failed")))
                     yield event
         except (httpx.ConnectError, FileNotFoundError, PermissionError) as exc:
-            raise DaemonUnreachable(f"cannot reach nexusd at {self._where}: {exc}") from exc
+            raise unreachable(self._where, exc) from exc
         except httpx.RemoteProtocolError as exc:
             raise DaemonUnreachable(f"nexusd at {self._where} broke off the answer: {exc}") from exc
 
@@ -335,6 +338,26 @@ class NexusClient:
     def setup_firewall(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/admin/setup-firewall")
         return result
+
+
+def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """How an ``https://`` nexusd is checked: against ``ca_file`` (a self-signed or private CA), else the system's
+    CAs. Never unchecked: the bearer token would go to whoever answers."""
+    if ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise Invalid(f"cannot use CA file {ca_file}: {exc}") from exc
+
+
+def unreachable(where: str, exc: Exception) -> DaemonUnreachable:
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return DaemonUnreachable(
+            f"nexusd at {where} has a TLS certificate this client does not trust ({exc}); "
+            "give the CA that signed it with --ca-file (or $NEXUS_CA_FILE)"
+        )
+    return DaemonUnreachable(f"cannot reach nexusd at {where}: {exc}")
 
 
 def _seg(value: str) -> str:

@@ -32,6 +32,8 @@ class Config:
     jailer_gid: int | None = None
     jailer_chroot_base: Path = DEFAULT_CHROOT_BASE  # on the state dir's filesystem: drives are hard-linked in
     network: bool = True  # VMs get a NIC on nexusd's bridge by default; false: no bridge, TAP or rule is made
+    tls_cert: Path | None = None  # with tls_key: the TCP listener speaks TLS (PEM certificate with its chain)
+    tls_key: Path | None = None
 
     @property
     def layout(self) -> Layout:
@@ -72,6 +74,16 @@ class Config:
             raise Invalid(f"token in {self.token_file} is shorter than 16 characters")
         return token
 
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """(certificate, key) for the TCP listener, or None for plain HTTP."""
+        if self.tls_cert is None and self.tls_key is None:
+            return None
+        if self.tls_cert is None or self.tls_key is None:
+            raise Invalid("TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)")
+        if self.listen is None:
+            raise Invalid("tls_cert and tls_key apply to the TCP listener: give --listen too")
+        return self.tls_cert, self.tls_key
+
 
 _PATH_KEYS = {
     "state_dir",
@@ -81,6 +93,8 @@ _PATH_KEYS = {
     "firecracker_binary",
     "jailer_binary",
     "jailer_chroot_base",
+    "tls_cert",
+    "tls_key",
 }
 _ID_KEYS = {"jailer_uid", "jailer_gid"}
 
