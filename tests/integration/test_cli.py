@@ -209,6 +209,7 @@ def test_tcp_listener_needs_token(tmp_path: Path) -> None:
 
     token_file = tmp_path / "token"
     token_file.write_text("tcp-token-abcdefghijklmnop\n")
+    token_file.chmod(0o600)
     d = start_daemon(tmp_path, "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file))
     try:
         url = f"http://127.0.0.1:{port}/v1/health"

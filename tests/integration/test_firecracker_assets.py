@@ -1,4 +1,5 @@
-"""Firecracker release pulls from a release server on loopback, and local binaries registered by path."""
+"""Firecracker release pulls from a release server on loopback, checked against a sha256 pinned in nexus or given
+by the user (never only the one the server publishes beside the tarball), and local binaries registered by path."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.assets.firecracker import FirecrackerStore
+from nexus.assets.firecracker import PINNED_SHA256, FirecrackerStore
 from nexus.domain import Invalid, NotFound, Unavailable
 
 ARCH = "x86_64"
@@ -66,11 +67,13 @@ def release_server() -> Iterator[tuple[str, dict[str, bytes]]]:
         server.server_close()
 
 
-def publish(published: dict[str, bytes], version: str, tarball: bytes, checksum: str | None = None) -> None:
+def publish(published: dict[str, bytes], version: str, tarball: bytes) -> str:
+    """Serve ``tarball`` as the release, with a matching .sha256.txt beside it (as a rogue mirror would); its sum."""
     name = f"firecracker-v{version}-{ARCH}.tgz"
     published[f"/releases/v{version}/{name}"] = tarball
-    digest = checksum or hashlib.sha256(tarball).hexdigest()
+    digest = hashlib.sha256(tarball).hexdigest()
     published[f"/releases/v{version}/{name}.sha256.txt"] = f"{digest}  {name}\n".encode()
+    return digest
 
 
 def no_progress(_stage: str, _fraction: float) -> None:
@@ -79,9 +82,9 @@ def no_progress(_stage: str, _fraction: float) -> None:
 
 def test_pull_verifies_unpacks_and_caches(tmp_path: Path, release_server: tuple[str, dict[str, bytes]]) -> None:
     base, published = release_server
-    publish(published, "1.16.1", release_tarball("1.16.1"))
+    digest = publish(published, "1.16.1", release_tarball("1.16.1"))
     store = FirecrackerStore(tmp_path, arch=ARCH)
-    binary = store.pull("v1.16.1", base, no_progress)
+    binary = store.pull("v1.16.1", base, no_progress, sha256=digest)
     assert binary.version == "1.16.1"
     assert binary.path.read_bytes() == fake_binary("1.16.1")
     assert binary.jailer is not None
@@ -93,12 +96,17 @@ def test_pull_verifies_unpacks_and_caches(tmp_path: Path, release_server: tuple[
         store.get()
 
 
-def test_checksum_mismatch_leaves_nothing(tmp_path: Path, release_server: tuple[str, dict[str, bytes]]) -> None:
+def test_a_server_that_publishes_its_own_sum_is_not_believed(
+    tmp_path: Path, release_server: tuple[str, dict[str, bytes]]
+) -> None:
     base, published = release_server
-    publish(published, "1.16.1", release_tarball("1.16.1"), checksum="0" * 64)
+    publish(published, "1.16.1", release_tarball("1.16.1"))  # tarball and .sha256.txt agree; the pin does not
     store = FirecrackerStore(tmp_path, arch=ARCH)
-    with pytest.raises(Unavailable, match="checksum file says"):
+    pinned = PINNED_SHA256[("1.16.1", ARCH)]
+    with pytest.raises(Unavailable, match=f"not {pinned} \\(the one pinned in nexus\\); nothing installed"):
         store.pull("1.16.1", base, no_progress)
+    with pytest.raises(Unavailable, match="the one given with --sha256"):
+        store.pull("1.16.1", base, no_progress, sha256="0" * 64)
     assert store.list() == []
     assert [p.name for p in (tmp_path / "firecracker").iterdir()] == []
 
@@ -107,20 +115,24 @@ def test_binary_that_lies_about_its_version_is_refused(
     tmp_path: Path, release_server: tuple[str, dict[str, bytes]]
 ) -> None:
     base, published = release_server
-    publish(published, "1.16.1", release_tarball("1.16.1", reported="1.2.3"))
+    digest = publish(published, "1.16.1", release_tarball("1.16.1", reported="1.2.3"))
     store = FirecrackerStore(tmp_path, arch=ARCH)
     with pytest.raises(Invalid, match=r"not 1\.16\.1"):
-        store.pull("1.16.1", base, no_progress)
+        store.pull("1.16.1", base, no_progress, sha256=digest)
     assert store.list() == []
 
 
 def test_unknown_version_and_bad_input(tmp_path: Path, release_server: tuple[str, dict[str, bytes]]) -> None:
-    base, _ = release_server
+    base, published = release_server
+    publish(published, "9.9.9", release_tarball("9.9.9"))
     store = FirecrackerStore(tmp_path, arch=ARCH)
-    with pytest.raises(Unavailable, match="cannot fetch"):
-        store.pull("9.9.9", base, no_progress)
+    with pytest.raises(Invalid, match=r"no pinned sha256 for Firecracker 9\.9\.9 .* --sha256"):
+        store.pull("9.9.9", base, no_progress)  # refused before anything is fetched
+    with pytest.raises(Unavailable, match="cannot download"):
+        store.pull("9.9.8", base, no_progress, sha256="0" * 64)
     with pytest.raises(Invalid, match=r"look like 1\.16\.1"):
         store.pull("latest; rm -rf /", base, no_progress)
+    assert store.list() == []
 
 
 def test_local_binary_is_registered_by_path(tmp_path: Path) -> None:
@@ -150,19 +162,23 @@ def test_nexusctl_firecracker_commands(
     from tests.helpers import start_daemon
 
     base, published = release_server
-    publish(published, "1.16.1", release_tarball("1.16.1"))
+    digest = publish(published, "1.16.1", release_tarball("1.16.1"))
+    publish(published, "2.0.0", release_tarball("2.0.0"))
     daemon = start_daemon(tmp_path)
     try:
         sock = ["--socket", str(daemon.socket)]
         assert main([*sock, "settings", "set", "firecracker_base_url", base]) == 0
         capsys.readouterr()
-        assert main([*sock, "--json", "firecracker", "pull"]) == 0  # the version comes from the settings
+        assert main([*sock, "firecracker", "pull"]) == 1  # the fake tarball is not the release nexus pinned
+        assert "the one pinned in nexus" in capsys.readouterr().err
+        # the version comes from the settings
+        assert main([*sock, "--json", "firecracker", "pull", "--sha256", digest]) == 0
         pulled = json.loads(capsys.readouterr().out)
         assert pulled["version"] == "1.16.1"
         assert main([*sock, "--json", "firecracker", "list"]) == 0
         assert [b["version"] for b in json.loads(capsys.readouterr().out)] == ["1.16.1"]
-        assert main([*sock, "firecracker", "pull", "2.0.0"]) == 1
-        assert "cannot fetch" in capsys.readouterr().err
+        assert main([*sock, "firecracker", "pull", "2.0.0"]) == 2
+        assert "nexusctl firecracker pull 2.0.0 --sha256 <sha256 of firecracker-v2.0.0-" in capsys.readouterr().err
         assert main([*sock, "firecracker", "rm", "1.16.1"]) == 0
         assert main([*sock, "firecracker", "rm", "1.16.1"]) == 4
     finally:

@@ -1,9 +1,11 @@
 """Reaching nexusd without its Unix socket: the TCP listener with the bearer token, from the official MCP SDK
-client (``/mcp``), from ``nexusctl --url`` and from ``nexusctl --url ... mcp-bridge`` (a real nexusd whose VMs are
-the fake Firecracker's: a real agent, no kernel). Only loopback is used."""
+client (``/mcp``), from ``nexusctl --url`` and from ``nexusctl --url ... mcp-bridge`` with the admin token or an
+agent token for the VM (a real nexusd whose VMs are the fake Firecracker's: a real agent, no kernel). Only loopback
+is used. What else agent tokens may and may not do is in ``test_remote_access``."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -38,6 +40,7 @@ def remote() -> Iterator[tuple[Daemon, str, Path]]:
     base = Path(tempfile.mkdtemp(prefix="nxtcp-"))
     token_file = base / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     url = f"http://127.0.0.1:{_free_port()}"
     d = firecracker_daemon(base, None, None, "--listen", url.removeprefix("http://"), "--token-file", str(token_file))
     try:
@@ -98,3 +101,32 @@ def test_mcp_sdk_client_reaches_manage_endpoint_over_tcp(remote: tuple[Daemon, s
             assert run.structured_content is not None and run.structured_content["stdout"] == "over tcp\n"
 
     anyio.run(bridged)
+
+    # An agent token for tcp-one, from a file: the bridge works for that VM and for no other.
+    made = _nexusctl("--socket", str(_daemon.socket), "--json", "token", "create", "--vm", "tcp-one", "--expires", "1h")
+    assert made.returncode == 0, made.stderr
+    agent_file = remote[2].with_name("agent-token")
+    agent_file.write_text(json.loads(made.stdout)["token"] + "\n")
+    denied_rest = _nexusctl("--url", url, "--token-file", str(agent_file), "vm", "list")
+    assert denied_rest.returncode == 1 and b"opens only VM tcp-one's MCP endpoint" in denied_rest.stderr
+
+    async def bridged_with_agent_token() -> None:
+        argv = [sys.executable, "-m", "nexus.cli.main", "--url", url, "--token-file", str(agent_file)]
+        server = StdioServerParameters(command=argv[0], args=[*argv[1:], "mcp-bridge", "tcp-one"], env=dict(os.environ))
+        async with Client(server, read_timeout_seconds=30) as client:
+            run = await client.call_tool("run_command", {"command": ["echo", "agent token"]})
+            assert run.structured_content is not None and run.structured_content["stdout"] == "agent token\n"
+
+    anyio.run(bridged_with_agent_token)
+    # To another VM, the bridge answers the client's initialize with nexusd's refusal as a JSON-RPC error.
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
+    other = subprocess.run(
+        [sys.executable, "-m", "nexus.cli.main", "--url", url, "--token-file", str(agent_file), "mcp-bridge", "x"],
+        input=json.dumps(initialize) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    answer = json.loads(other.stdout.splitlines()[0])
+    assert answer["id"] == 1 and "HTTP 403" in answer["error"]["message"], other.stderr
+    assert "opens only VM tcp-one's MCP endpoint" in answer["error"]["message"]

@@ -44,11 +44,59 @@ def test_tcp_listener_needs_a_token(tmp_path: Path) -> None:
         Config(listen="127.0.0.1:8080").read_token()
     short = tmp_path / "t"
     short.write_text("abc")
+    short.chmod(0o600)
     with pytest.raises(Invalid, match="shorter than 16"):
         Config(listen="127.0.0.1:8080", token_file=short).read_token()
     good = tmp_path / "g"
     good.write_text("x" * 32 + "\n")
+    good.chmod(0o600)
     assert Config(listen="127.0.0.1:8080", token_file=good).read_token() == "x" * 32
+    good.chmod(0o400)
+    assert Config(listen="127.0.0.1:8080", token_file=good).read_token() == "x" * 32
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o660])
+def test_token_file_open_to_others_is_refused(tmp_path: Path, mode: int) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("x" * 32)
+    token_file.chmod(mode)
+    with pytest.raises(Invalid) as caught:
+        Config(listen="127.0.0.1:8080", token_file=token_file).read_token()
+    assert caught.value.message == (
+        f"token file {token_file} is open to group or others (mode {mode:04o}): chmod 600 {token_file}"
+    )
+
+
+def test_token_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from nexus.daemon.credentials import check_private
+
+    token_file = tmp_path / "token"
+    token_file.write_text("x" * 32)
+    token_file.chmod(0o600)
+    info = os.stat(token_file)
+    fields = list(info)
+    fields[stat.ST_UID] = 4242 if os.geteuid() != 4242 else 4243
+    with pytest.raises(Invalid, match=r"belongs to uid 424\d, not root .*: chown \d+ .* && chmod 600 "):
+        check_private(token_file, "token file", os.stat_result(fields))
+    with pytest.raises(Invalid, match="not a regular file"):
+        check_private(tmp_path, "token file", os.stat(tmp_path))
+
+
+def test_tls_keys(tmp_path: Path) -> None:
+    assert Config().tls_files() is None
+    both = Config(listen="127.0.0.1:8443", tls_cert=Path("/c.pem"), tls_key=Path("/k.pem"))
+    assert both.tls_files() == (Path("/c.pem"), Path("/k.pem"))
+    with pytest.raises(Invalid, match="needs both tls_cert and tls_key"):
+        Config(listen="127.0.0.1:8443", tls_cert=Path("/c.pem")).tls_files()
+    with pytest.raises(Invalid, match="give --listen too"):
+        Config(tls_cert=Path("/c.pem"), tls_key=Path("/k.pem")).tls_files()
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('listen = "127.0.0.1:8443"\ntls_cert = "/etc/nexus/cert.pem"\ntls_key = "/etc/nexus/key.pem"\n')
+    assert load(cfg, {}).tls_files() == (Path("/etc/nexus/cert.pem"), Path("/etc/nexus/key.pem"))
+    assert load(cfg, {"tls_cert": Path("/x.pem")}).tls_cert == Path("/x.pem")
 
 
 @pytest.mark.parametrize("listen", ["8080", "host:", ":80", "h:0", "h:99999", "h:x"])

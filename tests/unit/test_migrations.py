@@ -71,6 +71,18 @@ SEED: dict[int, list[str]] = {
         " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
         " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
     ],
+    6: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
+        "INSERT INTO agent_tokens VALUES ('0123456789ab', 'a1b2c3d4e5f6', '" + "a" * 64 + "',"
+        " '2026-01-01T00:00:00+00:00', NULL, NULL)",
+        "INSERT INTO agent_tokens VALUES ('ba9876543210', 'a1b2c3d4e5f6', '" + "b" * 64 + "',"
+        " '2026-01-01T00:00:00+00:00', '2026-01-08T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
+    ],
 }
 
 

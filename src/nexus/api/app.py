@@ -9,18 +9,13 @@ from starlette.types import ASGIApp
 from nexus import __version__
 from nexus.api import errors
 from nexus.api.deps import Services
-from nexus.api.middleware import BodyLimit, TcpToken
-from nexus.api.routers import admin, assets, firecracker, guest, health, settings, vms, workspaces
+from nexus.api.middleware import Access, BodyLimit, is_mcp_path
+from nexus.api.routers import admin, assets, firecracker, guest, health, settings, tokens, vms, workspaces
 from nexus.api.schemas import ErrorOut
 
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422, 503)
 }
-
-
-def _is_mcp_path(path: str) -> bool:
-    """The MCP endpoints mounted below: ``/mcp`` and ``/v1/vms/{ref}/mcp``."""
-    return path == "/mcp" or (path.startswith("/v1/vms/") and path.endswith("/mcp"))
 
 
 def create_app(
@@ -29,9 +24,10 @@ def create_app(
     vm_mcp: ASGIApp | None = None,
     manage_mcp: ASGIApp | None = None,
 ) -> FastAPI:
-    """The API app. With ``tcp_token``, connections over TCP must carry it as a bearer token. The MCP endpoints
-    (ASGI apps, see ``nexus.mcp``) are mounted behind the same token check: ``vm_mcp`` at ``/v1/vms/{ref}/mcp``,
-    ``manage_mcp`` at ``/mcp``; they cap request bodies themselves (a tool call carries a whole file)."""
+    """The API app. Over TCP a request needs ``tcp_token`` (the admin token: everything but host paths) or an agent
+    token (its VM's MCP endpoint only), see ``api.middleware.Access``. The MCP endpoints (ASGI apps, see
+    ``nexus.mcp``) are mounted behind the same check: ``vm_mcp`` at ``/v1/vms/{ref}/mcp``, ``manage_mcp`` at
+    ``/mcp``; they cap request bodies themselves (a tool call carries a whole file)."""
     app = FastAPI(
         title="nexusd",
         version=__version__,
@@ -40,12 +36,11 @@ def create_app(
     )
     app.state.services = services
     errors.install(app)
-    for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces):
+    for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces, tokens):
         app.include_router(module.router)
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
         if endpoint is not None:
             app.router.routes.append(Route(path, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False))
-    app.add_middleware(BodyLimit, exempt=_is_mcp_path)
-    if tcp_token is not None:
-        app.add_middleware(TcpToken, token=tcp_token)
+    app.add_middleware(BodyLimit, exempt=is_mcp_path)
+    app.add_middleware(Access, admin_token=tcp_token, tokens=services.tokens)  # outermost: before any body is read
     return app

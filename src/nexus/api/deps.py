@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from nexus.domain import Transport
 from nexus.services import AssetService, DriveService, NetworkService, SettingsService, SnapshotService, VmService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
+from nexus.services.tokens import TokenService
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +25,19 @@ class Services:
     network: NetworkService
     drives: DriveService
     snapshots: SnapshotService
+    tokens: TokenService
 
 
 async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
+
+
+async def transport(request: Request) -> Transport:
+    """How this request reached nexusd, as ``api.middleware.Access`` recorded it (TCP when it did not: the safe
+    side)."""
+    found = request.scope.get("state", {}).get("transport")
+    return found if isinstance(found, Transport) else Transport.TCP
 
 
 def _one(name: str) -> Callable[[Services], Coroutine[Any, Any, Any]]:
@@ -48,3 +58,5 @@ Firecracker = Annotated[FirecrackerService, Depends(_one("firecracker"))]
 Network = Annotated[NetworkService, Depends(_one("network"))]
 Drives = Annotated[DriveService, Depends(_one("drives"))]
 Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]
+Tokens = Annotated[TokenService, Depends(_one("tokens"))]
+Via = Annotated[Transport, Depends(transport)]

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nexus.domain import (
     Conflict,
     DriverError,
+    Forbidden,
     GuestError,
     Invalid,
     InvalidState,
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[NexusError], int] = {
     NotFound: 404,
+    Forbidden: 403,
     InvalidState: 409,
     Conflict: 409,
     Invalid: 422,

@@ -1,14 +1,21 @@
-"""ASGI middleware at the HTTP edge: request body size cap (413) and bearer token on TCP (401)."""
+"""ASGI middleware at the HTTP edge: request body size cap (413), and who may do what over TCP (401/403).
+
+This module decides who is calling and over which transport; what an agent token opens is asked of
+``services.tokens``, and what needs the Unix socket is ``domain.require_host_access``.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexus.api.errors import error_body
+from nexus.domain import Transport
+from nexus.services.tokens import TokenService
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -67,25 +74,73 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-class TcpToken:
-    """Require ``Authorization: Bearer <token>`` on connections that arrived over TCP.
+class Access:
+    """Who may do what, decided once per request before anything is read, and the transport recorded for the
+    handlers (``scope["state"]["transport"]``, read by ``api.deps.transport``).
 
-    Unix-socket connections are trusted: their access is governed by the socket file's mode.
+    - Unix socket: everything; the socket file's mode is the guard.
+    - TCP with the admin token (nexusd's token file): the whole API, except what reads or runs a file on the
+      host (``domain.require_host_access``, checked where such a path is given).
+    - TCP with an agent token: its own VM's MCP endpoint (``/v1/vms/{ref}/mcp``, ``ref`` resolved to the same VM)
+      and nothing else: 403 anywhere else.
+    - TCP with anything else, or nothing: 401.
     """
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        if not token:
+    def __init__(self, app: ASGIApp, admin_token: str | None, tokens: TokenService) -> None:
+        if admin_token is not None and not admin_token:
             raise ValueError("a TCP listener needs a non-empty token")
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.admin = admin_token.encode() if admin_token is not None else None
+        self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and _over_tcp(scope):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                await _send_error(send, 401, "unauthorized", "missing or wrong bearer token")
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        transport = Transport.TCP if _over_tcp(scope) else Transport.UNIX
+        scope.setdefault("state", {})["transport"] = transport
+        if transport is Transport.TCP:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                status, code, message = refusal
+                if scope["type"] == "websocket":  # no route takes one; closing is the only answer there is
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await _send_error(send, status, code, message)
                 return
         await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        given = bearer(dict(scope["headers"]).get(b"authorization", b""))
+        if given is None:
+            return 401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)"
+        if self.admin is not None and hmac.compare_digest(given.encode("latin-1"), self.admin):
+            return None
+        token = self.tokens.authenticate(given)
+        if token is None:
+            return 401, "unauthorized", "wrong, expired or removed bearer token"
+        match = VM_MCP_PATH.fullmatch(scope["path"])
+        if scope["type"] == "http" and match is not None and self.tokens.opens(token, match[1]):
+            return None
+        return 403, "forbidden", f"this agent token opens only VM {token.vm_name}'s MCP endpoint"
+
+
+# The VM's own MCP endpoint: exactly /v1/vms/{ref}/mcp, as the router matches it ({ref} is one path segment).
+VM_MCP_PATH = re.compile(r"/v1/vms/([^/]+)/mcp")
+
+
+def is_mcp_path(path: str) -> bool:
+    """The MCP endpoints, ``/mcp`` and ``/v1/vms/{ref}/mcp``, and nothing else: not any path ending in /mcp."""
+    return path == "/mcp" or VM_MCP_PATH.fullmatch(path) is not None
+
+
+def bearer(header: bytes) -> str | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header; the scheme is case-insensitive (RFC 7235)."""
+    scheme, _, credentials = header.decode("latin-1").strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials:
+        return None
+    return credentials
 
 
 def _over_tcp(scope: Scope) -> bool:

@@ -1,6 +1,10 @@
-"""Firecracker binaries: release tarballs fetched by version from a configurable base URL, verified against the
-release's ``.sha256.txt``, unpacked (firecracker and jailer only; the ``.debug`` files are skipped), checked with
-``--version`` and cached; or a binary already on this host, registered by path.
+"""Firecracker binaries: release tarballs fetched by version from a configurable base URL, verified against a
+sha256 pinned here for the releases nexus knows (``PINNED_SHA256``) or given by the user, unpacked (firecracker and
+jailer only; the ``.debug`` files are skipped), checked with ``--version`` and cached; or a binary already on this
+host, registered by path.
+
+The release's own ``.sha256.txt`` is not used: a server that can replace the tarball can replace the sum beside it,
+so checking one against the other proves nothing about where the binary came from.
 
 Layout: ``<cache_dir>/firecracker/<version>/{firecracker,jailer,firecracker.json}``; a pull works in a temp dir
 beside it and renames the finished directory into place, so a killed pull leaves nothing half-made.
@@ -27,6 +31,17 @@ from nexus.domain import FirecrackerBinary, Invalid, NotFound, Progress, Unavail
 METADATA_FILE = "firecracker.json"
 _VERSION_RE = re.compile(r"^v?(\d+\.\d+\.\d+)$")
 _REPORTED_RE = re.compile(r"Firecracker v(\d+\.\d+\.\d+)")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+# sha256 of firecracker-v<version>-<arch>.tgz as each release publishes it (.sha256.txt), and as other projects that
+# pin these releases record it. To add a release, take its sums from two independent places, never only from the
+# server nexus will download from.
+PINNED_SHA256: dict[tuple[str, str], str] = {
+    ("1.16.1", "x86_64"): "382a02a869e4d6d5cb14c40577f9545e8458021ea8b0b2d3fc10ec14d9c242e6",
+    ("1.16.1", "aarch64"): "8d0e69f6d6f9a1724551f607f18504052c16c1828ee3d4d7b6e6c73380871e0e",
+    ("1.17.0", "x86_64"): "06094a1108ae9e82aa4c23a775aa92758f53f1175d422270d9d6162cb9ade558",
+    ("1.17.0", "aarch64"): "e351ebe4f7a16b5873bbd51005d2e6767103cff4d5ebc829df2d3f95a93e2256",
+}
 
 
 def normalise_version(version: str) -> str:
@@ -36,10 +51,9 @@ def normalise_version(version: str) -> str:
     return match[1]
 
 
-def release_urls(base_url: str, version: str, arch: str) -> tuple[str, str]:
-    """The tarball and its checksum file, as Firecracker publishes them."""
-    name = f"firecracker-v{version}-{arch}.tgz"
-    return f"{base_url.rstrip('/')}/v{version}/{name}", f"{base_url.rstrip('/')}/v{version}/{name}.sha256.txt"
+def release_url(base_url: str, version: str, arch: str) -> str:
+    """The release tarball, as Firecracker publishes it."""
+    return f"{base_url.rstrip('/')}/v{version}/firecracker-v{version}-{arch}.tgz"
 
 
 def wanted_members(version: str, arch: str) -> dict[str, str]:
@@ -48,12 +62,22 @@ def wanted_members(version: str, arch: str) -> dict[str, str]:
     return {f"{folder}/firecracker-v{version}-{arch}": "firecracker", f"{folder}/jailer-v{version}-{arch}": "jailer"}
 
 
-def parse_checksum(text: str, filename: str) -> str:
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 1 and re.fullmatch(r"[0-9a-f]{64}", parts[0]) and (len(parts) == 1 or parts[-1] == filename):
-            return parts[0]
-    raise Unavailable(f"no sha256 for {filename} in its checksum file")
+def expected_sha256(version: str, arch: str, given: str | None) -> str:
+    """The sum the tarball of ``version`` must have: ``given`` (the user's ``--sha256``), else the pinned one."""
+    if given is not None:
+        wanted = given.strip().lower()
+        if _SHA256_RE.fullmatch(wanted) is None:
+            raise Invalid(f"--sha256 must be 64 hex digits, got {given!r}")
+        return wanted
+    pinned = PINNED_SHA256.get((version, arch))
+    if pinned is None:
+        known = ", ".join(sorted({v for v, a in PINNED_SHA256 if a == arch})) or "none"
+        raise Invalid(
+            f"nexus has no pinned sha256 for Firecracker {version} on {arch} (pinned: {known}); check the release "
+            f"yourself and give its sum: nexusctl firecracker pull {version} --sha256 "
+            f"<sha256 of firecracker-v{version}-{arch}.tgz>"
+        )
+    return pinned
 
 
 def reported_version(binary: Path) -> str:
@@ -90,18 +114,18 @@ class FirecrackerStore:
             raise NotFound(f"no cached Firecracker {version}")
         shutil.rmtree(target)
 
-    def pull(self, version: str, base_url: str, progress: Progress) -> FirecrackerBinary:
+    def pull(self, version: str, base_url: str, progress: Progress, sha256: str | None = None) -> FirecrackerBinary:
         version = normalise_version(version)
-        tarball_url, checksum_url = release_urls(base_url, version, self._arch)
+        expected = expected_sha256(version, self._arch, sha256)  # before anything is fetched
+        tarball_url = release_url(base_url, version, self._arch)
         self._root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".pull-", dir=self._root))
         try:
-            progress("checksum", 0.0)
-            expected = parse_checksum(_get_text(checksum_url), tarball_url.rsplit("/", 1)[1])
             tarball = work / "release.tgz"
             digest = _download(tarball_url, tarball, progress)
             if digest != expected:
-                raise Unavailable(f"{tarball_url} has sha256 {digest}, but its checksum file says {expected}")
+                whose = "the one given with --sha256" if sha256 is not None else "the one pinned in nexus"
+                raise Unavailable(f"{tarball_url} has sha256 {digest}, not {expected} ({whose}); nothing installed")
             progress("unpack", 0.9)
             staged = work / version
             staged.mkdir()
@@ -163,15 +187,6 @@ class FirecrackerStore:
             )
         except (OSError, ValueError, KeyError):
             return None
-
-
-def _get_text(url: str) -> str:
-    try:
-        response = httpx.get(url, follow_redirects=True, timeout=60)
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise Unavailable(f"cannot fetch {url}: {exc}") from exc
-    return response.text
 
 
 def _download(url: str, dest: Path, progress: Progress) -> str:

@@ -126,12 +126,19 @@ def firecracker_pull(
     version: Annotated[
         str | None, typer.Argument(help="release like 1.16.1 (default: the firecracker_version setting)")
     ] = None,
-    path: Annotated[str | None, typer.Option(help="register this binary on the host instead of downloading")] = None,
+    path: Annotated[
+        str | None, typer.Option(help="register this binary on nexusd's host instead of downloading (socket only)")
+    ] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option(help="sha256 of the release tarball; needed for a version nexus has no pinned sum of"),
+    ] = None,
 ) -> None:
-    """Download a Firecracker release (verified against its .sha256.txt), or register a local binary."""
+    """Download a Firecracker release (verified against the sha256 pinned in nexus or given), or register a local
+    binary."""
     opts = ctx_of(ctx)
     with client(ctx) as c:
-        binary = follow(c.pull_firecracker(version, path), "firecracker", show=not opts.json)
+        binary = follow(c.pull_firecracker(version, path, sha256), "firecracker", show=not opts.json)
     emit(opts, binary, lambda b: console.print(f"firecracker {b['version']} at {b['path']}"))
 
 

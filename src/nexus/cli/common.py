@@ -20,7 +20,13 @@ def ctx_of(ctx: typer.Context) -> Ctx:
 
 def client(ctx: typer.Context) -> NexusClient:
     obj = ctx_of(ctx)
-    return NexusClient(Path(obj.socket) if obj.socket else None, url=obj.url, token=obj.token, timeout_s=600.0)
+    return NexusClient(
+        Path(obj.socket) if obj.socket else None,
+        url=obj.url,
+        token=obj.token,
+        ca_file=Path(obj.ca_file) if obj.ca_file else None,
+        timeout_s=600.0,
+    )
 
 
 def read_token(token_file: Path | None, token: str | None) -> str | None:

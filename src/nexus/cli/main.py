@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from nexus import __version__
-from nexus.cli import admin, assets, mcp_bridge, settings, vm, workspaces
+from nexus.cli import admin, assets, mcp_bridge, settings, tokens, vm, workspaces
 from nexus.cli.common import client, ctx_of, read_token
 from nexus.cli.errors import ERROR, exit_code_for
 from nexus.cli.output import Ctx, console, emit, fields
@@ -35,6 +35,7 @@ app.add_typer(admin.app, name="admin")
 app.command("setup-firewall")(admin.setup_firewall)
 app.add_typer(workspaces.drive_app, name="drive")
 app.add_typer(workspaces.snapshot_app, name="snapshot")
+app.add_typer(tokens.app, name="token")
 
 
 @app.callback()
@@ -47,7 +48,9 @@ def root(
     json_: Annotated[bool, typer.Option("--json", help="print one JSON document instead of tables")] = False,
     url: Annotated[
         str | None,
-        typer.Option(envvar="NEXUS_URL", help="reach nexusd's TCP listener (http://HOST:PORT) instead of the socket"),
+        typer.Option(
+            envvar="NEXUS_URL", help="reach nexusd's TCP listener (http[s]://HOST:PORT) instead of the socket"
+        ),
     ] = None,
     token_file: Annotated[
         Path | None,
@@ -55,11 +58,17 @@ def root(
             envvar="NEXUS_TOKEN_FILE", help="file holding the bearer token for --url (or the token in $NEXUS_TOKEN)"
         ),
     ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(envvar="NEXUS_CA_FILE", help="CA certificate (PEM) that an https:// --url is checked against"),
+    ] = None,
 ) -> None:
     token = read_token(token_file, os.environ.get("NEXUS_TOKEN"))
     if token is not None and url is None:
         raise Invalid("a token is only sent over TCP: give --url (or $NEXUS_URL) too")
-    ctx.obj = Ctx(socket=socket, json=json_, url=url, token=token)
+    if ca_file is not None and not (url or "").startswith("https://"):
+        raise Invalid("--ca-file checks a TLS listener: give an https:// --url (or $NEXUS_URL) too")
+    ctx.obj = Ctx(socket=socket, json=json_, url=url, token=token, ca_file=str(ca_file) if ca_file else None)
 
 
 @app.command()
@@ -106,7 +115,8 @@ def version(ctx: typer.Context) -> None:
 def mcp_bridge_command(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="VM name or id")]) -> None:
     """Serve VM REF's tools as MCP over stdio (for Claude Code and other MCP clients), forwarded to nexusd."""
     obj = ctx_of(ctx)
-    target = mcp_bridge.Target(Path(obj.socket) if obj.socket else None, obj.url, obj.token)
+    ca_file = Path(obj.ca_file) if obj.ca_file else None
+    target = mcp_bridge.Target(Path(obj.socket) if obj.socket else None, obj.url, obj.token, ca_file)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(mcp_bridge.bridge(target, ref))
 

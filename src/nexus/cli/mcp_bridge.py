@@ -31,7 +31,7 @@ from mcp.shared.inbound import (
 )
 from mcp_types import PROTOCOL_VERSION_META_KEY
 
-from nexus.client import DEFAULT_SOCKET
+from nexus.client import DEFAULT_SOCKET, tls_verify
 from nexus.protocol import INTERNAL_ERROR, PARSE_ERROR
 
 ACCEPT = "application/json, text/event-stream"
@@ -40,6 +40,19 @@ SESSION_HEADER = "mcp-session-id"
 
 def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
+def _http_refusal(text: str) -> str | None:
+    """The message of nexusd's HTTP error body ``{"error": {"code", "message"}}``, or None for anything else
+    (a JSON-RPC message is relayed as it is)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) and "jsonrpc" not in body else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return None
+    return f"{error.get('code', 'error')}: {error['message']}"
 
 
 def _is_request(message: Any) -> bool:
@@ -143,7 +156,19 @@ class Bridge:
                 async for event in _sse_data(response):
                     answered |= self._relay(event, request_id)
             else:
-                answered = self._relay((await response.aread()).decode(errors="replace"), request_id)
+                text = (await response.aread()).decode(errors="replace")
+                refusal = _http_refusal(text) if response.status_code >= 400 else None
+                if refusal is not None:  # nexusd's own error body (401, 403, 413...), not a JSON-RPC message
+                    self._log(f"nexusd answered HTTP {response.status_code}: {refusal}")
+                    if request_id is not None:
+                        self._emit(
+                            _error(
+                                request_id, INTERNAL_ERROR, f"nexusd answered HTTP {response.status_code}: {refusal}"
+                            )
+                        )
+                        return True
+                    return False
+                answered = self._relay(text, request_id)
             if not answered and response.status_code >= 400:
                 self._log(f"nexusd answered HTTP {response.status_code} to {message.get('method', 'a response')}")
                 if request_id is not None:
@@ -206,17 +231,21 @@ async def _sse_data(response: httpx.Response) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where nexusd is: its Unix socket (default), or its TCP listener ``url`` with a bearer ``token``."""
+    """Where nexusd is: its Unix socket (default), or its TCP listener ``url`` with a bearer ``token`` (the admin
+    token or an agent token for this VM), its TLS certificate checked against ``ca_file`` when given."""
 
     socket: Path | None = None
     url: str | None = None
     token: str | None = None
+    ca_file: Path | None = None
 
     def client(self) -> httpx.AsyncClient:
         timeout = httpx.Timeout(30.0, read=None)  # a tool call may run (and stream) for as long as it needs
         headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
         if self.url is not None:
-            return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+            return httpx.AsyncClient(
+                base_url=self.url, headers=headers, timeout=timeout, verify=tls_verify(self.ca_file)
+            )
         transport = httpx.AsyncHTTPTransport(uds=str(self.socket or DEFAULT_SOCKET))
         return httpx.AsyncClient(transport=transport, base_url="http://nexusd", headers=headers, timeout=timeout)
 

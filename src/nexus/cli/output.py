@@ -24,6 +24,7 @@ class Ctx:
     json: bool
     url: str | None = None  # nexusd's TCP listener instead of the socket
     token: str | None = None  # its bearer token
+    ca_file: str | None = None  # the CA an https:// --url's certificate is checked against
 
 
 def emit(ctx: Ctx, data: Any, human: Callable[[Any], None]) -> None:

@@ -1,5 +1,5 @@
 """``NexusClient``: the nexusd API over httpx, raising domain errors."""
 
-from nexus.client.client import DEFAULT_SOCKET, DaemonUnreachable, NexusClient, Unauthorized
+from nexus.client.client import DEFAULT_SOCKET, DaemonUnreachable, NexusClient, Unauthorized, tls_verify, unreachable
 
-__all__ = ["DEFAULT_SOCKET", "DaemonUnreachable", "NexusClient", "Unauthorized"]
+__all__ = ["DEFAULT_SOCKET", "DaemonUnreachable", "NexusClient", "Unauthorized", "tls_verify", "unreachable"]

@@ -7,6 +7,7 @@ handle one error tree whichever side of the socket raised it.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,13 +53,15 @@ class NexusClient:
         *,
         url: str | None = None,
         token: str | None = None,
+        ca_file: Path | None = None,
         timeout_s: float = 30.0,
     ) -> None:
-        """Talk to nexusd over ``socket_path`` (default), or over ``url`` (TCP) with a bearer ``token``."""
+        """Talk to nexusd over ``socket_path`` (default), or over ``url`` (TCP, ``https://`` for TLS, its certificate
+        checked against ``ca_file`` when given, else the system's CAs) with a bearer ``token``."""
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._where = url or str(socket_path or DEFAULT_SOCKET)
         if url is not None:
-            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
+            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s, verify=tls_verify(ca_file))
         else:
             transport = httpx.HTTPTransport(uds=str(socket_path or DEFAULT_SOCKET))
             self._http = httpx.Client(transport=transport, base_url="http://nexusd", headers=headers, timeout=timeout_s)
@@ -77,7 +80,7 @@ class NexusClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError, PermissionError) as exc:
-            raise DaemonUnreachable(f"cannot reach nexusd at {self._where}: {exc}") from exc
+            raise unreachable(self._where, exc) from exc
         except httpx.TimeoutException as exc:
             raise DaemonUnreachable(f"nexusd at {self._where} did not answer in time") from exc
         if response.status_code >= 400:
@@ -175,7 +178,7 @@ class NexusClient:
                         raise cls(str(detail.get("message", "failed")))
                     yield event
         except (httpx.ConnectError, FileNotFoundError, PermissionError) as exc:
-            raise DaemonUnreachable(f"cannot reach nexusd at {self._where}: {exc}") from exc
+            raise unreachable(self._where, exc) from exc
         except httpx.RemoteProtocolError as exc:
             raise DaemonUnreachable(f"nexusd at {self._where} broke off the answer: {exc}") from exc
 
@@ -207,8 +210,11 @@ class NexusClient:
         result: list[dict[str, Any]] = self.request("GET", "/v1/firecracker")
         return result
 
-    def pull_firecracker(self, version: str | None = None, path: str | None = None) -> Iterator[dict[str, Any]]:
-        return self.stream("POST", "/v1/firecracker/pull", json={"version": version, "path": path})
+    def pull_firecracker(
+        self, version: str | None = None, path: str | None = None, sha256: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        body = {k: v for k, v in (("version", version), ("path", path), ("sha256", sha256)) if v is not None}
+        return self.stream("POST", "/v1/firecracker/pull", json=body)
 
     def remove_firecracker(self, version: str) -> None:
         self.request("DELETE", f"/v1/firecracker/{_seg(version)}")
@@ -310,6 +316,20 @@ class NexusClient:
         result: dict[str, Any] = self.request("PUT", f"/v1/settings/{_seg(key)}", json={"value": value})
         return result
 
+    # -- agent tokens
+    def create_token(self, vm: str, expires: str | None = None) -> dict[str, Any]:
+        """A new agent token for ``vm``; its ``token`` field is the secret, shown only now."""
+        body = {"vm": vm, **({"expires": expires} if expires is not None else {})}
+        result: dict[str, Any] = self.request("POST", "/v1/tokens", json=body)
+        return result
+
+    def list_tokens(self, vm: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/tokens", params={"vm": vm} if vm else None)
+        return result
+
+    def remove_token(self, token_id: str) -> None:
+        self.request("DELETE", f"/v1/tokens/{_seg(token_id)}")
+
     # -- host networking
     def cleanup_network(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/admin/cleanup-network")
@@ -318,6 +338,26 @@ class NexusClient:
     def setup_firewall(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/admin/setup-firewall")
         return result
+
+
+def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """How an ``https://`` nexusd is checked: against ``ca_file`` (a self-signed or private CA), else the system's
+    CAs. Never unchecked: the bearer token would go to whoever answers."""
+    if ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise Invalid(f"cannot use CA file {ca_file}: {exc}") from exc
+
+
+def unreachable(where: str, exc: Exception) -> DaemonUnreachable:
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return DaemonUnreachable(
+            f"nexusd at {where} has a TLS certificate this client does not trust ({exc}); "
+            "give the CA that signed it with --ca-file (or $NEXUS_CA_FILE)"
+        )
+    return DaemonUnreachable(f"cannot reach nexusd at {where}: {exc}")
 
 
 def _seg(value: str) -> str:

@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from nexus.daemon.credentials import read_private_text
 from nexus.domain import Invalid, Layout
 from nexus.services import RuntimeTimeouts
 from nexus.vmm.firecracker.jailer import DEFAULT_CHROOT_BASE, JailerOptions
@@ -33,6 +34,8 @@ class Config:
     network: bool = True  # VMs get a NIC on nexusd's bridge by default; false: no bridge, TAP or rule is made
     ip_forward: bool = True  # turn IPv4 forwarding on when a VM needs a way out; false: the operator decides
     stop_vms_on_exit: bool = False  # on SIGTERM/SIGINT power VMs off; by default they run on (live restore)
+    tls_cert: Path | None = None  # with tls_key: the TCP listener speaks TLS (PEM certificate with its chain)
+    tls_key: Path | None = None
 
     @property
     def layout(self) -> Layout:
@@ -68,13 +71,20 @@ class Config:
             return None
         if self.token_file is None:
             raise Invalid("a TCP listener (--listen) needs --token-file: requests without the token get 401")
-        try:
-            token = self.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise Invalid(f"cannot read token file {self.token_file}: {exc.strerror}") from exc
+        token = read_private_text(self.token_file, "token file").strip()
         if len(token) < 16:
             raise Invalid(f"token in {self.token_file} is shorter than 16 characters")
         return token
+
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """(certificate, key) for the TCP listener, or None for plain HTTP."""
+        if self.tls_cert is None and self.tls_key is None:
+            return None
+        if self.tls_cert is None or self.tls_key is None:
+            raise Invalid("TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)")
+        if self.listen is None:
+            raise Invalid("tls_cert and tls_key apply to the TCP listener: give --listen too")
+        return self.tls_cert, self.tls_key
 
 
 _PATH_KEYS = {
@@ -85,6 +95,8 @@ _PATH_KEYS = {
     "firecracker_binary",
     "jailer_binary",
     "jailer_chroot_base",
+    "tls_cert",
+    "tls_key",
 }
 _ID_KEYS = {"jailer_uid", "jailer_gid"}
 _BOOL_KEYS = {"network", "ip_forward", "stop_vms_on_exit"}

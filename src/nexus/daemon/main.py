@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from nexus import __version__
 from nexus.api import create_app
 from nexus.daemon import server
 from nexus.daemon.config import Config, load
+from nexus.daemon.credentials import tls_context
 from nexus.daemon.drivers import choose_driver
 from nexus.daemon.statelock import state_dir_lock
 from nexus.daemon.wiring import wire
@@ -31,7 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runtime-dir", type=Path, help="sockets and pid files (default /run/nexus)")
     parser.add_argument("--socket", type=Path, help="API Unix socket (default /run/nexus/nexusd.sock)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="also serve over TCP (requires --token-file)")
-    parser.add_argument("--token-file", type=Path, help="file holding the bearer token for --listen")
+    parser.add_argument("--token-file", type=Path, help="file holding the admin bearer token for --listen (mode 600)")
+    parser.add_argument("--tls-cert", type=Path, help="serve --listen over TLS with this PEM certificate (and chain)")
+    parser.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
         "--no-network",
@@ -47,12 +51,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def run(config: Config, token: str | None, tcp: tuple[str, int] | None) -> None:
+async def run(
+    config: Config, token: str | None, tcp: tuple[str, int] | None, tls: ssl.SSLContext | None = None
+) -> None:
     with state_dir_lock(config.state_dir):
-        await _run(config, token, tcp)
+        await _run(config, token, tcp, tls)
 
 
-async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None) -> None:
+async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, tls: ssl.SSLContext | None) -> None:
     layout = config.layout
     conn = open_database(layout.database)
     try:
@@ -72,13 +78,13 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None) -
                 "nexusd %s serving on %s%s (state %s; %s; storage %s)",
                 __version__,
                 config.socket,
-                f" and tcp {tcp[0]}:{tcp[1]}" if tcp else "",
+                f" and {'tls' if tls else 'tcp'} {tcp[0]}:{tcp[1]}" if tcp else "",
                 layout.state_dir,
                 driver_reason,
                 storage.reason,
             )
             async with mcp.running():  # the MCP sessions' task group: up before serving, closed at shutdown
-                await server.serve(app, sockets, on_exit=mcp.stop)
+                await server.serve(app, sockets, on_exit=mcp.stop, tls=tls)
         finally:
             for sock in sockets:
                 sock.close()
@@ -108,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 "log_level": args.log_level,
                 "network": False if args.no_network else None,
                 "stop_vms_on_exit": True if args.stop_vms_on_exit else None,
+                "tls_cert": args.tls_cert,
+                "tls_key": args.tls_key,
             },
         )
         logging.basicConfig(
@@ -118,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         token = config.read_token()
         tcp = config.tcp_address()
         config.jailer()  # refuse a half-configured jailer before binding anything
-        asyncio.run(run(config, token, tcp))
+        tls_files = config.tls_files()
+        tls = tls_context(*tls_files) if tls_files is not None else None
+        asyncio.run(run(config, token, tcp, tls))
     except NexusError as exc:
         print(f"nexusd: {exc.message}", file=sys.stderr)
         return 1

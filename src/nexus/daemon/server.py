@@ -1,6 +1,8 @@
-"""Serving the API: bind the Unix socket (and optional TCP listener), run uvicorn, stop cleanly on signals.
+"""Serving the API: bind the Unix socket (and optional TCP listener, optionally with TLS), run uvicorn, stop
+cleanly on signals.
 
-Owns the listening sockets and removes the Unix socket file on the way out.
+Owns the listening sockets and removes the Unix socket file on the way out. TLS applies to the TCP listener only:
+local clients keep speaking plain HTTP over the socket.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Generator
 from pathlib import Path
 
@@ -55,7 +58,9 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
 
 def bind_tcp(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on a connection only when its socket says proto IPPROTO_TCP,
+    # and an accepted socket inherits the listener's. Without it small responses wait on Nagle + delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -66,23 +71,46 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: FastAPI, sockets: list[socket.socket], on_exit: Callable[[], None] | None = None) -> None:
+def _config(app: FastAPI, tls: ssl.SSLContext | None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        ssl_context_factory=(lambda _config, _default: tls) if tls is not None else None,
+    )
+
+
+async def serve(
+    app: FastAPI,
+    sockets: list[socket.socket],
+    on_exit: Callable[[], None] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
     """Serve ``app`` on ``sockets`` until SIGTERM or SIGINT; ``on_exit`` runs as soon as shutdown begins (to end
-    long-lived responses such as MCP's SSE streams before the graceful-shutdown timeout)."""
-    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=5)
-    server = _Server(config)
+    long-lived responses such as MCP's SSE streams before the graceful-shutdown timeout). With ``tls``, the TCP
+    sockets speak TLS: uvicorn gives one server's settings to all its sockets, so they get a server of their own."""
+    if tls is None:
+        servers = [(_Server(_config(app, None)), sockets)]
+    else:
+        tcp = [s for s in sockets if s.family != socket.AF_UNIX]
+        unix = [s for s in sockets if s.family == socket.AF_UNIX]
+        servers = [(_Server(_config(app, None)), unix), (_Server(_config(app, tls)), tcp)]
+        servers = [(server, socks) for server, socks in servers if socks]
     loop = asyncio.get_running_loop()
 
     def request_exit(sig: signal.Signals) -> None:
         log.info("received %s, shutting down", sig.name)
-        server.should_exit = True
+        for server, _ in servers:
+            server.should_exit = True
         if on_exit is not None:
             on_exit()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_exit, sig)
     try:
-        await server.serve(sockets=sockets)
+        await asyncio.gather(*(server.serve(sockets=socks) for server, socks in servers))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -30,7 +30,8 @@ from nexus.services import (
 )
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
-from nexus.store import DriveRepo, ImageRepo, NetRepo, SettingsRepo, SnapshotRepo, VmRepo
+from nexus.services.tokens import TokenService
+from nexus.store import DriveRepo, ImageRepo, NetRepo, SettingsRepo, SnapshotRepo, TokenRepo, VmRepo
 from nexus.vmm.firecracker.driver import FirecrackerDriver
 from nexus.vmm.process import kill_orphan
 from nexus.vmm.qemu.driver import QemuDriver
@@ -104,6 +105,7 @@ def wire(
         network=net,
         drives=drives,
         snapshots=snapshots,
+        tokens=TokenService(TokenRepo(conn), vm_store),
     )
     return services, runtime
 

@@ -1,9 +1,20 @@
 """The domain: models, states, errors, settings and ports. Standard library only."""
 
+from nexus.domain.access import (
+    AGENT_TOKEN_PREFIX,
+    AgentToken,
+    IssuedToken,
+    TokenStore,
+    Transport,
+    names_host_file,
+    parse_lifetime,
+    require_host_access,
+)
 from nexus.domain.errors import (
     ERRORS_BY_CODE,
     Conflict,
     DriverError,
+    Forbidden,
     GuestError,
     Invalid,
     InvalidState,
@@ -57,10 +68,12 @@ from nexus.domain.settings import SETTINGS, SettingSpec, SettingValue, spec_for
 from nexus.domain.states import TRANSITIONS, VmState, can_transition, check_transition
 
 __all__ = [
+    "AGENT_TOKEN_PREFIX",
     "DRIVE_FILE",
     "ERRORS_BY_CODE",
     "SETTINGS",
     "TRANSITIONS",
+    "AgentToken",
     "Conflict",
     "DataDrive",
     "Drive",
@@ -71,6 +84,7 @@ __all__ = [
     "FirecrackerBinary",
     "FirecrackerSource",
     "Firewall",
+    "Forbidden",
     "GuestError",
     "GuestPort",
     "HostLinks",
@@ -80,6 +94,7 @@ __all__ = [
     "ImageStore",
     "Invalid",
     "InvalidState",
+    "IssuedToken",
     "Kernel",
     "KernelSource",
     "L4Proto",
@@ -104,6 +119,8 @@ __all__ = [
     "SpawnHook",
     "StateChange",
     "StorageBackend",
+    "TokenStore",
+    "Transport",
     "Unavailable",
     "Vm",
     "VmFilter",
@@ -116,6 +133,9 @@ __all__ = [
     "VmmRecord",
     "can_transition",
     "check_transition",
+    "names_host_file",
+    "parse_lifetime",
+    "require_host_access",
     "spec_for",
     "utcnow",
 ]

@@ -54,7 +54,13 @@ class GuestError(NexusError):
     code = "guest_error"
 
 
+class Forbidden(NexusError):
+    """The caller may not do this (an agent token outside its VM, a host path over TCP): nothing was done."""
+
+    code = "forbidden"
+
+
 ERRORS_BY_CODE: dict[str, type[NexusError]] = {
     cls.code: cls
-    for cls in (NexusError, NotFound, Conflict, InvalidState, Invalid, Unavailable, DriverError, GuestError)
+    for cls in (NexusError, NotFound, Conflict, InvalidState, Invalid, Unavailable, DriverError, GuestError, Forbidden)
 }

@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from nexus.assets.digest import sha256_file
 from nexus.assets.tools import require_tool, stream_tool
+from nexus.domain.access import names_host_file
 from nexus.domain.errors import Invalid, NotFound, Unavailable
 from nexus.images.tarsafe import extract_rootfs
 
@@ -162,7 +163,7 @@ class BaseMaker:
     def make(self, base: str, dest: Path, sha256: str | None = None, progress: Progress | None = None) -> BaseInfo:
         """Fill the empty directory ``dest`` with the base tree."""
         report = progress or (lambda _s, _f: None)
-        if base.startswith("debian-") and not Path(base).exists():
+        if not is_url(base) and not names_host_file(base):  # the rule nexusd's edge checks host access by
             recipe = self.recipe(base)
             tarball = self.debootstrap_tarball(recipe, report)
             report("unpack base", 0.0)

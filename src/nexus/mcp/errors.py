@@ -11,7 +11,17 @@ from typing import Final
 
 from mcp.shared.exceptions import MCPError
 
-from nexus.domain import Conflict, DriverError, GuestError, Invalid, InvalidState, NexusError, NotFound, Unavailable
+from nexus.domain import (
+    Conflict,
+    DriverError,
+    Forbidden,
+    GuestError,
+    Invalid,
+    InvalidState,
+    NexusError,
+    NotFound,
+    Unavailable,
+)
 from nexus.protocol import INTERNAL_ERROR, INVALID_PARAMS
 
 # Server-defined codes live in -32000..-32099 (JSON-RPC 2.0 §5.1).
@@ -21,6 +31,7 @@ CONFLICT: Final = -32003
 UNAVAILABLE: Final = -32004  # e.g. the agent link is not open, or it dropped during a call
 DRIVER_ERROR: Final = -32005
 GUEST_ERROR: Final = -32006  # the agent answered with a JSON-RPC error of its own
+FORBIDDEN: Final = -32007  # the caller may not do this (e.g. it names a file on nexusd's host over TCP)
 
 CODE_BY_ERROR: Final[dict[type[NexusError], int]] = {
     Invalid: INVALID_PARAMS,
@@ -30,6 +41,7 @@ CODE_BY_ERROR: Final[dict[type[NexusError], int]] = {
     Unavailable: UNAVAILABLE,
     DriverError: DRIVER_ERROR,
     GuestError: GUEST_ERROR,
+    Forbidden: FORBIDDEN,
 }
 
 

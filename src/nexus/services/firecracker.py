@@ -1,5 +1,5 @@
-"""Firecracker binary use cases: list, pull (a release by version, default from settings) or register a local
-binary, remove."""
+"""Firecracker binary use cases: list, pull (a release by version, default from settings, checked against a sum
+pinned in nexus or given by the user) or register a local binary, remove."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from nexus.domain import FirecrackerBinary, FirecrackerSource, Progress
+from nexus.domain import FirecrackerBinary, FirecrackerSource, Invalid, Progress
 from nexus.services.assets import no_progress
 from nexus.services.settings import SettingsService
 
@@ -27,16 +27,23 @@ class FirecrackerService:
         return self._source.get(version)
 
     async def pull(
-        self, version: str | None = None, path: Path | None = None, progress: Progress = no_progress
+        self,
+        version: str | None = None,
+        path: Path | None = None,
+        progress: Progress = no_progress,
+        sha256: str | None = None,
     ) -> FirecrackerBinary:
-        """Fetch release ``version`` (default: the firecracker_version setting), or register ``path``."""
+        """Fetch release ``version`` (default: the firecracker_version setting) and check it against ``sha256`` or
+        the sum pinned for that version, or register ``path``."""
+        if path is not None and sha256 is not None:
+            raise Invalid("--sha256 checks a downloaded release; a binary registered by --path is not downloaded")
         async with self._lock:
             if path is not None:
                 binary = await asyncio.to_thread(self._source.add_local, path)
             else:
                 wanted = version or self._settings.str_value("firecracker_version")
                 base_url = self._settings.str_value("firecracker_base_url")
-                binary = await asyncio.to_thread(self._source.pull, wanted, base_url, progress)
+                binary = await asyncio.to_thread(self._source.pull, wanted, base_url, progress, sha256)
         log.info("firecracker %s ready at %s (from %s)", binary.version, binary.path, binary.source)
         return binary
 

@@ -5,6 +5,7 @@ from nexus.store.drives import DriveRepo, SnapshotRepo
 from nexus.store.images import ImageRepo
 from nexus.store.network import NetRepo
 from nexus.store.settings import SettingsRepo
+from nexus.store.tokens import TokenRepo
 from nexus.store.vms import VmRepo
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "NetRepo",
     "SettingsRepo",
     "SnapshotRepo",
+    "TokenRepo",
     "VmRepo",
     "connect",
     "latest_version",

@@ -9,10 +9,10 @@ from urllib.parse import urlparse
 from fastapi import APIRouter, Response, status
 from fastapi.responses import StreamingResponse
 
-from nexus.api.deps import Assets
+from nexus.api.deps import Assets, Via
 from nexus.api.schemas import ImageBuildIn, ImageOut, KernelOut, KernelPullIn
 from nexus.api.streaming import Emit, ndjson, progress_emitter
-from nexus.domain import ImageRequest
+from nexus.domain import ImageRequest, names_host_file, require_host_access
 
 router = APIRouter(tags=["assets"])
 _NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/x-ndjson": {}}}}
@@ -58,8 +58,10 @@ def _default_name(base: str) -> str:
 
 
 @router.post("/v1/images", response_class=StreamingResponse, responses=_NDJSON)
-async def build_image(body: ImageBuildIn, assets: Assets) -> StreamingResponse:
-    """Build an image: NDJSON progress events, then the image."""
+async def build_image(body: ImageBuildIn, assets: Assets, via: Via) -> StreamingResponse:
+    """Build an image: NDJSON progress events, then the image. A tarball base on the host: Unix socket only."""
+    if names_host_file(body.base):
+        require_host_access(via, f"building an image from the host file {body.base}")
     request = ImageRequest(
         name=body.name or _default_name(body.base), base=body.base, size_mib=body.size_mib, sha256=body.sha256
     )

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from nexus.api.deps import Firecracker
+from nexus.api.deps import Firecracker, Via
 from nexus.api.schemas import Strict
 from nexus.api.streaming import Emit, ndjson, progress_emitter
-from nexus.domain import FirecrackerBinary
+from nexus.domain import FirecrackerBinary, require_host_access
 
 router = APIRouter(prefix="/v1/firecracker", tags=["firecracker"])
 _NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/x-ndjson": {}}}}
@@ -43,7 +43,12 @@ class FirecrackerPullIn(Strict):
     version: str | None = Field(
         default=None, description="release like 1.16.1; default: the firecracker_version setting"
     )
-    path: str | None = Field(default=None, description="register this binary on the host instead of downloading")
+    path: str | None = Field(
+        default=None, description="register this binary on the host instead of downloading (Unix socket only)"
+    )
+    sha256: str | None = Field(
+        default=None, description="sha256 of the release tarball; needed for a version nexus has no pinned sum of"
+    )
 
 
 @router.get("")
@@ -52,10 +57,14 @@ async def list_firecracker(fc: Firecracker) -> list[FirecrackerOut]:
 
 
 @router.post("/pull", response_class=StreamingResponse, responses=_NDJSON)
-async def pull_firecracker(body: FirecrackerPullIn, fc: Firecracker) -> StreamingResponse:
+async def pull_firecracker(body: FirecrackerPullIn, fc: Firecracker, via: Via) -> StreamingResponse:
+    if body.path:  # nexusd runs `BIN --version`
+        require_host_access(via, "registering a Firecracker binary by path")
+
     async def work(emit: Emit) -> object:
         path = Path(body.path) if body.path else None
-        return FirecrackerOut.of(await fc.pull(body.version, path, progress_emitter(emit))).model_dump(mode="json")
+        pulled = await fc.pull(body.version, path, progress_emitter(emit), sha256=body.sha256)
+        return FirecrackerOut.of(pulled).model_dump(mode="json")
 
     return await ndjson(work)
 
