@@ -21,6 +21,7 @@ from nexus.domain import (
     utcnow,
 )
 from nexus.services import DriveService, SnapshotService, VmRuntime, VmService
+from nexus.services.locks import VmLocks
 from nexus.store import DriveRepo, ImageRepo, SnapshotRepo, VmRepo, connect, migrate
 from nexus.workspaces import CopyBackend
 
@@ -65,7 +66,7 @@ def _setup(
         drives, snaps, vms, ImageRepo(conn), backend, layout, lambda p: None, lambda p: None, lambda _: True
     )
     service = SnapshotService(
-        cast(VmService, None), drive_service, vms, drives, snaps, cast(VmRuntime, runtime), layout
+        cast(VmService, None), drive_service, vms, drives, snaps, cast(VmRuntime, runtime), layout, VmLocks()
     )
     return service, layout
 

@@ -30,6 +30,7 @@ from nexus.services import (
 )
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
+from nexus.services.locks import VmLocks
 from nexus.services.tokens import TokenService
 from nexus.store import DriveRepo, ImageRepo, NetRepo, SettingsRepo, SnapshotRepo, TokenRepo, VmRepo
 from nexus.vmm.firecracker.driver import FirecrackerDriver
@@ -70,6 +71,7 @@ def wire(
 
     runtime = VmRuntime(vm_store, config.timeouts, on_ready=on_ready, on_exit=net.detach)
     guest = GuestService(vm_store, runtime)
+    locks = VmLocks()  # one per VM, shared by every service that touches a VM's process or drives
     drives = DriveService(
         drive_store,
         snapshot_store,
@@ -80,6 +82,7 @@ def wire(
         format_drive,
         grow_filesystem,
         runtime.is_running,
+        locks,
     )
     vms = VmService(
         vm_store,
@@ -93,8 +96,9 @@ def wire(
         net,
         driver_reason,
         adopters=adopters(layout, config),
+        locks=locks,
     )
-    snapshots = SnapshotService(vms, drives, vm_store, drive_store, snapshot_store, runtime, layout)
+    snapshots = SnapshotService(vms, drives, vm_store, drive_store, snapshot_store, runtime, layout, locks)
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     services = Services(
         vms=vms,

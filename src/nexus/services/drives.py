@@ -10,6 +10,7 @@ reach a guest at boot. Slow file work runs in a worker thread; the database is t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ from nexus.domain import (
     utcnow,
 )
 from nexus.domain.validation import check_name, check_range
+from nexus.services.locks import VmLocks
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class DriveService:
         format_drive: Callable[[Path], None],
         grow_filesystem: Callable[[Path], None],
         is_running: Callable[[str], bool],
+        locks: VmLocks | None = None,
     ) -> None:
         self._drives = drives
         self._snapshots = snapshots
@@ -96,6 +99,7 @@ class DriveService:
         self._format = format_drive
         self._grow = grow_filesystem
         self._is_running = is_running
+        self._locks = locks or VmLocks()
         self.lock = asyncio.Lock()  # one workspace change at a time: volumes are made outside transactions
 
     def storage_status(self) -> tuple[str, str]:
@@ -152,8 +156,11 @@ class DriveService:
             raise
 
     def attach(self, ref: str, vm_ref: str, mount_path: str | None) -> Drive:
-        drive = self._drives.get(ref)
         vm = self._vms.get(vm_ref)
+        with self._locks.hold(vm.id, vm.name, "attaching a drive"):
+            return self._attach(self._drives.get(ref), self._vms.get(vm.id), mount_path)
+
+    def _attach(self, drive: Drive, vm: Vm, mount_path: str | None) -> Drive:
         if mount_path is not None:
             check_mount_path(mount_path)
         if drive.kind is DriveKind.ROOT:
@@ -175,8 +182,12 @@ class DriveService:
             raise Conflict(f"drive {drive.name} is a root drive; it stays with its VM")
         if drive.vm_id is None:
             raise Conflict(f"drive {drive.name} is not attached")
-        self._require_stopped(self._vms.get(drive.vm_id), f"detach drive {drive.name}")
-        self._drives.attach(drive.id, None, None)
+        vm = self._vms.get(drive.vm_id)
+        with self._locks.hold(vm.id, vm.name, "detaching a drive"):
+            if self._drives.get(drive.id).vm_id != vm.id:
+                raise Conflict(f"drive {drive.name} was detached meanwhile")
+            self._require_stopped(self._vms.get(vm.id), f"detach drive {drive.name}")
+            self._drives.attach(drive.id, None, None)
         return self._drives.get(drive.id)
 
     async def resize(self, ref: str, size_mib: int) -> Drive:
@@ -184,13 +195,15 @@ class DriveService:
         check_range("size_mib", size_mib, DRIVE_SIZE_MIB)
         if size_mib <= drive.size_mib:
             raise Invalid(f"drive {drive.name} is {drive.size_mib} MiB; it can only grow (shrinking loses data)")
-        if drive.vm_id is not None:
-            self._require_stopped(self._vms.get(drive.vm_id), f"resize drive {drive.name}")
-        path = self._layout.drive_file(drive.id)
-        async with self.lock:
-            await asyncio.to_thread(os.truncate, path, size_mib * MIB)
-            self._drives.set_size(drive.id, size_mib)
-            await asyncio.to_thread(self._grow, path)
+        owner = self._vms.get(drive.vm_id) if drive.vm_id is not None else None
+        with self._locks.hold(owner.id, owner.name, "resizing a drive") if owner else contextlib.nullcontext():
+            if owner is not None:
+                self._require_stopped(self._vms.get(owner.id), f"resize drive {drive.name}")
+            path = self._layout.drive_file(drive.id)
+            async with self.lock:
+                await asyncio.to_thread(os.truncate, path, size_mib * MIB)
+                self._drives.set_size(drive.id, size_mib)
+                await asyncio.to_thread(self._grow, path)
         return self._drives.get(drive.id)
 
     async def remove(self, ref: str) -> None:

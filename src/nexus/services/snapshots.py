@@ -39,6 +39,7 @@ from nexus.domain import (
 from nexus.domain.validation import check_name
 from nexus.protocol import FREEZE_METHOD, THAW_METHOD
 from nexus.services.drives import DriveService, new_id, root_drive_name
+from nexus.services.locks import VmLocks
 from nexus.services.runtime import VmRuntime
 from nexus.services.vms import VmService
 
@@ -57,7 +58,9 @@ class SnapshotService:
         snapshots: SnapshotStore,
         runtime: VmRuntime,
         layout: Layout,
+        locks: VmLocks,
     ) -> None:
+        self._locks = locks
         self._vms = vms
         self._drives = drives
         self._vm_store = vm_store
@@ -74,6 +77,10 @@ class SnapshotService:
 
     async def create(self, ref: str, name: str | None = None) -> Snapshot:
         vm = self._vm_store.get(ref)
+        with self._locks.hold(vm.id, vm.name, "taking a snapshot"):
+            return await self._create(self._vm_store.get(vm.id), name)
+
+    async def _create(self, vm: Vm, name: str | None) -> Snapshot:
         name = check_name(name) if name is not None else utcnow().strftime("snap-%Y%m%d-%H%M%S-%f")
         with contextlib.suppress(NotFound):
             self._snapshots.get(vm.id, name)
@@ -126,6 +133,10 @@ class SnapshotService:
 
     async def rollback(self, ref: str, name: str, restart: bool = False) -> Vm:
         vm = self._vm_store.get(ref)
+        with self._locks.hold(vm.id, vm.name, "rolling back"):  # held through stop, restore and start
+            return await self._rollback(self._vm_store.get(vm.id), name, restart)
+
+    async def _rollback(self, vm: Vm, name: str, restart: bool) -> Vm:
         snapshot = self._snapshots.get(vm.id, name)
         for item in snapshot.drives:  # a data drive since moved to another VM is that VM's now
             owner = self._drive_store.get(item.drive_id).vm_id
@@ -193,8 +204,9 @@ class SnapshotService:
         try:
             async with self._drives.lock:
                 live = snapshot is None and bool(copies)
-                async with self._frozen(vm) if live else contextlib.nullcontext():
-                    await asyncio.to_thread(self._clone_volumes, copies)
+                with self._locks.hold(vm.id, vm.name, "being cloned"):
+                    async with self._frozen(self._vm_store.get(vm.id)) if live else contextlib.nullcontext():
+                        await asyncio.to_thread(self._clone_volumes, copies)
                 for copy, _ in copies:
                     self._drive_store.insert(dataclasses.replace(copy, vm_id=clone.id))
         except BaseException:

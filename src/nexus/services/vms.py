@@ -37,6 +37,7 @@ from nexus.domain.validation import check_mem_mib, check_name, check_tag, check_
 from nexus.protocol import encode_mounts
 from nexus.services.assets import AssetService, BootFiles
 from nexus.services.drives import DriveService
+from nexus.services.locks import VmLocks
 from nexus.services.network import NetworkService
 from nexus.services.runtime import VmRuntime
 from nexus.services.settings import SettingsService
@@ -62,6 +63,7 @@ class VmService:
         network: NetworkService,
         no_driver_reason: str = "no VMM driver available",
         adopters: Mapping[str, VmmDriver] | None = None,
+        locks: VmLocks | None = None,
     ) -> None:
         """``adopters``: a driver by name for every kind of VMM an earlier nexusd may have left running (the
         current ``driver`` among them), so a VM keeps running under the VMM it was launched with."""
@@ -75,7 +77,7 @@ class VmService:
         self._kill_orphan = kill_orphan
         self._net = network
         self._no_driver_reason = no_driver_reason
-        self._launching: set[str] = set()  # VMs between "start requested" and a watched VMM process
+        self._locks = locks or VmLocks()
         self._adopters = dict(adopters or {})
         if driver is not None:
             self._adopters.setdefault(driver.name, driver)
@@ -125,14 +127,16 @@ class VmService:
 
     async def remove(self, ref: str, force: bool) -> None:
         vm = self._repo.get(ref)
-        if vm.state.has_process:
-            if not force:
-                raise InvalidState(f"VM {vm.name} is {vm.state}; stop it first or remove it with force")
-            await self.stop(vm.id)
-        await self._net.detach(vm.id)
-        await self._drives.drop_vm(vm)
-        self._repo.delete(vm.id)  # its address lease and published ports go with it
-        shutil.rmtree(self._layout.vm_dir(vm.id), ignore_errors=True)
+        with self._locks.hold(vm.id, vm.name, "being removed"):
+            vm = self._repo.get(vm.id)
+            if vm.state.has_process:
+                if not force:
+                    raise InvalidState(f"VM {vm.name} is {vm.state}; stop it first or remove it with force")
+                await self.stop(vm.id)
+            await self._net.detach(vm.id)
+            await self._drives.drop_vm(vm)
+            self._repo.delete(vm.id)  # its address lease and published ports go with it
+            shutil.rmtree(self._layout.vm_dir(vm.id), ignore_errors=True)
         log.info("vm removed id=%s name=%s", vm.id, vm.name)
 
     async def prepare(self, ref: str, progress: Progress) -> BootFiles:
@@ -141,25 +145,25 @@ class VmService:
         return await self._assets.boot_files(self._repo.get(ref), progress)
 
     async def start(self, ref: str, wait: bool = True) -> Vm:
-        """Boot the VM; with ``wait``, return once its agent said hello (else once the VMM runs)."""
+        """Boot the VM; with ``wait``, return once its agent said hello (else once the VMM runs). The VM's lock is
+        held until its VMM runs and is watched; the wait for the agent is outside it (a stop may end the boot)."""
         vm = self._repo.get(ref)
-        if vm.state.has_process:
-            raise InvalidState(f"VM {vm.name} is already {vm.state}")
-        driver = self._require_driver()
-        self._repo.set_state(vm.id, vm.state, VmState.STARTING, reason="start requested")
-        started = time.monotonic()
-        self._launching.add(vm.id)
-        try:
-            process = await self._launch(vm, driver)
-        except NexusError as exc:
-            self._launch_failed(vm, exc.message)
-            raise
-        except Exception as exc:  # e.g. no space left for the root drive: still never leave it "starting"
-            self._launch_failed(vm, str(exc))
-            raise DriverError(f"VM {vm.name} could not be started: {exc}") from exc
-        finally:
-            self._launching.discard(vm.id)
-        self._runtime.watch(vm, process, self._layout.console_log(vm.id))
+        with self._locks.hold(vm.id, vm.name, "starting"):
+            vm = self._repo.get(vm.id)
+            if vm.state.has_process:
+                raise InvalidState(f"VM {vm.name} is already {vm.state}")
+            driver = self._require_driver()
+            self._repo.set_state(vm.id, vm.state, VmState.STARTING, reason="start requested")
+            started = time.monotonic()
+            try:
+                process = await self._launch(vm, driver)
+            except NexusError as exc:
+                self._launch_failed(vm, exc.message)
+                raise
+            except Exception as exc:  # e.g. no space left for the root drive: still never leave it "starting"
+                self._launch_failed(vm, str(exc))
+                raise DriverError(f"VM {vm.name} could not be started: {exc}") from exc
+            self._runtime.watch(vm, process, self._layout.console_log(vm.id))
         launched = time.monotonic()
         if wait:
             await self._runtime.wait_ready(vm.id)
@@ -201,29 +205,31 @@ class VmService:
 
     async def stop(self, ref: str) -> Vm:
         vm = self._repo.get(ref)
-        if not vm.state.has_process:
-            raise InvalidState(f"VM {vm.name} is {vm.state}; there is nothing to stop")
-        if vm.id in self._launching:
-            raise InvalidState(f"VM {vm.name} is still being launched; stop it once its start returns")
-        if self._runtime.is_running(vm.id):
-            await self._runtime.stop(vm.id)
-        else:  # only after a daemon restart that found no process for it
-            self._repo.set_state(vm.id, vm.state, VmState.STOPPING, reason="stop requested")
-            self._repo.set_state(vm.id, VmState.STOPPING, VmState.STOPPED, reason="no VMM process was running")
+        with self._locks.hold(vm.id, vm.name, "stopping"):
+            vm = self._repo.get(vm.id)
+            if not vm.state.has_process:
+                raise InvalidState(f"VM {vm.name} is {vm.state}; there is nothing to stop")
+            if self._runtime.is_running(vm.id):
+                await self._runtime.stop(vm.id)
+            else:  # its VMM is gone and the store had not taken that yet (it was busy)
+                self._repo.set_state(vm.id, vm.state, VmState.STOPPING, reason="stop requested")
+                self._repo.set_state(vm.id, VmState.STOPPING, VmState.STOPPED, reason="no VMM process was running")
         return self._repo.get(vm.id)
 
     async def pause(self, ref: str) -> Vm:
         vm = self._repo.get(ref)
-        if not self._runtime.is_running(vm.id):
-            raise InvalidState(f"VM {vm.name} is {vm.state}; only a running VM can pause")
-        await self._runtime.pause(vm.id)
+        with self._locks.hold(vm.id, vm.name, "pausing"):
+            if not self._runtime.is_running(vm.id):
+                raise InvalidState(f"VM {vm.name} is {self._repo.get(vm.id).state}; only a running VM can pause")
+            await self._runtime.pause(vm.id)
         return self._repo.get(vm.id)
 
     async def resume(self, ref: str) -> Vm:
         vm = self._repo.get(ref)
-        if not self._runtime.is_running(vm.id):
-            raise InvalidState(f"VM {vm.name} is {vm.state}, not paused")
-        await self._runtime.resume(vm.id)
+        with self._locks.hold(vm.id, vm.name, "resuming"):
+            if not self._runtime.is_running(vm.id):
+                raise InvalidState(f"VM {vm.name} is {self._repo.get(vm.id).state}, not paused")
+            await self._runtime.resume(vm.id)
         return self._repo.get(vm.id)
 
     async def recover(self) -> None:

@@ -48,9 +48,9 @@ class TokenRepo:
 
     def find(self, vm_id: str | None = None) -> list[AgentToken]:
         if vm_id is None:
-            rows = self._conn.execute(f"{_SELECT} ORDER BY t.created_at, t.id")
+            rows = self._conn.execute(f"{_SELECT} ORDER BY t.created_at, t.rowid")
         else:
-            rows = self._conn.execute(f"{_SELECT} WHERE t.vm_id = ? ORDER BY t.created_at, t.id", (vm_id,))
+            rows = self._conn.execute(f"{_SELECT} WHERE t.vm_id = ? ORDER BY t.created_at, t.rowid", (vm_id,))
         return [self._token(row) for row in rows]
 
     def delete(self, token_id: str) -> bool:
