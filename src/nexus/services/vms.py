@@ -6,6 +6,7 @@ The only code that coordinates the store, the settings and the VMM driver. It do
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import shutil
@@ -162,6 +163,8 @@ class VmService:
                 raise
             except Exception as exc:  # e.g. no space left for the root drive: still never leave it "starting"
                 self._launch_failed(vm, str(exc))
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise Unavailable(f"VM {vm.name} could not be started: no space left ({exc})") from exc
                 raise DriverError(f"VM {vm.name} could not be started: {exc}") from exc
             self._runtime.watch(vm, process, self._layout.console_log(vm.id))
         launched = time.monotonic()

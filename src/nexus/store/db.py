@@ -3,19 +3,52 @@
 Migrations are numbered SQL files (``migrations/NNNN_name.sql``) applied in order, each in one transaction
 together with ``PRAGMA user_version = NNNN``. A migration never drops user data, and this module never deletes
 the database: a file newer than this code is refused, not touched.
+
+The connection is used from the event loop, so no statement may wait long: in WAL mode readers never wait for a
+writer, and a write waits at most ``BUSY_TIMEOUT_MS`` for another process's write lock. Then, or when the disk
+is full, the statement fails with ``Unavailable`` (503 at the API edge) and changes nothing; the runtime retries
+its own writes with backoff.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from nexus.domain import Unavailable
 
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+BUSY_TIMEOUT_MS = 100
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> Unavailable:
+    what = str(exc)
+    if "locked" in what or "busy" in what:
+        return Unavailable("the state database is busy (another process holds its write lock); try again")
+    if "full" in what:
+        return Unavailable("the state database cannot be written: the disk is full; free space in the state dir")
+    return Unavailable(f"the state database failed: {what}")
+
+
+class GuardedConnection(sqlite3.Connection):
+    """A connection whose operational failures (locked, disk full, I/O) are ``Unavailable``, raised once here."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +77,10 @@ def latest_version() -> int:
 
 def connect(path: Path | str) -> sqlite3.Connection:
     """Open the database in autocommit mode with WAL and foreign keys on. Does not migrate."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, factory=GuardedConnection)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if str(path) != ":memory:":
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -83,7 +116,9 @@ def open_database(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(path)
     try:
+        conn.execute("PRAGMA busy_timeout = 5000")  # at start, wait for a lock rather than fail the daemon
         migrate(conn)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     except BaseException:
         conn.close()
         raise
