@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -122,3 +123,14 @@ async def test_calls_in_flight_fail_at_once_when_the_agent_dies(link: Link) -> N
         await asyncio.wait_for(call, 5)  # not the 30 s of the command, nor the 60 s timeout
     with pytest.raises(ChannelClosed):
         await link.mcp.call("ping")
+
+
+async def test_the_socket_is_closed_as_soon_as_the_guest_ends_the_stream() -> None:
+    """EOF from the guest closes the host's end at once (it once stayed open until garbage collection)."""
+    host, guest = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    peer = RpcPeer(reader, writer, "eof")
+    guest.close()
+    await asyncio.wait_for(peer.wait_closed(), 2)
+    await asyncio.sleep(0)
+    assert writer.is_closing()

@@ -45,6 +45,7 @@ class FakeProcess:
         self.powered_off = False
         self.paused = False
         self.detached = False
+        self.ignores_power_off = False
         self.mcp_ends: list[GuestEnd] = []
 
     @property
@@ -67,6 +68,8 @@ class FakeProcess:
             self._exit.set_result(ExitStatus(code))
 
     async def shutdown(self, timeout_s: float) -> ExitStatus:
+        if self.ignores_power_off:  # as a guest that does not answer the power button: killed at the timeout
+            return await self.kill()
         self.powered_off = True
         self.exit(0)
         return ExitStatus(0)
@@ -209,6 +212,15 @@ async def test_stop_powers_off(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -
     await asyncio.wait_for(runtime.stop(vm.id), 3)
     assert process.powered_off
     assert [c.to_state for c in repo.history(vm.id)][-2:] == [VmState.STOPPING, VmState.STOPPED]
+
+
+async def test_stop_that_had_to_kill_says_so(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+    runtime, repo, vm, process = env
+    await _ready(runtime, vm, process)
+    process.ignores_power_off = True
+    await asyncio.wait_for(runtime.stop(vm.id), 3)
+    assert repo.get(vm.id).state is VmState.STOPPED
+    assert repo.history(vm.id)[-1].reason.startswith("stopped by force (VMM exit signal 9)")
 
 
 async def test_paused_vm_is_not_unreachable_and_resumes(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:

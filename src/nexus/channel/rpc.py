@@ -178,6 +178,7 @@ class RpcPeer:
             reason = f"read failed: {exc}"
         finally:
             self._shut(reason)
+            self._writer.close()  # the socket goes now, not when the peer object is collected
 
     def _dispatch(self, line: bytes) -> None:
         try:

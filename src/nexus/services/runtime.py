@@ -262,6 +262,8 @@ class VmRuntime:
         except Exception:  # the store is unavailable: judge by what this runtime knows
             state = None
         if run.stop_requested or state is VmState.STOPPING:
+            if status.code is not None and status.code < 0:  # killed: it did not power off when asked
+                return VmState.STOPPED, f"stopped by force (VMM exit {status}): the guest did not power off in time"
             return VmState.STOPPED, f"powered off (VMM exit {status})"
         if state is VmState.STARTING:  # it never came up: the start failed, it did not crash
             return VmState.FAILED, f"VMM exited during boot ({status})"
