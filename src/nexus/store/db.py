@@ -23,7 +23,7 @@ from typing import Any
 from nexus.domain import Unavailable
 
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-BUSY_TIMEOUT_MS = 100
+BUSY_TIMEOUT_MS = 25
 
 
 def _unavailable(exc: sqlite3.OperationalError) -> Unavailable:
