@@ -29,6 +29,15 @@ conn.execute("ROLLBACK")
 """
 
 
+def hold_write_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding ``db``'s write lock for ``seconds``; returns once it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    if proc.stdout is None or proc.stdout.readline().strip() != "locked":
+        proc.kill()
+        raise RuntimeError(f"could not lock {db}")
+    return proc
+
+
 @dataclass
 class Phase:
     health: list[float] = field(default_factory=list)
@@ -95,13 +104,8 @@ def run() -> None:
             c.post("/v1/vms", json={"name": "bench-busy"}).raise_for_status()
         sock = str(daemon.socket)
         quiet = asyncio.run(_phase(sock))
-        locker = subprocess.Popen(
-            [sys.executable, "-c", LOCKER, str(Path(daemon.state_dir) / "nexus.db"), str(HOLD_S)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        locker = hold_write_lock(Path(daemon.state_dir) / "nexus.db", HOLD_S)
         try:
-            assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
             busy = asyncio.run(_phase(sock))
         finally:
             locker.wait()

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from bench.db_busy import hold_write_lock
 
 from nexus.client import NexusClient
 from nexus.domain import Unavailable
@@ -30,15 +30,6 @@ pytestmark = FIRECRACKER_SKIPS
 
 HOLD_S = 12
 
-LOCKER = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("ROLLBACK")
-"""
-
 
 @pytest.fixture
 def base() -> Iterator[Path]:
@@ -47,12 +38,6 @@ def base() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _lock_db(db: Path, seconds: float) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-    return proc
 
 
 def _timed(call: object) -> tuple[float, object]:
@@ -71,7 +56,7 @@ def test_vmm_dies_while_another_process_holds_the_database(base: Path) -> None:
         with NexusClient(daemon.socket, timeout_s=60) as api:
             api.create_vm(name="fault-db")
             pid = api.start_vm("fault-db")["pid"]
-            locker = _lock_db(daemon.state_dir / "nexus.db", HOLD_S)
+            locker = hold_write_lock(daemon.state_dir / "nexus.db", HOLD_S)
             os.kill(pid, signal.SIGKILL)
             took, health = _timed(api.health)
             assert took < 1.0 and isinstance(health, dict), (took, health)
@@ -93,7 +78,7 @@ def test_vmm_dies_while_another_process_holds_the_database(base: Path) -> None:
             assert "signal 9" in api.vm_history("fault-db")[-1]["reason"]
             assert [v["name"] for v in api.list_vms()] == ["fault-db"]  # the refused create made nothing
             api.remove_vm("fault-db")
-        locker = _lock_db(daemon.state_dir / "nexus.db", HOLD_S)
+        locker = hold_write_lock(daemon.state_dir / "nexus.db", HOLD_S)
         started = time.monotonic()
         assert daemon.stop() == 0
         assert time.monotonic() - started < 10, "nexusd did not exit promptly on SIGTERM with the database locked"
