@@ -12,6 +12,7 @@ Two VMs are booted once for the module: A publishes 18080:8000 and runs a web se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -178,6 +179,10 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         yield lab
     finally:
         if lab is not None and lab.daemon is not None:
+            if lab.daemon.proc.poll() is None:  # whatever a failed test left running goes, whichever daemon runs
+                with contextlib.suppress(Exception), lab.api() as api:
+                    for vm in api.list_vms():
+                        api.remove_vm(vm["id"], force=True)
             code = lab.daemon.stop()
             if code != 0:
                 print(lab.daemon.log_text()[-5000:])
