@@ -66,7 +66,7 @@ SEED: dict[int, list[str]] = {
         "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at, pid, vmm,"
         " accel, pid_start, vmm_detail) VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm',"
         " 'cloud-amd64', 'ready', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 4242, 'qemu', 'tcg',"
-        " 118446, '{\"runtime_dir\": \"/run/nexus/vms/a1b2c3d4e5f6\"}')",
+        ' 118446, \'{"runtime_dir": "/run/nexus/vms/a1b2c3d4e5f6"}\')',
         "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
         " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
         " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
