@@ -7,14 +7,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from nexus import __version__
-from nexus.api import errors
+from nexus.api import errors, links
 from nexus.api.deps import Services
 from nexus.api.middleware import BodyLimit, TcpToken
 from nexus.api.routers import admin, assets, firecracker, guest, health, settings, vms, workspaces
 from nexus.api.schemas import ErrorOut
 
+# Every status an operation may answer with besides its own success: 500 is a DriverError or an unexpected
+# exception (errors.Unexpected), with the same body.
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 500, 503)
 }
 
 
@@ -40,6 +42,7 @@ def create_app(
     )
     app.state.services = services
     errors.install(app)
+    links.install(app)
     for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces):
         app.include_router(module.router)
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
@@ -48,4 +51,5 @@ def create_app(
     app.add_middleware(BodyLimit, exempt=_is_mcp_path)
     if tcp_token is not None:
         app.add_middleware(TcpToken, token=tcp_token)
+    app.add_middleware(errors.Unexpected)  # last added is outermost: it also catches what the others raise
     return app

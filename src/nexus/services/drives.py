@@ -37,12 +37,11 @@ from nexus.domain import (
     VmStore,
     utcnow,
 )
-from nexus.domain.validation import check_name, check_range
+from nexus.domain.validation import DRIVE_SIZE_MIB_RANGE, check_name, check_range, referenced
 
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
-DRIVE_SIZE_MIB = (16, 1024 * 1024)
 _MOUNT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 _FORBIDDEN_MOUNTS = {"/", "/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib"}
 
@@ -113,9 +112,9 @@ class DriveService:
         check_name(name)
         if (image is None) == (size_mib is None):
             raise Invalid("give either an image to copy or a size in MiB for an empty ext4 drive")
-        source: Image | None = self._images.get(image) if image is not None else None
+        source: Image | None = referenced(lambda: self._images.get(image)) if image is not None else None
         if size_mib is not None:
-            check_range("size_mib", size_mib, DRIVE_SIZE_MIB)
+            check_range("size_mib", size_mib, DRIVE_SIZE_MIB_RANGE)
         self._require_free_name(name)
         drive = Drive(
             id=new_id(),
@@ -153,7 +152,7 @@ class DriveService:
 
     def attach(self, ref: str, vm_ref: str, mount_path: str | None) -> Drive:
         drive = self._drives.get(ref)
-        vm = self._vms.get(vm_ref)
+        vm = referenced(lambda: self._vms.get(vm_ref))
         if mount_path is not None:
             check_mount_path(mount_path)
         if drive.kind is DriveKind.ROOT:
@@ -181,7 +180,7 @@ class DriveService:
 
     async def resize(self, ref: str, size_mib: int) -> Drive:
         drive = self._drives.get(ref)
-        check_range("size_mib", size_mib, DRIVE_SIZE_MIB)
+        check_range("size_mib", size_mib, DRIVE_SIZE_MIB_RANGE)
         if size_mib <= drive.size_mib:
             raise Invalid(f"drive {drive.name} is {drive.size_mib} MiB; it can only grow (shrinking loses data)")
         if drive.vm_id is not None:
