@@ -7,9 +7,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # python for nexus itself; QEMU to run VMs; debootstrap, e2fsprogs and busybox-static to build images;
 # kmod (depmod), zstd and lz4 to unpack kernel modules and the vmlinux; libnftables1 for the VMs' firewall rules;
 # iproute2 (ip netns) for the network e2e test's namespaces (nexus itself never runs ip); btrfs-progs for the tests
-# and benchmark that make a btrfs on a loop device (nexusd itself uses ioctls, never the btrfs tools).
+# and benchmark that make a btrfs on a loop device (nexusd itself uses ioctls, never the btrfs tools); cpio for the
+# test that has GNU cpio read the initramfs archives nexus writes (nexus itself writes them in Python).
 APT_PACKAGES=(python3 python3-venv python3-dev ca-certificates qemu-system-x86 debootstrap e2fsprogs
-    busybox-static kmod zstd lz4 libnftables1 iproute2 btrfs-progs)
+    busybox-static kmod zstd lz4 libnftables1 iproute2 btrfs-progs cpio)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -14,7 +14,6 @@ from nexus.domain import Image, Layout
 from nexus.services import SettingsService
 from nexus.store import ImageRepo, SettingsRepo, open_database
 from tests.fakes.firecracker import write_fake_binary
-from tests.fakes.firecracker_spec import SPEC_MISSING, load_spec
 from tests.fakes.jailer import write_fake_jailer
 from tests.helpers import Daemon, start_daemon
 
@@ -36,10 +35,7 @@ def _busybox() -> str | None:
     return None
 
 
-FIRECRACKER_SKIPS = [
-    pytest.mark.skipif(load_spec() is None, reason=SPEC_MISSING),
-    pytest.mark.skipif(_busybox() is not None, reason=str(_busybox())),
-]
+FIRECRACKER_SKIPS = [pytest.mark.skipif(_busybox() is not None, reason=str(_busybox()))]
 
 
 def stub_kernel(kernels_dir: Path) -> Path:

@@ -1,7 +1,9 @@
-"""The Firecracker OpenAPI (Swagger 2.0) spec, loaded from the shared folder beside the repo, as JSON-schema validators.
+"""The Firecracker OpenAPI (Swagger 2.0) spec, vendored under ``tests/vendor/firecracker/``, as JSON-schema validators.
 
-The spec is never copied into the repo: it is read from ``<repo>/../shared/firecracker/firecracker-v1.16.1.yaml``;
-:func:`load_spec` returns ``None`` when it is absent so tests can skip with :data:`SPEC_MISSING`.
+The file is Firecracker v1.16.1's ``src/firecracker/swagger/firecracker.yaml``, unmodified (origin and license in
+that folder's README). :func:`load_spec` checks its sha256 against :data:`SPEC_SHA256`, so an edit to the vendored
+copy fails the tests instead of quietly changing what the driver is checked against; a missing file is an error
+too, never a skip: a fresh clone carries it.
 
 ``$ref`` values point into ``#/definitions``; a definition is validated by wrapping it as
 ``{"$ref": "#/definitions/X", "definitions": ...}`` under Draft 4 (Swagger 2.0's schema dialect; Draft 4 also
@@ -13,6 +15,7 @@ adds ``additionalProperties: false`` to every object definition to model that.
 from __future__ import annotations
 
 import copy
+import hashlib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,17 +25,20 @@ import yaml
 
 from tests.helpers import REPO
 
-SPEC_PATH = (REPO / ".." / "shared" / "firecracker" / "firecracker-v1.16.1.yaml").resolve()
-SPEC_MISSING = f"the Firecracker v1.16.1 OpenAPI spec is not at {SPEC_PATH} (shared folder beside the repo)"
+SPEC_PATH = REPO / "tests" / "vendor" / "firecracker" / "firecracker-v1.16.1.yaml"
+# sha256 of the upstream file at tag v1.16.1 (commit 2038188f145f) of firecracker-microvm/firecracker.
+SPEC_SHA256 = "a514abec7b29700c5ca8bdaebbb960e4ffb46fe1fd4869094c6c63630a6fa41c"
 
 
 @cache
-def load_spec(path: Path = SPEC_PATH) -> dict[str, Any] | None:
-    """The parsed spec, or ``None`` when the file is absent."""
-    if not path.is_file():
-        return None
-    with path.open(encoding="utf-8") as fh:
-        spec = yaml.safe_load(fh)
+def load_spec(path: Path = SPEC_PATH, sha256: str = SPEC_SHA256) -> dict[str, Any]:
+    """The parsed spec. Raises ``FileNotFoundError`` when it is absent and ``ValueError`` when it is not the
+    unmodified upstream file."""
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{path} has sha256 {digest}, not {sha256}: the vendored spec must be the upstream file")
+    spec = yaml.safe_load(raw)
     if not isinstance(spec, dict) or "definitions" not in spec:
         raise ValueError(f"{path} is not a Swagger 2.0 document with definitions")
     return spec
@@ -90,6 +96,5 @@ class SpecValidator:
 
 
 @cache
-def spec_validator(*, closed: bool = False) -> SpecValidator | None:
-    spec = load_spec()
-    return None if spec is None else SpecValidator(spec, closed=closed)
+def spec_validator(*, closed: bool = False) -> SpecValidator:
+    return SpecValidator(load_spec(), closed=closed)

@@ -50,7 +50,7 @@ async def test_drives_snapshots_clone_without_booting(api: httpx.AsyncClient, tm
     _error(await api.post("/v1/drives", json={"name": "neither"}), 422, "invalid")
     _error(await api.post("/v1/drives", json={"name": "Bad_Name", "size_mib": 32}), 422, "invalid")
     _error(await api.post("/v1/drives", json={"name": "tiny", "size_mib": 1}), 422, "invalid")
-    _error(await api.post("/v1/drives", json={"name": "img", "image": "no-such-image"}), 404, "not_found")
+    _error(await api.post("/v1/drives", json={"name": "img", "image": "no-such-image"}), 422, "invalid")
     assert [d["name"] for d in await _ok(await api.get("/v1/drives"))] == ["data"]
 
     await _ok(await api.post("/v1/vms", json={"name": "web"}), 201)

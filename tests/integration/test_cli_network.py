@@ -17,7 +17,7 @@ def test_no_network_daemon_creates_vms_without_nic(capsys: pytest.CaptureFixture
     explicit = run_json(capsys, daemon, "vm", "create", "off", "--no-network")
     assert isinstance(explicit, dict) and explicit["network"] is None
     code, _, err = run(capsys, daemon, "vm", "create", "web", "--publish", "8080:80")
-    assert code == 1 and "networking is off in this nexusd" in err and err.count("\n") == 1
+    assert code == 5 and "networking is off in this nexusd" in err and err.count("\n") == 1
     code, _, err = run(capsys, daemon, "vm", "create", "bad", "-p", "80")
     assert code == 2 and "HOSTPORT:GUESTPORT" in err
     code, _, err = run(capsys, daemon, "vm", "create", "both", "--no-network", "-p", "80:80")

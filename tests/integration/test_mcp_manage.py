@@ -84,7 +84,7 @@ def test_management_tools(daemon: Daemon) -> None:
             assert bad_port["code"] == "invalid" and "HOSTPORT:GUESTPORT" in bad_port["message"]
             # this nexusd runs with --no-network: a NIC cannot be had, and asking says so
             no_net = await _refused(client, "vm_create", {"name": "mg-bad", "publish": ["8080:80"]})
-            assert no_net["code"] == "unavailable" and "networking is off" in no_net["message"]
+            assert no_net["code"] == "conflict" and "networking is off" in no_net["message"]
             assert (await _ok(client, "vm_list", {}))["vms"] == []  # refusals created nothing
             created = await _ok(
                 client, "vm_create", {"name": "mg-one", "mem_mib": 256, "tags": ["t1"], "network": False}

@@ -35,7 +35,7 @@ from nexus.vmm.firecracker import (
     vsock_body,
 )
 from nexus.vmm.firecracker.config import machine_config_from_body
-from tests.fakes.firecracker_spec import SPEC_MISSING, SpecValidator, spec_validator
+from tests.fakes.firecracker_spec import SpecValidator, spec_validator
 
 P = PurePosixPath
 ARGS = boot_args()
@@ -61,18 +61,12 @@ CASES: list[tuple[str, str, JsonBody]] = [
 
 @pytest.fixture(scope="module")
 def spec() -> SpecValidator:
-    validator = spec_validator(closed=False)
-    if validator is None:
-        pytest.skip(SPEC_MISSING)
-    return validator
+    return spec_validator(closed=False)
 
 
 @pytest.fixture(scope="module")
 def closed_spec() -> SpecValidator:
-    validator = spec_validator(closed=True)
-    if validator is None:
-        pytest.skip(SPEC_MISSING)
-    return validator
+    return spec_validator(closed=True)
 
 
 @pytest.mark.parametrize(("definition", "body"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

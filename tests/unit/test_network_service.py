@@ -146,7 +146,7 @@ def test_wants_network(world: dict[str, Any], tmp_path: Path) -> None:
         NetRepo(world["conn"]), world["settings"], FakeLinks(), FakeFirewall(), list, str, list, enabled=False
     )
     assert off.wants_network(None, []) is False
-    with pytest.raises(Unavailable, match="networking is off"):
+    with pytest.raises(Conflict, match="networking is off"):  # the daemon's setting, not a passing shortage
         off.wants_network(True, [])
 
 

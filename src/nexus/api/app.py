@@ -7,14 +7,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from nexus import __version__
-from nexus.api import errors
+from nexus.api import errors, links
 from nexus.api.deps import Services
 from nexus.api.middleware import Access, BodyLimit, is_mcp_path
 from nexus.api.routers import admin, assets, firecracker, guest, health, settings, tokens, vms, workspaces
 from nexus.api.schemas import ErrorOut
 
+# Every status an operation may answer with besides its own success: 500 is a DriverError or an unexpected
+# exception (errors.Unexpected), with the same body.
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422, 500, 503)
 }
 
 
@@ -36,11 +38,13 @@ def create_app(
     )
     app.state.services = services
     errors.install(app)
+    links.install(app)
     for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces, tokens):
         app.include_router(module.router)
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
         if endpoint is not None:
             app.router.routes.append(Route(path, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False))
     app.add_middleware(BodyLimit, exempt=is_mcp_path)
-    app.add_middleware(Access, admin_token=tcp_token, tokens=services.tokens)  # outermost: before any body is read
+    app.add_middleware(Access, admin_token=tcp_token, tokens=services.tokens)  # before any body is read
+    app.add_middleware(errors.Unexpected)  # last added is outermost: it also catches what the others raise
     return app

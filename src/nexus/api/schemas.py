@@ -1,32 +1,122 @@
 """Request and response bodies of the REST API (pydantic), and their conversion from domain objects.
 
-Request models forbid unknown fields: a typo is an error, not a silently ignored option.
+Request models forbid unknown fields: a typo is an error, not a silently ignored option. Their numbers and booleans
+are strict (``"2"`` or ``true`` for a vCPU count is refused, not coerced), and names, tags and sizes carry the
+domain's own pattern and range (``nexus.domain.validation``), so the OpenAPI schema states what the server enforces.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
-from nexus.domain import Drive, DriveKind, Image, Kernel, NetInfo, Role, Snapshot, StateChange, Vm, VmState
+from nexus.domain import (
+    Drive,
+    DriveKind,
+    Image,
+    Invalid,
+    Kernel,
+    NetInfo,
+    Role,
+    Snapshot,
+    StateChange,
+    Vm,
+    VmState,
+)
+from nexus.domain.validation import (
+    DRIVE_SIZE_MIB_RANGE,
+    FIRECRACKER_VERSION_RE,
+    IMAGE_SIZE_MIB_RANGE,
+    KERNEL_REF_RE,
+    MEM_MIB_RANGE,
+    NAME_RE,
+    TAG_RE,
+    VCPUS_RANGE,
+    check_mem_mib,
+    check_name,
+    check_range,
+    check_tag,
+    check_vcpus,
+)
 from nexus.services import CleanupReport, Setting
 
 
 class Strict(BaseModel):
+    # Not ``strict=True`` for the whole model: that would refuse an enum's wire string ("work" for Role) too.
     model_config = ConfigDict(extra="forbid")
 
 
+def _domain_check(check: Callable[[Any], object]) -> AfterValidator:
+    """Enforce a field with the domain's own check, so a 422 says what the services would have said ("invalid name
+    'X': use 1-63 lowercase letters...") rather than pydantic's generic words. The schema gets the same limits from
+    the same constants through ``_documented``."""
+
+    def run(value: Any) -> Any:
+        try:
+            check(value)
+        except Invalid as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+    return AfterValidator(run)
+
+
+def _documented(**keywords: str | int) -> Any:
+    """JSON-schema keywords (``pattern``, ``minimum``...) published for a field that ``_domain_check`` enforces."""
+    extra: dict[str, JsonValue] = dict(keywords)
+    return Field(json_schema_extra=extra)
+
+
+def _sized(what: str, bounds: tuple[int, int]) -> Callable[[int], int]:
+    return lambda value: check_range(what, value, bounds)
+
+
+# Strict: JSON's "2", 2.0 or true is not an integer here (pydantic's lax mode would take all three).
+Name = Annotated[str, _documented(pattern=NAME_RE.pattern), _domain_check(check_name)]
+Tag = Annotated[str, _documented(pattern=TAG_RE.pattern), _domain_check(check_tag)]
+Vcpus = Annotated[
+    int, Field(strict=True), _documented(minimum=VCPUS_RANGE[0], maximum=VCPUS_RANGE[1]), _domain_check(check_vcpus)
+]
+MemMib = Annotated[
+    int,
+    Field(strict=True),
+    _documented(minimum=MEM_MIB_RANGE[0], maximum=MEM_MIB_RANGE[1]),
+    _domain_check(check_mem_mib),
+]
+DriveSizeMib = Annotated[
+    int,
+    Field(strict=True),
+    _documented(minimum=DRIVE_SIZE_MIB_RANGE[0], maximum=DRIVE_SIZE_MIB_RANGE[1]),
+    _domain_check(_sized("size_mib", DRIVE_SIZE_MIB_RANGE)),
+]
+ImageSizeMib = Annotated[
+    int,
+    Field(strict=True),
+    _documented(minimum=IMAGE_SIZE_MIB_RANGE[0], maximum=IMAGE_SIZE_MIB_RANGE[1]),
+    _domain_check(_sized("size_mib", IMAGE_SIZE_MIB_RANGE)),
+]
+StrictBool = Annotated[bool, Field(strict=True)]
+# No domain function checks these two up front (the asset stores parse them), so pydantic enforces the pattern.
+KernelRef = Annotated[
+    str, Field(pattern=KERNEL_REF_RE.pattern, description="6.1.0-56-cloud-amd64, 6.1.0-56 or cloud-amd64")
+]
+FirecrackerVersion = Annotated[str, Field(pattern=FIRECRACKER_VERSION_RE.pattern, description="a release: 1.16.1")]
+
+
 class VmCreate(Strict):
-    name: str = Field(description="unique name: ^[a-z0-9][a-z0-9-]{0,62}$")
+    name: Name = Field(description="unique name")
     role: Role = Role.WORK
-    vcpus: int | None = Field(default=None, description="1..32; default from settings")
-    mem_mib: int | None = Field(default=None, description="64..65536; default from settings")
+    vcpus: Vcpus | None = Field(default=None, description="default from settings")
+    mem_mib: MemMib | None = Field(default=None, description="default from settings")
     image: str | None = None
     kernel: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    network: bool | None = Field(default=None, description="false: no NIC; default: nexusd's (on unless disabled)")
+    tags: list[Tag] = Field(default_factory=list)
+    network: StrictBool | None = Field(
+        default=None, description="false: no NIC; default: nexusd's (on unless disabled)"
+    )
     publish: list[str] = Field(default_factory=list, description="HOSTPORT:GUESTPORT[/tcp|udp], DNAT to the VM")
 
 
@@ -105,7 +195,7 @@ class LogsOut(BaseModel):
 
 
 class TagsIn(Strict):
-    tags: list[str] = Field(min_length=1)
+    tags: list[Tag] = Field(min_length=1)
 
 
 class SettingOut(BaseModel):
@@ -151,6 +241,9 @@ class HealthOut(BaseModel):
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    request_id: str | None = Field(
+        default=None, description="on a 5xx: nexusd's log line for this error carries the same id"
+    )
 
 
 class ErrorOut(BaseModel):
@@ -162,11 +255,11 @@ class ExecIn(Strict):
     cwd: str | None = None
     env: dict[str, str] | None = None
     stdin: str | None = None
-    timeout_s: float = Field(default=600.0, gt=0, le=86400)
+    timeout_s: float = Field(default=600.0, strict=True, gt=0, le=86400)
 
 
 class KernelPullIn(Strict):
-    version: str | None = Field(
+    version: KernelRef | None = Field(
         default=None, description="version (6.1.0-28-cloud-amd64) or flavour; default: newest cloud-amd64"
     )
 
@@ -192,10 +285,10 @@ class KernelOut(BaseModel):
 
 
 class ImageBuildIn(Strict):
-    name: str | None = Field(default=None, description="default: the base's name (debian-bookworm) or file stem")
+    name: Name | None = Field(default=None, description="default: the base's name (debian-bookworm) or file stem")
     base: str = Field(default="debian-bookworm", description="debian-bookworm, a rootfs tarball path, or a URL")
     sha256: str | None = Field(default=None, description="required for a tarball or URL base")
-    size_mib: int = 1024
+    size_mib: ImageSizeMib = 1024
 
 
 class ImageOut(BaseModel):
@@ -244,9 +337,9 @@ class SetupFirewallOut(BaseModel):
 
 
 class DriveCreate(Strict):
-    name: str = Field(description="unique name: ^[a-z0-9][a-z0-9-]{0,62}$")
+    name: Name = Field(description="unique name")
     image: str | None = Field(default=None, description="copy this image (give image or size_mib)")
-    size_mib: int | None = Field(default=None, description="an empty ext4 drive of this size, 16..1048576")
+    size_mib: DriveSizeMib | None = Field(default=None, description="an empty ext4 drive of this size")
 
 
 class DriveAttach(Strict):
@@ -255,7 +348,7 @@ class DriveAttach(Strict):
 
 
 class DriveResize(Strict):
-    size_mib: int = Field(description="the new size; drives only grow")
+    size_mib: DriveSizeMib = Field(description="the new size; drives only grow")
 
 
 class DriveOut(BaseModel):
@@ -283,7 +376,7 @@ class DriveOut(BaseModel):
 
 
 class SnapshotCreate(Strict):
-    name: str | None = Field(default=None, description="default: snap-<UTC time>")
+    name: Name | None = Field(default=None, description="default: snap-<UTC time>")
 
 
 class SnapshotDriveOut(BaseModel):
@@ -315,5 +408,5 @@ class SnapshotOut(BaseModel):
 
 
 class VmClone(Strict):
-    name: str = Field(description="the new VM's name")
+    name: Name = Field(description="the new VM's name")
     snapshot: str | None = Field(default=None, description="clone this snapshot instead of the current drives")

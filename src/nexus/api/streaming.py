@@ -3,7 +3,8 @@
 Events: ``{"event": "progress", "stage", "fraction"}``, ``{"event": "output", "stream", "data"}``, and last
 ``{"event": "result", "result": ...}`` or ``{"event": "error", "error": {"code", "message"}}``. A failure
 before the first event is an ordinary error response with its HTTP status; after it, the error event is
-the only way left to say so.
+the only way left to say so: every failure, an unexpected one (an ``OSError`` mid-build) too, ends the stream with
+an error event (``internal``, with the request id of its log line, see ``api.errors``) rather than cutting it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from nexus.api.errors import unexpected
 from nexus.domain import NexusError
 
 Emit = Callable[[dict[str, Any]], None]
@@ -26,8 +29,8 @@ def _line(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":"), default=str).encode() + b"\n"
 
 
-async def ndjson(work: Callable[[Emit], Coroutine[Any, Any, Any]]) -> StreamingResponse:
-    """Run ``work(emit)``; ``emit`` may be called from any thread."""
+async def ndjson(request: Request, work: Callable[[Emit], Coroutine[Any, Any, Any]]) -> StreamingResponse:
+    """Run ``work(emit)`` for ``request``; ``emit`` may be called from any thread."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
@@ -62,6 +65,8 @@ async def ndjson(work: Callable[[Emit], Coroutine[Any, Any, Any]]) -> StreamingR
                 final = task.result()
             except NexusError as exc:
                 yield _line({"event": "error", "error": {"code": exc.code, "message": exc.message}})
+            except Exception as exc:  # past the first event no status is left: the error event is the only word
+                yield _line({"event": "error", "error": unexpected(exc, request.method, request.url.path)})
             else:
                 yield _line({"event": "result", "result": final})
         finally:

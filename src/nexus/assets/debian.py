@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexus.domain.errors import Invalid
+from nexus.domain.validation import KERNEL_ABI, KERNEL_FLAVOUR, KERNEL_VERSION_FLAVOUR
 
 DEFAULT_FLAVOUR = "cloud-amd64"
 
-_ABI = r"\d+\.\d+\.\d+-\d+"
-_KVER_RE = re.compile(rf"^(?P<abi>{_ABI})-(?P<flavour>[a-z0-9][a-z0-9-]*)$")
-_ABI_RE = re.compile(rf"^{_ABI}$")
-_FLAVOUR_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+_KVER_RE = re.compile(rf"^(?P<abi>{KERNEL_ABI})-(?P<flavour>{KERNEL_VERSION_FLAVOUR})$")
+_ABI_RE = re.compile(rf"^{KERNEL_ABI}$")
+_FLAVOUR_RE = re.compile(rf"^{KERNEL_FLAVOUR}$")
 _DEPENDS_RE = re.compile(r"^\s*\|?Depends:\s*linux-image-(?P<kver>\S+)\s*$")
 
 

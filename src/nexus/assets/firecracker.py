@@ -27,9 +27,9 @@ import httpx
 from nexus.assets.digest import sha256_file
 from nexus.assets.tools import run_tool
 from nexus.domain import FirecrackerBinary, Invalid, NotFound, Progress, Unavailable
+from nexus.domain.validation import FIRECRACKER_VERSION_RE
 
 METADATA_FILE = "firecracker.json"
-_VERSION_RE = re.compile(r"^v?(\d+\.\d+\.\d+)$")
 _REPORTED_RE = re.compile(r"Firecracker v(\d+\.\d+\.\d+)")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -45,10 +45,10 @@ PINNED_SHA256: dict[tuple[str, str], str] = {
 
 
 def normalise_version(version: str) -> str:
-    match = _VERSION_RE.match(version.strip())
-    if match is None:
+    text = version.strip()
+    if not FIRECRACKER_VERSION_RE.fullmatch(text):
         raise Invalid(f"Firecracker versions look like 1.16.1, got {version!r}")
-    return match[1]
+    return text.removeprefix("v")
 
 
 def release_url(base_url: str, version: str, arch: str) -> str:

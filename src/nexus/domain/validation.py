@@ -1,15 +1,32 @@
-"""Input rules shared by every edge: names, tags, sizes. Each check raises Invalid with a clear message."""
+"""Input rules shared by every edge: names, tags, sizes, versions, references. Each raises Invalid with a message.
+
+The patterns and ranges here are the one source of the limits: the services check them, and the REST API's request
+schemas publish (and enforce) the same values as ``pattern``/``minimum``/``maximum``.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
-from nexus.domain.errors import Invalid
+from nexus.domain.errors import Invalid, NotFound
+
+T = TypeVar("T")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,62}$")
+# Debian kernels: an ABI (6.1.0-56), a flavour (cloud-amd64), a full version (6.1.0-56-cloud-amd64) is both.
+KERNEL_ABI = r"[0-9]+\.[0-9]+\.[0-9]+-[0-9]+"
+KERNEL_FLAVOUR = r"[a-z][a-z0-9-]*"
+KERNEL_VERSION_FLAVOUR = r"[a-z0-9][a-z0-9-]*"  # what may follow the ABI in a full version
+# What a user may name a kernel by: a full version, an ABI (of the default flavour) or a flavour (its newest).
+KERNEL_REF_RE = re.compile(rf"^(?:{KERNEL_ABI}(?:-{KERNEL_VERSION_FLAVOUR})?|{KERNEL_FLAVOUR})$")
+FIRECRACKER_VERSION_RE = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+$")  # a release: 1.16.1 or v1.16.1
 VCPUS_RANGE = (1, 32)
 MEM_MIB_RANGE = (64, 65536)
+DRIVE_SIZE_MIB_RANGE = (16, 1024 * 1024)  # a data drive (empty ext4, or grown to)
+IMAGE_SIZE_MIB_RANGE = (128, 1024 * 1024)  # a built image's ext4
 
 
 def check_name(name: str) -> str:
@@ -39,3 +56,13 @@ def check_vcpus(vcpus: int) -> int:
 
 def check_mem_mib(mem_mib: int) -> int:
     return check_range("mem_mib", mem_mib, MEM_MIB_RANGE)
+
+
+def referenced(lookup: Callable[[], T]) -> T:
+    """``lookup()`` of something a request names in its input (the VM to attach a drive to, the image to copy, the
+    snapshot to clone), where missing is bad input (Invalid, 422), not a missing target of the request (NotFound,
+    404: that would say the drive, or the VM being cloned, is gone)."""
+    try:
+        return lookup()
+    except NotFound as exc:
+        raise Invalid(exc.message) from exc

@@ -30,13 +30,12 @@ from nexus.domain import (
     VmFilter,
     VmStore,
 )
-from nexus.domain.validation import check_name
+from nexus.domain.validation import IMAGE_SIZE_MIB_RANGE, check_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE = "debian-bookworm"
 DEFAULT_IMAGE_SIZE_MIB = 1024
-IMAGE_SIZE_RANGE = (128, 1024 * 1024)
 
 
 def no_progress(_stage: str, _fraction: float) -> None:
@@ -107,7 +106,7 @@ class AssetService:
 
     async def build_image(self, request: ImageRequest, progress: Progress = no_progress) -> Image:
         check_name(request.name)
-        low, high = IMAGE_SIZE_RANGE
+        low, high = IMAGE_SIZE_MIB_RANGE
         if not low <= request.size_mib <= high:
             raise Invalid(f"image size must be {low}..{high} MiB, got {request.size_mib}")
         try:

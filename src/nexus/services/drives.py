@@ -38,13 +38,12 @@ from nexus.domain import (
     VmStore,
     utcnow,
 )
-from nexus.domain.validation import check_name, check_range
+from nexus.domain.validation import DRIVE_SIZE_MIB_RANGE, check_name, check_range, referenced
 from nexus.services.locks import VmLocks
 
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
-DRIVE_SIZE_MIB = (16, 1024 * 1024)
 _MOUNT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 _FORBIDDEN_MOUNTS = {"/", "/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib"}
 
@@ -117,9 +116,9 @@ class DriveService:
         check_name(name)
         if (image is None) == (size_mib is None):
             raise Invalid("give either an image to copy or a size in MiB for an empty ext4 drive")
-        source: Image | None = self._images.get(image) if image is not None else None
+        source: Image | None = referenced(lambda: self._images.get(image)) if image is not None else None
         if size_mib is not None:
-            check_range("size_mib", size_mib, DRIVE_SIZE_MIB)
+            check_range("size_mib", size_mib, DRIVE_SIZE_MIB_RANGE)
         self._require_free_name(name)
         drive = Drive(
             id=new_id(),
@@ -156,9 +155,10 @@ class DriveService:
             raise
 
     def attach(self, ref: str, vm_ref: str, mount_path: str | None) -> Drive:
-        vm = self._vms.get(vm_ref)
+        drive = self._drives.get(ref)
+        vm = referenced(lambda: self._vms.get(vm_ref))
         with self._locks.hold(vm.id, vm.name, "attaching a drive"):
-            return self._attach(self._drives.get(ref), self._vms.get(vm.id), mount_path)
+            return self._attach(self._drives.get(drive.id), self._vms.get(vm.id), mount_path)
 
     def _attach(self, drive: Drive, vm: Vm, mount_path: str | None) -> Drive:
         if mount_path is not None:
@@ -192,7 +192,7 @@ class DriveService:
 
     async def resize(self, ref: str, size_mib: int) -> Drive:
         drive = self._drives.get(ref)
-        check_range("size_mib", size_mib, DRIVE_SIZE_MIB)
+        check_range("size_mib", size_mib, DRIVE_SIZE_MIB_RANGE)
         if size_mib <= drive.size_mib:
             raise Invalid(f"drive {drive.name} is {drive.size_mib} MiB; it can only grow (shrinking loses data)")
         owner = self._vms.get(drive.vm_id) if drive.vm_id is not None else None

@@ -98,11 +98,12 @@ class NetworkService:
     # -- leases (at create and rm) -------------------------------------------------------------------------------
 
     def wants_network(self, asked: bool | None, ports: Sequence[PublishedPort]) -> bool:
-        """Whether a new VM gets a NIC. Invalid/Unavailable when what was asked cannot be had."""
+        """Whether a new VM gets a NIC. Invalid when what was asked contradicts itself; Conflict when this nexusd runs
+        without networking (a setting of the daemon, not something that clears up later: not Unavailable/503)."""
         if ports and asked is False:
             raise Invalid("--publish needs the VM on the network; drop --no-network")
         if (ports or asked) and not self._enabled:
-            raise Unavailable("networking is off in this nexusd (config network = false); create it with --no-network")
+            raise Conflict("networking is off in this nexusd (config network = false); create it with --no-network")
         return self._enabled if asked is None else asked
 
     def reserve(self, vm_id: str, ports: Sequence[PublishedPort]) -> NetLease:
@@ -142,7 +143,7 @@ class NetworkService:
     async def attach(self, vm_id: str) -> NetLease:
         """Make sure the bridge exists, give the VM its TAP, and put its published ports in the ruleset."""
         if not self._enabled:
-            raise Unavailable("networking is off in this nexusd (config network = false); this VM wants a NIC")
+            raise Conflict("networking is off in this nexusd (config network = false); this VM wants a NIC")
         async with self._links_lock:
             bridge, subnet = self.plan()
             lease = self._store.lease(vm_id)

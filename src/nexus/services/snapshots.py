@@ -36,7 +36,7 @@ from nexus.domain import (
     VmStore,
     utcnow,
 )
-from nexus.domain.validation import check_name
+from nexus.domain.validation import check_name, referenced
 from nexus.protocol import FREEZE_METHOD, THAW_METHOD
 from nexus.services.drives import DriveService, new_id, root_drive_name
 from nexus.services.locks import VmLocks
@@ -178,7 +178,7 @@ class SnapshotService:
         as they are now or as snapshot ``snapshot_name`` holds them. The clone is created, not started."""
         vm = self._vm_store.get(ref)
         check_name(new_name)
-        snapshot = self._snapshots.get(vm.id, snapshot_name) if snapshot_name is not None else None
+        snapshot = referenced(lambda: self._snapshots.get(vm.id, snapshot_name)) if snapshot_name is not None else None
         if snapshot is not None:
             sources = [
                 (self._drive_store.get(d.drive_id), d.mount_path, self._layout.snapshot_volume(snapshot.id, d.drive_id))

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from nexus.api.deps import Assets, Via
-from nexus.api.schemas import ImageBuildIn, ImageOut, KernelOut, KernelPullIn
+from nexus.api.schemas import ImageBuildIn, ImageOut, KernelOut, KernelPullIn, KernelRef
 from nexus.api.streaming import Emit, ndjson, progress_emitter
 from nexus.domain import ImageRequest, names_host_file, require_host_access
 
@@ -24,18 +24,19 @@ async def list_kernels(assets: Assets) -> list[KernelOut]:
 
 
 @router.post("/v1/kernels/pull", response_class=StreamingResponse, responses=_NDJSON)
-async def pull_kernel(body: KernelPullIn, assets: Assets) -> StreamingResponse:
+async def pull_kernel(request: Request, body: KernelPullIn, assets: Assets) -> StreamingResponse:
     """Fetch (or refresh) a kernel: NDJSON progress events, then the kernel."""
 
     async def work(emit: Emit) -> object:
         kernel = await assets.pull_kernel(body.version, progress_emitter(emit))
         return KernelOut.of(kernel).model_dump(mode="json")
 
-    return await ndjson(work)
+    return await ndjson(request, work)
 
 
 @router.delete("/v1/kernels/{version}", status_code=status.HTTP_204_NO_CONTENT)
-async def remove_kernel(version: str, assets: Assets) -> Response:
+async def remove_kernel(version: KernelRef, assets: Assets) -> Response:
+    """A full version removes that kernel; an ABI or a flavour, the newest cached one it names."""
     assets.remove_kernel(version)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -58,19 +59,19 @@ def _default_name(base: str) -> str:
 
 
 @router.post("/v1/images", response_class=StreamingResponse, responses=_NDJSON)
-async def build_image(body: ImageBuildIn, assets: Assets, via: Via) -> StreamingResponse:
+async def build_image(request: Request, body: ImageBuildIn, assets: Assets, via: Via) -> StreamingResponse:
     """Build an image: NDJSON progress events, then the image. A tarball base on the host: Unix socket only."""
     if names_host_file(body.base):
         require_host_access(via, f"building an image from the host file {body.base}")
-    request = ImageRequest(
+    wanted = ImageRequest(
         name=body.name or _default_name(body.base), base=body.base, size_mib=body.size_mib, sha256=body.sha256
     )
 
     async def work(emit: Emit) -> object:
-        image = await assets.build_image(request, progress_emitter(emit))
+        image = await assets.build_image(wanted, progress_emitter(emit))
         return ImageOut.of(image).model_dump(mode="json")
 
-    return await ndjson(work)
+    return await ndjson(request, work)
 
 
 @router.delete("/v1/images/{ref}", status_code=status.HTTP_204_NO_CONTENT)

@@ -6,12 +6,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from nexus.api.deps import Firecracker, Via
-from nexus.api.schemas import Strict
+from nexus.api.schemas import FirecrackerVersion, Strict
 from nexus.api.streaming import Emit, ndjson, progress_emitter
 from nexus.domain import FirecrackerBinary, require_host_access
 
@@ -40,7 +40,7 @@ class FirecrackerOut(BaseModel):
 
 
 class FirecrackerPullIn(Strict):
-    version: str | None = Field(
+    version: FirecrackerVersion | None = Field(
         default=None, description="release like 1.16.1; default: the firecracker_version setting"
     )
     path: str | None = Field(
@@ -57,7 +57,7 @@ async def list_firecracker(fc: Firecracker) -> list[FirecrackerOut]:
 
 
 @router.post("/pull", response_class=StreamingResponse, responses=_NDJSON)
-async def pull_firecracker(body: FirecrackerPullIn, fc: Firecracker, via: Via) -> StreamingResponse:
+async def pull_firecracker(request: Request, body: FirecrackerPullIn, fc: Firecracker, via: Via) -> StreamingResponse:
     if body.path:  # nexusd runs `BIN --version`
         require_host_access(via, "registering a Firecracker binary by path")
 
@@ -66,10 +66,10 @@ async def pull_firecracker(body: FirecrackerPullIn, fc: Firecracker, via: Via) -
         pulled = await fc.pull(body.version, path, progress_emitter(emit), sha256=body.sha256)
         return FirecrackerOut.of(pulled).model_dump(mode="json")
 
-    return await ndjson(work)
+    return await ndjson(request, work)
 
 
 @router.delete("/{version}", status_code=status.HTTP_204_NO_CONTENT)
-async def remove_firecracker(version: str, fc: Firecracker) -> Response:
+async def remove_firecracker(version: FirecrackerVersion, fc: Firecracker) -> Response:
     fc.remove(version)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

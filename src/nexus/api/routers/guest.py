@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/vms/{ref}", tags=["guest"])
 
 
 @router.post("/exec", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
-async def exec_command(ref: str, body: ExecIn, guest: Guest) -> StreamingResponse:
+async def exec_command(request: Request, ref: str, body: ExecIn, guest: Guest) -> StreamingResponse:
     """Run a command; NDJSON events: output chunks as they come, then the exit code."""
 
     async def work(emit: Emit) -> dict[str, Any]:
@@ -27,7 +27,7 @@ async def exec_command(ref: str, body: ExecIn, guest: Guest) -> StreamingRespons
             ref, body.command, output, cwd=body.cwd, env=body.env, stdin=body.stdin, timeout_s=body.timeout_s
         )
 
-    return await ndjson(work)
+    return await ndjson(request, work)
 
 
 @router.get("/files", response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
@@ -47,7 +47,16 @@ async def read_file(
     )
 
 
-@router.put("/files")
+# The body is read raw (not a JSON model), so it is declared here for the OpenAPI document.
+_RAW_BODY: dict[str, Any] = {
+    "requestBody": {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "required": False,
+    }
+}
+
+
+@router.put("/files", openapi_extra=_RAW_BODY)
 async def write_file(
     ref: str,
     request: Request,

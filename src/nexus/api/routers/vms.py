@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from nexus.api.deps import Network, Vms
@@ -61,14 +61,14 @@ async def delete_vm(ref: str, vms: Vms, force: bool = False) -> Response:
 @router.post(
     "/{ref}/prepare", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}}
 )
-async def prepare_vm(ref: str, vms: Vms) -> StreamingResponse:
+async def prepare_vm(request: Request, ref: str, vms: Vms) -> StreamingResponse:
     """Fetch the VM's kernel and build its image if missing: NDJSON progress, then what it boots with."""
 
     async def work(emit: Emit) -> dict[str, str]:
         files = await vms.prepare(ref, progress_emitter(emit))
         return {"kernel": files.kernel.version, "image": files.image.name}
 
-    return await ndjson(work)
+    return await ndjson(request, work)
 
 
 @router.post("/{ref}/start")
