@@ -116,7 +116,7 @@ def linked_state(base: Path, vmm: str) -> Path:
         shutil.copy2(shared.cache_dir / "accel.json", layout.cache_dir / "accel.json")
     shared_conn, conn = open_database(shared.database), open_database(layout.database)
     try:
-        for image in ImageRepo(shared_conn).find():
+        for image in ImageRepo(shared_conn, shared.state_dir).find():  # absolute paths, into the shared dir
             ImageRepo(conn).insert(image)
         settings = SettingsService(SettingsRepo(conn))
         settings.set("vmm", vmm)

@@ -48,7 +48,7 @@ def wire(
     config: Config = Config(),
 ) -> tuple[Services, VmRuntime]:
     vm_store = VmRepo(conn)
-    images, drive_store, snapshot_store = ImageRepo(conn), DriveRepo(conn), SnapshotRepo(conn)
+    images, drive_store, snapshot_store = ImageRepo(conn, layout.state_dir), DriveRepo(conn), SnapshotRepo(conn)
     settings = SettingsService(SettingsRepo(conn))
     assets = AssetService(
         DebianKernels(layout.cache_dir), RootfsImageBuilder(layout.cache_dir), images, vm_store, layout, storage

@@ -1,4 +1,7 @@
-"""SQLite repository of built images."""
+"""SQLite repository of built images.
+
+An image under the state dir (``root``) is stored by its path relative to it, so a state dir moved elsewhere
+keeps its images; one elsewhere (or rows written before this) by its absolute path."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ from nexus.domain import Conflict, Image, NotFound
 
 
 class ImageRepo:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, root: Path | None = None) -> None:
         self._conn = conn
+        self._root = root
 
     def insert(self, image: Image) -> None:
         try:
@@ -22,7 +26,7 @@ class ImageRepo:
                     image.id,
                     image.name,
                     image.base,
-                    str(image.path),
+                    str(self._stored(image.path)),
                     image.size_mib,
                     image.sha256,
                     image.init_system,
@@ -50,13 +54,18 @@ class ImageRepo:
     def delete(self, image_id: str) -> None:
         self._conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
 
-    @staticmethod
-    def _image(row: sqlite3.Row) -> Image:
+    def _stored(self, path: Path) -> Path:
+        if self._root is not None and path.is_relative_to(self._root):
+            return path.relative_to(self._root)
+        return path
+
+    def _image(self, row: sqlite3.Row) -> Image:
+        path = Path(row["path"])
         return Image(
             id=row["id"],
             name=row["name"],
             base=row["base"],
-            path=Path(row["path"]),
+            path=path if path.is_absolute() or self._root is None else self._root / path,
             size_mib=row["size_mib"],
             sha256=row["sha256"],
             init_system=row["init_system"],
