@@ -71,6 +71,7 @@ def _free_port() -> int:
 def fuzzed() -> Iterator[tuple[Daemon, str]]:
     base = Path(tempfile.mkdtemp(prefix="nxfuzz-"))
     (base / "token").write_text(TOKEN + "\n")
+    (base / "token").chmod(0o600)  # a bearer token is a secret: its file readable by its owner only
     address = f"127.0.0.1:{_free_port()}"
     daemon = start_daemon(base, "--listen", address, "--token-file", str(base / "token"))
     try:
