@@ -17,6 +17,7 @@ from nexus.api import create_app
 from nexus.api.deps import Services
 from nexus.daemon.wiring import wire
 from nexus.domain import Layout, Progress
+from nexus.domain.settings import SETTINGS, VMM_CHOICES
 from nexus.domain.validation import (
     DRIVE_SIZE_MIB_RANGE,
     IMAGE_SIZE_MIB_RANGE,
@@ -196,3 +197,22 @@ async def test_a_missing_resource_named_in_the_body_is_bad_input_not_a_missing_t
     assert [d["name"] for d in (await api.get("/v1/drives")).json()] == ["data"]
     assert [v["name"] for v in (await api.get("/v1/vms")).json()] == ["web"]
     _error(await api.post("/v1/drives/nope/attach", json={"vm": "web"}), 404, "not_found")
+
+
+async def test_each_setting_documents_and_enforces_its_own_value(api: httpx.AsyncClient) -> None:
+    spec = (await api.get("/openapi.json")).json()
+    for key in SETTINGS:
+        assert set(spec["paths"][f"/v1/settings/{key}"]) == {"get", "put"}, key
+    assert "/v1/settings/{key}" not in spec["paths"]  # only unknown keys reach it: 404
+    vcpus = spec["components"]["schemas"]["DefaultVcpusIn"]["properties"]["value"]
+    assert (vcpus["type"], vcpus["minimum"], vcpus["maximum"]) == ("integer", *VCPUS_RANGE)
+    assert spec["components"]["schemas"]["VmmIn"]["properties"]["value"]["enum"] == list(VMM_CHOICES)
+
+    for key, value in [("default_vcpus", "2"), ("default_vcpus", True), ("vmm", "xen"), ("network_bridge", "")]:
+        _error(await api.put(f"/v1/settings/{key}", json={"value": value}), 422, "invalid")
+    # what a schema cannot say is still the setting's own check: not a private range
+    message = _error(await api.put("/v1/settings/network_subnet", json={"value": "8.8.0.0/16"}), 422, "invalid")
+    assert "not a private range" in message["message"]
+    assert (await api.put("/v1/settings/default_vcpus", json={"value": 2})).json()["value"] == 2
+    assert (await api.put("/v1/settings/dns_servers", json={"value": ["1.1.1.1"]})).json()["value"] == ["1.1.1.1"]
+    _error(await api.put("/v1/settings/colour", json={"value": 1}), 404, "not_found")

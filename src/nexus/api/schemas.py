@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
@@ -26,6 +26,8 @@ from nexus.domain import (
     Vm,
     VmState,
 )
+from nexus.domain.network import DNS_SERVERS_MAX, IFNAME_RE, SUBNET_PREFIX_RANGE
+from nexus.domain.settings import SETTINGS, VMM_CHOICES
 from nexus.domain.validation import (
     DRIVE_SIZE_MIB_RANGE,
     FIRECRACKER_VERSION_RE,
@@ -64,10 +66,9 @@ def _domain_check(check: Callable[[Any], object]) -> AfterValidator:
     return AfterValidator(run)
 
 
-def _documented(**keywords: str | int) -> Any:
+def _documented(**keywords: JsonValue) -> Any:
     """JSON-schema keywords (``pattern``, ``minimum``...) published for a field that ``_domain_check`` enforces."""
-    extra: dict[str, JsonValue] = dict(keywords)
-    return Field(json_schema_extra=extra)
+    return Field(json_schema_extra=dict(keywords))
 
 
 def _sized(what: str, bounds: tuple[int, int]) -> Callable[[int], int]:
@@ -211,6 +212,45 @@ class SettingOut(BaseModel):
 
 class SettingIn(Strict):
     value: Any
+
+
+def _setting_check(key: str) -> AfterValidator:
+    return _domain_check(SETTINGS[key].check)
+
+
+def _text_setting(key: str) -> Any:
+    return Annotated[str, Field(pattern=r"\S", description="not blank"), _setting_check(key)]
+
+
+def _int_setting(key: str, bounds: tuple[int, int]) -> Any:
+    return Annotated[int, Field(strict=True), _documented(minimum=bounds[0], maximum=bounds[1]), _setting_check(key)]
+
+
+_PREFIXES = "|".join(str(n) for n in range(SUBNET_PREFIX_RANGE[0], SUBNET_PREFIX_RANGE[1] + 1))
+_IP = Annotated[str, Field(strict=True), _documented(anyOf=[{"format": "ipv4"}, {"format": "ipv6"}])]
+
+# The value each setting takes, stated as the schema of its PUT body (routers.settings makes one route per key) and
+# enforced by the setting's own check (domain.settings): what the schema cannot say (a private subnet, a name other
+# than "." or "..") is still that check's 422. Every key of domain.settings.SETTINGS must be here (routers.settings
+# fails at import otherwise).
+SETTING_VALUES: dict[str, Any] = {
+    "default_image": _text_setting("default_image"),
+    "default_kernel": _text_setting("default_kernel"),
+    "default_vcpus": _int_setting("default_vcpus", VCPUS_RANGE),
+    "default_mem_mib": _int_setting("default_mem_mib", MEM_MIB_RANGE),
+    "firecracker_version": _text_setting("firecracker_version"),
+    "firecracker_base_url": _text_setting("firecracker_base_url"),
+    "network_bridge": Annotated[str, Field(pattern=IFNAME_RE.pattern), _setting_check("network_bridge")],
+    "network_subnet": Annotated[
+        str,
+        Field(pattern=rf"^[0-9]{{1,3}}(\.[0-9]{{1,3}}){{3}}/({_PREFIXES})$", description="a private IPv4 network"),
+        _setting_check("network_subnet"),
+    ],
+    "dns_servers": Annotated[
+        Literal["from-host"] | Annotated[list[_IP], Field(max_length=DNS_SERVERS_MAX)], _setting_check("dns_servers")
+    ],
+    "vmm": Annotated[str, _documented(enum=list(VMM_CHOICES)), _setting_check("vmm")],
+}
 
 
 class DriverOut(BaseModel):

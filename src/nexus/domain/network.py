@@ -22,7 +22,8 @@ IFNAME_MAX = 15  # IFNAMSIZ - 1
 TAP_PREFIX = "nx"
 OWNER_ALIAS = "nexus"  # ifalias of every link nexusd creates; how cleanup finds them, whatever their names
 GUEST_ARG = "nexus.ip"  # kernel argument the initramfs applies (Debian cloud kernels lack CONFIG_IP_PNP)
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+DNS_SERVERS_MAX = 3  # the resolver reads at most 3 nameservers
 _PUBLISH_RE = re.compile(r"^(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?$")
 
 
@@ -33,7 +34,7 @@ class L4Proto(StrEnum):
 
 def check_ifname(what: str, name: object) -> str:
     """A Linux interface name: 1-15 of letters, digits, ``_.-``."""
-    if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name) or name in (".", ".."):
+    if not isinstance(name, str) or not IFNAME_RE.fullmatch(name) or name in (".", ".."):
         raise Invalid(f"{what} {name!r} is not a Linux interface name: use 1-{IFNAME_MAX} of letters, digits, _ . -")
     return name
 
@@ -58,7 +59,7 @@ def parse_dns_servers(value: object) -> list[str] | str:
     """``"from-host"`` or a list of up to 3 IP addresses (the resolver reads at most 3); ``[]`` writes none."""
     if value == "from-host":
         return "from-host"
-    if not isinstance(value, list) or len(value) > 3:
+    if not isinstance(value, list) or len(value) > DNS_SERVERS_MAX:
         raise Invalid(f'dns_servers must be "from-host" or a list of at most 3 IP addresses, got {value!r}')
     servers = []
     for item in value:

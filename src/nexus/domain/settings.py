@@ -10,6 +10,7 @@ from nexus.domain.network import check_ifname, parse_dns_servers, parse_subnet
 from nexus.domain.validation import MEM_MIB_RANGE, VCPUS_RANGE, check_range
 
 SettingValue = str | int | bool | list[str]
+VMM_CHOICES = ("auto", "firecracker", "qemu")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,7 @@ SETTINGS: dict[str, SettingSpec] = {
             "vmm",
             "auto",
             "VMM to use: auto (Firecracker where it can run, else QEMU), firecracker, qemu",
-            _choice("vmm", ("auto", "firecracker", "qemu")),
+            _choice("vmm", VMM_CHOICES),
         ),
     )
 }
