@@ -131,3 +131,7 @@ def run() -> None:
     )
     ratio = percentile(busy.health, 99) / percentile(quiet.health, 99)
     print(f"health p99 locked / quiet: {ratio:.2f} (goal: p99 under 100 ms while locked)")
+
+
+if __name__ == "__main__":
+    run()
