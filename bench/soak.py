@@ -208,7 +208,7 @@ def link_state(base: Path) -> tuple[Path, str]:
         shutil.copy2(shared.cache_dir / "accel.json", layout.cache_dir / "accel.json")
     shared_conn, conn = open_database(shared.database), open_database(layout.database)
     try:
-        images = [i for i in ImageRepo(shared_conn).find() if Path(i.path).exists()]
+        images = [i for i in ImageRepo(shared_conn, shared.state_dir).find() if Path(i.path).exists()]
         names = {i.name for i in images}
         wanted = E2E_AGENT_PREFIX + agent_digest(Path(nexus.__file__).parent)
         shared_default = SettingsService(SettingsRepo(shared_conn)).str_value("default_image")
