@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,3 +119,20 @@ def loop_btrfs(base: Path, size: str) -> Iterator[Path]:
             subprocess.run(["umount", str(mnt)], check=False)
     finally:
         subprocess.run(["losetup", "-d", device], check=False)
+
+
+def link_cache(shared_cache: Path, cache: Path) -> None:
+    """Give a state dir of its own the kernels of ``shared_cache`` (linked; each initramfs copied, since nexusd
+    may rebuild it) and the KVM probe's verdict (so it is not paid again). For a nexusd beside another one."""
+    for kdir in (shared_cache / "kernels").iterdir():
+        if kdir.name.startswith("."):
+            continue
+        mine = cache / "kernels" / kdir.name
+        mine.mkdir(parents=True)
+        for item in kdir.iterdir():
+            if item.name.startswith("initramfs-nexus"):
+                shutil.copy2(item, mine / item.name)
+            else:
+                (mine / item.name).symlink_to(item)
+    if (shared_cache / "accel.json").exists():
+        shutil.copy2(shared_cache / "accel.json", cache / "accel.json")

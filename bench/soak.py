@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 import httpx
 
 import nexus
-from bench.common import percentile, print_table
+from bench.common import link_cache, percentile, print_table
 from nexus.client import DaemonUnreachable, NexusClient
 from nexus.domain import Conflict, DriverError, InvalidState, Layout, NexusError, NotFound
 from nexus.images.agentinstall import agent_digest
@@ -196,16 +196,7 @@ def link_state(base: Path) -> tuple[Path, str]:
         raise MissingAssets(f"no database in {SHARED}")
     shared = Layout(state_dir=SHARED, runtime_dir=base / "unused")
     layout = Layout(state_dir=base / "state", runtime_dir=base / "run")
-    for kdir in kdirs:
-        mine = layout.cache_dir / "kernels" / kdir.name
-        mine.mkdir(parents=True)
-        for item in kdir.iterdir():
-            if item.name.startswith("initramfs-nexus"):
-                shutil.copy2(item, mine / item.name)
-            else:
-                (mine / item.name).symlink_to(item)
-    if (shared.cache_dir / "accel.json").exists():
-        shutil.copy2(shared.cache_dir / "accel.json", layout.cache_dir / "accel.json")
+    link_cache(shared.cache_dir, layout.cache_dir)
     shared_conn, conn = open_database(shared.database), open_database(layout.database)
     try:
         images = [i for i in ImageRepo(shared_conn, shared.state_dir).find() if Path(i.path).exists()]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.common import link_cache
 
 from nexus.client import NexusClient
 from nexus.domain import Layout
@@ -102,18 +103,7 @@ def linked_state(base: Path, vmm: str) -> Path:
     is the default and ``vmm`` is set. Call it once the session daemon is up (the shared assets exist then)."""
     shared = Layout(state_dir=STATE, runtime_dir=base / "unused")
     layout = Layout(state_dir=base / "state", runtime_dir=base / "run")
-    for kdir in (shared.cache_dir / "kernels").iterdir():
-        if kdir.name.startswith("."):
-            continue
-        mine = layout.cache_dir / "kernels" / kdir.name
-        mine.mkdir(parents=True)
-        for item in kdir.iterdir():
-            if item.name.startswith("initramfs-nexus"):
-                shutil.copy2(item, mine / item.name)
-            else:
-                (mine / item.name).symlink_to(item)
-    if (shared.cache_dir / "accel.json").exists():  # the KVM probe's verdict: not paid again
-        shutil.copy2(shared.cache_dir / "accel.json", layout.cache_dir / "accel.json")
+    link_cache(shared.cache_dir, layout.cache_dir)
     shared_conn, conn = open_database(shared.database), open_database(layout.database)
     try:
         for image in ImageRepo(shared_conn, shared.state_dir).find():  # absolute paths, into the shared dir
