@@ -23,7 +23,7 @@ def test_recover(tmp_path: Path) -> None:
     vms, drives, snaps = VmRepo(conn), DriveRepo(conn), SnapshotRepo(conn)
     now = utcnow()
     vms.insert(Vm("v1", "web", Role.WORK, 1, 256, "img", "k", VmState.STOPPED, now, now), "created")
-    for drive_id in ("swapped", "unswapped", "done"):
+    for drive_id in ("swapped", "unswapped", "done", "recorded"):
         drives.insert(Drive(drive_id, drive_id, DriveKind.DATA, 16, now, vm_id="v1"))
     snaps.insert(Snapshot("s1", "v1", "kept", now, (SnapshotDrive("done", "done", DriveKind.DATA, None),)))
     d = layout.drives_dir
@@ -35,6 +35,8 @@ def test_recover(tmp_path: Path) -> None:
     _volume(d / ".done.old", b"before")
     _volume(d / ".half.part", b"x")
     _volume(d / "stray", b"data nobody recorded")
+    _volume(d / ".recorded.new", b"made, recorded, not yet renamed in")  # finish it
+    _volume(d / ".unrecorded.new", b"made, never recorded")  # nothing ever used it: remove it
     _volume(layout.snapshot_volume("s1", "done"), b"kept")
     _volume(layout.snapshot_volume("s-crashed", "done"), b"copy")
     _volume(layout.images_dir / ".base.part", b"x")
@@ -44,7 +46,8 @@ def test_recover(tmp_path: Path) -> None:
     )
     service.recover()
 
-    assert sorted(p.name for p in d.iterdir()) == ["done", "stray", "swapped", "unswapped"]
+    assert sorted(p.name for p in d.iterdir()) == ["done", "recorded", "stray", "swapped", "unswapped"]
+    assert (d / "recorded" / "disk.img").read_bytes() == b"made, recorded, not yet renamed in"
     assert (d / "swapped" / "disk.img").read_bytes() == b"snapshot"
     assert (d / "unswapped" / "disk.img").read_bytes() == b"current"
     assert (d / "done" / "disk.img").read_bytes() == b"rolled back"
@@ -52,4 +55,4 @@ def test_recover(tmp_path: Path) -> None:
     assert [p.name for p in layout.snapshots_dir.iterdir()] == ["s1"]
     assert list(layout.images_dir.iterdir()) == []
     service.recover()  # nothing left to do
-    assert sorted(p.name for p in d.iterdir()) == ["done", "stray", "swapped", "unswapped"]
+    assert sorted(p.name for p in d.iterdir()) == ["done", "recorded", "stray", "swapped", "unswapped"]

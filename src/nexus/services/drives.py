@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexus.domain import (
+    DRIVE_FILE,
     Conflict,
     DataDrive,
     Drive,
@@ -42,6 +43,8 @@ from nexus.domain.validation import DRIVE_SIZE_MIB_RANGE, check_name, check_rang
 from nexus.services.locks import VmLocks
 
 log = logging.getLogger(__name__)
+
+NEW_SUFFIX = ".new"  # a drive volume being made, not yet recorded
 
 MIB = 1 << 20
 _MOUNT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
@@ -249,22 +252,26 @@ class DriveService:
         source = legacy if legacy.exists() else image.path
         async with self.lock:
             volume = self._layout.drive_volume(drive.id)
+            # Made as ".<id>.new", recorded, then renamed in: a crash before the row leaves a ".new" that recover
+            # removes (nothing ever used it), one after it a ".new" that recover renames in (see recover).
+            pending = volume.with_name(f".{volume.name}{NEW_SUFFIX}")
 
             def make() -> str:
                 volume.parent.mkdir(parents=True, exist_ok=True)
-                self.backend.create_volume(volume)
+                self.backend.create_volume(pending)
                 try:
-                    return self.backend.copy_file(source, self._layout.drive_file(drive.id))
+                    return self.backend.copy_file(source, pending / DRIVE_FILE)
                 except BaseException:
-                    self.backend.delete_volume(volume)
+                    self.backend.delete_volume(pending)
                     raise
 
             method = await asyncio.to_thread(make)
             try:
                 self._drives.insert(drive)
-            except Conflict:
-                await asyncio.to_thread(self.backend.delete_volume, volume)
+            except BaseException:
+                await asyncio.to_thread(self.backend.delete_volume, pending)
                 raise
+            pending.rename(volume)
         if source == legacy:
             legacy.unlink()
         log.info(
@@ -323,6 +330,14 @@ class DriveService:
         if self._layout.drives_dir.exists():
             self._recover_rollbacks()
             known = {d.id for d in self._drives.find()}
+            for pending in sorted(self._layout.drives_dir.glob(f".*{NEW_SUFFIX}")):
+                drive_id = pending.name[1 : -len(NEW_SUFFIX)]
+                if drive_id in known and not self._layout.drive_volume(drive_id).exists():
+                    pending.rename(self._layout.drive_volume(drive_id))
+                    log.warning("drive %s: finished making it (a crash came between its row and its volume)", drive_id)
+                else:
+                    log.warning("removing %s, a drive a crash left before it was recorded", pending)
+                    self.backend.delete_volume(pending)
             for volume in sorted(self._layout.drives_dir.iterdir()):
                 if not volume.name.startswith(".") and volume.name not in known:
                     log.warning("drive volume %s has no drive in the database; left in place", volume)
