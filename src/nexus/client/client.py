@@ -79,7 +79,13 @@ class NexusClient:
         """One API call; the response when it succeeded. Raises NexusError subclasses."""
         try:
             response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError, PermissionError) as exc:
+        except (
+            httpx.ConnectError,
+            httpx.ReadError,
+            httpx.RemoteProtocolError,
+            FileNotFoundError,
+            PermissionError,
+        ) as exc:
             raise unreachable(self._where, exc) from exc
         except httpx.TimeoutException as exc:
             raise DaemonUnreachable(f"nexusd at {self._where} did not answer in time") from exc
