@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nexus.daemon.credentials import read_private_text
 from nexus.domain import Invalid, Layout
+from nexus.mcp.origin import OriginPolicy
 from nexus.services import RuntimeTimeouts
 from nexus.vmm.firecracker.jailer import DEFAULT_CHROOT_BASE, JailerOptions
 
@@ -36,6 +37,9 @@ class Config:
     stop_vms_on_exit: bool = False  # on SIGTERM/SIGINT power VMs off; by default they run on (live restore)
     tls_cert: Path | None = None  # with tls_key: the TCP listener speaks TLS (PEM certificate with its chain)
     tls_key: Path | None = None
+    mcp_allowed_hosts: tuple[str, ...] = ()  # Host names the MCP endpoints answer besides loopback and the listener's
+    mcp_allowed_origins: tuple[str, ...] = ()  # browser Origins (scheme://host[:port]) allowed besides loopback
+    mcp_session_idle_timeout_s: float = 30 * 60.0  # an MCP session unused this long is closed (clients re-initialize)
 
     @property
     def layout(self) -> Layout:
@@ -76,6 +80,13 @@ class Config:
             raise Invalid(f"token in {self.token_file} is shorter than 16 characters")
         return token
 
+    def origin_policy(self) -> OriginPolicy:
+        """The MCP endpoints' Host/Origin policy: loopback, the TCP listener's own host, and what is configured."""
+        address = self.tcp_address()
+        listener = () if address is None or address[0] in ("0.0.0.0", "::") else (address[0],)
+        hosts = [f"[{h}]" if ":" in h else h for h in (*listener, *self.mcp_allowed_hosts)]
+        return OriginPolicy.build(hosts, self.mcp_allowed_origins)
+
     def tls_files(self) -> tuple[Path, Path] | None:
         """(certificate, key) for the TCP listener, or None for plain HTTP."""
         if self.tls_cert is None and self.tls_key is None:
@@ -100,6 +111,7 @@ _PATH_KEYS = {
 }
 _ID_KEYS = {"jailer_uid", "jailer_gid"}
 _BOOL_KEYS = {"network", "ip_forward", "stop_vms_on_exit"}
+_LIST_KEYS = {"mcp_allowed_hosts", "mcp_allowed_origins"}
 
 
 def load(path: Path | None, overrides: dict[str, object]) -> Config:
@@ -136,6 +148,10 @@ def load(path: Path | None, overrides: dict[str, object]) -> Config:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise Invalid(f"{key} must be a positive number of seconds, got {value!r}")
             typed[key] = float(value)
+        elif key in _LIST_KEYS:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise Invalid(f"{key} must be a list of non-empty strings, got {value!r}")
+            typed[key] = tuple(value)
         elif key in _BOOL_KEYS:
             if not isinstance(value, bool):
                 raise Invalid(f"{key} must be true or false, got {value!r}")

@@ -68,7 +68,15 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
         services, runtime = wire(conn, layout, driver, driver_reason, storage, config)
         await services.vms.recover()
         services.drives.recover()
-        mcp = McpEndpoints(services.vms, services.guest, services.network, services.drives, services.snapshots)
+        mcp = McpEndpoints(
+            services.vms,
+            services.guest,
+            services.network,
+            services.drives,
+            services.snapshots,
+            policy=config.origin_policy(),
+            session_idle_timeout_s=config.mcp_session_idle_timeout_s,
+        )
         app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
         sockets = [server.bind_unix(config.socket, config.socket_mode)]
         try:

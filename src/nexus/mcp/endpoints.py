@@ -22,7 +22,8 @@ from starlette.types import Receive, Scope, Send
 from nexus.mcp import workspace
 from nexus.mcp.guest import guest_server
 from nexus.mcp.manage import manage_server
-from nexus.protocol import INTERNAL_ERROR
+from nexus.mcp.origin import OriginPolicy
+from nexus.protocol import INTERNAL_ERROR, INVALID_REQUEST
 from nexus.services import DriveService, NetworkService, SnapshotService, VmService
 from nexus.services.guest import GuestService
 
@@ -32,27 +33,39 @@ SESSION_IDLE_TIMEOUT_S = 30 * 60.0
 MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 
 
-class _Endpoint:
-    """An ASGI app for one session manager that answers 503 while the manager is not running."""
+async def _refuse(send: Send, status: int, code: int, message: str) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    def __init__(self, manager: StreamableHTTPSessionManager) -> None:
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    return next((value.decode("latin-1") for key, value in scope.get("headers", ()) if key.lower() == name), None)
+
+
+class _Endpoint:
+    """An ASGI app for one session manager: 403 for a Host or Origin the policy refuses, 503 while the manager is
+    not running, else the SDK's Streamable HTTP."""
+
+    def __init__(self, manager: StreamableHTTPSessionManager, policy: OriginPolicy) -> None:
         self.manager = manager
+        self.policy = policy
         self.running = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.running:
-            error = {"code": INTERNAL_ERROR, "message": "the MCP endpoint is not running (nexusd is stopping)"}
-            body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self.manager.handle_request(scope, receive, send)
+        refusal = self.policy.refusal(_header(scope, b"host"), _header(scope, b"origin"))
+        if refusal is not None:
+            await _refuse(send, 403, INVALID_REQUEST, refusal)
+        elif not self.running:
+            await _refuse(send, 503, INTERNAL_ERROR, "the MCP endpoint is not running (nexusd is stopping)")
+        else:
+            await self.manager.handle_request(scope, receive, send)
 
 
-def _manager(server: Server[Any]) -> StreamableHTTPSessionManager:
+def _manager(server: Server[Any], idle_timeout_s: float) -> StreamableHTTPSessionManager:
     return StreamableHTTPSessionManager(
-        server, session_idle_timeout=SESSION_IDLE_TIMEOUT_S, max_request_body_size=MAX_REQUEST_BODY_BYTES
+        server, session_idle_timeout=idle_timeout_s, max_request_body_size=MAX_REQUEST_BODY_BYTES
     )
 
 
@@ -64,11 +77,14 @@ class McpEndpoints:
         network: NetworkService,
         drives: DriveService,
         snapshots: SnapshotService,
+        *,
+        policy: OriginPolicy | None = None,
+        session_idle_timeout_s: float = SESSION_IDLE_TIMEOUT_S,
     ) -> None:
-        self.vm = _Endpoint(_manager(guest_server(guest, snapshots)))
-        self.manage = _Endpoint(
-            _manager(manage_server(vms, guest, network, workspace.manage_tools(drives, snapshots, network.info)))
-        )
+        policy = policy or OriginPolicy.build()
+        self.vm = _Endpoint(_manager(guest_server(guest, snapshots), session_idle_timeout_s), policy)
+        manage = manage_server(vms, guest, network, workspace.manage_tools(drives, snapshots, network.info))
+        self.manage = _Endpoint(_manager(manage, session_idle_timeout_s), policy)
         self._stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager
