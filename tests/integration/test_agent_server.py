@@ -291,7 +291,7 @@ def test_every_tool_over_the_wire(mcp: Peer, tmp_path: Path) -> None:
     run = mcp.tool("run_command", command=["cat", str(path)])
     assert run["isError"] is False
     assert run["structuredContent"]["stdout"] == "hi there\n"
-    assert json.loads(run["content"][0]["text"]) == run["structuredContent"]
+    assert run["content"][0]["text"].endswith("--- stdout ---\nhi there")  # a rendering, not the JSON again
     info = mcp.tool("system_info")["structuredContent"]
     assert info["image_id"] == "img-123" and info["agent_version"] == nexus.__version__
     assert mcp.tool("file_delete", path=str(path))["structuredContent"]["deleted"] is True

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nexus.agent.tools import OUTPUT_CAP_BYTES, Toolbox, ToolContext, ToolResult
+from nexus.agent.tools import DEFAULT_OUTPUT_BYTES, MAX_OUTPUT_BYTES, Toolbox, ToolContext, ToolResult
+from nexus.agent.tools.files import DEFAULT_DIR_ENTRIES, DEFAULT_READ_BYTES, MAX_READ_BYTES
 
 TOOLS = Toolbox(image_id="img-test")
 
@@ -90,6 +91,20 @@ def test_text_round_trip_with_offsets(tmp_path: Path) -> None:
     assert call("file_read", path=str(path)).text == text  # the text block is the content itself
 
 
+def test_file_read_pages_by_default_and_says_where_to_go_on(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"0123456789abcde\n" * (5 * 2**20 // 16))  # 5 MiB
+    first = call("file_read", path=str(path))
+    assert first.structured["bytes_read"] == DEFAULT_READ_BYTES and first.structured["eof"] is False
+    trailer = f"[… bytes 0-{DEFAULT_READ_BYTES} of {5 * 2**20} shown; read on with offset={DEFAULT_READ_BYTES} …]"
+    assert first.text == first.structured["content"] + "\n" + trailer
+    most = ok("file_read", path=str(path), length=MAX_READ_BYTES)
+    assert most["bytes_read"] == MAX_READ_BYTES
+    assert "page with offset" in err("file_read", path=str(path), length=MAX_READ_BYTES + 1)
+    last = call("file_read", path=str(path), offset=5 * 2**20 - 16)
+    assert last.structured["eof"] is True and last.text == "0123456789abcde\n"  # no trailer at the end
+
+
 def test_text_read_never_splits_a_character(tmp_path: Path) -> None:
     path = tmp_path / "u.txt"
     path.write_text("aé")  # b"a\xc3\xa9"
@@ -163,8 +178,30 @@ def test_list_dir(tmp_path: Path) -> None:
     assert entries["a"]["type"] == "dir"
     assert (entries["b.txt"]["type"], entries["b.txt"]["size"], entries["b.txt"]["mode"]) == ("file", 5, "0640")
     assert entries["c"]["type"] == "symlink"
-    assert res["truncated"] is False
+    assert (res["total"], res["offset"], res["next_offset"]) == (3, 0, None)
+    lines = call("list_dir", path=str(tmp_path)).text.splitlines()
+    assert lines[0] == f"{tmp_path}: 3 entries" and len(lines) == 4
+    assert lines[1].endswith(" a/") and lines[2] == "0640" + " " * 12 + "5 b.txt" and lines[3].endswith(" c@")
     assert "Not a directory" in err("list_dir", path=str(tmp_path / "b.txt"))
+
+
+def test_list_dir_pages_follow_one_sorted_order(tmp_path: Path) -> None:
+    names = [f"f{i:05d}" for i in range(2 * DEFAULT_DIR_ENTRIES + 7)]
+    for name in reversed(names):  # directory order is not name order
+        (tmp_path / name).touch()
+    seen: list[str] = []
+    offset: int | None = 0
+    pages = 0
+    while offset is not None:
+        page = ok("list_dir", path=str(tmp_path), offset=offset)
+        assert page["total"] == len(names) and len(page["entries"]) <= DEFAULT_DIR_ENTRIES
+        seen += [e["name"] for e in page["entries"]]
+        offset, pages = page["next_offset"], pages + 1
+    assert seen == names and pages == 3  # no hole, no repeat
+    first = call("list_dir", path=str(tmp_path), limit=10).text.splitlines()
+    assert first[0] == f"{tmp_path}: {len(names)} entries, showing 0-10" and len(first) == 12
+    assert first[-1] == f"[… {len(names) - 10} more; list on with offset=10 …]"
+    assert "limit" in err("list_dir", path=str(tmp_path), limit=10**6)
 
 
 # --- run_command ---------------------------------------------------------------------------------------
@@ -199,11 +236,42 @@ def test_start_failures_are_tool_errors(tmp_path: Path) -> None:
     assert "timeout_s" in err("run_command", command="true", timeout_s=0)
 
 
-def test_output_over_the_cap_is_truncated_and_the_child_is_not_blocked() -> None:
-    res = ok("run_command", command=f"head -c {3 * OUTPUT_CAP_BYTES} /dev/zero; echo done >&2", timeout_s=30)
-    assert res["truncated"] is True
-    assert len(res["stdout"]) == OUTPUT_CAP_BYTES
-    assert res["stderr"] == "done\n" and res["exit_code"] == 0 and res["timed_out"] is False
+def test_output_over_the_cap_keeps_head_and_tail_on_line_boundaries() -> None:
+    res = ok("run_command", command="seq 1 1000000; echo done >&2", timeout_s=60)
+    assert res["truncated"] is True and res["exit_code"] == 0 and res["timed_out"] is False
+    assert res["stdout_bytes"] == 6888896 and res["stderr"] == "done\n"
+    lines = res["stdout"].splitlines()
+    marker = next(i for i, line in enumerate(lines) if line.startswith("[… "))
+    head, tail = lines[:marker], lines[marker + 1 :]
+    assert head == [str(i) for i in range(1, len(head) + 1)]  # whole lines from the start
+    assert tail == [str(i) for i in range(1000001 - len(tail), 1000001)]  # whole lines to the very end
+    kept = sum(len(line) + 1 for line in head + tail)
+    assert lines[marker] == f"[… {6888896 - kept} bytes omitted …]"
+    assert DEFAULT_OUTPUT_BYTES - 16 <= kept <= DEFAULT_OUTPUT_BYTES
+    text = call("run_command", command="seq 1 1000000", timeout_s=60).text
+    assert text.startswith("exit code 0 in ") and text.endswith("\n1000000") and len(text) < DEFAULT_OUTPUT_BYTES + 200
+
+
+def test_output_cap_is_per_call_and_bounded() -> None:
+    res = ok("run_command", command="head -c 5000 /dev/zero | tr '\\0' x", max_output_bytes=1000)
+    assert res["truncated"] is True and res["stdout_bytes"] == 5000
+    assert res["stdout"] == "x" * 250 + "\n[… 4000 bytes omitted …]\n" + "x" * 750  # one long line: cut raw
+    big = ok("run_command", command="head -c 3000000 /dev/zero", max_output_bytes=MAX_OUTPUT_BYTES, timeout_s=30)
+    assert big["truncated"] is True and big["stdout_bytes"] == 3000000
+    assert "max_output_bytes" in err("run_command", command="true", max_output_bytes=MAX_OUTPUT_BYTES + 1)
+    assert ok("run_command", command="echo hi", max_output_bytes=256)["stdout"] == "hi\n"
+
+
+def test_text_is_a_rendering_not_json() -> None:
+    text = call("run_command", command="echo out; echo err >&2; exit 3").text
+    assert text.splitlines() == [
+        "exit code 3 in " + text.split(" in ")[1].splitlines()[0],
+        "--- stdout ---",
+        "out",
+        "--- stderr ---",
+        "err",
+    ]
+    assert call("run_command", command="true").text.endswith("(no output)")
 
 
 def test_invalid_utf8_output_is_replaced() -> None:
@@ -232,9 +300,30 @@ def test_background_child_holding_the_pipes_does_not_hang_the_call(tmp_path: Pat
     res = ok("run_command", command=f"sleep 30 & echo $! > {pidfile}; echo main", timeout_s=20)
     try:
         assert time.monotonic() - started < 5
-        assert (res["exit_code"], res["stdout"], res["timed_out"]) == (0, "main\n", False)
+        assert (res["exit_code"], res["stdout"], res["timed_out"], res["background"]) == (0, "main\n", False, True)
+        time.sleep(1)
+        assert _alive(int(pidfile.read_text())), "the background process died with the call's pipes"
     finally:
         os.kill(int(pidfile.read_text()), 9)
+
+
+def test_a_background_process_writing_to_the_pipes_lives_on(tmp_path: Path) -> None:
+    pidfile = tmp_path / "bg.pid"
+    res = call("run_command", command=f"(while :; do echo tick; sleep 0.1; done) & echo $! > {pidfile}", timeout_s=20)
+    try:
+        assert "background process" in res.text and res.structured["background"] is True
+        time.sleep(1)  # it wrote ~10 more lines after the call returned: to the discarding reader, not a closed pipe
+        assert _alive(int(pidfile.read_text()))
+    finally:
+        os.kill(int(pidfile.read_text()), 9)
+
+
+def test_progress_streams_all_output_past_the_cap() -> None:
+    events: list[str] = []
+    ctx = ToolContext(progress=lambda p, msg, stream: events.append(msg))
+    res = ok("run_command", ctx, command="seq 1 100000", max_output_bytes=1024)
+    assert res["truncated"] is True
+    assert "".join(events) == "".join(f"{i}\n" for i in range(1, 100001))
 
 
 def test_progress_streams_chunks_with_increasing_progress() -> None:

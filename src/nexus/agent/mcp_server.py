@@ -30,6 +30,7 @@ from nexus.agent.session import Connection, RpcService
 from nexus.agent.tools import Toolbox, ToolContext
 from nexus.agent.tools.base import ProgressFn
 from nexus.protocol import (
+    AGENT_INSTRUCTIONS,
     CANCELLED_NOTIFICATION,
     ECHO_METHOD,
     INITIALIZE_METHOD,
@@ -52,14 +53,9 @@ from nexus.protocol import (
     result_response,
 )
 
-__all__ = ["INSTRUCTIONS", "McpService"]
+__all__ = ["McpService"]
 
 log = logging.getLogger("nexus.agent")
-
-INSTRUCTIONS = (
-    "These tools act inside one Nexus microVM - a Linux machine of your own. Paths are paths inside the VM; "
-    "run_command runs as the agent's user there. Use file_read/file_write with encoding base64 for binary data."
-)
 
 
 def _progress_token(params: dict[str, Any]) -> str | int | None:
@@ -140,7 +136,7 @@ class McpService(RpcService):
             "protocolVersion": version,
             "capabilities": {"tools": {"listChanged": False}},
             "serverInfo": {"name": SERVER_NAME, "version": __version__},
-            "instructions": INSTRUCTIONS,
+            "instructions": AGENT_INSTRUCTIONS,
         }
 
     # --- tools/call --------------------------------------------------------------------------------

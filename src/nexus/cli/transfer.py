@@ -15,8 +15,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from nexus.cli.progress import stderr
 from nexus.client import NexusClient
 from nexus.domain import Invalid
+from nexus.protocol import FILE_CHUNK_BYTES
 
-CHUNK_BYTES = 1024 * 1024  # the daemon's per-request cap
+CHUNK_BYTES = FILE_CHUNK_BYTES  # the daemon's per-request cap
 BAR_ABOVE_BYTES = 8 * CHUNK_BYTES
 
 

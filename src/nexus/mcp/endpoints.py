@@ -17,7 +17,7 @@ from typing import Any
 
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from nexus.mcp import workspace
 from nexus.mcp.guest import guest_server
@@ -44,6 +44,62 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return next((value.decode("latin-1") for key, value in scope.get("headers", ()) if key.lower() == name), None)
 
 
+# The 2024-11-05 and 2025-03-26 revisions need transports nexusd does not serve (HTTP+SSE; JSON-RPC batches): a client
+# asking for one is offered 2025-06-18 instead, as the handshake allows; one that cannot speak it disconnects.
+UNSERVED_VERSIONS = ("2024-11-05", "2025-03-26")
+COUNTER_OFFER = "2025-06-18"
+BATCH_REFUSAL = "JSON-RPC batches are not supported: send one message per POST (MCP 2025-06-18 and later)"
+
+
+def screen_body(body: bytes) -> tuple[bytes, str | None]:
+    """(the body to serve, or why it is refused): batches are refused, an ``initialize`` asking for a revision
+    nexusd does not serve is made to ask for ``COUNTER_OFFER``. Anything else passes as it is (the SDK reports
+    malformed JSON)."""
+    if body.lstrip()[:1] == b"[":
+        return body, BATCH_REFUSAL
+    if b'"initialize"' not in body:
+        return body, None
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return body, None
+    params = message.get("params") if isinstance(message, dict) and message.get("method") == "initialize" else None
+    if not isinstance(params, dict) or params.get("protocolVersion") not in UNSERVED_VERSIONS:
+        return body, None
+    params["protocolVersion"] = COUNTER_OFFER
+    return json.dumps(message).encode(), None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # the client went away; the SDK sees an empty or partial body
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # then http.disconnect, when it comes
+
+    return replayed
+
+
 class _Endpoint:
     """An ASGI app for one session manager: 403 for a Host or Origin the policy refuses, 503 while the manager is
     not running, else the SDK's Streamable HTTP."""
@@ -57,10 +113,26 @@ class _Endpoint:
         refusal = self.policy.refusal(_header(scope, b"host"), _header(scope, b"origin"))
         if refusal is not None:
             await _refuse(send, 403, INVALID_REQUEST, refusal)
-        elif not self.running:
+            return
+        if not self.running:
             await _refuse(send, 503, INTERNAL_ERROR, "the MCP endpoint is not running (nexusd is stopping)")
-        else:
-            await self.manager.handle_request(scope, receive, send)
+            return
+        if scope.get("method") == "POST":
+            body = await _read_body(receive, MAX_REQUEST_BODY_BYTES)
+            if body is None:
+                message = f"the request body is over {MAX_REQUEST_BODY_BYTES} bytes"
+                await _refuse(send, 413, INVALID_REQUEST, message)
+                return
+            screened, refusal = screen_body(body)
+            if refusal is not None:
+                await _refuse(send, 400, INVALID_REQUEST, refusal)
+                return
+            if screened is not body:
+                length = str(len(screened)).encode()
+                headers = [(k, length if k.lower() == b"content-length" else v) for k, v in scope["headers"]]
+                scope = {**scope, "headers": headers}
+            receive = _replay(screened, receive)
+        await self.manager.handle_request(scope, receive, send)
 
 
 def _manager(server: Server[Any], idle_timeout_s: float) -> StreamableHTTPSessionManager:
@@ -82,7 +154,7 @@ class McpEndpoints:
         session_idle_timeout_s: float = SESSION_IDLE_TIMEOUT_S,
     ) -> None:
         policy = policy or OriginPolicy.build()
-        self.vm = _Endpoint(_manager(guest_server(guest, snapshots), session_idle_timeout_s), policy)
+        self.vm = _Endpoint(_manager(guest_server(guest, snapshots, vms.get), session_idle_timeout_s), policy)
         manage = manage_server(vms, guest, network, workspace.manage_tools(drives, snapshots, network.info))
         self.manage = _Endpoint(_manager(manage, session_idle_timeout_s), policy)
         self._stopping = asyncio.Event()

@@ -10,7 +10,7 @@ tool result to give. Progress the agent reports while a tool runs is forwarded w
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import mcp_types as types
@@ -20,11 +20,12 @@ from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 
 from nexus import __version__
-from nexus.domain import NexusError
+from nexus.domain import InvalidState, NexusError, NotFound, Unavailable, Vm, VmState
 from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, wants_progress, with_progress
+from nexus.mcp.sizing import fit
 from nexus.mcp.workspace import VM_TOOLS, call_vm_tool, is_vm_tool
-from nexus.protocol import INVALID_REQUEST
+from nexus.protocol import AGENT_INSTRUCTIONS, INVALID_REQUEST
 from nexus.services import SnapshotService
 from nexus.services.guest import GuestService
 
@@ -39,15 +40,50 @@ def _vm_ref(ctx: Ctx) -> str:
     return ref
 
 
-def guest_server(guest: GuestService, snapshots: SnapshotService | None = None) -> Server[Any]:
-    """With ``snapshots``, nexusd serves its own ``workspace_*`` tools beside the agent's (``nexus.mcp.workspace``)."""
+INSTRUCTIONS = (
+    AGENT_INSTRUCTIONS
+    + " workspace_snapshot and workspace_rollback (served by nexusd) checkpoint this computer's drives and roll "
+    "them back."
+)
+
+
+def _next_step(vm: Vm) -> str:
+    """What to do about a VM that cannot serve tools, in the words of the tools and the CLI that can."""
+    if vm.state in (VmState.CREATED, VmState.STOPPED, VmState.CRASHED, VmState.FAILED):
+        return f"start it with the vm_start tool (/mcp) or `nexusctl vm start {vm.name}`"
+    if vm.state is VmState.PAUSED:
+        return f"resume it with `nexusctl vm resume {vm.name}`"
+    if vm.state in (VmState.STARTING, VmState.STOPPING):
+        return "try again in a few seconds"
+    return f"its agent does not answer: see `nexusctl vm logs {vm.name}`, or restart the VM"
+
+
+def _explained(exc: NexusError, ref: str, lookup: Callable[[str], Vm] | None) -> NexusError:
+    """``exc`` with the VM's name, state and the next step, when the VM cannot serve (stopped, paused, ...)."""
+    if lookup is None or not isinstance(exc, InvalidState | Unavailable):
+        return exc
+    try:
+        vm = lookup(ref)
+    except NotFound:
+        return exc
+    if vm.state is VmState.READY and isinstance(exc, Unavailable):
+        return exc  # ready, and the call itself failed (timeout, link dropped mid-call): the message says so
+    return type(exc)(f"VM {vm.name} is {vm.state}: {_next_step(vm)}")
+
+
+def guest_server(
+    guest: GuestService, snapshots: SnapshotService | None = None, lookup: Callable[[str], Vm] | None = None
+) -> Server[Any]:
+    """With ``snapshots``, nexusd serves its own ``workspace_*`` tools beside the agent's (``nexus.mcp.workspace``).
+    ``lookup`` (VM by ref) lets errors say what state a VM is in and what to do about it."""
     host_tools = list(VM_TOOLS) if snapshots is not None else []
 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        ref = _vm_ref(ctx)
         try:
-            tools = await guest.list_tools(_vm_ref(ctx))
+            tools = await guest.list_tools(ref)
         except NexusError as exc:
-            raise to_mcp_error(exc) from exc
+            raise to_mcp_error(_explained(exc, ref, lookup)) from exc
         return types.ListToolsResult(tools=[*(types.Tool.model_validate(tool) for tool in tools), *host_tools])
 
     async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -73,13 +109,13 @@ def guest_server(guest: GuestService, snapshots: SnapshotService | None = None) 
 
                 result = await with_progress(ctx, call)
         except NexusError as exc:
-            raise to_mcp_error(exc) from exc
-        return types.CallToolResult.model_validate(result)
+            raise to_mcp_error(_explained(exc, ref, lookup)) from exc
+        return types.CallToolResult.model_validate(fit(params.name, result))
 
     return Server(
         "nexus-vm",
         version=__version__,
-        instructions="Tools of one Nexus microVM, served by its agent.",
+        instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )

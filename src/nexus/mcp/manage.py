@@ -23,6 +23,8 @@ from nexus import __version__
 from nexus.domain import Invalid, NetInfo, NexusError, PublishedPort, Role, Vm, VmFilter, VmSpec, VmState
 from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, with_progress
+from nexus.mcp.sizing import fit
+from nexus.protocol import command_text
 from nexus.services import NetworkService, VmService
 from nexus.services.guest import GuestService, OutputChunk
 
@@ -92,10 +94,47 @@ Handler = Callable[[Ctx, Args], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
+class Hints:
+    """MCP tool annotations, as the spec defines them: read-only (changes nothing), destructive (may undo or
+    lose something), idempotent (the same call again has no further effect)."""
+
+    read_only: bool
+    destructive: bool
+    idempotent: bool
+
+    def annotations(self, title: str) -> types.ToolAnnotations:
+        return types.ToolAnnotations(
+            title=title,
+            read_only_hint=self.read_only,
+            destructive_hint=self.destructive,
+            idempotent_hint=self.idempotent,
+            open_world_hint=False,
+        )
+
+
+READS = Hints(read_only=True, destructive=False, idempotent=True)
+ADDS = Hints(read_only=False, destructive=False, idempotent=False)  # makes something new each time
+SETS = Hints(read_only=False, destructive=False, idempotent=True)  # named or absolute: a repeat changes nothing
+DESTROYS = Hints(read_only=False, destructive=True, idempotent=False)
+REMOVES = Hints(read_only=False, destructive=True, idempotent=True)
+
+
+@dataclass(frozen=True, slots=True)
 class _Tool:
+    title: str
     description: str
     schema: dict[str, Any]
     handler: Handler
+    hints: Hints
+
+    def to_mcp(self, name: str) -> types.Tool:
+        return types.Tool(
+            name=name,
+            title=self.title,
+            description=self.description,
+            input_schema=self.schema,
+            annotations=self.hints.annotations(self.title),
+        )
 
 
 class _Tools:
@@ -178,12 +217,13 @@ class _Tools:
         if env is not None and not all(isinstance(v, str) for v in env.values()):
             raise Invalid("argument 'env' must map names to strings")
         timeout_s = float(_get(args, "timeout_s", (int, float), 600.0))
-        output: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        streamed = 0
 
         def call(report: Report) -> Awaitable[dict[str, Any]]:
             def on_output(chunk: OutputChunk) -> None:
-                output.setdefault(chunk.stream, []).append(chunk.data)
-                report(float(sum(len(v) for v in output.values())), None, chunk.data)
+                nonlocal streamed
+                streamed += len(chunk.data)
+                report(float(streamed), None, chunk.data)
 
             return self.guest.exec(
                 vm,
@@ -195,8 +235,9 @@ class _Tools:
                 timeout_s=timeout_s,
             )
 
-        result = await with_progress(ctx, call)
-        return {**result, "stdout": "".join(output["stdout"]), "stderr": "".join(output["stderr"])}
+        result = await with_progress(ctx, call)  # stdout/stderr: head and tail of long output, as run_command's
+        keys = ("exit_code", "stdout", "stderr", "stdout_bytes", "stderr_bytes", "truncated", "timed_out", "duration_s")
+        return {key: result.get(key) for key in keys}
 
     def table(self) -> dict[str, _Tool]:
         exec_props = {
@@ -213,6 +254,7 @@ class _Tools:
         states = [str(s) for s in VmState]
         return {
             "vm_list": _Tool(
+                "List VMs",
                 "List VMs, optionally only those in a state, of a role, or with all the given tags.",
                 _schema(
                     {
@@ -222,8 +264,10 @@ class _Tools:
                     }
                 ),
                 self.vm_list,
+                READS,
             ),
             "vm_create": _Tool(
+                "Create VM",
                 "Create a VM (not started). Unset sizes, image and kernel come from nexusd's settings.",
                 _schema(
                     {
@@ -243,38 +287,54 @@ class _Tools:
                     ("name",),
                 ),
                 self.vm_create,
+                SETS,
             ),
             "vm_start": _Tool(
+                "Start VM",
                 "Boot a VM; by default returns once its agent is ready.",
                 _schema({**_VM, "wait": {"type": "boolean", "default": True}}, ("vm",)),
                 self.vm_start,
+                SETS,
             ),
-            "vm_stop": _Tool("Power a VM off (graceful, then forced).", _schema(_VM, ("vm",)), self.vm_stop),
+            "vm_stop": _Tool(
+                "Stop VM", "Power a VM off (graceful, then forced).", _schema(_VM, ("vm",)), self.vm_stop, REMOVES
+            ),
             "vm_rm": _Tool(
+                "Remove VM",
                 "Remove a VM and its disk; a running VM only with force (it is stopped first).",
                 _schema({**_VM, "force": {"type": "boolean", "default": False}}, ("vm",)),
                 self.vm_rm,
+                REMOVES,
             ),
-            "vm_inspect": _Tool("A VM's details and state history.", _schema(_VM, ("vm",)), self.vm_inspect),
+            "vm_inspect": _Tool(
+                "Inspect VM", "A VM's details and state history.", _schema(_VM, ("vm",)), self.vm_inspect, READS
+            ),
             "vm_logs": _Tool(
+                "VM console log",
                 "The last lines of a VM's console log.",
                 _schema({**_VM, "tail": {"type": "integer", "minimum": 1, "default": 100}}, ("vm",)),
                 self.vm_logs,
+                READS,
             ),
             "vm_exec": _Tool(
-                "Run a command in a ready VM; output streams as progress when asked; the result has exit_code, "
-                "stdout and stderr.",
+                "Run command in VM",
+                "Run a command in a ready VM and wait for it; output streams as progress when asked. The result "
+                "has exit_code and the start and end of stdout and stderr (the middle of long output is omitted; "
+                "stdout_bytes and stderr_bytes are the full sizes).",
                 _schema(exec_props, ("vm", "command")),
                 self.vm_exec,
+                DESTROYS,
             ),
         }
 
 
-def _result(structured: dict[str, Any], is_error: bool = False, text: str | None = None) -> types.CallToolResult:
+def _result(
+    tool: str, structured: dict[str, Any], is_error: bool = False, text: str | None = None
+) -> types.CallToolResult:
     body = text if text is not None else json.dumps(structured, indent=2)
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=body)], structured_content=structured, is_error=is_error
-    )
+    content: list[dict[str, Any]] = [{"type": "text", "text": body}]
+    result = {"content": content, "structuredContent": structured, "isError": is_error}
+    return types.CallToolResult.model_validate(fit(tool, result))
 
 
 def manage_server(
@@ -282,9 +342,7 @@ def manage_server(
 ) -> Server[Any]:
     """``extra_tools``: more tools served beside the VM ones (the workspace tools, ``nexus.mcp.workspace``)."""
     tools = {**_Tools(vms, guest, network).table(), **(extra_tools or {})}
-    listing = types.ListToolsResult(
-        tools=[types.Tool(name=name, description=t.description, input_schema=t.schema) for name, t in tools.items()]
-    )
+    listing = types.ListToolsResult(tools=[t.to_mcp(name) for name, t in tools.items()])
 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return listing
@@ -296,10 +354,12 @@ def manage_server(
         args = dict(params.arguments or {})
         try:
             _check_known(args, tool.schema)
-            return _result(await tool.handler(ctx, args))
+            structured = await tool.handler(ctx, args)
+            text = command_text(structured) if params.name == "vm_exec" else None
+            return _result(params.name, structured, text=text)
         except NexusError as exc:
             error = {"code": exc.code, "message": exc.message}
-            return _result({"error": error}, is_error=True, text=f"{params.name}: {exc.message}")
+            return _result(params.name, {"error": error}, is_error=True, text=f"{params.name}: {exc.message}")
 
     return Server(
         "nexus",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,21 +24,38 @@ def wants_progress(ctx: ServerRequestContext[Any, Any]) -> bool:
     return meta.get("progress_token") is not None or meta.get("progressToken") is not None
 
 
-async def with_progress(ctx: ServerRequestContext[Any, Any], call: Callable[[Report], Awaitable[T]]) -> T:
-    """Await ``call(report)``; each ``report(...)`` it makes reaches the client as a progress notification.
-    Whatever ``call`` raises is raised here, unwrapped."""
+HEARTBEAT_S = 5.0  # a silent call still says it is alive this often, so clients that reset timeouts on progress wait
+
+
+async def with_progress(
+    ctx: ServerRequestContext[Any, Any], call: Callable[[Report], Awaitable[T]], heartbeat_s: float = HEARTBEAT_S
+) -> T:
+    """Await ``call(report)``; each ``report(...)`` it makes reaches the client as a progress notification, and
+    every ``heartbeat_s`` without one a "still running" notification is sent. Progress values reach the client
+    strictly increasing (the spec's rule), whatever the call reports. Whatever ``call`` raises is raised here,
+    unwrapped."""
     send, receive = anyio.create_memory_object_stream[tuple[float, float | None, str | None]](math.inf)
     outcome: list[T] = []
     failure: list[Exception] = []
+    started = time.monotonic()
 
     def report(progress: float, total: float | None, message: str | None) -> None:
         with contextlib.suppress(anyio.ClosedResourceError):  # a late report, after the call returned
             send.send_nowait((progress, total, message))
 
     async def forward() -> None:
+        last = 0.0
         async with receive:
-            async for progress, total, message in receive:
-                await ctx.session.report_progress(progress, total, message)
+            while True:
+                with anyio.move_on_after(heartbeat_s) as quiet:
+                    try:
+                        progress, total, message = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                if quiet.cancelled_caught:
+                    progress, total, message = last + 1, None, f"still running ({time.monotonic() - started:.0f} s)"
+                last = progress if progress > last else last + 1
+                await ctx.session.report_progress(last, total, message)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(forward)

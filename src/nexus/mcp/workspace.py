@@ -16,7 +16,7 @@ from typing import Any
 import mcp_types as types
 
 from nexus.domain import Drive, NetInfo, NexusError, Snapshot
-from nexus.mcp.manage import Args, Ctx, _get, _schema, _Tool, vm_dict
+from nexus.mcp.manage import ADDS, DESTROYS, READS, REMOVES, SETS, Args, Ctx, _get, _schema, _Tool, vm_dict
 from nexus.services import DriveService, SnapshotService
 
 _VM = {"vm": {"type": "string", "description": "VM name or id"}}
@@ -107,47 +107,69 @@ def manage_tools(
 
     name_prop = {"name": {"type": "string"}}
     return {
-        "drive_list": _Tool("List drives (root drives are named <vm>.root).", _schema({}), drive_list),
+        "drive_list": _Tool(
+            "List drives", "List drives (root drives are named <vm>.root).", _schema({}), drive_list, READS
+        ),
         "drive_create": _Tool(
+            "Create drive",
             "Create a data drive: a copy of an image, or an empty ext4 drive of size_mib MiB (give one of them).",
             _schema({**name_prop, "image": {"type": "string"}, "size_mib": {"type": "integer"}}, ("name",)),
             drive_create,
+            SETS,
         ),
         "drive_attach": _Tool(
+            "Attach drive",
             "Attach a data drive to a stopped VM; at its next boot the agent mounts it at mount (if given).",
             _schema({**_DRIVE, **_VM, "mount": {"type": "string"}}, ("drive", "vm")),
             drive_attach,
+            SETS,
         ),
         "drive_detach": _Tool(
-            "Detach a data drive from its stopped VM (the drive stays).", _schema(_DRIVE, ("drive",)), drive_detach
+            "Detach drive",
+            "Detach a data drive from its stopped VM (the drive stays).",
+            _schema(_DRIVE, ("drive",)),
+            drive_detach,
+            SETS,
         ),
         "drive_resize": _Tool(
+            "Resize drive",
             "Grow a drive and its filesystem (its VM stopped).",
             _schema({**_DRIVE, "size_mib": {"type": "integer"}}, ("drive", "size_mib")),
             drive_resize,
+            SETS,
         ),
         "drive_rm": _Tool(
+            "Remove drive",
             "Remove a drive; refused while it is attached or a snapshot holds it.",
             _schema(_DRIVE, ("drive",)),
             drive_rm,
+            REMOVES,
         ),
         "snapshot_create": _Tool(
+            "Snapshot VM",
             "Snapshot all of a VM's drives together (a running VM's filesystems are frozen for the moment).",
             _schema({**_VM, **name_prop}, ("vm",)),
             snapshot_create,
+            ADDS,
         ),
-        "snapshot_list": _Tool("A VM's snapshots.", _schema(_VM, ("vm",)), snapshot_list),
+        "snapshot_list": _Tool("List snapshots", "A VM's snapshots.", _schema(_VM, ("vm",)), snapshot_list, READS),
         "snapshot_rollback": _Tool(
+            "Roll back VM",
             "Put a VM's drives back as a snapshot holds them; needs the VM stopped, or restart=true (stop, roll "
             "back, start). Everything written since the snapshot is lost.",
             _schema({**_VM, **_SNAP, "restart": {"type": "boolean", "default": False}}, ("vm", "snapshot")),
             snapshot_rollback,
+            DESTROYS,
         ),
-        "snapshot_rm": _Tool("Remove a snapshot.", _schema({**_VM, **_SNAP}, ("vm", "snapshot")), snapshot_rm),
+        "snapshot_rm": _Tool(
+            "Remove snapshot", "Remove a snapshot.", _schema({**_VM, **_SNAP}, ("vm", "snapshot")), snapshot_rm, REMOVES
+        ),
         "vm_clone": _Tool(
+            "Clone VM",
             "Create a new VM (not started) from a VM's current drives, or from one of its snapshots.",
             _schema({**_VM, "name": {"type": "string", "description": "the new VM's name"}, **_SNAP}, ("vm", "name")),
             vm_clone,
+            SETS,
         ),
     }
 
@@ -155,6 +177,8 @@ def manage_tools(
 VM_TOOLS = (
     types.Tool(
         name="workspace_snapshot",
+        title="Snapshot this computer",
+        annotations=ADDS.annotations("Snapshot this computer"),
         description=(
             "Checkpoint this computer: snapshot all of its drives at once (its filesystems are frozen for a "
             "moment, so the snapshot is consistent). Returns the snapshot's name; roll back to it with "
@@ -164,6 +188,8 @@ VM_TOOLS = (
     ),
     types.Tool(
         name="workspace_rollback",
+        title="Roll this computer back",
+        annotations=DESTROYS.annotations("Roll this computer back"),
         description=(
             "Roll this computer back to a snapshot made by workspace_snapshot. THIS RESTARTS THE VM: every "
             "running process ends, the VM reboots with its drives as the snapshot holds them, and everything "

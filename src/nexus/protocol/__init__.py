@@ -33,7 +33,9 @@ from nexus.protocol.jsonrpc import (
     result_response,
 )
 from nexus.protocol.mcp import (
+    AGENT_INSTRUCTIONS,
     CANCELLED_NOTIFICATION,
+    FILE_CHUNK_BYTES,
     INITIALIZE_METHOD,
     INITIALIZED_NOTIFICATION,
     MCP_LATEST_PROTOCOL_VERSION,
@@ -43,6 +45,7 @@ from nexus.protocol.mcp import (
     STREAM_META_KEY,
     TOOLS_CALL_METHOD,
     TOOLS_LIST_METHOD,
+    command_text,
     negotiate_protocol_version,
 )
 from nexus.protocol.mcp import PING_METHOD as MCP_PING_METHOD
@@ -63,10 +66,12 @@ from nexus.protocol.ports import (
 )
 
 __all__ = [
+    "AGENT_INSTRUCTIONS",
     "CANCELLED_NOTIFICATION",
     "CONTROL_PORT_NAME",
     "CONTROL_VSOCK_PORT",
     "ECHO_METHOD",
+    "FILE_CHUNK_BYTES",
     "FREEZE_METHOD",
     "HEARTBEAT_METHOD",
     "HELLO_METHOD",
@@ -104,6 +109,7 @@ __all__ = [
     "Request",
     "RequestId",
     "Response",
+    "command_text",
     "decode_message",
     "decode_mounts",
     "encode_message",

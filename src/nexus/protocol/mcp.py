@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 __all__ = [
+    "AGENT_INSTRUCTIONS",
     "CANCELLED_NOTIFICATION",
+    "FILE_CHUNK_BYTES",
     "INITIALIZED_NOTIFICATION",
     "INITIALIZE_METHOD",
     "MCP_LATEST_PROTOCOL_VERSION",
@@ -22,6 +24,7 @@ __all__ = [
     "STREAM_META_KEY",
     "TOOLS_CALL_METHOD",
     "TOOLS_LIST_METHOD",
+    "command_text",
     "negotiate_protocol_version",
 ]
 
@@ -36,6 +39,19 @@ MCP_SUPPORTED_PROTOCOL_VERSIONS: Final[tuple[str, ...]] = (
 MCP_LATEST_PROTOCOL_VERSION: Final = MCP_SUPPORTED_PROTOCOL_VERSIONS[-1]
 
 SERVER_NAME: Final = "nexus-agent"
+
+FILE_CHUNK_BYTES: Final = 512 * 1024
+"""The most one file_read returns and one chunked transfer moves: base64-encoded, a result carrying it still fits
+the 1 MiB an MCP client takes in one message."""
+
+AGENT_INSTRUCTIONS: Final = (
+    "These tools act inside one Nexus microVM, a Linux machine of your own: paths are paths inside the VM and "
+    "commands run there as the agent's user. Results are sized for you: file_read returns 256 KiB unless you ask "
+    "for more (page with offset until eof), list_dir pages with offset/limit, and run_command keeps the start and "
+    "the end of long output (redirect to a file and file_read it for all of it). Use encoding base64 with "
+    "file_read/file_write for binary data. run_command waits for the command; a process meant to keep running "
+    "must be started in the background with its output redirected: nohup CMD > /tmp/CMD.log 2>&1 &"
+)
 
 INITIALIZE_METHOD: Final = "initialize"
 INITIALIZED_NOTIFICATION: Final = "notifications/initialized"
@@ -54,3 +70,28 @@ def negotiate_protocol_version(requested: Any) -> str:
     if isinstance(requested, str) and requested in MCP_SUPPORTED_PROTOCOL_VERSIONS:
         return requested
     return MCP_LATEST_PROTOCOL_VERSION
+
+
+BACKGROUND_NOTE: Final = (
+    "note: a background process still holds the command's output; it keeps running, its further output is "
+    "discarded. Start long-running processes with their output redirected: nohup CMD > /tmp/CMD.log 2>&1 &"
+)
+
+
+def command_text(result: dict[str, Any]) -> str:
+    """What a model reads of a run_command result (the agent's, or nexusd's vm_exec): the verdict first, then each
+    stream that said something."""
+    if result.get("timed_out"):
+        verdict = f"timed out after {result.get('duration_s', 0):.0f} s: process group killed"
+    else:
+        verdict = f"exit code {result.get('exit_code')} in {result.get('duration_s', 0):.2f} s"
+    parts = [verdict]
+    for name in ("stdout", "stderr"):
+        text = result.get(name)
+        if isinstance(text, str) and text:
+            parts.append(f"--- {name} ---\n{text.rstrip(chr(10))}")
+    if len(parts) == 1:
+        parts.append("(no output)")
+    if result.get("background"):
+        parts.append(BACKGROUND_NOTE)
+    return "\n".join(parts)

@@ -10,10 +10,10 @@ from typing import Any
 
 from nexus.channel import ChannelClosed, ChannelError, ChannelTimeout, RemoteError
 from nexus.domain import GuestError, Invalid, Unavailable, VmStore
-from nexus.protocol import INVALID_PARAMS, METHOD_NOT_FOUND, STREAM_META_KEY
+from nexus.protocol import FILE_CHUNK_BYTES, INVALID_PARAMS, METHOD_NOT_FOUND, STREAM_META_KEY
 from nexus.services.runtime import VmRuntime
 
-CHUNK_BYTES = 1024 * 1024  # one file_read/file_write message carries at most this much data
+CHUNK_BYTES = FILE_CHUNK_BYTES  # one file_read/file_write message carries at most this much data
 TOOL_TIMEOUT_S = 120.0
 EXEC_GRACE_S = 30.0  # the call waits this long past the command's own timeout
 
@@ -92,8 +92,10 @@ class GuestService:
         stdin: str | None = None,
         timeout_s: float = 600.0,
     ) -> dict[str, Any]:
-        """Run a command; its output is passed to ``on_output`` as it arrives. Returns exit_code, timed_out,
-        truncated (the streamed output is not repeated in the result)."""
+        """Run a command; all of its output is passed to ``on_output`` as it arrives. Returns the agent's result:
+        exit_code, timed_out, duration_s, and stdout/stderr as a model should see them (head and tail of long
+        output, with stdout_bytes/stderr_bytes the full sizes, ``truncated`` when they are cut); ``streamed`` says
+        whether ``on_output`` got all of it (an agent that does not stream hands over only what it kept)."""
         args: dict[str, Any] = {"command": command, "timeout_s": timeout_s}
         for key, value in (("cwd", cwd), ("env", env), ("stdin", stdin)):
             if value is not None:
@@ -104,9 +106,9 @@ class GuestService:
             nonlocal streamed
             meta = params.get("_meta") or {}
             message = params.get("message")
-            if isinstance(message, str):
+            if isinstance(message, str) and STREAM_META_KEY in meta:
                 streamed = True
-                on_output(OutputChunk(str(meta.get(STREAM_META_KEY, "stdout")), message))
+                on_output(OutputChunk(str(meta[STREAM_META_KEY]), message))
 
         result = await self._structured(
             ref, "run_command", args, timeout_s=timeout_s + EXEC_GRACE_S, on_progress=progress
@@ -115,7 +117,7 @@ class GuestService:
             for stream in ("stdout", "stderr"):
                 if result.get(stream):
                     on_output(OutputChunk(stream, str(result[stream])))
-        return {k: result.get(k) for k in ("exit_code", "timed_out", "truncated")}
+        return {**result, "streamed": streamed}
 
     async def read_file(self, ref: str, path: str, offset: int, length: int = CHUNK_BYTES) -> FileChunk:
         if offset < 0 or not 0 < length <= CHUNK_BYTES:

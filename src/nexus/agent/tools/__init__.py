@@ -13,11 +13,20 @@ import logging
 from typing import Any
 
 from nexus.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
-from nexus.agent.tools.commands import COMMAND_TOOLS, OUTPUT_CAP_BYTES
+from nexus.agent.tools.commands import COMMAND_TOOLS, DEFAULT_OUTPUT_BYTES, MAX_OUTPUT_BYTES
 from nexus.agent.tools.files import FILE_TOOLS, MAX_READ_BYTES
 from nexus.agent.tools.system import system_info_tool
 
-__all__ = ["MAX_READ_BYTES", "OUTPUT_CAP_BYTES", "Tool", "ToolContext", "ToolError", "ToolResult", "Toolbox"]
+__all__ = [
+    "DEFAULT_OUTPUT_BYTES",
+    "MAX_OUTPUT_BYTES",
+    "MAX_READ_BYTES",
+    "Tool",
+    "ToolContext",
+    "ToolError",
+    "ToolResult",
+    "Toolbox",
+]
 
 log = logging.getLogger("nexus.agent")
 

@@ -7,7 +7,6 @@ into an MCP tool result with ``isError: true`` so the model sees the message and
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable, Collection
@@ -42,10 +41,10 @@ class ToolResult:
     is_error: bool = False
 
     @classmethod
-    def ok(cls, structured: dict[str, Any], text: str | None = None) -> ToolResult:
-        """A success; the text block defaults to the JSON of the structured content (MCP's advice)."""
-        if text is None:
-            text = json.dumps(structured, ensure_ascii=False)
+    def ok(cls, structured: dict[str, Any], text: str) -> ToolResult:
+        """A success. ``text`` is what a model reads: a rendering of the result, not its JSON again. Clients show a
+        model one of the two (Claude Code the structured content, text-only clients the text), so both carry the
+        payload; neither repeats the other's encoding."""
         return cls(structured=structured, text=text)
 
     @classmethod

@@ -2,10 +2,14 @@
 
 ``command`` is a string (run by ``/bin/sh -c``) or an argv array (exec'd without a shell). The child
 gets its own session and process group; on timeout or cancellation the whole group is SIGKILLed.
-Each output stream keeps at most ``OUTPUT_CAP_BYTES``; past that the agent keeps reading and
-discarding so the child never blocks on a full pipe, and reports ``truncated: true``. When the main
+
+Output is sized for a model: each stream keeps its first quarter and last three quarters of
+``max_output_bytes`` (build and test verdicts are at the end) and reports the bytes in between as
+omitted, cut on line boundaries. Everything the command writes is still read (the child never blocks on
+a full pipe) and, with a progress token, streamed in full as progress notifications. When the main
 process has exited but a background child still holds the pipes, output is collected for
-``PIPE_GRACE_S`` more and then the pipes are closed (background jobs should redirect their output).
+``PIPE_GRACE_S`` more; then a discarding reader takes the pipes over, so the background process lives on
+(closing them would kill it with SIGPIPE) and the result says so.
 
 ``exit_code`` follows Python's convention: a negative value -N means "killed by signal N" (so a timeout
 reports -9 with ``timed_out: true``). A non-zero exit is a normal result, not ``isError``; only a
@@ -20,6 +24,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Final
@@ -29,14 +34,24 @@ from nexus.agent.tools.base import (
     ToolContext,
     ToolError,
     ToolResult,
+    arg_int,
     arg_number,
     arg_str,
     check_keys,
 )
+from nexus.protocol import command_text
 
-__all__ = ["COMMAND_TOOLS", "DEFAULT_TIMEOUT_S", "OUTPUT_CAP_BYTES", "CommandOutcome", "execute"]
+__all__ = [
+    "COMMAND_TOOLS",
+    "DEFAULT_OUTPUT_BYTES",
+    "DEFAULT_TIMEOUT_S",
+    "MAX_OUTPUT_BYTES",
+    "CommandOutcome",
+    "execute",
+]
 
-OUTPUT_CAP_BYTES: Final = 1024 * 1024
+DEFAULT_OUTPUT_BYTES: Final = 32 * 1024  # per stream: about what a coding agent's own shell tool shows a model
+MAX_OUTPUT_BYTES: Final = 256 * 1024
 DEFAULT_TIMEOUT_S: Final = 60.0
 MAX_TIMEOUT_S: Final = 24 * 3600.0
 PIPE_GRACE_S: Final = 0.5
@@ -46,24 +61,49 @@ _TICK_S: Final = 0.1
 
 @dataclass(slots=True)
 class _Capture:
-    """One output stream: the kept bytes, whether some were dropped, an incremental decoder for streaming."""
+    """One output stream: its first ``cap // 4`` bytes, its last ``cap - cap // 4`` bytes and how many came in
+    all, plus an incremental decoder for streaming."""
 
     name: str
     cap: int
-    data: bytearray = field(default_factory=bytearray)
-    truncated: bool = False
+    head: bytearray = field(default_factory=bytearray)
+    tail: bytearray = field(default_factory=bytearray)
+    total: int = 0
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
 
-    def add(self, chunk: bytes) -> bytes:
-        """Keep what fits under the cap; returns the kept part."""
-        room = self.cap - len(self.data)
-        if len(chunk) > room:
-            self.truncated = True
-            chunk = chunk[: max(room, 0)]
-        self.data += chunk
-        return chunk
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.cap // 4 - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            keep = self.cap - self.cap // 4
+            if len(self.tail) > 2 * keep:  # trim now and then, not on every chunk
+                del self.tail[:-keep]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.cap
+
+    def text(self) -> str:
+        """The kept output; past the cap, head and tail cut on line boundaries around an explicit marker."""
+        keep = self.cap - self.cap // 4
+        tail = bytes(self.tail[-keep:])
+        if not self.truncated:
+            return (bytes(self.head) + tail).decode("utf-8", errors="replace")
+        head = bytes(self.head)
+        cut = head.rfind(b"\n")
+        head = head[: cut + 1] if cut >= 0 else head
+        cut = tail.find(b"\n")
+        tail = tail[cut + 1 :] if 0 <= cut < len(tail) - 1 else tail
+        omitted = self.total - len(head) - len(tail)
+        newline = "" if head.endswith(b"\n") or not head else "\n"
+        marker = f"{newline}[… {omitted} bytes omitted …]\n"
+        return head.decode("utf-8", errors="replace") + marker + tail.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +111,12 @@ class CommandOutcome:
     exit_code: int | None
     stdout: str
     stderr: str
+    stdout_bytes: int
+    stderr_bytes: int
     truncated: bool
     timed_out: bool
     cancelled: bool
+    background: bool  # a background process kept the output pipes open past the main process's exit
     duration_s: float
 
     def to_structured(self) -> dict[str, Any]:
@@ -81,8 +124,11 @@ class CommandOutcome:
             "exit_code": self.exit_code,
             "stdout": self.stdout,
             "stderr": self.stderr,
+            "stdout_bytes": self.stdout_bytes,
+            "stderr_bytes": self.stderr_bytes,
             "truncated": self.truncated,
             "timed_out": self.timed_out,
+            "background": self.background,
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -98,6 +144,29 @@ def _close(pipe: IO[bytes] | None) -> None:
             pipe.close()
 
 
+def _discard(pipes: list[IO[bytes]]) -> None:
+    """Read ``pipes`` to their end in a thread of their own, dropping the data: the background process that
+    holds them lives on instead of dying of SIGPIPE."""
+
+    def run() -> None:
+        with selectors.DefaultSelector() as sel:
+            for pipe in pipes:
+                sel.register(pipe, selectors.EVENT_READ)
+            while sel.get_map():
+                for key, _ in sel.select():
+                    try:
+                        chunk = os.read(key.fd, _READ_CHUNK)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        chunk = b""
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        _close(key.fileobj)  # type: ignore[arg-type]
+
+    threading.Thread(target=run, name="discard-output", daemon=True).start()
+
+
 def execute(
     argv: list[str],
     *,
@@ -106,7 +175,7 @@ def execute(
     stdin: bytes | None,
     timeout_s: float,
     ctx: ToolContext,
-    cap_bytes: int = OUTPUT_CAP_BYTES,
+    cap_bytes: int = DEFAULT_OUTPUT_BYTES,
 ) -> CommandOutcome:
     """Run ``argv`` to completion, timeout or cancellation; raises ToolError if it cannot start."""
     started = time.monotonic()
@@ -127,7 +196,7 @@ def execute(
     captures = {"stdout": _Capture("stdout", cap_bytes), "stderr": _Capture("stderr", cap_bytes)}
     progress_bytes = 0
     pending = memoryview(stdin or b"")
-    timed_out = cancelled = False
+    timed_out = cancelled = background = False
     with selectors.DefaultSelector() as sel:
         for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             if pipe is not None:
@@ -152,10 +221,10 @@ def execute(
                 _close(pipe)
                 return False
             capture = captures[key.data]
-            kept = capture.add(chunk)
-            if kept and ctx.progress is not None:
-                text = capture.decoder.decode(kept)
-                progress_bytes += len(kept)
+            capture.add(chunk)
+            if ctx.progress is not None:
+                text = capture.decoder.decode(chunk)
+                progress_bytes += len(chunk)
                 if text:
                     ctx.progress(progress_bytes, text, capture.name)
             return True
@@ -180,7 +249,13 @@ def execute(
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
             if exited_at is not None and now - exited_at > PIPE_GRACE_S:
-                break  # a background child holds the pipes open
+                held: list[IO[bytes]] = [k.fileobj for k in sel.get_map().values() if k.data != "stdin"]  # type: ignore[misc]
+                for held_pipe in held:
+                    sel.unregister(held_pipe)
+                if held:
+                    background = True
+                    _discard(held)
+                break
             if now >= deadline:
                 timed_out = True
                 break
@@ -199,17 +274,22 @@ def execute(
                     for _ in range(64):
                         if not drain(key):
                             break
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        _close(pipe)
+    _close(proc.stdin)
+    if not background:
+        _close(proc.stdout)
+        _close(proc.stderr)
     exit_code = proc.wait()
     out, err = captures["stdout"], captures["stderr"]
     return CommandOutcome(
         exit_code=exit_code,
-        stdout=out.data.decode("utf-8", errors="replace"),
-        stderr=err.data.decode("utf-8", errors="replace"),
+        stdout=out.text(),
+        stderr=err.text(),
+        stdout_bytes=out.total,
+        stderr_bytes=err.total,
         truncated=out.truncated or err.truncated,
         timed_out=timed_out,
         cancelled=cancelled,
+        background=background,
         duration_s=time.monotonic() - started,
     )
 
@@ -241,7 +321,7 @@ def _env(value: Any) -> dict[str, str] | None:
 
 
 def run_command(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
-    check_keys(args, ("command", "cwd", "env", "stdin", "timeout_s"))
+    check_keys(args, ("command", "cwd", "env", "stdin", "timeout_s", "max_output_bytes"))
     if args.get("command") is None:
         raise ToolError("missing required argument 'command'")
     argv = _argv(args["command"])
@@ -250,6 +330,9 @@ def run_command(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         raise ToolError(f"cwd {cwd!r} does not exist or is not a directory")
     stdin: str | None = arg_str(args, "stdin", None)
     timeout_s = arg_number(args, "timeout_s", DEFAULT_TIMEOUT_S, 0.0, MAX_TIMEOUT_S)
+    cap: int = arg_int(args, "max_output_bytes", DEFAULT_OUTPUT_BYTES, minimum=256)
+    if cap > MAX_OUTPUT_BYTES:
+        raise ToolError(f"argument 'max_output_bytes' must be <= {MAX_OUTPUT_BYTES}, got {cap}")
     outcome = execute(
         argv,
         cwd=cwd,
@@ -257,10 +340,12 @@ def run_command(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         stdin=stdin.encode("utf-8") if stdin is not None else None,
         timeout_s=timeout_s,
         ctx=ctx,
+        cap_bytes=cap,
     )
     if outcome.cancelled:
         return ToolResult.error("run_command was cancelled; its process group was killed")
-    return ToolResult.ok(outcome.to_structured())
+    structured = outcome.to_structured()
+    return ToolResult.ok(structured, command_text(structured))
 
 
 COMMAND_TOOLS: Final = (
@@ -268,10 +353,14 @@ COMMAND_TOOLS: Final = (
         name="run_command",
         title="Run command",
         description=(
-            "Run a command inside the VM and return exit_code, stdout, stderr. command is a shell string "
-            "(run by /bin/sh -c) or an argv array (no shell). Output is capped at "
-            f"{OUTPUT_CAP_BYTES} bytes per stream (truncated: true past it). On timeout the whole process "
-            "group is killed (timed_out: true, exit_code -9). With a progressToken, output is streamed as "
+            "Run a command inside the VM and wait for it; returns exit_code, stdout, stderr. command is a shell "
+            "string (run by /bin/sh -c) or an argv array (no shell). Each stream keeps its first and last bytes "
+            f"up to max_output_bytes (default {DEFAULT_OUTPUT_BYTES}, at most {MAX_OUTPUT_BYTES}); the middle of "
+            "longer output is replaced by a '[… N bytes omitted …]' line (truncated: true; stdout_bytes and "
+            "stderr_bytes give the full sizes). For more, redirect to a file and read it with file_read. On "
+            f"timeout (default {DEFAULT_TIMEOUT_S:g} s) the whole process group is killed (timed_out: true, "
+            "exit_code -9). A process left running in the background must redirect its output, e.g. "
+            "`nohup server > /tmp/server.log 2>&1 &`. With a progressToken, output is streamed as "
             "notifications/progress (message = the chunk, _meta.nexus/stream = stdout|stderr)."
         ),
         input_schema={
@@ -296,6 +385,13 @@ COMMAND_TOOLS: Final = (
                     "maximum": MAX_TIMEOUT_S,
                     "default": DEFAULT_TIMEOUT_S,
                     "description": "Seconds before the process group is killed.",
+                },
+                "max_output_bytes": {
+                    "type": "integer",
+                    "minimum": 256,
+                    "maximum": MAX_OUTPUT_BYTES,
+                    "default": DEFAULT_OUTPUT_BYTES,
+                    "description": "Bytes kept per stream: the first quarter and the last three quarters.",
                 },
             },
             "required": ["command"],

@@ -1,8 +1,10 @@
 """File tools: file_read, file_write, file_delete, list_dir.
 
 Paths are guest paths; relative ones are resolved against the agent's working directory (``/``).
-Large files move in chunks: file_read pages with ``offset``/``length`` (at most ``MAX_READ_BYTES`` per
-call) and file_write appends with ``append: true``. Only regular files are read (no FIFOs or devices,
+Results are sized for models: file_read returns ``DEFAULT_READ_BYTES`` unless asked for more (at most
+``MAX_READ_BYTES`` per call) and says where to read on; list_dir sorts every name, then returns one page
+(``offset``/``limit``) with the total. Large files move in chunks: file_read pages with
+``offset``/``length`` and file_write appends with ``append: true``. Only regular files are read (no FIFOs or devices,
 which could block a worker forever). Nothing here follows the caller's intent past what it asked:
 no atomic replace, no ownership changes, and ``/`` itself is never deleted.
 """
@@ -29,10 +31,13 @@ from nexus.agent.tools.base import (
     arg_str,
     check_keys,
 )
+from nexus.protocol import FILE_CHUNK_BYTES
 
-__all__ = ["FILE_TOOLS", "MAX_DIR_ENTRIES", "MAX_READ_BYTES"]
+__all__ = ["DEFAULT_DIR_ENTRIES", "DEFAULT_READ_BYTES", "FILE_TOOLS", "MAX_DIR_ENTRIES", "MAX_READ_BYTES"]
 
-MAX_READ_BYTES: Final = 8 * 1024 * 1024
+DEFAULT_READ_BYTES: Final = 256 * 1024
+MAX_READ_BYTES: Final = FILE_CHUNK_BYTES
+DEFAULT_DIR_ENTRIES: Final = 500
 MAX_DIR_ENTRIES: Final = 10_000
 _ENCODINGS: Final = ("text", "base64")
 _MODE_RE: Final = re.compile(r"^(?:0o|0)?([0-7]{1,4})$")
@@ -70,8 +75,9 @@ def file_read(args: dict[str, Any], _ctx: ToolContext) -> ToolResult:
     path = arg_path(args)
     encoding = arg_choice(args, "encoding", _ENCODINGS, "text")
     offset: int = arg_int(args, "offset", 0, minimum=0)
-    length: int | None = arg_int(args, "length", None, minimum=0)
-    limit = MAX_READ_BYTES if length is None else min(length, MAX_READ_BYTES)
+    limit: int = arg_int(args, "length", DEFAULT_READ_BYTES, minimum=0)
+    if limit > MAX_READ_BYTES:
+        raise ToolError(f"argument 'length' must be <= {MAX_READ_BYTES}; page with offset for more")
     st = os.stat(path)
     if stat.S_ISDIR(st.st_mode):
         raise ToolError(f"{path} is a directory; use list_dir")
@@ -94,7 +100,11 @@ def file_read(args: dict[str, Any], _ctx: ToolContext) -> ToolResult:
         "size": st.st_size,
         "eof": eof,
     }
-    return ToolResult.ok(structured, text=content)
+    text = content
+    if not eof and encoding == "text":
+        end = offset + len(data)
+        text += f"\n[… bytes {offset}-{end} of {st.st_size} shown; read on with offset={end} …]"
+    return ToolResult.ok(structured, text)
 
 
 def _parse_mode(value: Any) -> int | None:
@@ -142,7 +152,10 @@ def file_write(args: dict[str, Any], _ctx: ToolContext) -> ToolResult:
         "size": st.st_size,
         "mode": f"{stat.S_IMODE(st.st_mode):04o}",
     }
-    return ToolResult.ok(structured)
+    verb = "appended" if append else "wrote"
+    return ToolResult.ok(
+        structured, f"{verb} {len(data)} bytes to {path} (now {st.st_size} bytes, mode {structured['mode']})"
+    )
 
 
 def file_delete(args: dict[str, Any], _ctx: ToolContext) -> ToolResult:
@@ -159,34 +172,45 @@ def file_delete(args: dict[str, Any], _ctx: ToolContext) -> ToolResult:
         shutil.rmtree(path)
     else:
         os.unlink(path)
-    return ToolResult.ok({"path": path, "deleted": True, "type": kind})
+    return ToolResult.ok({"path": path, "deleted": True, "type": kind}, f"deleted {kind} {path}")
+
+
+def _entry(path: str, name: str) -> dict[str, Any] | None:
+    try:
+        st = os.lstat(os.path.join(path, name))
+    except OSError:
+        return None  # vanished between readdir and stat
+    return {
+        "name": name,
+        "type": _file_type(st.st_mode),
+        "size": st.st_size,
+        "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+        "mtime": st.st_mtime,
+    }
+
+
+_TYPE_MARK: Final = {"dir": "/", "symlink": "@", "other": "?", "file": ""}
 
 
 def list_dir(args: dict[str, Any], _ctx: ToolContext) -> ToolResult:
-    check_keys(args, ("path",))
+    check_keys(args, ("path", "offset", "limit"))
     path = arg_path(args)
-    entries: list[dict[str, Any]] = []
-    truncated = False
+    offset: int = arg_int(args, "offset", 0, minimum=0)
+    limit: int = arg_int(args, "limit", DEFAULT_DIR_ENTRIES, minimum=1)
+    if limit > MAX_DIR_ENTRIES:
+        raise ToolError(f"argument 'limit' must be <= {MAX_DIR_ENTRIES}; page with offset for more")
     with os.scandir(path) as it:
-        for entry in it:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue  # vanished between readdir and stat
-            if len(entries) >= MAX_DIR_ENTRIES:
-                truncated = True
-                break
-            entries.append(
-                {
-                    "name": entry.name,
-                    "type": _file_type(st.st_mode),
-                    "size": st.st_size,
-                    "mode": f"{stat.S_IMODE(st.st_mode):04o}",
-                    "mtime": st.st_mtime,
-                }
-            )
-    entries.sort(key=lambda e: str(e["name"]))
-    return ToolResult.ok({"path": path, "entries": entries, "truncated": truncated})
+        names = sorted(entry.name for entry in it)  # all of them, so pages follow one order with no hole
+    page = names[offset : offset + limit]
+    entries = [e for e in (_entry(path, name) for name in page) if e is not None]
+    end = offset + len(page)
+    next_offset = end if end < len(names) else None
+    structured = {"path": path, "entries": entries, "total": len(names), "offset": offset, "next_offset": next_offset}
+    lines = [f"{path}: {len(names)} entries" + (f", showing {offset}-{end}" if len(page) < len(names) else "")]
+    lines += [f"{e['mode']} {e['size']:>12} {e['name']}{_TYPE_MARK[e['type']]}" for e in entries]
+    if next_offset is not None:
+        lines.append(f"[… {len(names) - end} more; list on with offset={next_offset} …]")
+    return ToolResult.ok(structured, "\n".join(lines))
 
 
 _PATH_PROP: Final = {"type": "string", "description": "Absolute path inside the VM."}
@@ -203,8 +227,8 @@ FILE_TOOLS: Final = (
         title="Read file",
         description=(
             "Read a regular file inside the VM. Returns the content (UTF-8 text, or base64 for binary "
-            f"data) plus size and eof. Reads at most {MAX_READ_BYTES} bytes per call: page with offset "
-            "and length until eof is true."
+            f"data) plus size and eof. Reads {DEFAULT_READ_BYTES} bytes from offset unless length says otherwise "
+            f"(at most {MAX_READ_BYTES}): page with offset until eof is true."
         ),
         input_schema={
             "type": "object",
@@ -215,7 +239,9 @@ FILE_TOOLS: Final = (
                 "length": {
                     "type": "integer",
                     "minimum": 0,
-                    "description": "Bytes to read (default: to end).",
+                    "maximum": MAX_READ_BYTES,
+                    "default": DEFAULT_READ_BYTES,
+                    "description": "Bytes to read.",
                 },
             },
             "required": ["path"],
@@ -272,11 +298,23 @@ FILE_TOOLS: Final = (
         title="List directory",
         description=(
             "List a directory inside the VM: name, type (file, dir, symlink, other), size, octal mode "
-            "and mtime of each entry, sorted by name."
+            f"and mtime of each entry, sorted by name, {DEFAULT_DIR_ENTRIES} entries per page unless limit says "
+            f"otherwise (at most {MAX_DIR_ENTRIES}). total counts all entries; next_offset (null at the end) "
+            "continues the listing."
         ),
         input_schema={
             "type": "object",
-            "properties": {"path": _PATH_PROP},
+            "properties": {
+                "path": _PATH_PROP,
+                "offset": {"type": "integer", "minimum": 0, "default": 0, "description": "Entries to skip."},
+                "limit": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_DIR_ENTRIES,
+                    "default": DEFAULT_DIR_ENTRIES,
+                    "description": "Entries per page.",
+                },
+            },
             "required": ["path"],
             "additionalProperties": False,
         },

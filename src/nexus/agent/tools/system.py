@@ -44,6 +44,23 @@ def _disk(path: str) -> dict[str, Any] | None:
     return {"path": path, "total_bytes": total, "free_bytes": free, "used_bytes": total - st.f_bfree * st.f_frsize}
 
 
+def _mib(value: Any) -> str:
+    return f"{value / 2**20:.0f} MiB" if isinstance(value, int) else "?"
+
+
+def _summary(info: dict[str, Any]) -> str:
+    disk = info["disk"] or {}
+    return "\n".join(
+        (
+            f"{info['hostname']}: {info['os'] or 'unknown OS'}, kernel {info['kernel']} ({info['machine']})",
+            f"cpus {info['cpu_count']}, load {info['load_avg']}, uptime {info['uptime_s']:.0f} s",
+            f"memory {_mib(info['mem_available_bytes'])} available of {_mib(info['mem_total_bytes'])}",
+            f"disk / {_mib(disk.get('free_bytes'))} free of {_mib(disk.get('total_bytes'))}",
+            f"agent {info['agent_version']} on Python {info['python_version']}, image {info['image_id']}",
+        )
+    )
+
+
 def system_info_tool(image_id: str | None) -> Tool:
     def system_info(args: dict[str, Any], _ctx: ToolContext) -> ToolResult:
         check_keys(args, ())
@@ -68,7 +85,7 @@ def system_info_tool(image_id: str | None) -> Tool:
             "python_version": platform.python_version(),
             "image_id": image_id,
         }
-        return ToolResult.ok(structured)
+        return ToolResult.ok(structured, _summary(structured))
 
     return Tool(
         name="system_info",

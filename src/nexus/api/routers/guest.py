@@ -23,9 +23,11 @@ async def exec_command(request: Request, ref: str, body: ExecIn, guest: Guest) -
         def output(chunk: OutputChunk) -> None:
             emit({"event": "output", "stream": chunk.stream, "data": chunk.data})
 
-        return await guest.exec(
+        result = await guest.exec(
             ref, body.command, output, cwd=body.cwd, env=body.env, stdin=body.stdin, timeout_s=body.timeout_s
         )
+        truncated = bool(result.get("truncated")) and not result["streamed"]  # the events carried all of it
+        return {"exit_code": result.get("exit_code"), "timed_out": result.get("timed_out"), "truncated": truncated}
 
     return await ndjson(request, work)
 
