@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import nexus
-from nexus.protocol import MAX_LINE_BYTES, LineBuffer, encode_message
+from nexus.protocol import FILE_CHUNK_BYTES, MAX_LINE_BYTES, LineBuffer, encode_message
 
 SRC_DIR = str(Path(nexus.__file__).resolve().parent.parent)
 WAIT_S = 10.0
@@ -380,8 +380,12 @@ def test_large_base64_round_trip(mcp: Peer, tmp_path: Path) -> None:
     w = mcp.tool("file_write", path=str(path), content=base64.b64encode(data).decode(), encoding="base64")
     assert w["structuredContent"]["size"] == len(data)
     assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
-    r = mcp.tool("file_read", path=str(path), encoding="base64")["structuredContent"]
-    assert r["eof"] is True and base64.b64decode(r["content"]) == data
+    got, offset, eof = b"", 0, False
+    while not eof:  # in pages of the most one call returns
+        r = mcp.tool("file_read", path=str(path), encoding="base64", offset=offset, length=FILE_CHUNK_BYTES)
+        got += base64.b64decode(r["structuredContent"]["content"])
+        offset, eof = len(got), r["structuredContent"]["eof"]
+    assert got == data
     # the same in 1 MiB chunks with append
     chunked = tmp_path / "chunked.bin"
     for i in range(0, len(data), 1 << 20):

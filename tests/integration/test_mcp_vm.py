@@ -153,7 +153,11 @@ def test_vm_not_ready_and_unknown_vm_are_jsonrpc_errors(daemon: Daemon) -> None:
         async with mcp_client(daemon, "mcp-cold") as client:
             with pytest.raises(MCPError) as caught:
                 await client.list_tools()
-            assert caught.value.code == INVALID_STATE and "not running" in caught.value.message
+            assert caught.value.code == INVALID_STATE
+            # it names the VM, its state and what to do next
+            assert caught.value.message == (
+                "VM mcp-cold is created: start it with the vm_start tool (/mcp) or `nexusctl vm start mcp-cold`"
+            )
             assert caught.value.data == {"code": "invalid_state"}
             with pytest.raises(MCPError) as caught:
                 await client.call_tool("run_command", {"command": "true"})

@@ -153,3 +153,27 @@ def test_network_switch(tmp_path: Path) -> None:
     cfg.write_text('network = "no"\n')
     with pytest.raises(Invalid, match="network must be true or false"):
         load(cfg, {})
+
+
+def test_mcp_origin_policy(tmp_path: Path) -> None:
+    conf = tmp_path / "n.toml"
+    conf.write_text(
+        'listen = "10.1.2.3:7777"\nmcp_allowed_hosts = ["nexus.example.internal"]\n'
+        'mcp_allowed_origins = ["https://console.example.internal"]\nmcp_session_idle_timeout_s = 5\n'
+    )
+    config = load(conf, {})
+    assert config.mcp_session_idle_timeout_s == 5.0
+    policy = config.origin_policy()
+    for host in ("10.1.2.3:7777", "nexus.example.internal:7777", "NEXUS.example.internal", "localhost", "nexusd"):
+        assert policy.refusal(host, None) is None, host
+    assert policy.refusal("127.0.0.1:1", "https://console.example.internal") is None
+    assert policy.refusal("127.0.0.1:1", "http://127.0.0.1:5173") is None
+    assert "mcp_allowed_hosts" in (policy.refusal("10.1.2.4:7777", None) or "")
+    assert "mcp_allowed_origins" in (policy.refusal("localhost", "https://evil.example") or "")
+    assert policy.refusal(None, None) == "the request has no Host header"
+    conf.write_text("")
+    assert load(conf, {"listen": "[::1]:7777"}).origin_policy().refusal("[::1]:7777", None) is None
+    assert load(conf, {"listen": "0.0.0.0:7777"}).origin_policy().refusal("0.0.0.0:7777", None) is not None
+    conf.write_text('mcp_allowed_hosts = "one"\n')
+    with pytest.raises(Invalid, match="list of non-empty strings"):
+        load(conf, {})
