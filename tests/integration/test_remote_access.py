@@ -129,7 +129,7 @@ def test_agent_token_opens_only_its_vms_mcp_endpoint(remote: Remote) -> None:
     # Its VM's endpoint, by name, id or id prefix: the request reaches the endpoint (a stopped VM's MCP error).
     for ref in ("box", box_id, box_id[:8]):
         error = anyio.run(_list_tools_error, f"{remote.url}/v1/vms/{ref}/mcp", agent)
-        assert error.code == INVALID_STATE and "not running" in error.message
+        assert error.code == INVALID_STATE and error.message.startswith("VM box is created: start it")
 
     # Everything else: 403 with the JSON error body, before anything is read or done.
     with remote.http(agent) as http:
