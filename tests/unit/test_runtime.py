@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from nexus.channel import ChannelClosed, RpcPeer
+from nexus.channel import open_link
 from nexus.domain import (
     DriverError,
     ExitStatus,
+    GuestLink,
     GuestPort,
     InvalidState,
     Role,
@@ -135,7 +136,9 @@ async def env() -> AsyncIterator[tuple[VmRuntime, VmRepo, Vm, FakeProcess]]:
     now = utcnow()
     vm = Vm("abc123abc123", "t", Role.WORK, 1, 256, "img", "k", VmState.STARTING, now, now)
     repo.insert(vm, "test")
-    runtime = VmRuntime(repo, RuntimeTimeouts(boot_s=1.5, heartbeat_s=0.6, stop_s=1.0, connect_s=1.0))
+    runtime = VmRuntime(
+        repo, connect=open_link, timeouts=RuntimeTimeouts(boot_s=1.5, heartbeat_s=0.6, stop_s=1.0, connect_s=1.0)
+    )
     process = FakeProcess()
     runtime.watch(vm, process, console_log=Path("/nonexistent/console.log"))
     yield runtime, repo, vm, process
@@ -259,7 +262,7 @@ async def test_mcp_link_closed_by_the_guest_fails_calls_at_once_and_is_reopened(
     in_flight = asyncio.create_task(first.call("hang", timeout_s=30))
     await asyncio.sleep(0.05)
     process.mcp_ends[-1].close()  # the guest drops the MCP stream (EOF); the VM stays up
-    with pytest.raises(ChannelClosed):
+    with pytest.raises(Unavailable, match="went away during hang"):
         await asyncio.wait_for(in_flight, 1)  # at once, not after its 30 s timeout
     await _serve_next_mcp(process)
     second = await _open_link(runtime, vm)
@@ -275,7 +278,7 @@ async def test_unreachable_agent_fails_calls_in_flight_and_link_returns_with_hea
     control = await _ready(runtime, vm, process)
     in_flight = asyncio.create_task(runtime.mcp(vm.id).call("hang", timeout_s=30))
     await _state_becomes(repo, vm, VmState.UNREACHABLE, 3)
-    with pytest.raises(ChannelClosed, match="unreachable"):
+    with pytest.raises(Unavailable, match="unreachable"):
         await asyncio.wait_for(in_flight, 1)
     with pytest.raises(Unavailable, match="not open"):
         runtime.mcp(vm.id)
@@ -288,7 +291,7 @@ async def test_unreachable_agent_fails_calls_in_flight_and_link_returns_with_hea
     assert await asyncio.wait_for(link.call("tools/list"), 2) == {}
 
 
-async def _open_link(runtime: VmRuntime, vm: Vm) -> RpcPeer:
+async def _open_link(runtime: VmRuntime, vm: Vm) -> GuestLink:
     deadline = time.monotonic() + 2
     while True:
         try:
@@ -323,7 +326,7 @@ async def test_watchdog_survives_a_locked_store(env: tuple[VmRuntime, VmRepo, Vm
     await _ready(runtime, vm, process)
     in_flight = asyncio.create_task(runtime.mcp(vm.id).call("hang", timeout_s=30))
     repo.broken = True  # type: ignore[attr-defined]
-    with pytest.raises(ChannelClosed, match="unreachable"):
+    with pytest.raises(Unavailable, match="unreachable"):
         await asyncio.wait_for(in_flight, 3)
     await asyncio.sleep(0.6)
     repo.broken = False  # type: ignore[attr-defined]

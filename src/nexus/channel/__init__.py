@@ -1,11 +1,10 @@
 """Host side of the guest link: byte streams to agent ports and JSON-RPC over them."""
 
+from nexus.channel.link import Link, map_channel_errors, open_link
 from nexus.channel.rpc import (
     ChannelClosed,
     ChannelError,
     ChannelTimeout,
-    NotificationHandler,
-    ProgressHandler,
     RemoteError,
     RpcPeer,
 )
@@ -24,8 +23,7 @@ __all__ = [
     "ChannelError",
     "ChannelTimeout",
     "GuestListener",
-    "NotificationHandler",
-    "ProgressHandler",
+    "Link",
     "RemoteError",
     "RpcPeer",
     "VsockError",
@@ -34,4 +32,6 @@ __all__ = [
     "connect_hybrid",
     "connect_peer",
     "guest_listener_path",
+    "map_channel_errors",
+    "open_link",
 ]

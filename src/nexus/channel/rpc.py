@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
 from typing import Any
 
+from nexus.domain import NotificationHandler, ProgressHandler
 from nexus.protocol import (
     CANCELLED_NOTIFICATION,
     PROGRESS_NOTIFICATION,
@@ -33,9 +33,6 @@ from nexus.protocol import (
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 256 * 1024
-
-NotificationHandler = Callable[[str, Any], None]
-ProgressHandler = Callable[[dict[str, Any]], None]
 
 
 class ChannelError(Exception):

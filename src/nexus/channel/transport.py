@@ -3,8 +3,8 @@ socket is not there yet, and wrap it in an ``RpcPeer``."""
 
 from __future__ import annotations
 
-from nexus.channel.rpc import ChannelError, NotificationHandler, RpcPeer
-from nexus.domain import DriverError, GuestPort, VmProcess
+from nexus.channel.rpc import ChannelError, RpcPeer
+from nexus.domain import DriverError, GuestPort, NotificationHandler, VmProcess
 from nexus.domain.retry import retry
 
 RETRY_INTERVAL_S = 0.05

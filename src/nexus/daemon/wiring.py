@@ -7,6 +7,7 @@ import sqlite3
 
 from nexus.api import Services
 from nexus.assets.firecracker import FirecrackerStore
+from nexus.channel import open_link
 from nexus.daemon.adapters import DebianKernels, RootfsImageBuilder
 from nexus.daemon.config import Config
 from nexus.domain import Layout, StorageBackend, VmmDriver
@@ -69,7 +70,7 @@ def wire(
     async def on_ready(vm_id: str) -> None:
         await net.configure_guest(vm_id, guest)
 
-    runtime = VmRuntime(vm_store, config.timeouts, on_ready=on_ready, on_exit=net.detach)
+    runtime = VmRuntime(vm_store, connect=open_link, timeouts=config.timeouts, on_ready=on_ready, on_exit=net.detach)
     guest = GuestService(vm_store, runtime)
     locks = VmLocks()  # one per VM, shared by every service that touches a VM's process or drives
     drives = DriveService(

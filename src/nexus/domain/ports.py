@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from nexus.domain.models import (
     Drive,
@@ -34,6 +34,53 @@ class GuestPort(StrEnum):
 
     CONTROL = "control"  # hello, heartbeats, nexus/* requests
     MCP = "mcp"  # MCP JSON-RPC: the guest's tools
+
+
+NotificationHandler = Callable[[str, Any], None]
+"""``(method, params)`` of a notification the agent sends on its own (hello, heartbeats)."""
+ProgressHandler = Callable[[dict[str, Any]], None]
+"""The params of each progress notification for one call."""
+
+
+class GuestLink(Protocol):
+    """One open JSON-RPC conversation with a guest agent's port, many calls in flight at once.
+
+    Failures are domain errors, mapped once by the adapter: ``Unavailable`` when the link is closed, drops during
+    the call (every call in flight fails at once) or gets no answer in time; ``Invalid`` when the agent refuses
+    the params; ``GuestError`` for the agent's own error answer."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def close_reason(self) -> str: ...
+
+    async def wait_closed(self) -> None: ...
+
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        timeout_s: float | None = 30.0,
+        on_progress: ProgressHandler | None = None,
+    ) -> Any: ...
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None: ...
+
+    async def close(self, reason: str = "closed") -> None: ...
+
+
+class GuestConnector(Protocol):
+    """Opens a ``GuestLink`` to ``port`` of the guest run by ``process``; ``Unavailable`` past ``timeout_s``."""
+
+    async def __call__(
+        self,
+        process: VmProcess,
+        port: GuestPort,
+        vm_name: str,
+        on_notification: NotificationHandler | None,
+        timeout_s: float,
+    ) -> GuestLink: ...
 
 
 @dataclass(frozen=True, slots=True)

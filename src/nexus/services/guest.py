@@ -1,5 +1,5 @@
 """Working inside a ready VM through its agent: MCP tool calls, command execution with streamed output, and
-file transfer in chunks. Link failures become domain errors here, once."""
+file transfer in chunks. The link's failures arrive as domain errors (``nexus.channel.link`` maps them)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nexus.channel import ChannelClosed, ChannelError, ChannelTimeout, RemoteError
-from nexus.domain import GuestError, Invalid, Unavailable, VmStore
-from nexus.protocol import FILE_CHUNK_BYTES, INVALID_PARAMS, METHOD_NOT_FOUND, STREAM_META_KEY
+from nexus.domain import GuestError, Invalid, VmStore
+from nexus.protocol import FILE_CHUNK_BYTES, STREAM_META_KEY
 from nexus.services.runtime import VmRuntime
 
 CHUNK_BYTES = FILE_CHUNK_BYTES  # one file_read/file_write message carries at most this much data
@@ -46,29 +45,15 @@ class GuestService:
     ) -> dict[str, Any]:
         """One ``tools/call``; the MCP result as the agent gave it (``isError`` results included)."""
         vm = self._store.get(ref)
-        peer = self._runtime.mcp(vm.id)
-        try:
-            result = await peer.call("tools/call", {"name": name, "arguments": arguments}, timeout_s, on_progress)
-        except RemoteError as exc:
-            if exc.code in (INVALID_PARAMS, METHOD_NOT_FOUND):
-                raise Invalid(f"{name}: {exc.message}") from exc
-            raise GuestError(f"{name}: {exc.message}") from exc
-        except ChannelTimeout as exc:
-            raise Unavailable(f"VM {vm.name}: {name} got no answer within {timeout_s:.0f}s") from exc
-        except ChannelClosed as exc:
-            raise Unavailable(f"VM {vm.name} went away during {name}: {exc}") from exc
-        except ChannelError as exc:
-            raise Unavailable(f"VM {vm.name}: {exc}") from exc
+        link = self._runtime.mcp(vm.id)
+        result = await link.call("tools/call", {"name": name, "arguments": arguments}, timeout_s, on_progress)
         if not isinstance(result, dict):
             raise GuestError(f"{name}: the agent sent a malformed result")
         return result
 
     async def list_tools(self, ref: str) -> list[dict[str, Any]]:
         vm = self._store.get(ref)
-        try:
-            result = await self._runtime.mcp(vm.id).call("tools/list", {})
-        except ChannelError as exc:
-            raise Unavailable(f"VM {vm.name}: {exc}") from exc
+        result = await self._runtime.mcp(vm.id).call("tools/list", {})
         tools: list[dict[str, Any]] = result.get("tools", []) if isinstance(result, dict) else []
         return tools
 

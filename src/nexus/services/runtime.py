@@ -29,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from nexus import __version__
-from nexus.channel import ChannelClosed, ChannelError, RemoteError, RpcPeer, connect_peer
 from nexus.domain import (
     Conflict,
     DriverError,
     ExitStatus,
+    GuestConnector,
+    GuestLink,
     GuestPort,
     InvalidState,
+    NexusError,
     NotFound,
     Unavailable,
     Vm,
@@ -45,7 +47,7 @@ from nexus.domain import (
     can_transition,
 )
 from nexus.domain.retry import Backoff
-from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, METHOD_NOT_FOUND, Hello
+from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, Hello
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,8 @@ class _Running:
     ready: asyncio.Future[None]
     hello: Hello | None = None
     last_seen: float = 0.0
-    control: RpcPeer | None = None
-    mcp: RpcPeer | None = None
+    control: GuestLink | None = None
+    mcp: GuestLink | None = None
     reachable: asyncio.Event = field(default_factory=asyncio.Event)  # set by hello/heartbeats, cleared by silence
     stop_requested: bool = False
     silence: str | None = None  # why the agent counts as unreachable, until it is heard from again
@@ -95,14 +97,19 @@ class VmRuntime:
     def __init__(
         self,
         store: VmStore,
+        *,
+        connect: GuestConnector,
         timeouts: RuntimeTimeouts = RuntimeTimeouts(),
         on_ready: VmHook | None = None,
         on_exit: VmHook | None = None,
     ) -> None:
-        """``on_ready(vm_id)`` runs once the agent's MCP link is open, before the VM counts as ready (the guest's
+        """``connect`` opens the guest links.
+
+        ``on_ready(vm_id)`` runs once the agent's MCP link is open, before the VM counts as ready (the guest's
         DNS is written then); ``on_exit(vm_id)`` once its VMM is reaped (its TAP goes then). Their failures are
         logged, never fatal to the lifecycle."""
         self._store = store
+        self._connect = connect
         self._timeouts = timeouts
         self._on_ready = on_ready
         self._on_exit_hook = on_exit
@@ -204,24 +211,14 @@ class VmRuntime:
                 task.cancel()
 
     async def agent_request(self, vm_id: str, method: str, params: dict[str, Any], timeout_s: float) -> Any:
-        """One request on the VM's control stream (e.g. nexus/freeze). Unavailable when the link is down or the
-        agent gives no answer in time; the agent's own error is a DriverError with its message."""
+        """One request on the VM's control stream (e.g. nexus/freeze); the link's domain errors as they come
+        (Unavailable when the link is down or the agent gives no answer in time, GuestError for its own error)."""
         run = self._require(vm_id)
         if run.control is None or run.control.closed:
             raise Unavailable(f"VM {run.name}: its agent's control link is not open")
-        try:
-            return await run.control.call(method, params, timeout_s)
-        except RemoteError as exc:
-            if exc.code == METHOD_NOT_FOUND:
-                raise Unavailable(
-                    f"VM {run.name}: its agent does not know {method} (built before it existed): stop the VM "
-                    "for this, or rebuild its image"
-                ) from exc
-            raise DriverError(f"VM {run.name}: {method}: {exc.message}") from exc
-        except ChannelError as exc:
-            raise Unavailable(f"VM {run.name}: {method}: {exc}") from exc
+        return await run.control.call(method, params, timeout_s)
 
-    def mcp(self, vm_id: str) -> RpcPeer:
+    def mcp(self, vm_id: str) -> GuestLink:
         """The open MCP link of a ready VM."""
         run = self._require(vm_id)
         if self._store.get(vm_id).state is VmState.PAUSED:
@@ -315,10 +312,10 @@ class VmRuntime:
         backoff = Backoff()
         while run.process.exit_status is None:
             try:
-                run.control = await connect_peer(
+                run.control = await self._connect(
                     run.process, GuestPort.CONTROL, run.name, on_message, self._timeouts.connect_s
                 )
-            except ChannelError as exc:
+            except NexusError as exc:
                 if run.process.exit_status is None:
                     log.warning("vm %s: control link: %s", run.name, exc)
                     await backoff.sleep()
@@ -334,7 +331,7 @@ class VmRuntime:
             await run.reachable.wait()
             try:
                 peer = await self._open_mcp(run)
-            except ChannelError as exc:
+            except NexusError as exc:
                 log.warning("vm %s: MCP link failed: %s", run.name, exc)
                 await backoff.sleep()
                 continue
@@ -351,8 +348,8 @@ class VmRuntime:
                     backoff.reset()
                 await backoff.sleep()
 
-    async def _open_mcp(self, run: _Running) -> RpcPeer:
-        peer = await connect_peer(run.process, GuestPort.MCP, run.name, None, self._timeouts.connect_s)
+    async def _open_mcp(self, run: _Running) -> GuestLink:
+        peer = await self._connect(run.process, GuestPort.MCP, run.name, None, self._timeouts.connect_s)
         try:
             await peer.call(
                 "initialize",
@@ -460,4 +457,4 @@ class VmRuntime:
         return True
 
 
-__all__ = ["ChannelClosed", "RuntimeTimeouts", "VmHook", "VmRuntime", "console_tail"]
+__all__ = ["RuntimeTimeouts", "VmHook", "VmRuntime", "console_tail"]
