@@ -224,7 +224,7 @@ def test_host_paths_are_refused_over_tcp(remote: Remote, tmp_path: Path) -> None
         # What needs no host file is allowed over TCP (and fails or works for its own reasons).
         _refused(http.post("/v1/firecracker/pull", json={"version": "9.9.9"}), 422, "invalid")
         by_url = http.post("/v1/images", json={"name": "web", "base": "https://example.invalid/r.tar"})
-        assert by_url.status_code == 200 and b"needs its --sha256" in by_url.content  # NDJSON: it ran
+        assert by_url.status_code == 200 and b"needs its sha256" in by_url.content  # NDJSON: it ran
         assert http.get("/v1/firecracker").json() == []
         assert http.get("/v1/images").json() == []
     cli = _nexusctl(

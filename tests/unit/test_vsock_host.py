@@ -176,10 +176,14 @@ async def test_retries_until_firecracker_socket_appears(short_dir: Path) -> None
 
     attempt = asyncio.create_task(later())
     await asyncio.sleep(0.1)
-    async with FakeMuxer(uds, lambda port: str(short_dir / f"g_{port}")):
-        _reader, writer = await asyncio.wait_for(attempt, 5)
+    assert not attempt.done()  # still retrying: there is no socket yet
+    async with FakeMuxer(uds, lambda port: str(short_dir / f"g_{port}")) as muxer:
+        reader, writer = await asyncio.wait_for(attempt, 5)
+        writer.write(b"late\n")
+        assert await asyncio.wait_for(reader.readline(), 5) == b"late\n"
         writer.close()
     guest.close()
+    assert muxer.requests == [b"CONNECT 1025\n"]  # one handshake, once the socket was there
 
 
 async def test_never_listening_fails_after_the_deadline(short_dir: Path) -> None:

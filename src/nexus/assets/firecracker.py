@@ -67,7 +67,7 @@ def expected_sha256(version: str, arch: str, given: str | None) -> str:
     if given is not None:
         wanted = given.strip().lower()
         if _SHA256_RE.fullmatch(wanted) is None:
-            raise Invalid(f"--sha256 must be 64 hex digits, got {given!r}")
+            raise Invalid(f"sha256 must be 64 hex digits, got {given!r}")
         return wanted
     pinned = PINNED_SHA256.get((version, arch))
     if pinned is None:

@@ -69,7 +69,7 @@ from nexus.domain.ports import (
     VmStore,
 )
 from nexus.domain.settings import SETTINGS, SettingSpec, SettingValue, spec_for
-from nexus.domain.states import TRANSITIONS, VmState, can_transition, check_transition
+from nexus.domain.states import TRANSITIONS, VmState, can_transition
 
 __all__ = [
     "AGENT_TOKEN_PREFIX",
@@ -140,7 +140,6 @@ __all__ = [
     "VmmGone",
     "VmmRecord",
     "can_transition",
-    "check_transition",
     "names_host_file",
     "parse_lifetime",
     "require_host_access",

@@ -130,7 +130,7 @@ class PublishedPort:
     def parse(cls, text: str) -> PublishedPort:
         match = _PUBLISH_RE.fullmatch(text.strip())
         if not match:
-            raise Invalid(f"--publish wants HOSTPORT:GUESTPORT[/tcp|udp] (e.g. 8080:80), got {text!r}")
+            raise Invalid(f"publish wants HOSTPORT:GUESTPORT[/tcp|udp] (e.g. 8080:80), got {text!r}")
         return cls(int(match.group(1)), int(match.group(2)), L4Proto(match.group(3) or "tcp"))
 
 

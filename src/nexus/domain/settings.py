@@ -52,20 +52,20 @@ SETTINGS: dict[str, SettingSpec] = {
         SettingSpec(
             "default_image",
             "debian-bookworm",
-            "image for VMs created without --image",
+            "image for VMs created without one",
             _text("default_image"),
         ),
         SettingSpec(
             "default_kernel",
             "cloud-amd64",
-            "kernel (flavour or version) for VMs created without --kernel",
+            "kernel (flavour or version) for VMs created without one",
             _text("default_kernel"),
         ),
-        SettingSpec("default_vcpus", 1, "vCPUs for VMs created without --vcpus", _int("default_vcpus", VCPUS_RANGE)),
+        SettingSpec("default_vcpus", 1, "vCPUs for VMs created without a count", _int("default_vcpus", VCPUS_RANGE)),
         SettingSpec(
             "default_mem_mib",
             512,
-            "memory (MiB) for VMs created without --mem",
+            "memory (MiB) for VMs created without a size",
             _int("default_mem_mib", MEM_MIB_RANGE),
         ),
         SettingSpec(

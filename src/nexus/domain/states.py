@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from nexus.domain.errors import InvalidState
-
 
 class VmState(StrEnum):
     CREATED = "created"
@@ -41,9 +39,3 @@ TRANSITIONS: dict[VmState, frozenset[VmState]] = {
 
 def can_transition(src: VmState, dst: VmState) -> bool:
     return dst in TRANSITIONS[src]
-
-
-def check_transition(src: VmState, dst: VmState) -> None:
-    """Raise InvalidState unless ``src -> dst`` is in the table."""
-    if not can_transition(src, dst):
-        raise InvalidState(f"cannot go from {src} to {dst}")

@@ -216,7 +216,7 @@ class BaseMaker:
 
     def _fetch(self, base: str, sha256: str | None, report: Progress) -> Path:
         if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
-            raise Invalid(f"--sha256 must be 64 hex digits, got {sha256!r}")
+            raise Invalid(f"sha256 must be 64 hex digits, got {sha256!r}")
         if not is_url(base):
             path = Path(base)
             if not path.is_file():
@@ -225,7 +225,7 @@ class BaseMaker:
                 _verify(path, sha256)
             return path
         if sha256 is None:
-            raise Invalid(f"a base downloaded from a URL needs its --sha256 ({base})")
+            raise Invalid(f"a base downloaded from a URL needs its sha256 ({base})")
         downloads = self._root / "downloads"
         cached = downloads / f"{sha256.lower()}.tarball"
         if cached.is_file():

@@ -145,7 +145,7 @@ class AssetService:
             return self._images.get(name)
         except NotFound:
             if name != DEFAULT_BASE:
-                raise NotFound(f"no image named {name!r}; build it with: nexusctl image build --name {name}") from None
+                raise NotFound(f"no image named {name!r}; build one with that name first") from None
         log.info("image %s does not exist yet; building it", name)
         return await self.build_image(
             ImageRequest(name=name, base=DEFAULT_BASE, size_mib=DEFAULT_IMAGE_SIZE_MIB), progress

@@ -36,7 +36,7 @@ class FirecrackerService:
         """Fetch release ``version`` (default: the firecracker_version setting) and check it against ``sha256`` or
         the sum pinned for that version, or register ``path``."""
         if path is not None and sha256 is not None:
-            raise Invalid("--sha256 checks a downloaded release; a binary registered by --path is not downloaded")
+            raise Invalid("sha256 checks a downloaded release; a binary registered by its path is not downloaded")
         async with self._lock:
             if path is not None:
                 binary = await asyncio.to_thread(self._source.add_local, path)

@@ -101,9 +101,9 @@ class NetworkService:
         """Whether a new VM gets a NIC. Invalid when what was asked contradicts itself; Conflict when this nexusd runs
         without networking (a setting of the daemon, not something that clears up later: not Unavailable/503)."""
         if ports and asked is False:
-            raise Invalid("--publish needs the VM on the network; drop --no-network")
+            raise Invalid("publish needs the VM on the network: leave network unset or true")
         if (ports or asked) and not self._enabled:
-            raise Conflict("networking is off in this nexusd (config network = false); create it with --no-network")
+            raise Conflict("networking is off in this nexusd (config network = false): create the VM with network=false")
         return self._enabled if asked is None else asked
 
     def reserve(self, vm_id: str, ports: Sequence[PublishedPort]) -> NetLease:

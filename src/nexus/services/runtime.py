@@ -48,6 +48,7 @@ from nexus.domain import (
 )
 from nexus.domain.retry import Backoff
 from nexus.protocol import HEARTBEAT_METHOD, HELLO_METHOD, MCP_LATEST_PROTOCOL_VERSION, Hello
+from nexus.services.lifecycle import transition
 
 log = logging.getLogger(__name__)
 
@@ -252,12 +253,12 @@ class VmRuntime:
         log.info("vm %s: %s", run.name, reason)
 
     def _exit_outcome(self, run: _Running, status: ExitStatus) -> tuple[VmState, str]:
-        if run.failure is not None:
-            return VmState.FAILED, run.failure
         try:
             state: VmState | None = self._store.get(run.vm_id).state
         except Exception:  # the store is unavailable: judge by what this runtime knows
             state = None
+        if run.failure is not None and not (run.stop_requested or state is VmState.STOPPING):
+            return VmState.FAILED, run.failure
         if run.stop_requested or state is VmState.STOPPING:
             if status.code is not None and status.code < 0:  # killed: it did not power off when asked
                 return VmState.STOPPED, f"stopped by force (VMM exit {status}): the guest did not power off in time"
@@ -275,9 +276,9 @@ class VmRuntime:
                 current = self._store.get(run.vm_id).state
                 if current.has_process:
                     if not can_transition(current, new):  # e.g. paused -> stopped: through stopping
-                        self._store.set_state(run.vm_id, current, VmState.STOPPING, reason)
+                        transition(self._store, run.vm_id, current, VmState.STOPPING, reason)
                         current = VmState.STOPPING
-                    self._store.set_state(run.vm_id, current, new, reason)
+                    transition(self._store, run.vm_id, current, new, reason)
                     log.info("vm %s: %s -> %s (%s)", run.name, current, new, reason)
                 self._store.set_runtime(run.vm_id, None)
                 return
@@ -445,12 +446,13 @@ class VmRuntime:
         return False
 
     def _transition(self, run: _Running, new: VmState, reason: str) -> bool:
-        """Apply ``new`` if the table allows it from the current state; False when it does not apply."""
+        """Apply ``new`` if the table allows it from the current state (an event such as a heartbeat applies only
+        in some states); False when it does not apply."""
         current = self._store.get(run.vm_id).state
         if not can_transition(current, new):
             return False
         try:
-            self._store.set_state(run.vm_id, current, new, reason)
+            transition(self._store, run.vm_id, current, new, reason)
         except Conflict:
             return False
         log.info("vm %s: %s -> %s (%s)", run.name, current, new, reason)

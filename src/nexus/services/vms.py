@@ -38,6 +38,7 @@ from nexus.domain.validation import check_mem_mib, check_name, check_tag, check_
 from nexus.protocol import encode_mounts
 from nexus.services.assets import AssetService, BootFiles
 from nexus.services.drives import DriveService
+from nexus.services.lifecycle import transition
 from nexus.services.locks import VmLocks
 from nexus.services.network import NetworkService
 from nexus.services.runtime import VmRuntime
@@ -154,7 +155,7 @@ class VmService:
             if vm.state.has_process:
                 raise InvalidState(f"VM {vm.name} is already {vm.state}")
             driver = self._require_driver()
-            self._repo.set_state(vm.id, vm.state, VmState.STARTING, reason="start requested")
+            transition(self._repo, vm.id, vm.state, VmState.STARTING, "start requested")
             started = time.monotonic()
             try:
                 process = await self._launch(vm, driver)
@@ -176,7 +177,7 @@ class VmService:
         return self._repo.get(vm.id)
 
     def _launch_failed(self, vm: Vm, why: str) -> None:
-        self._repo.set_state(vm.id, VmState.STARTING, VmState.FAILED, reason=f"start failed: {why}")
+        transition(self._repo, vm.id, VmState.STARTING, VmState.FAILED, f"start failed: {why}")
         self._repo.set_runtime(vm.id, None)  # the driver killed what it had spawned
 
     async def _launch(self, vm: Vm, driver: VmmDriver) -> VmProcess:
@@ -215,8 +216,9 @@ class VmService:
             if self._runtime.is_running(vm.id):
                 await self._runtime.stop(vm.id)
             else:  # its VMM is gone and the store had not taken that yet (it was busy)
-                self._repo.set_state(vm.id, vm.state, VmState.STOPPING, reason="stop requested")
-                self._repo.set_state(vm.id, VmState.STOPPING, VmState.STOPPED, reason="no VMM process was running")
+                if vm.state is not VmState.STOPPING:
+                    transition(self._repo, vm.id, vm.state, VmState.STOPPING, "stop requested")
+                transition(self._repo, vm.id, VmState.STOPPING, VmState.STOPPED, "no VMM process was running")
         return self._repo.get(vm.id)
 
     async def pause(self, ref: str) -> Vm:
@@ -284,16 +286,15 @@ class VmService:
             driver.forget(vm.id, record)
             self._settle(vm, f"nexusd restarted and could not re-attach to its VMM: {exc.message}")
             return None
-        if vm.state in (VmState.READY, VmState.UNREACHABLE):  # ready again once its agent answers on new links
-            self._repo.set_state(
-                vm.id, vm.state, VmState.UNREACHABLE, f"nexusd restarted; re-attaching to VMM pid {record.pid}"
-            )
+        if vm.state is VmState.READY:  # ready again once its agent answers on new links
+            reason = f"nexusd restarted; re-attaching to VMM pid {record.pid}"
+            transition(self._repo, vm.id, vm.state, VmState.UNREACHABLE, reason)
         return process
 
     def _settle(self, vm: Vm, reason: str) -> None:
         """End the record of a VM whose VMM is gone: stopped if it was stopping, failed if it was starting."""
         outcome = {VmState.STOPPING: VmState.STOPPED, VmState.STARTING: VmState.FAILED}.get(vm.state, VmState.CRASHED)
-        self._repo.set_state(vm.id, vm.state, outcome, reason)
+        transition(self._repo, vm.id, vm.state, outcome, reason)
         self._repo.set_runtime(vm.id, None)
         log.warning("vm %s: %s -> %s (%s)", vm.name, vm.state, outcome, reason)
 
