@@ -165,17 +165,23 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.transport.abort()
 
 
-async def _forward(socket: Path, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+async def _forward(
+    socket: Path, open_: set[asyncio.StreamWriter], client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+) -> None:
+    open_.add(client_w)
     try:
         up_r, up_w = await asyncio.open_unix_connection(str(socket))
     except OSError:
         client_w.transport.abort()
+        open_.discard(client_w)
         return
+    open_.add(up_w)
     try:
         await asyncio.gather(_pipe(client_r, up_w), _pipe(up_r, client_w))
     finally:
-        up_w.close()
-        client_w.close()
+        for writer in (up_w, client_w):
+            writer.close()
+            open_.discard(writer)
 
 
 @contextlib.contextmanager
@@ -183,19 +189,22 @@ def tcp_to_unix(socket: Path) -> Iterator[int]:
     """Listen on 127.0.0.1 (a free port, yielded) and forward each connection to ``socket``, bytes unchanged, from
     an event loop in a thread of its own; closed, connections and all, when the block ends."""
     loop = asyncio.new_event_loop()
+    open_: set[asyncio.StreamWriter] = set()
     server = loop.run_until_complete(
-        asyncio.start_server(lambda r, w: _forward(socket, r, w), "127.0.0.1", 0, reuse_address=True)
+        asyncio.start_server(lambda r, w: _forward(socket, open_, r, w), "127.0.0.1", 0, reuse_address=True)
     )
     port: int = server.sockets[0].getsockname()[1]
     thread = threading.Thread(target=loop.run_forever, name="tcp-to-unix", daemon=True)
     thread.start()
 
     async def shutdown() -> None:
+        # Abort the connections rather than cancel their tasks: the pipes then end as on any reset, and the stream
+        # machinery has no cancelled task to complain about.
         server.close()
+        for writer in list(open_):
+            writer.transport.abort()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=5) if tasks else None
 
     try:
         yield port
