@@ -42,3 +42,18 @@ if command -v npm >/dev/null 2>&1 && [ ! -x .tools/node_modules/.bin/mcp-inspect
     echo "bootstrap: installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION into .tools"
     npm install --silent --no-audit --no-fund --prefix .tools "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" >/dev/null
 fi
+
+# The official MCP conformance suite, which the tests run against nexusd's MCP endpoints, and the Node 22 it needs
+# (the system's node is older): the npm package node ships the binary, so nothing is fetched outside npm. Exact
+# versions, reinstalled only when a pin changes.
+NODE_VERSION=22.23.3
+CONFORMANCE_VERSION=0.1.16
+conformance_json=.tools/node_modules/@modelcontextprotocol/conformance/package.json
+if command -v npm >/dev/null 2>&1 && {
+    [ "$(.tools/node_modules/node/bin/node --version 2>/dev/null)" != "v$NODE_VERSION" ] ||
+        ! grep -q "\"version\": \"$CONFORMANCE_VERSION\"" "$conformance_json" 2>/dev/null
+}; then
+    echo "bootstrap: installing node@$NODE_VERSION and @modelcontextprotocol/conformance@$CONFORMANCE_VERSION into .tools"
+    npm install --silent --no-audit --no-fund --save-exact --prefix .tools "node@$NODE_VERSION" \
+        "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" >/dev/null
+fi
