@@ -19,6 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from nexus.mcp.errors import INVALID_STATE
+from nexus.protocol import INVALID_PARAMS
 from tests.e2e.conftest import nexusctl
 from tests.helpers import Daemon, call_killing_vmm
 
@@ -65,8 +66,9 @@ async def every_guest_tool(client: Client, tag: str) -> None:
     await ok(client, "file_delete", {"path": path})
     gone = await client.call_tool("file_read", {"path": path})
     assert gone.is_error is True
-    unknown = await client.call_tool("no_such_tool", {})
-    assert unknown.is_error is True
+    with pytest.raises(MCPError) as unknown:
+        await client.call_tool("no_such_tool", {})
+    assert unknown.value.code == INVALID_PARAMS
     bad = await client.call_tool("run_command", {"command": 42})
     assert bad.is_error is True
 

@@ -15,6 +15,10 @@ import nexus
 mcp = pytest.importorskip("mcp")
 anyio = pytest.importorskip("anyio")
 
+from mcp.shared.exceptions import MCPError  # noqa: E402  (after the importorskip above)
+
+from nexus.protocol import INVALID_PARAMS  # noqa: E402
+
 SRC_DIR = str(Path(nexus.__file__).resolve().parent.parent)
 
 
@@ -55,8 +59,9 @@ async def _session(mode: str, tmp_path: Path) -> None:
         assert [m for _, m in progress] == ["a\n", "b\n"]
         assert [v for v, _ in progress] == [2, 4]
 
-        bad = await client.call_tool("no_such_tool", {})
-        assert bad.is_error is True and "unknown tool" in bad.content[0].text
+        with pytest.raises(MCPError) as unknown:  # a protocol error, as the spec lists it: the tool never ran
+            await client.call_tool("no_such_tool", {})
+        assert unknown.value.code == INVALID_PARAMS and "unknown tool" in unknown.value.message
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])

@@ -297,8 +297,8 @@ def test_every_tool_over_the_wire(mcp: Peer, tmp_path: Path) -> None:
     assert mcp.tool("file_delete", path=str(path))["structuredContent"]["deleted"] is True
     missing = mcp.tool("file_read", path=str(path))
     assert missing["isError"] is True and "No such file" in missing["content"][0]["text"]
-    unknown = mcp.tool("no_such_tool")
-    assert unknown["isError"] is True and "unknown tool" in unknown["content"][0]["text"]
+    unknown = mcp.response(mcp.request("tools/call", {"name": "no_such_tool", "arguments": {}}))
+    assert unknown["error"]["code"] == -32602 and "unknown tool 'no_such_tool'" in unknown["error"]["message"]
 
 
 def test_protocol_errors(mcp: Peer) -> None:

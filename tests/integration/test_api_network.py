@@ -41,7 +41,7 @@ async def test_bad_network_input_changes_nothing(api: httpx.AsyncClient) -> None
         await api.post("/v1/vms", json={"name": "x", "publish": ["80"]}), 422, "invalid"
     )
     no_nic = await api.post("/v1/vms", json={"name": "y", "network": False, "publish": ["90:90"]})
-    assert "--publish needs" in _error(no_nic, 422, "invalid")
+    assert "publish needs the VM on the network" in _error(no_nic, 422, "invalid")
     assert [vm["name"] for vm in (await api.get("/v1/vms")).json()] == ["web"]
 
 

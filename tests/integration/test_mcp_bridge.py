@@ -16,7 +16,7 @@ from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
 from nexus.mcp.errors import INVALID_STATE
-from nexus.protocol import INTERNAL_ERROR, PARSE_ERROR
+from nexus.protocol import INTERNAL_ERROR, INVALID_PARAMS, PARSE_ERROR
 from tests.helpers import Daemon
 from tests.integration.test_mcp_vm import (
     daemon,  # noqa: F401  (the module's nexusd with its VMs)
@@ -54,8 +54,9 @@ def test_sdk_stdio_client_through_the_bridge(daemon: Daemon, tmp_path: Path, mod
             await client.call_tool("file_write", {"path": path, "content": "over stdio"})
             read = await client.call_tool("file_read", {"path": path})
             assert read.content[0].text == "over stdio"  # type: ignore[union-attr]
-            unknown = await client.call_tool("no_such_tool", {})
-            assert unknown.is_error is True
+            with pytest.raises(MCPError) as unknown:
+                await client.call_tool("no_such_tool", {})
+            assert unknown.value.code == INVALID_PARAMS
             bad = await client.call_tool("file_read", {"path": 42})
             assert bad.is_error is True
 

@@ -27,6 +27,7 @@ from mcp.shared.exceptions import MCPError
 from nexus.client import NexusClient
 from nexus.mcp.endpoints import MAX_REQUEST_BODY_BYTES
 from nexus.mcp.errors import INVALID_STATE, NOT_FOUND, UNAVAILABLE
+from nexus.protocol import INVALID_PARAMS
 from tests.fakes.firecracker_host import _busybox, firecracker_daemon
 from tests.helpers import Daemon, call_killing_vmm
 
@@ -97,8 +98,9 @@ def test_tools_through_the_vm_endpoint(daemon: Daemon, tmp_path: Path) -> None:
             read = await client.call_tool("file_read", {"path": path})
             assert read.is_error is False and read.content[0].text == "through MCP"  # type: ignore[union-attr]
 
-            unknown = await client.call_tool("no_such_tool", {})
-            assert unknown.is_error is True and "unknown tool" in unknown.content[0].text  # type: ignore[union-attr]
+            with pytest.raises(MCPError) as unknown:  # a protocol error, as the spec lists it: the tool never ran
+                await client.call_tool("no_such_tool", {})
+            assert unknown.value.code == INVALID_PARAMS and "unknown tool" in unknown.value.message
             bad = await client.call_tool("file_read", {"path": 42})
             assert bad.is_error is True
 

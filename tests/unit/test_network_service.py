@@ -71,12 +71,16 @@ class FakeFirewall:
 
 
 class FakeGuest:
+    """The agent's side of an MCP link, for file_write only."""
+
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
 
-    async def write_file(self, ref: str, path: str, data: bytes, append: bool, mode: str | None = None) -> int:
-        self.files[path] = data
-        return len(data)
+    async def call(self, method: str, params: dict[str, Any], *_: Any) -> dict[str, Any]:
+        assert method == "tools/call" and params["name"] == "file_write"
+        args = params["arguments"]
+        self.files[args["path"]] = args["content"].encode()
+        return {"content": [{"type": "text", "text": "wrote"}], "structuredContent": {"size": 1}, "isError": False}
 
 
 @pytest.fixture
@@ -140,7 +144,7 @@ def test_a_clashing_port_keeps_no_lease(world: dict[str, Any]) -> None:
 def test_wants_network(world: dict[str, Any], tmp_path: Path) -> None:
     net: NetworkService = world["net"]
     assert net.wants_network(None, []) is True and net.wants_network(False, []) is False
-    with pytest.raises(Invalid, match="--publish needs"):
+    with pytest.raises(Invalid, match="publish needs"):
         net.wants_network(False, [PublishedPort(1, 1)])
     off = NetworkService(
         NetRepo(world["conn"]), world["settings"], FakeLinks(), FakeFirewall(), list, str, list, enabled=False

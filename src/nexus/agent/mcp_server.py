@@ -12,9 +12,9 @@ Concurrency: ``tools/call`` runs on a bounded thread pool, so a long ``run_comma
 notifications go through the connection's write lock. When a connection ends, its in-flight calls are
 cancelled (their results could not be delivered anyway).
 
-Errors: params of ``tools/call`` that are not an object, lack a string ``name`` or have non-object
-``arguments`` → -32602; everything that goes wrong inside a tool (including an unknown tool name and
-bad arguments) → a result with ``isError: true`` (see ``nexus.agent.tools``).
+Errors: params of ``tools/call`` that are not an object, lack a string ``name``, have non-object
+``arguments`` or name no tool of this agent → -32602 (the MCP spec's protocol errors); everything that goes
+wrong inside a tool (including bad arguments) → a result with ``isError: true`` (see ``nexus.agent.tools``).
 """
 
 from __future__ import annotations
@@ -153,6 +153,8 @@ class McpService(RpcService):
             arguments = {}
         if not isinstance(arguments, dict):
             raise JsonRpcError(INVALID_PARAMS, 'tools/call "arguments" must be an object')
+        if name not in self._toolbox.tools:  # a protocol error, as the MCP spec lists it: the tool never ran
+            raise JsonRpcError(INVALID_PARAMS, f"unknown tool {name!r}; tools/list names the tools")
         if req.id is None:  # unreachable: notifications never get here
             return
         key = (conn.id, req.id)

@@ -66,11 +66,9 @@ def wire(
         ip_forward_enabled,
         enable_ip_forward if config.ip_forward else None,
     )
-
-    async def on_ready(vm_id: str) -> None:
-        await net.configure_guest(vm_id, guest)
-
-    runtime = VmRuntime(vm_store, connect=open_link, timeouts=config.timeouts, on_ready=on_ready, on_exit=net.detach)
+    runtime = VmRuntime(
+        vm_store, connect=open_link, timeouts=config.timeouts, on_ready=net.configure_guest, on_exit=net.detach
+    )
     guest = GuestService(vm_store, runtime)
     locks = VmLocks()  # one per VM, shared by every service that touches a VM's process or drives
     drives = DriveService(

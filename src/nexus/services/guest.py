@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nexus.domain import GuestError, Invalid, VmStore
+from nexus.domain import GuestError, GuestLink, Invalid, VmStore
 from nexus.protocol import FILE_CHUNK_BYTES, STREAM_META_KEY
 from nexus.services.runtime import VmRuntime
 
@@ -30,6 +30,31 @@ class FileChunk:
     eof: bool
 
 
+async def call_tool(
+    link: GuestLink,
+    name: str,
+    arguments: dict[str, Any],
+    timeout_s: float = TOOL_TIMEOUT_S,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One ``tools/call`` on an open MCP link; the MCP result as the agent gave it (``isError`` results included)."""
+    result = await link.call("tools/call", {"name": name, "arguments": arguments}, timeout_s, on_progress)
+    if not isinstance(result, dict):
+        raise GuestError(f"{name}: the agent sent a malformed result")
+    return result
+
+
+def structured(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A tool result's structured content; GuestError with the tool's own message when it failed."""
+    content = result.get("structuredContent")
+    if result.get("isError"):
+        text = " ".join(c.get("text", "") for c in result.get("content", []) if isinstance(c, dict))
+        raise GuestError(text or f"{name} failed")
+    if not isinstance(content, dict):
+        raise GuestError(f"{name}: the agent sent no structured result")
+    return content
+
+
 class GuestService:
     def __init__(self, store: VmStore, runtime: VmRuntime) -> None:
         self._store = store
@@ -44,12 +69,7 @@ class GuestService:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """One ``tools/call``; the MCP result as the agent gave it (``isError`` results included)."""
-        vm = self._store.get(ref)
-        link = self._runtime.mcp(vm.id)
-        result = await link.call("tools/call", {"name": name, "arguments": arguments}, timeout_s, on_progress)
-        if not isinstance(result, dict):
-            raise GuestError(f"{name}: the agent sent a malformed result")
-        return result
+        return await call_tool(self._runtime.mcp(self._store.get(ref).id), name, arguments, timeout_s, on_progress)
 
     async def list_tools(self, ref: str) -> list[dict[str, Any]]:
         vm = self._store.get(ref)
@@ -58,14 +78,7 @@ class GuestService:
         return tools
 
     async def _structured(self, ref: str, name: str, arguments: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        result = await self.call_tool(ref, name, arguments, **kw)
-        structured = result.get("structuredContent")
-        if result.get("isError"):
-            text = " ".join(c.get("text", "") for c in result.get("content", []) if isinstance(c, dict))
-            raise GuestError(text or f"{name} failed")
-        if not isinstance(structured, dict):
-            raise GuestError(f"{name}: the agent sent no structured result")
-        return structured
+        return structured(name, await self.call_tool(ref, name, arguments, **kw))
 
     async def exec(
         self,

@@ -18,6 +18,7 @@ from ipaddress import IPv4Network
 from nexus.domain import (
     Conflict,
     Firewall,
+    GuestLink,
     HostLinks,
     Invalid,
     NetInfo,
@@ -39,7 +40,7 @@ from nexus.domain.network import (
     pick_address,
     tap_name,
 )
-from nexus.services.guest import GuestService
+from nexus.services.guest import call_tool, structured
 from nexus.services.settings import SettingsService
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,9 @@ class NetworkService:
         if ports and asked is False:
             raise Invalid("publish needs the VM on the network: leave network unset or true")
         if (ports or asked) and not self._enabled:
-            raise Conflict("networking is off in this nexusd (config network = false): create the VM with network=false")
+            raise Conflict(
+                "networking is off in this nexusd (config network = false): create the VM with network=false"
+            )
         return self._enabled if asked is None else asked
 
     def reserve(self, vm_id: str, ports: Sequence[PublishedPort]) -> NetLease:
@@ -250,15 +253,17 @@ class NetworkService:
             return self._host_dns()
         return [str(v) for v in value] if isinstance(value, list) else []
 
-    async def configure_guest(self, vm_id: str, guest: GuestService) -> None:
-        """Write the guest's /etc/resolv.conf (called as its agent becomes ready; VMs without NIC are skipped)."""
+    async def configure_guest(self, vm_id: str, link: GuestLink) -> None:
+        """Write the guest's /etc/resolv.conf through its just-opened MCP ``link`` (called as its agent becomes
+        ready; VMs without NIC are skipped)."""
         if vm_id not in self._attached:
             return
         servers = self.dns_servers()
         if not servers:
             log.warning("vm %s: no DNS servers to give (dns_servers is empty, or the host has none)", vm_id)
             return
-        await guest.write_file(vm_id, RESOLV_CONF, self._resolv_conf(servers).encode(), append=False, mode="0644")
+        arguments = {"path": RESOLV_CONF, "content": self._resolv_conf(servers), "mode": "0644"}
+        structured("file_write", await call_tool(link, "file_write", arguments))
 
     # -- admin -----------------------------------------------------------------------------------------------
 

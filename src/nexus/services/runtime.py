@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 STABLE_LINK_S = 5.0  # an MCP link that lived this long starts its reconnect backoff afresh
 EXIT_RECORD_WAIT_S = 2.0  # how long a VMM's exit waits for the store before the VM is released regardless
 VmHook = Callable[[str], Awaitable[None]]
+ReadyHook = Callable[[str, GuestLink], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +102,14 @@ class VmRuntime:
         *,
         connect: GuestConnector,
         timeouts: RuntimeTimeouts = RuntimeTimeouts(),
-        on_ready: VmHook | None = None,
+        on_ready: ReadyHook | None = None,
         on_exit: VmHook | None = None,
     ) -> None:
         """``connect`` opens the guest links.
 
-        ``on_ready(vm_id)`` runs once the agent's MCP link is open, before the VM counts as ready (the guest's
-        DNS is written then); ``on_exit(vm_id)`` once its VMM is reaped (its TAP goes then). Their failures are
-        logged, never fatal to the lifecycle."""
+        ``on_ready(vm_id, link)`` runs once the agent's MCP link is open, before the VM counts as ready (the
+        guest's DNS is written then, through ``link``); ``on_exit(vm_id)`` once its VMM is reaped (its TAP goes
+        then). Their failures are logged, never fatal to the lifecycle."""
         self._store = store
         self._connect = connect
         self._timeouts = timeouts
@@ -247,7 +248,8 @@ class VmRuntime:
         self._recording.add(record)
         record.add_done_callback(self._recording.discard)
         await asyncio.wait({record}, timeout=EXIT_RECORD_WAIT_S)  # usually at once; never wait on a stuck store
-        await self._hook(self._on_exit_hook, run, "releasing its resources")
+        if self._on_exit_hook is not None:
+            await self._guarded(run, "releasing its resources", self._on_exit_hook(run.vm_id))
         del self._running[run.vm_id]
         run.done.set()
         log.info("vm %s: %s", run.name, reason)
@@ -338,7 +340,8 @@ class VmRuntime:
                 continue
             opened = loop.time()
             run.mcp = peer
-            await self._hook(self._on_ready, run, "setting up the guest")
+            if self._on_ready is not None:
+                await self._guarded(run, "setting up the guest", self._on_ready(run.vm_id, peer))
             if await self._persist(run, VmState.READY, self._ready_reason(run)) and not run.ready.done():
                 run.ready.set_result(None)
             await peer.wait_closed()
@@ -367,11 +370,10 @@ class VmRuntime:
         return peer
 
     @staticmethod
-    async def _hook(hook: VmHook | None, run: _Running, what: str) -> None:
-        if hook is None:
-            return
+    async def _guarded(run: _Running, what: str, hook: Awaitable[None]) -> None:
+        """Await a hook; its failure is logged, never fatal to the lifecycle."""
         try:
-            await hook(run.vm_id)
+            await hook
         except Exception as exc:
             log.warning("vm %s: %s failed: %s", run.name, what, getattr(exc, "message", None) or exc)
 
@@ -459,4 +461,4 @@ class VmRuntime:
         return True
 
 
-__all__ = ["RuntimeTimeouts", "VmHook", "VmRuntime", "console_tail"]
+__all__ = ["ReadyHook", "RuntimeTimeouts", "VmHook", "VmRuntime", "console_tail"]
