@@ -321,7 +321,8 @@ def test_a_nexusd_briefly_unreachable_is_waited_for(tmp_path: Path) -> None:
     server: _UnixHttp | None = None
     try:
         raw.send({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
-        time.sleep(1.0)  # the bridge finds no socket meanwhile, and tries again
+        assert raw.proc.stderr is not None
+        assert b"trying again" in raw.proc.stderr.readline()  # it found no socket
         server = _UnixHttp(str(socket), _Answer)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         assert raw.receive() == {"jsonrpc": "2.0", "id": 7, "result": {}}

@@ -204,16 +204,19 @@ class Bridge:
         headers, session = self._headers(message)
         request = self._http.build_request("POST", self._path, content=json.dumps(message).encode(), headers=headers)
         loop = asyncio.get_running_loop()
-        for delay in RECONNECT_DELAYS_S:
+        for attempt, delay in enumerate(RECONNECT_DELAYS_S):
             self._last_post = loop.time()
             try:
                 response = await self._http.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                pass
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                problem = f"cannot reach nexusd ({exc!r})"
             else:
                 if response.status_code != 503:
                     return response, session
                 await response.aclose()
+                problem = "nexusd is not serving MCP (HTTP 503)"
+            if attempt == 0:
+                self._log(f"{problem}: trying again for a few seconds")
             await asyncio.sleep(delay)
         self._last_post = loop.time()
         return await self._http.send(request, stream=True), session
