@@ -5,6 +5,7 @@ reopened by the bridge; keepalive pings keep an idle one; a nexusd that is brief
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -37,6 +38,7 @@ from tests.integration.test_mcp_vm import (
 )
 
 REOPENED = "re-initializing"  # the bridge's stderr line when it replaces a lost session
+OPENED = "Created new transport with session ID"  # the SDK's log line in nexusd's log for each new session
 IDLE_TIMEOUT_S = 3.0
 
 
@@ -221,12 +223,14 @@ def test_a_session_idle_past_the_timeout_is_reopened(short: Daemon, tmp_path: Pa
                 await _echo(client, "after")
                 await _echo(client, "again")  # in the new session, which is not reopened again
 
+    opened = short.log_text().count(OPENED)
     anyio.run(scenario)
     stderr = (tmp_path / "bridge.err").read_text()
-    assert stderr.count(REOPENED) == 1, stderr
+    assert stderr.count(REOPENED) == 1 and short.log_text().count(OPENED) == opened + 2, stderr
 
 
 def test_keepalive_pings_keep_an_idle_session(short: Daemon) -> None:
+    opened = short.log_text().count(OPENED)
     raw = _Raw(_argv(short.socket, "br-one", "--keepalive", "1"))
     try:
         _handshake(raw)
@@ -237,9 +241,11 @@ def test_keepalive_pings_keep_an_idle_session(short: Daemon) -> None:
     finally:
         code, stderr = raw.close()
     assert code == 0 and REOPENED not in stderr and "ping failed" not in stderr, stderr
+    assert short.log_text().count(OPENED) == opened + 1  # one session all along
 
 
 def test_calls_finding_the_session_gone_together_share_one_reinitialization(short: Daemon) -> None:
+    opened = short.log_text().count(OPENED)
     raw = _Raw(_argv(short.socket, "br-one", "--keepalive", "0"))
     ids = list(range(10, 16))
     try:
@@ -256,6 +262,7 @@ def test_calls_finding_the_session_gone_together_share_one_reinitialization(shor
     finally:
         code, stderr = raw.close()
     assert code == 0 and stderr.count(REOPENED) == 1, stderr
+    assert short.log_text().count(OPENED) == opened + 2  # the handshake's session, and the one that replaced it
 
 
 def test_the_same_bridge_goes_on_across_a_nexusd_restart(tmp_path: Path) -> None:
@@ -294,16 +301,41 @@ def test_the_same_bridge_goes_on_across_a_nexusd_restart(tmp_path: Path) -> None
 
 class _UnixHttp(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    initializations = 0
 
 
-class _Answer(http.server.BaseHTTPRequestHandler):
-    """A stand-in for a nexusd that has just come back: answers any POSTed request with an empty result."""
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """A stand-in nexusd. The first initialize opens session "s1"; any later one is refused (HTTP 500 with nexusd's
+    error body); notifications get 202; a request in a session finds it gone (404, the SDK's "Session not found"),
+    and one without a session gets an empty result."""
+
+    server: _UnixHttp
 
     def do_POST(self) -> None:
         message = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        body = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {}}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
+        if message.get("method") == "initialize":
+            self.server.initializations += 1
+            if self.server.initializations == 1:
+                result = {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "serverInfo": {"name": "s", "version": "0"},
+                }
+                self._answer(200, {"jsonrpc": "2.0", "id": message["id"], "result": result}, {"mcp-session-id": "s1"})
+            else:
+                self._answer(500, {"error": {"code": "internal", "message": "the VM endpoint\nbroke"}})
+        elif "id" not in message:
+            self._answer(202, None)
+        elif self.headers.get("mcp-session-id"):
+            self._answer(404, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}})
+        else:
+            self._answer(200, {"jsonrpc": "2.0", "id": message["id"], "result": {}})
+
+    def _answer(self, status: int, message: Any, headers: dict[str, str] | None = None) -> None:
+        body = b"" if message is None else json.dumps(message).encode()
+        self.send_response(status)
+        for name, value in {"content-type": "application/json", **(headers or {})}.items():
+            self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -315,20 +347,46 @@ class _Answer(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def _scripted(socket: Path) -> Iterator[_UnixHttp]:
+    server = _UnixHttp(str(socket), _Scripted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_nexusd_briefly_unreachable_is_waited_for(tmp_path: Path) -> None:
     socket = tmp_path / "later.sock"
     raw = _Raw(_argv(socket, "vm", "--keepalive", "0"))
-    server: _UnixHttp | None = None
     try:
         raw.send({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
         assert raw.proc.stderr is not None
         assert b"trying again" in raw.proc.stderr.readline()  # it found no socket
-        server = _UnixHttp(str(socket), _Answer)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        assert raw.receive() == {"jsonrpc": "2.0", "id": 7, "result": {}}
+        with _scripted(socket):
+            assert raw.receive() == {"jsonrpc": "2.0", "id": 7, "result": {}}
     finally:
         code, stderr = raw.close()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
     assert code == 0, stderr
+
+
+def test_a_session_that_cannot_be_reopened_is_an_error_for_the_call(tmp_path: Path) -> None:
+    socket = tmp_path / "scripted.sock"
+    with _scripted(socket) as server:
+        raw = _Raw(_argv(socket, "vm", "--keepalive", "0"))
+        try:
+            _handshake(raw)
+            for request_id in (2, 3):  # each call finds the session gone, and tries to reopen it
+                raw.send({"jsonrpc": "2.0", "id": request_id, "method": "tools/list"})
+                error = raw.receive()["error"]
+                assert error["code"] == INTERNAL_ERROR
+                assert error["message"] == (
+                    "the MCP session ended on nexusd and a new one could not be opened: "
+                    "nexusd answered HTTP 500: internal: the VM endpoint broke"
+                )
+        finally:
+            code, stderr = raw.close()
+        assert server.initializations == 3
+    assert code == 0 and stderr.count(REOPENED) == 2, stderr
