@@ -112,13 +112,26 @@ def version(ctx: typer.Context) -> None:
 
 
 @app.command("mcp-bridge")
-def mcp_bridge_command(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="VM name or id")]) -> None:
-    """Serve VM REF's tools as MCP over stdio (for Claude Code and other MCP clients), forwarded to nexusd."""
+def mcp_bridge_command(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="VM name or id")],
+    keepalive: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            metavar="SECONDS",
+            help="ping nexusd after this long without a message, so an idle session does not time out (0: never)",
+        ),
+    ] = mcp_bridge.KEEPALIVE_S,
+) -> None:
+    """Serve VM REF's tools as MCP over stdio (for Claude Code and other MCP clients), forwarded to nexusd.
+
+    A session nexusd closed (idle past its timeout, or nexusd restarted) is reopened transparently."""
     obj = ctx_of(ctx)
     ca_file = Path(obj.ca_file) if obj.ca_file else None
     target = mcp_bridge.Target(Path(obj.socket) if obj.socket else None, obj.url, obj.token, ca_file)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(mcp_bridge.bridge(target, ref))
+        asyncio.run(mcp_bridge.bridge(target, ref, keepalive))
 
 
 def _hoist_global_flags(args: list[str]) -> list[str]:
