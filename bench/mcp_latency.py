@@ -281,7 +281,12 @@ def run(args: argparse.Namespace) -> int:
                     transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://nexusd", timeout=600
                 ) as api,
             ):
-                return _with_vms(calls, daemon.socket, port, token, base, state, api, image)
+                try:
+                    return _with_vms(calls, daemon.socket, port, token, base, state, api, image)
+                except Exception:
+                    tail = daemon.log.read_text(errors="replace").splitlines()[-20:]
+                    print("mcp: failed; nexusd's log ends:", *tail, sep="\n  ", file=sys.stderr)
+                    raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 
