@@ -39,7 +39,9 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,12 +101,33 @@ def _state() -> Iterator[tuple[Path, Path, str | None]]:
     try:
         try:
             state, image = link_state(base)
+            _pin_image(state, image)
             yield base, state, image
         except MissingAssets as exc:
             print(f"mcp: no e2e assets ({exc}); using {vm_boot.STATE} (kernel fetched, image built once)")
             yield base, vm_boot.STATE, None
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _pin_image(state: Path, name: str) -> None:
+    """Give our state dir its own name for the shared image file (a hard link, else a sparse copy): the e2e runs
+    that own /var/tmp/nexus-e2e replace their images whenever the agent changes, which must not pull the file
+    from under this run."""
+    conn = sqlite3.connect(state / "nexus.db")
+    try:
+        (shared,) = conn.execute("SELECT path FROM images WHERE name = ?", (name,)).fetchone()
+        mine = state / "images" / Path(shared).name
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(shared, mine)
+        except OSError:
+            subprocess.run(["cp", "--sparse=always", shared, str(mine)], check=True)
+        with conn:
+            conn.execute("UPDATE images SET path = ? WHERE name = ?", (str(mine), name))
+    finally:
+        conn.close()
+    print(f"mcp: image {name} (pinned from {shared})")
 
 
 class McpPost:
