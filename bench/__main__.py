@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import api_latency, db_busy, soak, vm_boot, workspaces
+from bench import api_latency, db_busy, mcp_latency, soak, vm_boot, workspaces
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "api": lambda _: api_latency.run(),
     "db": lambda _: db_busy.run(),
     "vm": lambda _: vm_boot.run(),
     "workspaces": lambda _: workspaces.run(),
+    "mcp": mcp_latency.run,
     "soak": soak.run,
 }
 ON_REQUEST = {"soak"}  # long (many VM boots while nexusd is killed), so only when named
@@ -24,6 +25,7 @@ def main() -> None:
         "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all but soak)"
     )
     soak.add_arguments(parser)
+    mcp_latency.add_arguments(parser)
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:

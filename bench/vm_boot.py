@@ -93,7 +93,9 @@ class RawLink:
 class RawVm:
     """QEMU started by hand with the driver's argv; timed from spawn to the agent's hello."""
 
-    def __init__(self, kernel: Kernel, initrd: Path, image: Path, work: Path) -> None:
+    def __init__(
+        self, kernel: Kernel, initrd: Path, image: Path, work: Path, cache: Path = STATE / "cache", mem_mib: int = 512
+    ) -> None:
         self.work = work
         root = work / "root.img"
         clone_file(image, root)
@@ -101,7 +103,7 @@ class RawVm:
             vm_id="bench",
             name="bench-raw",
             vcpus=1,
-            mem_mib=512,
+            mem_mib=mem_mib,
             kernel=kernel.boot_file,
             kernel_version=kernel.version,
             initrd=initrd,
@@ -109,23 +111,28 @@ class RawVm:
             console_log=work / "console.log",
             runtime_dir=work / "run",
         )
-        driver = QemuDriver(STATE / "cache" / "accel.json", host_tsc_khz().khz)
-        accel = choose_accel(STATE / "cache" / "accel.json", spec.kernel, initrd, kernel.version).accel
+        driver = QemuDriver(cache / "accel.json", host_tsc_khz().khz)
+        accel = choose_accel(cache / "accel.json", spec.kernel, initrd, kernel.version).accel
         spec.runtime_dir.mkdir()
         argv = driver.launch_argv(spec, accel)
         start = time.perf_counter()
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        self.control = RawLink(spec.runtime_dir / "control.sock", 10)
-        while self.control.message().get("method") != "nexus/hello":
-            pass
-        self.boot_s = time.perf_counter() - start
-        self.mcp = RawLink(spec.runtime_dir / "mcp.sock", 10)
-        self.mcp.call(
-            "initialize",
-            {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}},
-        )
+        try:
+            self.control = RawLink(spec.runtime_dir / "control.sock", 10)
+            while self.control.message().get("method") != "nexus/hello":
+                pass
+            self.boot_s = time.perf_counter() - start
+            self.mcp = RawLink(spec.runtime_dir / "mcp.sock", 10)
+            self.mcp.call(
+                "initialize",
+                {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}},
+            )
+        except BaseException:  # no hello (or Ctrl-C meanwhile): the QEMU we started goes with us
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def close(self) -> None:
         self.control.close()
