@@ -6,10 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import api_latency, db_busy, mcp_latency, soak, vm_boot, workspaces
+from bench import api_latency, cli_start, db_busy, mcp_latency, soak, vm_boot, workspaces
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "api": lambda _: api_latency.run(),
+    "cli": lambda _: cli_start.run(),
     "db": lambda _: db_busy.run(),
     "vm": lambda _: vm_boot.run(),
     "workspaces": lambda _: workspaces.run(),

@@ -247,3 +247,26 @@ async def test_tcp_token(tmp_path: Path) -> None:
         _error(await api.get("/v1/health", headers={"authorization": "Bearer wrong"}), 401, "unauthorized")
         r = await api.get("/v1/health", headers={"authorization": f"Bearer {token}"})
         assert r.status_code == 200
+
+
+async def test_vm_listing_is_current_after_every_change(api: httpx.AsyncClient) -> None:
+    """The serialised listing is kept between requests (api/cache.py) and rebuilt after every change."""
+
+    async def names(**params: str) -> list[str]:
+        response = await api.get("/v1/vms", params=params)
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+        return [vm["name"] for vm in response.json()]
+
+    assert await names() == []
+    assert (await api.post("/v1/vms", json={"name": "one", "tags": ["a"]})).status_code == 201
+    assert await names() == ["one"] and await names() == ["one"]
+    assert (await api.post("/v1/vms", json={"name": "two"})).status_code == 201
+    assert await names() == ["one", "two"] and await names(tag="a") == ["one"]
+    assert (await api.post("/v1/vms/two/tags", json={"tags": ["a"]})).status_code == 200
+    assert await names(tag="a") == ["one", "two"]
+    assert (await api.delete("/v1/vms/one/tags/a")).status_code == 204
+    assert await names(tag="a") == ["two"]
+    assert (await api.delete("/v1/vms/one")).status_code == 204
+    assert await names() == ["two"] and await names(state="created") == ["two"]
+    listed = (await api.get("/v1/vms")).json()[0]
+    assert listed == (await api.get("/v1/vms/two")).json()  # the same document as one VM's

@@ -8,6 +8,7 @@ from starlette.types import ASGIApp
 
 from nexus import __version__
 from nexus.api import errors, links
+from nexus.api.cache import ResponseCache
 from nexus.api.deps import Services
 from nexus.api.middleware import Access, BodyLimit, is_mcp_path
 from nexus.api.routers import admin, assets, firecracker, guest, health, settings, tokens, vms, workspaces
@@ -37,6 +38,7 @@ def create_app(
         responses=_ERROR_RESPONSES,
     )
     app.state.services = services
+    app.state.listings = ResponseCache()
     errors.install(app)
     links.install(app)
     for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces, tokens):

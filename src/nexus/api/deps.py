@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from nexus.api.cache import ResponseCache
 from nexus.domain import Transport
 from nexus.services import AssetService, DriveService, NetworkService, SettingsService, SnapshotService, VmService
 from nexus.services.firecracker import FirecrackerService
@@ -31,6 +32,11 @@ class Services:
 async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
+
+
+async def listings(request: Request) -> ResponseCache:
+    cache: ResponseCache = request.app.state.listings
+    return cache
 
 
 async def transport(request: Request) -> Transport:
@@ -60,3 +66,4 @@ Drives = Annotated[DriveService, Depends(_one("drives"))]
 Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]
 Tokens = Annotated[TokenService, Depends(_one("tokens"))]
 Via = Annotated[Transport, Depends(transport)]
+Listings = Annotated[ResponseCache, Depends(listings)]

@@ -1,5 +1,18 @@
 """``NexusClient``: the nexusd API over httpx, raising domain errors."""
 
-from nexus.client.client import DEFAULT_SOCKET, DaemonUnreachable, NexusClient, Unauthorized, tls_verify, unreachable
+import sys
+
+# httpx imports its own command-line tool (click, rich, pygments: ~80 ms) whenever those are installed, and every
+# nexusctl command pays for it. Marking that module absent makes httpx fall back to its stub; nothing here uses it.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+from nexus.client.client import (  # noqa: E402
+    DEFAULT_SOCKET,
+    DaemonUnreachable,
+    NexusClient,
+    Unauthorized,
+    tls_verify,
+    unreachable,
+)
 
 __all__ = ["DEFAULT_SOCKET", "DaemonUnreachable", "NexusClient", "Unauthorized", "tls_verify", "unreachable"]

@@ -6,13 +6,12 @@ talks to the process only through this port and cannot tell the drivers apart.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nexus.domain.models import (
     Drive,
@@ -27,6 +26,9 @@ from nexus.domain.models import (
 from nexus.domain.network import NetLease, OwnedLink, PortForward, PublishedPort
 from nexus.domain.settings import SettingValue
 from nexus.domain.states import VmState
+
+if TYPE_CHECKING:
+    import asyncio  # annotations only: importing asyncio costs the CLI ~15 ms
 
 
 class GuestPort(StrEnum):
@@ -244,6 +246,11 @@ class VmStore(Protocol):
     def insert(self, vm: Vm, reason: str) -> None: ...
     def get(self, ref: str) -> Vm: ...
     def find(self, flt: VmFilter = ...) -> list[Vm]: ...
+    def generation(self) -> int:
+        """A number that changes whenever anything in the store changes: what was read under one value is still
+        current while it holds (a serialised listing can be kept)."""
+        ...
+
     def count(self) -> int: ...
     def set_state(self, vm_id: str, expected: VmState, new: VmState, reason: str) -> None: ...
     def set_runtime(self, vm_id: str, record: VmmRecord | None) -> None:
@@ -333,6 +340,10 @@ class NetStore(Protocol):
 
     def delete_lease(self, vm_id: str) -> None: ...
     def ports(self, vm_id: str) -> tuple[PublishedPort, ...]: ...
+    def all_ports(self) -> dict[str, tuple[PublishedPort, ...]]:
+        """Every VM's published ports, by VM id (VMs without any are left out)."""
+        ...
+
     def set_ports(self, vm_id: str, ports: Sequence[PublishedPort]) -> None:
         """Conflict when another VM publishes one of the host ports."""
         ...

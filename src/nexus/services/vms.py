@@ -124,6 +124,10 @@ class VmService:
     def find(self, flt: VmFilter) -> list[Vm]:
         return self._repo.find(flt)
 
+    def generation(self) -> int:
+        """Changes whenever any VM, tag, lease or port changes (they share one store)."""
+        return self._repo.generation()
+
     def count(self) -> int:
         return self._repo.count()
 

@@ -52,6 +52,13 @@ class NetRepo:
         ).fetchall()
         return tuple(PublishedPort(row["host_port"], row["guest_port"], L4Proto(row["protocol"])) for row in rows)
 
+    def all_ports(self) -> dict[str, tuple[PublishedPort, ...]]:
+        ports: dict[str, list[PublishedPort]] = {}
+        for row in self._conn.execute("SELECT * FROM vm_ports ORDER BY vm_id, protocol, host_port"):
+            port = PublishedPort(row["host_port"], row["guest_port"], L4Proto(row["protocol"]))
+            ports.setdefault(row["vm_id"], []).append(port)
+        return {vm_id: tuple(found) for vm_id, found in ports.items()}
+
     def set_ports(self, vm_id: str, ports: Sequence[PublishedPort]) -> None:
         try:
             self._conn.execute("BEGIN IMMEDIATE")

@@ -84,6 +84,10 @@ class VmRepo:
                 tags.setdefault(tag_row["vm_id"], []).append(tag_row["tag"])
         return [self._vm(row, tags.get(row["id"], ())) for row in rows]
 
+    def generation(self) -> int:
+        # nexusd is the database's only writer (state-dir lock) and writes through this one connection
+        return self._conn.total_changes
+
     def count(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM vms").fetchone()[0])
 

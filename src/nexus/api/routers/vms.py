@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter
 
-from nexus.api.deps import Network, Vms
+from nexus.api.deps import Listings, Network, Vms
 from nexus.api.schemas import LogsOut, StateChangeOut, TagsIn, VmCreate, VmOut
 from nexus.api.streaming import Emit, ndjson, progress_emitter
 from nexus.domain import PublishedPort, Role, Vm, VmFilter, VmSpec, VmState
@@ -36,15 +37,25 @@ async def create_vm(body: VmCreate, vms: Vms, net: Network) -> VmOut:
     return _out(vms.create(spec), net)
 
 
-@router.get("")
+_VM_LIST = TypeAdapter(list[VmOut])
+
+
+@router.get("", response_model=list[VmOut])
 async def list_vms(
     vms: Vms,
     net: Network,
+    listings: Listings,
     role: Role | None = None,
     state: VmState | None = None,
     tag: Annotated[list[str] | None, Query(description="repeat to require several tags")] = None,
-) -> list[VmOut]:
-    return [_out(vm, net) for vm in vms.find(VmFilter(role=role, state=state, tags=tuple(tag or ())))]
+) -> Response:
+    flt = VmFilter(role=role, state=state, tags=tuple(sorted(set(tag or ()))))
+
+    def build() -> bytes:  # serialised here, once: FastAPI would validate every row again against the model
+        infos = net.infos()
+        return _VM_LIST.dump_json([VmOut.of(vm, infos.get(vm.id)) for vm in vms.find(flt)])
+
+    return Response(listings.get(flt, vms.generation(), build), media_type="application/json")
 
 
 @router.get("/{ref}")
