@@ -308,8 +308,8 @@ def test_not_elf_kernel_is_refused(base: Path) -> None:
 # --- driver choice (nexus.daemon.drivers) ----------------------------------------------------------------------
 
 
-def _accel_cache(path: Path, host: str, accel: str, reason: str) -> Path:
-    entry = {"accel": accel, "reason": reason, "probed_at": "2026-01-01T00:00:00+00:00"}
+def _accel_cache(path: Path, host: str, accel: str, reason: str, kvm_probed: bool = True) -> Path:
+    entry = {"accel": accel, "reason": reason, "probed_at": "2026-01-01T00:00:00+00:00", "kvm_probed": kvm_probed}
     path.write_text(json.dumps({f"qemu=7.2;kernel=6.1.0-1-cloud-amd64;host={host}": entry}))
     return path
 
@@ -322,7 +322,7 @@ def test_kvm_evidence_from_the_probe_cache(tmp_path: Path) -> None:
     assert kvm_runs_guests(cache, "6.2.0")[0] is None  # another host kernel proves nothing
     _accel_cache(cache, "6.1.0", "tcg", "TCG: /dev/kvm is there (kvm_pvm) but cannot run this guest: slow")
     assert kvm_runs_guests(cache, "6.1.0")[0] is False
-    _accel_cache(cache, "6.1.0", "tcg", "TCG: KVM unusable: /dev/kvm does not exist")
+    _accel_cache(cache, "6.1.0", "tcg", "TCG: KVM unusable: /dev/kvm does not exist", kvm_probed=False)
     assert kvm_runs_guests(cache, "6.1.0")[0] is None  # not a verdict on KVM's speed
 
 

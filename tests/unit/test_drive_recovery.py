@@ -42,7 +42,15 @@ def test_recover(tmp_path: Path) -> None:
     _volume(layout.images_dir / ".base.part", b"x")
 
     service = DriveService(
-        drives, snaps, vms, ImageRepo(conn), CopyBackend("t"), layout, lambda p: None, lambda p: None, lambda _: False
+        drives=drives,
+        snapshots=snaps,
+        vms=vms,
+        images=ImageRepo(conn),
+        backend=CopyBackend("t"),
+        layout=layout,
+        format_drive=lambda p: None,
+        grow_filesystem=lambda p: None,
+        is_running=lambda _: False,
     )
     service.recover()
 

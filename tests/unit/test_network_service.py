@@ -83,6 +83,19 @@ class FakeGuest:
         return {"content": [{"type": "text", "text": "wrote"}], "structuredContent": {"size": 1}, "isError": False}
 
 
+def _bare(world: dict[str, Any], links: Any, firewall: Any) -> NetworkService:
+    """A network service on ``world``'s store with no host DNS or setup."""
+    return NetworkService(
+        store=NetRepo(world["conn"]),
+        settings=world["settings"],
+        links=links,
+        firewall=firewall,
+        host_dns=list,
+        resolv_conf=str,
+        setup_host=list,
+    )
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, Any]:
     conn = open_database(tmp_path / "nexus.db")
@@ -90,13 +103,13 @@ def world(tmp_path: Path) -> dict[str, Any]:
     links, firewall = FakeLinks(), FakeFirewall()
     said: list[str] = []
     net = NetworkService(
-        NetRepo(conn),
-        settings,
-        links,
-        firewall,
-        lambda: ["192.0.2.53"],
-        lambda servers: "".join(f"nameserver {s}\n" for s in servers),
-        lambda bridge: said.append(bridge) or [f"ok {bridge}"],
+        store=NetRepo(conn),
+        settings=settings,
+        links=links,
+        firewall=firewall,
+        host_dns=lambda: ["192.0.2.53"],
+        resolv_conf=lambda servers: "".join(f"nameserver {s}\n" for s in servers),
+        setup_host=lambda bridge: said.append(bridge) or [f"ok {bridge}"],
     )
     return {"conn": conn, "settings": settings, "links": links, "firewall": firewall, "net": net, "vms": VmRepo(conn)}
 
@@ -147,7 +160,14 @@ def test_wants_network(world: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(Invalid, match="publish needs"):
         net.wants_network(False, [PublishedPort(1, 1)])
     off = NetworkService(
-        NetRepo(world["conn"]), world["settings"], FakeLinks(), FakeFirewall(), list, str, list, enabled=False
+        store=NetRepo(world["conn"]),
+        settings=world["settings"],
+        links=FakeLinks(),
+        firewall=FakeFirewall(),
+        host_dns=list,
+        resolv_conf=str,
+        setup_host=list,
+        enabled=False,
     )
     assert off.wants_network(None, []) is False
     with pytest.raises(Conflict, match="networking is off"):  # the daemon's setting, not a passing shortage
@@ -234,7 +254,7 @@ class RacyLinks(FakeLinks):
 
 def test_concurrent_starts_share_one_bridge(world: dict[str, Any]) -> None:
     links = RacyLinks()
-    net = NetworkService(NetRepo(world["conn"]), world["settings"], links, FakeFirewall(), list, str, list)
+    net = _bare(world, links, FakeFirewall())
     net.reserve(add_vm(world, "a"), [])
     net.reserve(add_vm(world, "b"), [])
 
@@ -257,7 +277,7 @@ def test_restore_keeps_the_taps_and_ports_of_adopted_vms_however_often(world: di
     asyncio.run(net.attach("b"))
     taps = {lease.vm_id: lease.tap for lease in NetRepo(world["conn"]).leases()}
     for _ in range(3):  # restarts: a fresh service (nexusd's memory is gone), "a" adopted, "b" died meanwhile
-        fresh = NetworkService(NetRepo(world["conn"]), world["settings"], links, firewall, list, str, list)
+        fresh = _bare(world, links, firewall)
         applied = firewall.applied
         asyncio.run(fresh.restore({"a"}))
         assert set(links.links) == {"nexus0", taps["a"]}
@@ -277,13 +297,13 @@ def test_ip_forward_is_turned_on_at_the_first_attach_unless_opted_out(world: dic
 
     def service(enable_forwarding: Any) -> NetworkService:
         return NetworkService(
-            NetRepo(world["conn"]),
-            world["settings"],
-            FakeLinks(),
-            FakeFirewall(),
-            list,
-            str,
-            list,
+            store=NetRepo(world["conn"]),
+            settings=world["settings"],
+            links=FakeLinks(),
+            firewall=FakeFirewall(),
+            host_dns=list,
+            resolv_conf=str,
+            setup_host=list,
             forwarding_on=lambda: forwarding["on"],
             enable_forwarding=enable_forwarding,
         )

@@ -119,7 +119,13 @@ def test_choose_accel_probes_once_then_uses_the_cache(tmp_path: Path, monkeypatc
     first = choose_accel(cache, Path("/k"), Path("/i"), "6.1.0-56-cloud-amd64", timeout_s=3)
     second = choose_accel(cache, Path("/k"), Path("/i"), "6.1.0-56-cloud-amd64", timeout_s=3)
     assert first.accel is Accel.TCG and second == first and len(calls) == 1
-    assert json.loads(cache.read_text())[first.key]["accel"] == "tcg"
+    assert first.kvm_probed is True  # TCG because KVM failed its probe, not because it is absent
+    assert json.loads(cache.read_text())[first.key] == {
+        "accel": "tcg",
+        "reason": first.reason,
+        "probed_at": first.probed_at,
+        "kvm_probed": True,
+    }
     choose_accel(cache, Path("/k"), Path("/i"), "6.1.0-57-cloud-amd64", timeout_s=3)
     choose_accel(cache, Path("/k"), Path("/i"), "6.1.0-56-cloud-amd64", timeout_s=3, refresh=True)
     assert len(calls) == 3
@@ -131,4 +137,4 @@ def test_choose_accel_without_device_does_not_probe(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(accel, "kvm_device_problem", lambda: "/dev/kvm does not exist")
     monkeypatch.setattr(accel, "run_probe", lambda *a, **k: pytest.fail("probed without /dev/kvm"))
     choice = choose_accel(tmp_path / "a.json", Path("/k"), Path("/i"), "6.1.0-56-cloud-amd64")
-    assert choice.accel is Accel.TCG and "does not exist" in choice.reason
+    assert choice.accel is Accel.TCG and "does not exist" in choice.reason and choice.kvm_probed is False

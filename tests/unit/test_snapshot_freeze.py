@@ -63,10 +63,25 @@ def _setup(
     backend.create_volume(layout.drive_volume("d1"))
     layout.drive_file("d1").write_bytes(b"disk")
     drive_service = DriveService(
-        drives, snaps, vms, ImageRepo(conn), backend, layout, lambda p: None, lambda p: None, lambda _: True
+        drives=drives,
+        snapshots=snaps,
+        vms=vms,
+        images=ImageRepo(conn),
+        backend=backend,
+        layout=layout,
+        format_drive=lambda p: None,
+        grow_filesystem=lambda p: None,
+        is_running=lambda _: True,
     )
     service = SnapshotService(
-        cast(VmService, None), drive_service, vms, drives, snaps, cast(VmRuntime, runtime), layout, VmLocks()
+        vms=cast(VmService, None),
+        drives=drive_service,
+        vm_store=vms,
+        drive_store=drives,
+        snapshots=snaps,
+        runtime=cast(VmRuntime, runtime),
+        layout=layout,
+        locks=VmLocks(),
     )
     return service, layout
 

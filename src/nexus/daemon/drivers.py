@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from nexus.assets.firecracker import FirecrackerStore
-from nexus.domain import LaunchSpec, Layout, NexusError, SpawnHook, VmmDriver, VmmRecord, VmProcess
+from nexus.domain import Layout, NexusError, VmmDriver
 from nexus.vmm.firecracker.argv import FIRECRACKER_BINARY
 from nexus.vmm.firecracker.driver import FirecrackerDriver
 from nexus.vmm.firecracker.jailer import JailerOptions
@@ -81,7 +81,7 @@ def kvm_runs_guests(accel_cache: Path, host_release: str | None = None) -> tuple
         reason = str(entry.get("reason", ""))
         if entry.get("accel") == "kvm":
             return True, reason
-        if "/dev/kvm is there" in reason:  # KVM was probed and failed (not: KVM absent, which the device shows)
+        if entry.get("kvm_probed") is True:  # a KVM probe ran and did not boot (KVM absent is not a verdict)
             verdict = (False, reason)
     return verdict
 
@@ -111,31 +111,6 @@ def _firecracker(
     return FirecrackerDriver(binary, f"firecracker with kvm ({where}; {evidence})", jailer), ""
 
 
-class _Explained:
-    """A driver whose reason also says why another was not chosen."""
-
-    def __init__(self, inner: QemuDriver, why_not: str) -> None:
-        self._inner = inner
-        self._why_not = why_not
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def reason(self) -> str:
-        return f"{self._inner.reason} (not firecracker: {self._why_not})"
-
-    async def launch(self, spec: LaunchSpec, on_spawn: SpawnHook) -> VmProcess:
-        return await self._inner.launch(spec, on_spawn)
-
-    async def adopt(self, vm_id: str, name: str, record: VmmRecord) -> VmProcess:
-        return await self._inner.adopt(vm_id, name, record)
-
-    def forget(self, vm_id: str, record: VmmRecord | None) -> None:
-        self._inner.forget(vm_id, record)
-
-
 def choose_driver(
     vmm: str, layout: Layout, firecracker_bin: Path | None = None, jailer: JailerOptions | None = None
 ) -> tuple[VmmDriver | None, str]:
@@ -154,9 +129,8 @@ def choose_driver(
     except NexusError as exc:
         return None, f"cannot run TCG guests safely: {exc.message}"
     log.info("host TSC %d kHz (from %s)", tsc.khz, tsc.source)
-    driver = QemuDriver(layout.cache_dir / "accel.json", tsc.khz)
-    if why_not_firecracker:
-        log.info("not using firecracker: %s", why_not_firecracker)
-        explained = _Explained(driver, why_not_firecracker)
-        return explained, explained.reason
+    note = f"not firecracker: {why_not_firecracker}" if why_not_firecracker else None
+    if note is not None:
+        log.info("%s", note)
+    driver = QemuDriver(layout.cache_dir / "accel.json", tsc.khz, note=note)
     return driver, driver.reason

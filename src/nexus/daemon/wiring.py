@@ -52,19 +52,24 @@ def wire(
     images, drive_store, snapshot_store = ImageRepo(conn, layout.state_dir), DriveRepo(conn), SnapshotRepo(conn)
     settings = SettingsService(SettingsRepo(conn))
     assets = AssetService(
-        DebianKernels(layout.cache_dir), RootfsImageBuilder(layout.cache_dir), images, vm_store, layout, storage
+        kernels=DebianKernels(layout.cache_dir),
+        builder=RootfsImageBuilder(layout.cache_dir),
+        images=images,
+        vms=vm_store,
+        layout=layout,
+        storage=storage,
     )
     net = NetworkService(
-        NetRepo(conn),
-        settings,
-        NetlinkLinks(),
-        NftFirewall(),
-        host_nameservers,
-        resolv_conf,
-        setup_host,
-        config.network,
-        ip_forward_enabled,
-        enable_ip_forward if config.ip_forward else None,
+        store=NetRepo(conn),
+        settings=settings,
+        links=NetlinkLinks(),
+        firewall=NftFirewall(),
+        host_dns=host_nameservers,
+        resolv_conf=resolv_conf,
+        setup_host=setup_host,
+        enabled=config.network,
+        forwarding_on=ip_forward_enabled,
+        enable_forwarding=enable_ip_forward if config.ip_forward else None,
     )
     runtime = VmRuntime(
         vm_store, connect=open_link, timeouts=config.timeouts, on_ready=net.configure_guest, on_exit=net.detach
@@ -72,32 +77,41 @@ def wire(
     guest = GuestService(vm_store, runtime)
     locks = VmLocks()  # one per VM, shared by every service that touches a VM's process or drives
     drives = DriveService(
-        drive_store,
-        snapshot_store,
-        vm_store,
-        images,
-        storage,
-        layout,
-        format_drive,
-        grow_filesystem,
-        runtime.is_running,
-        locks,
+        drives=drive_store,
+        snapshots=snapshot_store,
+        vms=vm_store,
+        images=images,
+        backend=storage,
+        layout=layout,
+        format_drive=format_drive,
+        grow_filesystem=grow_filesystem,
+        is_running=runtime.is_running,
+        locks=locks,
     )
     vms = VmService(
-        vm_store,
-        settings,
-        layout,
-        driver,
-        runtime,
-        assets,
-        drives,
-        kill_orphan,
-        net,
-        driver_reason,
+        repo=vm_store,
+        settings=settings,
+        layout=layout,
+        driver=driver,
+        runtime=runtime,
+        assets=assets,
+        drives=drives,
+        kill_orphan=kill_orphan,
+        network=net,
+        no_driver_reason=driver_reason,
         adopters=adopters(layout, config),
         locks=locks,
     )
-    snapshots = SnapshotService(vms, drives, vm_store, drive_store, snapshot_store, runtime, layout, locks)
+    snapshots = SnapshotService(
+        vms=vms,
+        drives=drives,
+        vm_store=vm_store,
+        drive_store=drive_store,
+        snapshots=snapshot_store,
+        runtime=runtime,
+        layout=layout,
+        locks=locks,
+    )
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     services = Services(
         vms=vms,

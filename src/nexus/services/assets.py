@@ -52,6 +52,7 @@ class BootFiles:
 class AssetService:
     def __init__(
         self,
+        *,
         kernels: KernelSource,
         builder: ImageBuilder,
         images: ImageStore,

@@ -81,6 +81,7 @@ class VmDrives:
 class DriveService:
     def __init__(
         self,
+        *,
         drives: DriveStore,
         snapshots: SnapshotStore,
         vms: VmStore,

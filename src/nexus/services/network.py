@@ -59,6 +59,7 @@ class CleanupReport:
 class NetworkService:
     def __init__(
         self,
+        *,
         store: NetStore,
         settings: SettingsService,
         links: HostLinks,

@@ -51,6 +51,7 @@ FREEZE_TIMEOUT_S = 30.0  # the agent thaws by itself after this long
 class SnapshotService:
     def __init__(
         self,
+        *,
         vms: VmService,
         drives: DriveService,
         vm_store: VmStore,

@@ -54,6 +54,7 @@ def new_vm_id() -> str:
 class VmService:
     def __init__(
         self,
+        *,
         repo: VmStore,
         settings: SettingsService,
         layout: Layout,

@@ -22,9 +22,10 @@ import re
 import selectors
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from nexus.domain.errors import Unavailable
 from nexus.vmm.qemu.argv import KVM_CPU, MACHINE, QEMU_BINARY, TCG_CPU, Accel
@@ -51,6 +52,7 @@ class AccelChoice:
     reason: str
     key: str
     probed_at: str  # ISO time of the probe (or of the decision when no probe was needed)
+    kvm_probed: bool = False  # a KVM boot probe ran (so TCG means KVM failed, not that it was absent)
 
 
 def kvm_device_problem(device: Path = KVM_DEVICE) -> str | None:
@@ -174,7 +176,7 @@ def qemu_version(binary: str = QEMU_BINARY) -> str:
     return match[1]
 
 
-def _read_cache(path: Path) -> dict[str, dict[str, str]]:
+def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -198,14 +200,20 @@ def choose_accel(
     cached = cache.get(key)
     if cached and not refresh:
         try:
-            return AccelChoice(Accel(cached["accel"]), cached["reason"], key, cached["probed_at"])
+            probed = cached.get("kvm_probed") is True
+            return AccelChoice(Accel(cached["accel"]), cached["reason"], key, cached["probed_at"], probed)
         except (KeyError, ValueError):
             pass
     problem = kvm_device_problem()
     result = None if problem else run_probe(probe_argv(binary, kernel, initrd), timeout_s)
     accel, reason = decide(problem, result, kvm_backend())
-    choice = AccelChoice(accel, reason, key, datetime.now(UTC).isoformat(timespec="seconds"))
-    cache[key] = {k: str(v) for k, v in asdict(choice).items() if k != "key"}
+    choice = AccelChoice(accel, reason, key, datetime.now(UTC).isoformat(timespec="seconds"), result is not None)
+    cache[key] = {
+        "accel": choice.accel.value,
+        "reason": choice.reason,
+        "probed_at": choice.probed_at,
+        "kvm_probed": choice.kvm_probed,
+    }
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(f".{cache_file.name}.tmp")
     tmp.write_text(json.dumps(cache, indent=2) + "\n")

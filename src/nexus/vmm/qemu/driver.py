@@ -109,7 +109,11 @@ class QemuDriver:
     """Launches QEMU microVMs. KVM or TCG is decided by a boot probe per QEMU + kernel version (cached on
     disk by ``nexus.vmm.qemu.accel``), so the first boot with a new kernel pays a few seconds once."""
 
-    def __init__(self, accel_cache: Path, tsc_khz: int | None, binary: str = QEMU_BINARY) -> None:
+    def __init__(
+        self, accel_cache: Path, tsc_khz: int | None, binary: str = QEMU_BINARY, note: str | None = None
+    ) -> None:
+        """``note``: what whoever chose this driver adds to its reason (e.g. why not Firecracker)."""
+        self._note = f" ({note})" if note else ""
         self._accel_cache = accel_cache
         self._tsc_khz = tsc_khz
         self._binary = binary
@@ -123,8 +127,8 @@ class QemuDriver:
     @property
     def reason(self) -> str:
         if self._choice is None:
-            return "qemu; KVM or TCG is decided by a probe at the first boot"
-        return f"qemu with {self._choice.accel.value}: {self._choice.reason}"
+            return f"qemu; KVM or TCG is decided by a probe at the first boot{self._note}"
+        return f"qemu with {self._choice.accel.value}: {self._choice.reason}{self._note}"
 
     async def choose_accel(self, spec: LaunchSpec) -> Accel:
         choice = self._choices.get(spec.kernel_version)
