@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import httpx2
 import pytest
 from mcp import Client
@@ -163,5 +164,19 @@ def test_nexusd_stops_promptly_with_an_mcp_session_open(daemon: Daemon) -> None:
             assert await anyio.to_thread.run_sync(daemon.stop) == 0
             assert time.monotonic() - started < 3
         assert "timeout graceful shutdown exceeded" not in daemon.log_text()
+
+    anyio.run(scenario)
+
+
+def test_mcp_and_rest_describe_a_vm_with_one_model(daemon: Daemon) -> None:
+    async def scenario() -> None:
+        async with manage_client(daemon) as client:
+            made = await _ok(client, "vm_create", {"name": "mg-same", "mem_mib": 256, "tags": ["x=1"]})
+            inspected = await _ok(client, "vm_inspect", {"vm": "mg-same"})
+        transport = httpx.AsyncHTTPTransport(uds=str(daemon.socket))
+        async with httpx.AsyncClient(transport=transport, base_url="http://nexusd") as http:
+            rest = (await http.get("/v1/vms/mg-same")).json()
+        assert made == rest  # same fields, same spelling: nexus.schemas.VmOut on both edges
+        assert {k: v for k, v in inspected.items() if k != "history"} == rest
 
     anyio.run(scenario)

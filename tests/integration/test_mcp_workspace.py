@@ -22,7 +22,7 @@ def test_workspace_tools(daemon: Daemon) -> None:  # noqa: F811
             assert (await _refused(client, "drive_rm", {"drive": "mw-data"}))["code"] == "conflict"
 
             snap = await _ok(client, "snapshot_create", {"vm": "mw-vm", "name": "s1"})
-            assert [d["name"] for d in snap["drives"]] == ["mw-data"]
+            assert [d["drive_name"] for d in snap["drives"]] == ["mw-data"]  # as REST shows a snapshot
             listed = await _ok(client, "snapshot_list", {"vm": "mw-vm"})
             assert [s["name"] for s in listed["snapshots"]] == ["s1"]
             clone = await _ok(client, "vm_clone", {"vm": "mw-vm", "name": "mw-clone", "snapshot": "s1"})

@@ -12,7 +12,7 @@ from nexus.api.cache import ResponseCache
 from nexus.api.deps import Services
 from nexus.api.middleware import Access, BodyLimit, is_mcp_path
 from nexus.api.routers import admin, assets, firecracker, guest, health, settings, tokens, vms, workspaces
-from nexus.api.schemas import ErrorOut
+from nexus.schemas import ErrorOut
 
 # Every status an operation may answer with besides its own success: 500 is a DriverError or an unexpected
 # exception (errors.Unexpected), with the same body.

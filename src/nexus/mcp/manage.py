@@ -25,6 +25,7 @@ from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, with_progress
 from nexus.mcp.sizing import fit
 from nexus.protocol import command_text
+from nexus.schemas import VmOut
 from nexus.services import NetworkService, VmService
 from nexus.services.guest import GuestService, OutputChunk
 
@@ -38,36 +39,9 @@ def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
     return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
 
 
-def net_dict(info: NetInfo | None) -> dict[str, Any] | None:
-    if info is None:
-        return None
-    return {
-        "address": str(info.address),
-        "gateway": str(info.gateway),
-        "prefix_len": info.prefix_len,
-        "mac": info.mac,
-        "ports": [str(port) for port in info.ports],
-    }
-
-
 def vm_dict(vm: Vm, net: NetInfo | None) -> dict[str, Any]:
-    return {
-        "id": vm.id,
-        "name": vm.name,
-        "role": str(vm.role),
-        "state": str(vm.state),
-        "vcpus": vm.vcpus,
-        "mem_mib": vm.mem_mib,
-        "image": vm.image,
-        "kernel": vm.kernel,
-        "tags": list(vm.tags),
-        "created_at": vm.created_at.isoformat(),
-        "updated_at": vm.updated_at.isoformat(),
-        "pid": vm.pid,
-        "vmm": vm.vmm,
-        "accel": vm.accel,
-        "network": net_dict(net),
-    }
+    """A VM as REST shows it (``nexus.schemas.VmOut``): one model for every edge."""
+    return VmOut.of(vm, net).model_dump(mode="json")
 
 
 def _get(args: Args, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:

@@ -17,6 +17,7 @@ import mcp_types as types
 
 from nexus.domain import Drive, NetInfo, NexusError, Snapshot
 from nexus.mcp.manage import ADDS, DESTROYS, READS, REMOVES, SETS, Args, Ctx, _get, _schema, _Tool, vm_dict
+from nexus.schemas import DriveOut, SnapshotOut
 from nexus.services import DriveService, SnapshotService
 
 _VM = {"vm": {"type": "string", "description": "VM name or id"}}
@@ -25,26 +26,11 @@ _SNAP = {"snapshot": {"type": "string", "description": "snapshot name"}}
 
 
 def drive_dict(drive: Drive) -> dict[str, Any]:
-    return {
-        "id": drive.id,
-        "name": drive.name,
-        "kind": str(drive.kind),
-        "size_mib": drive.size_mib,
-        "vm_id": drive.vm_id,
-        "mount_path": drive.mount_path,
-        "image": drive.image,
-        "created_at": drive.created_at.isoformat(),
-    }
+    return DriveOut.of(drive).model_dump(mode="json")
 
 
 def snapshot_dict(snapshot: Snapshot) -> dict[str, Any]:
-    return {
-        "id": snapshot.id,
-        "vm_id": snapshot.vm_id,
-        "name": snapshot.name,
-        "created_at": snapshot.created_at.isoformat(),
-        "drives": [{"id": d.drive_id, "name": d.drive_name, "kind": str(d.kind)} for d in snapshot.drives],
-    }
+    return SnapshotOut.of(snapshot).model_dump(mode="json")
 
 
 def manage_tools(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from nexus.api.deps import Network
-from nexus.api.schemas import CleanupOut, SetupFirewallOut
+from nexus.schemas import CleanupOut, SetupFirewallOut
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

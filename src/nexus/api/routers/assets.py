@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from nexus.api.deps import Assets, Via
-from nexus.api.schemas import ImageBuildIn, ImageOut, KernelOut, KernelPullIn, KernelRef
 from nexus.api.streaming import Emit, ndjson, progress_emitter
 from nexus.domain import ImageRequest, names_host_file, require_host_access
+from nexus.schemas import ImageBuildIn, ImageOut, KernelOut, KernelPullIn, KernelRef
 
 router = APIRouter(tags=["assets"])
 _NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/x-ndjson": {}}}}

@@ -11,9 +11,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from nexus.api.deps import Firecracker, Via
-from nexus.api.schemas import FirecrackerVersion, Strict
 from nexus.api.streaming import Emit, ndjson, progress_emitter
 from nexus.domain import FirecrackerBinary, require_host_access
+from nexus.schemas import FirecrackerVersion, Strict
 
 router = APIRouter(prefix="/v1/firecracker", tags=["firecracker"])
 _NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/x-ndjson": {}}}}

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from nexus.api.deps import Guest
-from nexus.api.schemas import ExecIn, WriteOut
 from nexus.api.streaming import Emit, ndjson
+from nexus.schemas import ExecIn, WriteOut
 from nexus.services.guest import CHUNK_BYTES, OutputChunk
 
 router = APIRouter(prefix="/v1/vms/{ref}", tags=["guest"])

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 from nexus import __version__
 from nexus.api.deps import ServicesDep
-from nexus.api.schemas import DriverOut, EgressOut, HealthOut, StorageOut
+from nexus.schemas import DriverOut, EgressOut, HealthOut, StorageOut
 
 router = APIRouter(tags=["health"])
 

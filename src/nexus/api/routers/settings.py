@@ -14,8 +14,8 @@ from fastapi import APIRouter
 from pydantic import create_model
 
 from nexus.api.deps import SettingsDep
-from nexus.api.schemas import SETTING_VALUES, SettingIn, SettingOut, Strict
 from nexus.domain.settings import SETTINGS
+from nexus.schemas import SETTING_VALUES, SettingIn, SettingOut, Strict
 
 router = APIRouter(prefix="/v1/settings", tags=["settings"])
 

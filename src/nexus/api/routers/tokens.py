@@ -13,8 +13,8 @@ from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field
 
 from nexus.api.deps import Tokens
-from nexus.api.schemas import Strict
 from nexus.domain import AgentToken
+from nexus.schemas import Strict
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 

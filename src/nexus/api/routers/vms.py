@@ -9,9 +9,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 
 from nexus.api.deps import Listings, Network, Vms
-from nexus.api.schemas import LogsOut, StateChangeOut, TagsIn, VmCreate, VmOut
 from nexus.api.streaming import Emit, ndjson, progress_emitter
 from nexus.domain import PublishedPort, Role, Vm, VmFilter, VmSpec, VmState
+from nexus.schemas import LogsOut, StateChangeOut, TagsIn, VmCreate, VmOut
 from nexus.services import NetworkService
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from nexus.api.deps import Drives, Network, Snapshots
-from nexus.api.schemas import (
+from nexus.schemas import (
     DriveAttach,
     DriveCreate,
     DriveOut,

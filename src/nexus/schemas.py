@@ -1,4 +1,5 @@
-"""Request and response bodies of the REST API (pydantic), and their conversion from domain objects.
+"""Request and response bodies (pydantic) for every edge, the REST API and the MCP tools alike (a VM, drive or snapshot
+has one shape wherever it is shown), and their conversion from domain objects.
 
 Request models forbid unknown fields: a typo is an error, not a silently ignored option. Their numbers and booleans
 are strict (``"2"`` or ``true`` for a vCPU count is refused, not coerced), and names, tags and sizes carry the
