@@ -636,3 +636,19 @@ async def test_recover_with_another_drivers_record_kills_the_orphan_by_pid(world
     assert world.orphans == [4321]
     assert world.repo.get(vm.id).state is VmState.CRASHED
     assert world.last_reason(vm) == "nexusd restarted and found no VMM process"
+
+
+async def test_a_cancelled_start_never_leaves_the_vm_starting(world: World) -> None:
+    """A start cancelled while launching (an MCP client's notifications/cancelled, nexusd shutting down) fails the
+    VM as any other launch failure does: a VM left "starting" with no VMM refuses the next start."""
+    vm = world.create()
+    world.driver.boots.append(boot := Boot(gate=asyncio.Event()))
+    start = asyncio.create_task(world.vms.start("web"))
+    await boot.reached.wait()
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    assert world.repo.get(vm.id).state is VmState.FAILED
+    assert world.last_reason(vm) == "start failed: the start was cancelled"
+    assert_released(world, vm)
+    assert (await asyncio.wait_for(world.vms.start("web"), 2)).state is VmState.READY

@@ -166,6 +166,9 @@ class VmService:
             except NexusError as exc:
                 self._launch_failed(vm, exc.message)
                 raise
+            except asyncio.CancelledError:  # e.g. an MCP client cancelled vm_start: the driver killed what it spawned
+                self._launch_failed(vm, "the start was cancelled")
+                raise
             except Exception as exc:  # e.g. no space left for the root drive: still never leave it "starting"
                 self._launch_failed(vm, str(exc))
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
