@@ -179,7 +179,8 @@ class World:
     links: FakeLinks
     layout: Layout
     locks: VmLocks
-    orphans: list[int] = field(default_factory=list)
+    orphans: list[int] = field(default_factory=list)  # pids kill_orphan was asked to kill
+    kill_answers: bool = False  # what kill_orphan answers (True: the pid was the VM's VMM and is killed)
 
     def create(self, name: str = "web", network: bool = True) -> Vm:
         return self.vms.create(VmSpec(name=name, image="img", network=network))
@@ -244,14 +245,13 @@ async def world(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterat
     )
     assets = AssetService(FakeKernels(tmp_path / "kernel"), NoBuilder(), images, repo, layout, backend)
     driver = FakeVmmDriver()
-    orphans: list[int] = []
 
     def kill_orphan(pid: int, vm_id: str, runtime_dir: Path) -> bool:
-        orphans.append(pid)
-        return False
+        w.orphans.append(pid)
+        return w.kill_answers
 
     vms = make_vm_service(repo, settings, layout, driver, runtime, assets, drives, net, locks, kill_orphan)
-    w = World(vms, repo, runtime, driver, links, layout, locks, orphans)
+    w = World(vms, repo, runtime, driver, links, layout, locks)
     yield w
     await asyncio.wait_for(runtime.stop_all(), 5)
     for vm in repo.find(VmFilter()):
@@ -589,9 +589,9 @@ async def test_recover_finishes_a_stop_an_earlier_nexusd_began(world: World) -> 
         (VmState.PAUSED, VmmGone("gone", S(-9)), VmState.CRASHED, "VMM exited while nexusd was down (signal 9)"),
         (
             VmState.UNREACHABLE,
-            DriverError("QMP does not answer"),
+            DriverError("its API does not answer"),
             VmState.CRASHED,
-            "nexusd restarted and could not re-attach to its VMM: QMP does not answer",
+            "nexusd restarted and could not re-attach to its VMM: its API does not answer",
         ),
     ],
 )
@@ -652,3 +652,18 @@ async def test_a_cancelled_start_never_leaves_the_vm_starting(world: World) -> N
     assert world.last_reason(vm) == "start failed: the start was cancelled"
     assert_released(world, vm)
     assert (await asyncio.wait_for(world.vms.start("web"), 2)).state is VmState.READY
+
+
+async def test_recover_ends_a_vmm_it_cannot_reattach_to(world: World) -> None:
+    """adopt's DriverError means the VMM runs but cannot be reattached (ports.VmmDriver.adopt): it must be killed,
+    or it runs on unmanaged while the VM counts as crashed, and the next start boots a second VMM on its drive."""
+    vm = world.create()
+    world.place(vm, VmState.STARTING, VmState.READY, record=_record())
+    world.driver.adopt_faults[vm.id] = DriverError("its API does not answer")
+    world.kill_answers = True
+    await world.vms.recover()
+    assert world.orphans == [777]
+    assert world.repo.get(vm.id).state is VmState.CRASHED
+    assert world.last_reason(vm) == (
+        "nexusd restarted and killed its VMM (pid 777), which it could not re-attach to: its API does not answer"
+    )
