@@ -667,3 +667,11 @@ async def test_recover_ends_a_vmm_it_cannot_reattach_to(world: World) -> None:
     assert world.last_reason(vm) == (
         "nexusd restarted and killed its VMM (pid 777), which it could not re-attach to: its API does not answer"
     )
+
+
+async def test_recover_adopts_a_vm_left_starting_and_its_agent_makes_it_ready(world: World) -> None:
+    vm = world.create()
+    world.place(vm, VmState.STARTING, record=_record())
+    await world.vms.recover()
+    await asyncio.wait_for(world.runtime.wait_ready(vm.id), 2)
+    assert world.states(vm)[-2:] == [VmState.STARTING, VmState.READY]
