@@ -167,6 +167,9 @@ class VmService:
             except NexusError as exc:
                 self._launch_failed(vm, exc.message)
                 raise
+            except asyncio.CancelledError:  # e.g. an MCP client cancelled vm_start: the driver killed what it spawned
+                self._launch_failed(vm, "the start was cancelled")
+                raise
             except Exception as exc:  # e.g. no space left for the root drive: still never leave it "starting"
                 self._launch_failed(vm, str(exc))
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -287,9 +290,16 @@ class VmService:
             log.info("vm %s: not adopted: %s", vm.name, gone.what)
             self._settle(vm, f"VMM exited while nexusd was down ({gone.status})")
             return None
-        except DriverError as exc:
+        except DriverError as exc:  # it runs but cannot be reattached: end it, or it runs on unmanaged
+            runtime_dir = Path(record.detail.get("runtime_dir") or self._layout.vm_runtime_dir(vm.id))
+            killed = self._kill_orphan(record.pid, vm.id, runtime_dir)
             driver.forget(vm.id, record)
-            self._settle(vm, f"nexusd restarted and could not re-attach to its VMM: {exc.message}")
+            what = (
+                f"killed its VMM (pid {record.pid}), which it could not re-attach to"
+                if killed
+                else "could not re-attach to its VMM"
+            )
+            self._settle(vm, f"nexusd restarted and {what}: {exc.message}")
             return None
         if vm.state is VmState.READY:  # ready again once its agent answers on new links
             reason = f"nexusd restarted; re-attaching to VMM pid {record.pid}"
