@@ -218,13 +218,13 @@ async def world(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterat
     settings = SettingsService(SettingsRepo(conn))
     links = FakeLinks()
     net = NetworkService(
-        NetRepo(conn),
-        settings,
-        links,
-        FakeFirewall(),
-        lambda: ["192.0.2.53"],
-        lambda servers: "".join(f"nameserver {s}\n" for s in servers),
-        lambda bridge: [],
+        store=NetRepo(conn),
+        settings=settings,
+        links=links,
+        firewall=FakeFirewall(),
+        host_dns=lambda: ["192.0.2.53"],
+        resolv_conf=lambda servers: "".join(f"nameserver {s}\n" for s in servers),
+        setup_host=lambda bridge: [],
     )
     runtime = VmRuntime(
         repo, connect=connect_fake_guest, timeouts=TIMEOUTS, on_ready=net.configure_guest, on_exit=net.detach
@@ -232,18 +232,25 @@ async def world(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterat
     locks = VmLocks()
     backend = CopyBackend("unit test")
     drives = DriveService(
-        DriveRepo(conn),
-        SnapshotRepo(conn),
-        repo,
-        images,
-        backend,
-        layout,
-        lambda _: None,
-        lambda _: None,
-        runtime.is_running,
-        locks,
+        drives=DriveRepo(conn),
+        snapshots=SnapshotRepo(conn),
+        vms=repo,
+        images=images,
+        backend=backend,
+        layout=layout,
+        format_drive=lambda _: None,
+        grow_filesystem=lambda _: None,
+        is_running=runtime.is_running,
+        locks=locks,
     )
-    assets = AssetService(FakeKernels(tmp_path / "kernel"), NoBuilder(), images, repo, layout, backend)
+    assets = AssetService(
+        kernels=FakeKernels(tmp_path / "kernel"),
+        builder=NoBuilder(),
+        images=images,
+        vms=repo,
+        layout=layout,
+        storage=backend,
+    )
     driver = FakeVmmDriver()
 
     def kill_orphan(pid: int, vm_id: str, runtime_dir: Path) -> bool:
