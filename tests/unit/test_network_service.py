@@ -83,16 +83,17 @@ class FakeGuest:
         return {"content": [{"type": "text", "text": "wrote"}], "structuredContent": {"size": 1}, "isError": False}
 
 
-def _bare(world: dict[str, Any], links: Any, firewall: Any) -> NetworkService:
-    """A network service on ``world``'s store with no host DNS or setup."""
+def _bare(world: dict[str, Any], links: Any = None, firewall: Any = None, **options: Any) -> NetworkService:
+    """A network service on ``world``'s store with no host DNS or setup (fresh fake links and rules unless given)."""
     return NetworkService(
         store=NetRepo(world["conn"]),
         settings=world["settings"],
-        links=links,
-        firewall=firewall,
+        links=links or FakeLinks(),
+        firewall=firewall or FakeFirewall(),
         host_dns=list,
         resolv_conf=str,
         setup_host=list,
+        **options,
     )
 
 
@@ -159,16 +160,7 @@ def test_wants_network(world: dict[str, Any], tmp_path: Path) -> None:
     assert net.wants_network(None, []) is True and net.wants_network(False, []) is False
     with pytest.raises(Invalid, match="publish needs"):
         net.wants_network(False, [PublishedPort(1, 1)])
-    off = NetworkService(
-        store=NetRepo(world["conn"]),
-        settings=world["settings"],
-        links=FakeLinks(),
-        firewall=FakeFirewall(),
-        host_dns=list,
-        resolv_conf=str,
-        setup_host=list,
-        enabled=False,
-    )
+    off = _bare(world, enabled=False)
     assert off.wants_network(None, []) is False
     with pytest.raises(Conflict, match="networking is off"):  # the daemon's setting, not a passing shortage
         off.wants_network(True, [])
@@ -296,17 +288,7 @@ def test_ip_forward_is_turned_on_at_the_first_attach_unless_opted_out(world: dic
         return True
 
     def service(enable_forwarding: Any) -> NetworkService:
-        return NetworkService(
-            store=NetRepo(world["conn"]),
-            settings=world["settings"],
-            links=FakeLinks(),
-            firewall=FakeFirewall(),
-            host_dns=list,
-            resolv_conf=str,
-            setup_host=list,
-            forwarding_on=lambda: forwarding["on"],
-            enable_forwarding=enable_forwarding,
-        )
+        return _bare(world, forwarding_on=lambda: forwarding["on"], enable_forwarding=enable_forwarding)
 
     opted_out = service(None)
     opted_out.reserve(add_vm(world, "a"), [])
