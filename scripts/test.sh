@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/bootstrap.sh
-.venv/bin/ruff format --check src tests bench
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench examples
+.venv/bin/ruff check src tests bench examples
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -16,7 +16,7 @@ from nexus.cli import admin, assets, settings, tokens, vm, workspaces
 from nexus.cli.common import client, ctx_of, read_token
 from nexus.cli.errors import ERROR, exit_code_for
 from nexus.cli.output import Ctx, console, emit, fields
-from nexus.client import DaemonUnreachable
+from nexus.client import Connection, DaemonUnreachable
 from nexus.domain import Invalid, NexusError
 
 app = typer.Typer(
@@ -132,7 +132,7 @@ def mcp_bridge_command(
 
     obj = ctx_of(ctx)
     ca_file = Path(obj.ca_file) if obj.ca_file else None
-    target = mcp_bridge.Target(Path(obj.socket) if obj.socket else None, obj.url, obj.token, ca_file)
+    target = Connection(Path(obj.socket) if obj.socket else None, obj.url, obj.token, ca_file)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(mcp_bridge.bridge(target, ref, keepalive))
 

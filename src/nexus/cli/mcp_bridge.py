@@ -29,8 +29,6 @@ import itertools
 import json
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
@@ -43,7 +41,7 @@ from mcp.shared.inbound import (
 )
 from mcp_types import PROTOCOL_VERSION_META_KEY
 
-from nexus.client import DEFAULT_SOCKET, tls_verify
+from nexus.client import Connection
 from nexus.protocol import INTERNAL_ERROR, PARSE_ERROR
 
 ACCEPT = "application/json, text/event-stream"
@@ -413,30 +411,10 @@ async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
         yield "\n".join(data)
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where nexusd is: its Unix socket (default), or its TCP listener ``url`` with a bearer ``token`` (the admin
-    token or an agent token for this VM), its TLS certificate checked against ``ca_file`` when given."""
-
-    socket: Path | None = None
-    url: str | None = None
-    token: str | None = None
-    ca_file: Path | None = None
-
-    def client(self) -> httpx.AsyncClient:
-        timeout = httpx.Timeout(30.0, read=None)  # a tool call may run (and stream) for as long as it needs
-        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
-        if self.url is not None:
-            return httpx.AsyncClient(
-                base_url=self.url, headers=headers, timeout=timeout, verify=tls_verify(self.ca_file)
-            )
-        transport = httpx.AsyncHTTPTransport(uds=str(self.socket or DEFAULT_SOCKET))
-        return httpx.AsyncClient(transport=transport, base_url="http://nexusd", headers=headers, timeout=timeout)
-
-
-async def bridge(target: Target, ref: str, keepalive_s: float = KEEPALIVE_S) -> None:
+async def bridge(target: Connection, ref: str, keepalive_s: float = KEEPALIVE_S) -> None:
     """Run the bridge on this process's stdin/stdout until stdin ends; ``keepalive_s`` 0: no keepalive pings."""
-    async with target.client() as http:
+    timeout = httpx.Timeout(30.0, read=None)  # a tool call may run (and stream) for as long as it needs
+    async with target.async_client(timeout) as http:
         stdin = sys.stdin.buffer
 
         async def readline() -> bytes:

@@ -6,13 +6,15 @@ import sys
 # nexusctl command pays for it. Marking that module absent makes httpx fall back to its stub; nothing here uses it.
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-from nexus.client.client import (  # noqa: E402
-    DEFAULT_SOCKET,
-    DaemonUnreachable,
-    NexusClient,
-    Unauthorized,
-    tls_verify,
-    unreachable,
-)
+from nexus.client.client import DaemonUnreachable, NexusClient, Unauthorized, unreachable  # noqa: E402
+from nexus.client.connection import DEFAULT_SOCKET, Connection, tls_verify  # noqa: E402
 
-__all__ = ["DEFAULT_SOCKET", "DaemonUnreachable", "NexusClient", "Unauthorized", "tls_verify", "unreachable"]
+__all__ = [
+    "DEFAULT_SOCKET",
+    "Connection",
+    "DaemonUnreachable",
+    "NexusClient",
+    "Unauthorized",
+    "tls_verify",
+    "unreachable",
+]

@@ -7,16 +7,14 @@ handle one error tree whichever side of the socket raised it.
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from nexus.client.connection import Connection
 from nexus.domain import ERRORS_BY_CODE, Invalid, NexusError
-
-DEFAULT_SOCKET = Path("/run/nexus/nexusd.sock")
 
 
 class DaemonUnreachable(NexusError):
@@ -58,13 +56,9 @@ class NexusClient:
     ) -> None:
         """Talk to nexusd over ``socket_path`` (default), or over ``url`` (TCP, ``https://`` for TLS, its certificate
         checked against ``ca_file`` when given, else the system's CAs) with a bearer ``token``."""
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._where = url or str(socket_path or DEFAULT_SOCKET)
-        if url is not None:
-            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s, verify=tls_verify(ca_file))
-        else:
-            transport = httpx.HTTPTransport(uds=str(socket_path or DEFAULT_SOCKET))
-            self._http = httpx.Client(transport=transport, base_url="http://nexusd", headers=headers, timeout=timeout_s)
+        connection = Connection(socket_path, url, token, ca_file)
+        self._where = connection.where
+        self._http = connection.sync_client(timeout_s)
 
     def close(self) -> None:
         self._http.close()
@@ -344,17 +338,6 @@ class NexusClient:
     def setup_firewall(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/admin/setup-firewall")
         return result
-
-
-def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
-    """How an ``https://`` nexusd is checked: against ``ca_file`` (a self-signed or private CA), else the system's
-    CAs. Never unchecked: the bearer token would go to whoever answers."""
-    if ca_file is None:
-        return True
-    try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise Invalid(f"cannot use CA file {ca_file}: {exc}") from exc
 
 
 def unreachable(where: str, exc: Exception) -> DaemonUnreachable:

@@ -1,0 +1,29 @@
+"""The typed Python SDK of Nexus::
+
+    from nexus.sdk import Nexus
+
+    with Nexus() as nx, nx.vms.run("box") as vm:
+        print(vm.exec(["uname", "-a"]).stdout)
+        vm.files.write("/root/hello.txt", "hi")
+
+Sync (``Nexus``) and async (``AsyncNexus``) alike; results are ``nexus.schemas`` models; errors are the domain's
+(``nexus.domain``: ``NotFound``, ``Conflict``, ``Invalid``...) plus ``DaemonUnreachable``.
+"""
+
+from nexus.client.client import DaemonUnreachable, Unauthorized
+from nexus.sdk.calls import ExecResult
+from nexus.sdk.client import AsyncFiles, AsyncNexus, AsyncVm, AsyncVms, Files, Nexus, Vm, Vms
+
+__all__ = [
+    "AsyncFiles",
+    "AsyncNexus",
+    "AsyncVm",
+    "AsyncVms",
+    "DaemonUnreachable",
+    "ExecResult",
+    "Files",
+    "Nexus",
+    "Unauthorized",
+    "Vm",
+    "Vms",
+]
