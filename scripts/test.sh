@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, types, the layer table, then unit, integration and e2e tests. Installs what it needs first.
+# The whole test suite: lint, types, layers, then unit, integration and e2e tests. Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/bootstrap.sh
