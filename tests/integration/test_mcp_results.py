@@ -121,8 +121,8 @@ def test_silent_commands_send_heartbeat_progress(daemon: Daemon) -> None:  # noq
     async def scenario() -> None:
         notes: list[tuple[float, str | None]] = []
 
-        async def on_progress(value: float, _total: float | None, message: str | None) -> None:
-            notes.append((value, message))
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # ProgressFnT
+            notes.append((progress, message))
 
         async with mcp_client(daemon, "mcp-one") as client:
             run = await client.call_tool(

@@ -75,10 +75,10 @@ def test_tools_through_the_vm_endpoint(daemon: Daemon, tmp_path: Path) -> None:
             assert {"run_command", "file_read", "file_write", "list_dir"} <= set(tools)
             assert tools["file_read"].input_schema["required"] == ["path"]
 
-            progress: list[str | None] = []
+            messages: list[str | None] = []
 
-            async def on_progress(_value: float, _total: float | None, message: str | None) -> None:
-                progress.append(message)
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # ProgressFnT
+                messages.append(message)
 
             run = await client.call_tool(
                 "run_command", {"command": "echo a; sleep 0.1; echo b >&2"}, progress_callback=on_progress
@@ -87,7 +87,7 @@ def test_tools_through_the_vm_endpoint(daemon: Daemon, tmp_path: Path) -> None:
             assert run.structured_content is not None
             assert (run.structured_content["stdout"], run.structured_content["stderr"]) == ("a\n", "b\n")
             assert run.structured_content["exit_code"] == 0
-            assert progress == ["a\n", "b\n"]
+            assert messages == ["a\n", "b\n"]
 
             quiet = await client.call_tool("run_command", {"command": ["echo", "no progress asked"]})
             assert quiet.structured_content is not None

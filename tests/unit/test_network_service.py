@@ -13,6 +13,7 @@ import pytest
 from nexus.domain import (
     Conflict,
     Invalid,
+    L4Proto,
     OwnedLink,
     PortForward,
     PublishedPort,
@@ -89,6 +90,11 @@ def world(tmp_path: Path) -> dict[str, Any]:
     settings = SettingsService(SettingsRepo(conn))
     links, firewall = FakeLinks(), FakeFirewall()
     said: list[str] = []
+
+    def setup_host(bridge: str) -> list[str]:
+        said.append(bridge)
+        return [f"ok {bridge}"]
+
     net = NetworkService(
         NetRepo(conn),
         settings,
@@ -96,7 +102,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
         firewall,
         lambda: ["192.0.2.53"],
         lambda servers: "".join(f"nameserver {s}\n" for s in servers),
-        lambda bridge: said.append(bridge) or [f"ok {bridge}"],
+        setup_host,
     )
     return {"conn": conn, "settings": settings, "links": links, "firewall": firewall, "net": net, "vms": VmRepo(conn)}
 
@@ -169,7 +175,7 @@ def test_attach_detach_keep_links_and_rules_equal_to_what_runs(world: dict[str, 
     with pytest.raises(Conflict, match="network_subnet cannot change"):
         world["settings"].set("network_subnet", "10.8.0.0/24")
     asyncio.run(net.detach("a"))
-    assert lease.tap not in links.links and firewall.table[2] == ()
+    assert lease.tap not in links.links and not firewall.table[2]
     assert lease.address in links.forgotten
     asyncio.run(net.detach("a"))  # idempotent
     world["settings"].set("network_subnet", "10.8.0.0/24")  # nothing attached now
@@ -263,7 +269,7 @@ def test_restore_keeps_the_taps_and_ports_of_adopted_vms_however_often(world: di
         assert set(links.links) == {"nexus0", taps["a"]}
         assert firewall.applied == applied + 1
         assert firewall.table is not None
-        assert firewall.table[2] == (PortForward("tcp", 8080, IPv4Address("10.77.0.2"), 80),)
+        assert firewall.table[2] == (PortForward(L4Proto.TCP, 8080, IPv4Address("10.77.0.2"), 80),)
     asyncio.run(fresh.detach("a"))  # its VMM exits later: the adopted TAP is this nexusd's to remove
     assert set(links.links) == {"nexus0"}
 
