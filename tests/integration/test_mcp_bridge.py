@@ -25,6 +25,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import TextContent
 
 from nexus.client import NexusClient
 from nexus.mcp.errors import INVALID_STATE
@@ -114,7 +115,7 @@ def test_sdk_stdio_client_through_the_bridge(daemon: Daemon, tmp_path: Path, mod
             path = str(tmp_path / "bridge.txt")
             await client.call_tool("file_write", {"path": path, "content": "over stdio"})
             read = await client.call_tool("file_read", {"path": path})
-            assert read.content[0].text == "over stdio"  # type: ignore[union-attr]
+            assert isinstance(read.content[0], TextContent) and read.content[0].text == "over stdio"
             with pytest.raises(MCPError) as unknown:
                 await client.call_tool("no_such_tool", {})
             assert unknown.value.code == INVALID_PARAMS

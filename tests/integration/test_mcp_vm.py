@@ -23,6 +23,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import TextContent
 
 from nexus.client import NexusClient
 from nexus.mcp.endpoints import MAX_REQUEST_BODY_BYTES
@@ -96,7 +97,8 @@ def test_tools_through_the_vm_endpoint(daemon: Daemon, tmp_path: Path) -> None:
             path = str(tmp_path / "mcp.txt")  # the fake's agent runs on this host
             await client.call_tool("file_write", {"path": path, "content": "through MCP"})
             read = await client.call_tool("file_read", {"path": path})
-            assert read.is_error is False and read.content[0].text == "through MCP"  # type: ignore[union-attr]
+            assert read.is_error is False and isinstance(read.content[0], TextContent)
+            assert read.content[0].text == "through MCP"
 
             with pytest.raises(MCPError) as unknown:  # a protocol error, as the spec lists it: the tool never ran
                 await client.call_tool("no_such_tool", {})

@@ -16,6 +16,7 @@ from nexus.domain import (
     L4Proto,
     OwnedLink,
     PortForward,
+    ProgressHandler,
     PublishedPort,
     Role,
     Unavailable,
@@ -72,13 +73,31 @@ class FakeFirewall:
 
 
 class FakeGuest:
-    """The agent's side of an MCP link, for file_write only."""
+    """The agent's side of an MCP link (a ``GuestLink``), for file_write only."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
 
-    async def call(self, method: str, params: dict[str, Any], *_: Any) -> dict[str, Any]:
-        assert method == "tools/call" and params["name"] == "file_write"
+    closed = False
+    close_reason = ""
+
+    async def wait_closed(self) -> None:
+        raise NotImplementedError
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        raise NotImplementedError
+
+    async def close(self, reason: str = "closed") -> None:
+        raise NotImplementedError
+
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        timeout_s: float | None = 30.0,
+        on_progress: ProgressHandler | None = None,
+    ) -> dict[str, Any]:
+        assert method == "tools/call" and params is not None and params["name"] == "file_write"
         args = params["arguments"]
         self.files[args["path"]] = args["content"].encode()
         return {"content": [{"type": "text", "text": "wrote"}], "structuredContent": {"size": 1}, "isError": False}
@@ -187,13 +206,13 @@ def test_guest_dns(world: dict[str, Any]) -> None:
     net: NetworkService = world["net"]
     guest = FakeGuest()
     net.reserve(add_vm(world, "a"), [])
-    asyncio.run(net.configure_guest("a", guest))  # type: ignore[arg-type]
+    asyncio.run(net.configure_guest("a", guest))
     assert guest.files == {}  # not attached: no NIC, nothing to write
     asyncio.run(net.attach("a"))
-    asyncio.run(net.configure_guest("a", guest))  # type: ignore[arg-type]
+    asyncio.run(net.configure_guest("a", guest))
     assert guest.files["/etc/resolv.conf"] == b"nameserver 192.0.2.53\n"  # from-host
     world["settings"].set("dns_servers", ["198.51.100.1", "198.51.100.2"])
-    asyncio.run(net.configure_guest("a", guest))  # type: ignore[arg-type]
+    asyncio.run(net.configure_guest("a", guest))
     assert guest.files["/etc/resolv.conf"] == b"nameserver 198.51.100.1\nnameserver 198.51.100.2\n"
 
 
