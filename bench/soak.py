@@ -1068,10 +1068,9 @@ def _report(
             ],
             rows3,
         )
+    by_count: list[tuple[str, int]] = sorted(soak.errors.items(), key=lambda kv: (-kv[1], kv[0]))
     print_table(
-        "Errors by kind (step: kind; tolerated unless the cycle failed)",
-        ["kind", "count"],
-        sorted(soak.errors.items(), key=lambda kv: (-kv[1], kv[0])) or [("none", 0)],
+        "Errors by kind (step: kind; tolerated unless the cycle failed)", ["kind", "count"], by_count or [("none", 0)]
     )
     for kind, example in sorted(soak.examples.items()):
         print(f"first {kind}: {example}")

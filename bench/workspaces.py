@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,10 @@ def _fill(path: Path, size_mib: int) -> None:
         os.fsync(fh.fileno())
 
 
+def _post_ok(api: httpx.Client, path: str, body: dict[str, Any]) -> None:
+    api.post(path, json=body).raise_for_status()
+
+
 def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -113,7 +118,7 @@ def _copy_contrast(work: Path) -> list[object]:
         with (source / "disk.img").open("wb") as fh:
             fh.truncate(size_mib << 20)
         _fill(source / "disk.img", size_mib)
-        times[label] = _timed(lambda s=source, d=dest: backend.clone_volume(s, d, readonly=True))
+        times[label] = _timed(partial(backend.clone_volume, source, dest, readonly=True))
         backend.delete_volume(dest)
         backend.delete_volume(source)
     small, big = times["64 MiB"], times["4 GiB"]
@@ -149,25 +154,15 @@ def run() -> None:
                 for i in range(SNAPSHOTS):  # interleaved, so load on the shared host hits both alike
                     for label, (name, drive_id) in vms.items():
                         snap[label].append(
-                            _timed(
-                                lambda n=name, i=i: api.post(
-                                    f"/v1/vms/{n}/snapshots", json={"name": f"s{i}"}
-                                ).raise_for_status()
-                            )
+                            _timed(partial(_post_ok, api, f"/v1/vms/{name}/snapshots", {"name": f"s{i}"}))
                         )
                         volume, dest = state / "drives" / drive_id, mnt / f"step-{drive_id}-{i}"
-                        step[label].append(_timed(lambda v=volume, d=dest: backend.clone_volume(v, d, readonly=True)))
+                        step[label].append(_timed(partial(backend.clone_volume, volume, dest, readonly=True)))
                         backend.delete_volume(dest)
                 for i in range(CLONES):
                     for label, (name, _) in vms.items():
                         copy = f"{name}-c{i}"
-                        clone[label].append(
-                            _timed(
-                                lambda n=name, c=copy: api.post(
-                                    f"/v1/vms/{n}/clone", json={"name": c}
-                                ).raise_for_status()
-                            )
-                        )
+                        clone[label].append(_timed(partial(_post_ok, api, f"/v1/vms/{name}/clone", {"name": copy})))
                         api.delete(f"/v1/vms/{copy}").raise_for_status()
                         api.delete(f"/v1/drives/{copy}-d-{SIZES_MIB[label]}").raise_for_status()
                 stopped: dict[str, list[float]] = {label: [] for label in SIZES_MIB}
@@ -176,11 +171,7 @@ def run() -> None:
                 for i in range(SNAPSHOTS):  # no guest to freeze: the API call and the subvolume snapshots alone
                     for label, (name, _) in vms.items():
                         stopped[label].append(
-                            _timed(
-                                lambda n=name, i=i: api.post(
-                                    f"/v1/vms/{n}/snapshots", json={"name": f"t{i}"}
-                                ).raise_for_status()
-                            )
+                            _timed(partial(_post_ok, api, f"/v1/vms/{name}/snapshots", {"name": f"t{i}"}))
                         )
                 rows = [
                     _row(f"snapshot, running VM ({SNAPSHOTS}x, API call)", snap["64 MiB"], snap["4 GiB"]),

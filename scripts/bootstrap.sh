@@ -26,13 +26,17 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# .venv holds exactly requirements-dev.lock (every package pinned, with hashes) plus nexus itself, editable. The lock
+# is made from pyproject.toml's dependencies and dev extra by ./scripts/lock.sh (see it for how to refresh it);
+# a change to either file rebuilds .venv from scratch.
 stamp=.venv/.nexus-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements-dev.lock | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "bootstrap: preparing .venv"
-    python3 -m venv .venv
+    echo "bootstrap: preparing .venv from requirements-dev.lock"
+    python3 -m venv --clear .venv
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[dev]'
+    .venv/bin/pip install -q -r requirements-dev.lock
+    .venv/bin/pip install -q --no-deps -e .
     echo "$want" > "$stamp"
 fi
 

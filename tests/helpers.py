@@ -12,11 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
+
+if TYPE_CHECKING:
+    from mcp import Client
+    from mcp.types import CallToolResult
 
 T = TypeVar("T")
 
@@ -105,7 +109,8 @@ def start_daemon(
         if proc.poll() is not None:
             raise AssertionError(f"nexusd exited with {proc.returncode}:\n{daemon.log_text()}")
         with NexusClient(sock, timeout_s=2) as client:
-            return client.health()["status"] == "ok"
+            status: str = client.health()["status"]
+            return status == "ok"
 
     try:
         wait_until(up, 20, "nexusd to answer on its socket")
@@ -126,20 +131,22 @@ def btrfs_mount(base: Path, size: str = "512M") -> Iterator[Path]:
         yield mnt
 
 
-async def call_killing_vmm(client: Any, tool: str, args: dict[str, Any], pid: int, timeout_s: float) -> Any | MCPError:
+async def call_killing_vmm(
+    client: Client, tool: str, args: dict[str, Any], pid: int, timeout_s: float
+) -> CallToolResult | MCPError:
     """Call MCP ``tool`` asking for progress, SIGKILL the VMM ``pid`` once the first progress arrives (the tool is
     running), and return what the call ended with: its result, or the MCPError it raised. Fails the test if the
     call does not end within ``timeout_s``."""
     running = anyio.Event()
 
-    async def on_progress(_value: float, _total: float | None, _message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # ProgressFnT
         running.set()
 
     async def kill_when_running() -> None:
         await running.wait()
         os.kill(pid, signal.SIGKILL)
 
-    outcome: Any | MCPError = None
+    outcome: CallToolResult | MCPError  # set below, or the block raises
     with anyio.fail_after(timeout_s):
         async with anyio.create_task_group() as tg:
             tg.start_soon(kill_when_running)

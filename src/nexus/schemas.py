@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from nexus.domain import (
+    CleanupReport,
     Drive,
     DriveKind,
     Image,
@@ -22,6 +23,7 @@ from nexus.domain import (
     Kernel,
     NetInfo,
     Role,
+    Setting,
     Snapshot,
     StateChange,
     Vm,
@@ -44,7 +46,6 @@ from nexus.domain.validation import (
     check_tag,
     check_vcpus,
 )
-from nexus.services import CleanupReport, Setting
 
 
 class Strict(BaseModel):

@@ -41,7 +41,8 @@ async def ok(client: Client, name: str, args: dict[str, Any], **kw: Any) -> dict
     result = await client.call_tool(name, args, **kw)
     assert result.is_error is False, result.content
     assert result.structured_content is not None
-    return result.structured_content
+    content: dict[str, Any] = result.structured_content
+    return content
 
 
 async def every_guest_tool(client: Client, tag: str) -> None:

@@ -26,6 +26,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.types import TextContent
 
 from nexus.client import NexusClient
 from nexus.domain import Image
@@ -201,6 +202,7 @@ def _mcp_snapshot(daemon: Daemon, vm: str, name: str) -> None:
             assert result.structured_content is not None and result.structured_content["name"] == name
             refused = await client.call_tool("workspace_snapshot", {"name": name})
             assert refused.is_error is True
-            assert json.loads(refused.content[0].text)["error"]["code"] == "conflict"  # type: ignore[union-attr]
+            assert isinstance(refused.content[0], TextContent)
+            assert json.loads(refused.content[0].text)["error"]["code"] == "conflict"
 
     anyio.run(call)

@@ -35,7 +35,7 @@ _serial = itertools.count()
 
 
 @schemathesis.hook
-def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwargs: dict[str, Any]) -> None:
+def before_call(context: schemathesis.HookContext, case: schemathesis.Case[Any], kwargs: dict[str, Any]) -> None:
     operation = (case.method.upper(), case.path)
     if not isinstance(case.body, dict):
         return

@@ -85,7 +85,7 @@ async def test_filters(api: httpx.AsyncClient) -> None:
     await api.post("/v1/vms", json={"name": "b", "role": "work", "tags": ["t1"]})
     await api.post("/v1/vms", json={"name": "c", "role": "service"})
 
-    async def names(params: dict[str, object]) -> list[str]:
+    async def names(params: dict[str, str | list[str]]) -> list[str]:
         r = await api.get("/v1/vms", params=params)
         assert r.status_code == 200, r.text
         return [v["name"] for v in r.json()]

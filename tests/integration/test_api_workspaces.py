@@ -29,7 +29,7 @@ def _ext4_size(path: Path) -> int:
         sb = fh.read(1024)
     assert struct.unpack_from("<H", sb, 0x38)[0] == 0xEF53
     blocks, log_size = struct.unpack_from("<I", sb, 0x4)[0], struct.unpack_from("<I", sb, 0x18)[0]
-    return int(blocks) * (1024 << log_size)
+    return int(blocks) * (1024 << int(log_size))
 
 
 async def _ok(response: httpx.Response, status: int = 200) -> Any:

@@ -77,7 +77,7 @@ async def test_hello_then_heartbeats(link: Link) -> None:
     method, params = await asyncio.wait_for(link.notes.get(), 10)
     assert method == "nexus/hello"
     assert params["agent_version"] == nexus.__version__
-    seqs = []
+    seqs: list[int] = []
     while len(seqs) < 3:
         method, params = await asyncio.wait_for(link.notes.get(), 5)
         if method == "nexus/heartbeat":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,7 +36,7 @@ def run(capsys: pytest.CaptureFixture[str], daemon: Daemon | Path, *args: str) -
     return code, out, err
 
 
-def run_json(capsys: pytest.CaptureFixture[str], daemon: Daemon, *args: str) -> object:
+def run_json(capsys: pytest.CaptureFixture[str], daemon: Daemon, *args: str) -> Any:
     code, out, err = run(capsys, daemon, "--json", *args)
     assert code == 0, err
     return json.loads(out)  # exactly one document: json.loads fails on trailing text
@@ -104,7 +105,7 @@ def test_exit_codes(capsys: pytest.CaptureFixture[str], daemon: Daemon, tmp_path
     # 1: other errors
     assert run(capsys, daemon, "vm", "start", "dup")[0] == 1
     # 0 again, and nothing was changed by the failures
-    assert [v["name"] for v in run_json(capsys, daemon, "vm", "list")] == ["dup"]  # type: ignore[union-attr]
+    assert [v["name"] for v in run_json(capsys, daemon, "vm", "list")] == ["dup"]
 
 
 def test_rm_refuses_running_vm_unless_forced(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
@@ -123,7 +124,7 @@ def test_rm_refuses_running_vm_unless_forced(capsys: pytest.CaptureFixture[str],
     code, _, err = run(capsys, daemon, "vm", "rm", "busy")
     assert code == 5
     assert "stop it first" in err
-    assert run_json(capsys, daemon, "vm", "inspect", "busy")["state"] == "ready"  # type: ignore[index]
+    assert run_json(capsys, daemon, "vm", "inspect", "busy")["state"] == "ready"
     # --force stops it first; with no process behind the row, that only settles the state.
     assert run(capsys, daemon, "vm", "rm", "--force", "busy")[0] == 0
     assert run(capsys, daemon, "vm", "inspect", "busy")[0] == 4
@@ -136,10 +137,10 @@ def test_settings_and_status(capsys: pytest.CaptureFixture[str], daemon: Daemon)
     assert run(capsys, daemon, "settings", "set", "default_vcpus", "4")[1] == "default_vcpus = 4\n"
     assert run(capsys, daemon, "settings", "get", "default_vcpus")[1] == "4\n"
     assert run(capsys, daemon, "settings", "set", "vmm", "xen")[0] == 2
-    assert run_json(capsys, daemon, "settings", "get", "vmm")["value"] == "auto"  # type: ignore[index]
+    assert run_json(capsys, daemon, "settings", "get", "vmm")["value"] == "auto"
 
     health = run_json(capsys, daemon, "status")
-    assert health["status"] == "ok"  # type: ignore[index]
+    assert health["status"] == "ok"
     code, out, _ = run(capsys, daemon, "status")
     assert "vmm      none (qemu-system-x86_64 not found" in out
     assert "storage  copy (" in out or "storage  reflink (" in out

@@ -22,7 +22,7 @@ def test_no_network_daemon_creates_vms_without_nic(capsys: pytest.CaptureFixture
     assert code == 2 and "HOSTPORT:GUESTPORT" in err
     code, _, err = run(capsys, daemon, "vm", "create", "both", "--no-network", "-p", "80:80")
     assert code == 2 and "publish needs the VM on the network" in err
-    names = [v["name"] for v in run_json(capsys, daemon, "vm", "list")]  # type: ignore[union-attr]
+    names = [v["name"] for v in run_json(capsys, daemon, "vm", "list")]
     assert names == ["plain", "off"]
     code, out, _ = run(capsys, daemon, "vm", "list")
     assert code == 0 and "ADDRESS" in out

@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TextIO
 
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import TextContent
 
 from nexus.client import NexusClient
 from nexus.mcp.errors import INVALID_STATE
@@ -51,7 +52,7 @@ def _server(socket: Path, ref: str, *options: str) -> StdioServerParameters:
     return StdioServerParameters(command=argv[0], args=argv[1:], env=dict(os.environ))
 
 
-def _client(socket: Path, ref: str, errlog: IO[str], *options: str) -> Client:
+def _client(socket: Path, ref: str, errlog: TextIO, *options: str) -> Client:
     """The SDK's stdio client through the bridge, the bridge's stderr to ``errlog``; the 2025 handshake (a session:
     2026-era messages have none to lose)."""
     return Client(stdio_client(_server(socket, ref, *options), errlog=errlog), mode="legacy", read_timeout_seconds=30)
@@ -97,10 +98,10 @@ async def _echo(client: Client, text: str) -> None:
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 def test_sdk_stdio_client_through_the_bridge(daemon: Daemon, tmp_path: Path, mode: str) -> None:  # noqa: F811
     async def scenario() -> None:
-        progress: list[str | None] = []
+        messages: list[str | None] = []
 
-        async def on_progress(_value: float, _total: float | None, message: str | None) -> None:
-            progress.append(message)
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # ProgressFnT
+            messages.append(message)
 
         async with Client(_server(daemon.socket, "mcp-one"), mode=mode, read_timeout_seconds=30) as client:
             assert client.server_info is not None and client.server_info.name == "nexus-vm"
@@ -110,11 +111,11 @@ def test_sdk_stdio_client_through_the_bridge(daemon: Daemon, tmp_path: Path, mod
             )
             assert run.structured_content is not None
             assert (run.structured_content["stdout"], run.structured_content["stderr"]) == ("a\n", "b\n")
-            assert sorted(m or "" for m in progress) == ["a\n", "b\n"]
+            assert sorted(m or "" for m in messages) == ["a\n", "b\n"]
             path = str(tmp_path / "bridge.txt")
             await client.call_tool("file_write", {"path": path, "content": "over stdio"})
             read = await client.call_tool("file_read", {"path": path})
-            assert read.content[0].text == "over stdio"  # type: ignore[union-attr]
+            assert isinstance(read.content[0], TextContent) and read.content[0].text == "over stdio"
             with pytest.raises(MCPError) as unknown:
                 await client.call_tool("no_such_tool", {})
             assert unknown.value.code == INVALID_PARAMS

@@ -71,7 +71,7 @@ async def _ok(client: Client, name: str, args: dict[str, Any], **kw: Any) -> Any
 async def _refused(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
     result = await client.call_tool(name, args)
     assert result.is_error is True, result.structured_content
-    error: dict[str, Any] = result.structured_content["error"]  # type: ignore[index]
+    error: dict[str, Any] = result.structured_content["error"]
     return error
 
 
@@ -147,6 +147,7 @@ def test_vm_killed_during_exec_is_an_error_not_a_hang(daemon: Daemon) -> None:
             result = await call_killing_vmm(
                 client, "vm_exec", {"vm": "mg-doomed", "command": "echo up; sleep 60"}, pid, timeout_s=20
             )
+            assert not isinstance(result, MCPError), result
             assert result.is_error is True and result.structured_content["error"]["code"] == "unavailable"
             assert (await _ok(client, "vm_list", {}))["vms"][0]["name"] == "mg-doomed"  # still serving
 

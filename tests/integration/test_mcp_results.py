@@ -121,8 +121,8 @@ def test_silent_commands_send_heartbeat_progress(daemon: Daemon) -> None:  # noq
     async def scenario() -> None:
         notes: list[tuple[float, str | None]] = []
 
-        async def on_progress(value: float, _total: float | None, message: str | None) -> None:
-            notes.append((value, message))
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # ProgressFnT
+            notes.append((progress, message))
 
         async with mcp_client(daemon, "mcp-one") as client:
             run = await client.call_tool(
@@ -146,8 +146,8 @@ def test_every_tool_has_a_title_and_annotations_and_the_vm_says_how_to_use_it(da
         for name, tool in tools.items():
             assert tool.title and tool.annotations is not None, name
             assert tool.annotations.read_only_hint is not None and tool.annotations.idempotent_hint is not None
-        assert tools["file_read"].annotations.read_only_hint is True  # type: ignore[union-attr]
-        assert tools["workspace_rollback"].annotations.destructive_hint is True  # type: ignore[union-attr]
+        assert (reading := tools["file_read"].annotations) is not None and reading.read_only_hint is True
+        assert (rollback := tools["workspace_rollback"].annotations) is not None and rollback.destructive_hint is True
         assert "max_output_bytes" in (tools["run_command"].description or "")
 
     anyio.run(scenario)

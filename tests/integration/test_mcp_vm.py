@@ -23,6 +23,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import TextContent
 
 from nexus.client import NexusClient
 from nexus.mcp.endpoints import MAX_REQUEST_BODY_BYTES
@@ -75,10 +76,10 @@ def test_tools_through_the_vm_endpoint(daemon: Daemon, tmp_path: Path) -> None:
             assert {"run_command", "file_read", "file_write", "list_dir"} <= set(tools)
             assert tools["file_read"].input_schema["required"] == ["path"]
 
-            progress: list[str | None] = []
+            messages: list[str | None] = []
 
-            async def on_progress(_value: float, _total: float | None, message: str | None) -> None:
-                progress.append(message)
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # ProgressFnT
+                messages.append(message)
 
             run = await client.call_tool(
                 "run_command", {"command": "echo a; sleep 0.1; echo b >&2"}, progress_callback=on_progress
@@ -87,7 +88,7 @@ def test_tools_through_the_vm_endpoint(daemon: Daemon, tmp_path: Path) -> None:
             assert run.structured_content is not None
             assert (run.structured_content["stdout"], run.structured_content["stderr"]) == ("a\n", "b\n")
             assert run.structured_content["exit_code"] == 0
-            assert progress == ["a\n", "b\n"]
+            assert messages == ["a\n", "b\n"]
 
             quiet = await client.call_tool("run_command", {"command": ["echo", "no progress asked"]})
             assert quiet.structured_content is not None
@@ -96,7 +97,8 @@ def test_tools_through_the_vm_endpoint(daemon: Daemon, tmp_path: Path) -> None:
             path = str(tmp_path / "mcp.txt")  # the fake's agent runs on this host
             await client.call_tool("file_write", {"path": path, "content": "through MCP"})
             read = await client.call_tool("file_read", {"path": path})
-            assert read.is_error is False and read.content[0].text == "through MCP"  # type: ignore[union-attr]
+            assert read.is_error is False and isinstance(read.content[0], TextContent)
+            assert read.content[0].text == "through MCP"
 
             with pytest.raises(MCPError) as unknown:  # a protocol error, as the spec lists it: the tool never ran
                 await client.call_tool("no_such_tool", {})

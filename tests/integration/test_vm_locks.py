@@ -146,6 +146,8 @@ async def _race(first: Any, second: Any) -> tuple[Any, Any]:
         return await coro
 
     offset = random.uniform(0, 0.015)
+    a: Any
+    b: Any
     a, b = await asyncio.gather(delayed(first, 0), delayed(second, offset), return_exceptions=True)
     for outcome in (a, b):
         if isinstance(outcome, BaseException) and not isinstance(outcome, Conflict | NotFound):

@@ -270,8 +270,8 @@ def test_jailed_driver_argv_and_in_chroot_config(tmp_path: Path) -> None:
     assert files.api_socket == Path("/srv/jail/firecracker/0123abcd/root/api.sock")
     assert files.stderr_file == spec.runtime_dir / "firecracker.stderr"  # nexusd's own file stays outside
     config = microvm_config(spec, files)
-    assert str(config.vsock.uds_path) == "/vsock.sock"  # type: ignore[union-attr]
-    assert str(config.logger.log_path) == "/firecracker.log"  # type: ignore[union-attr]
+    assert config.vsock is not None and str(config.vsock.uds_path) == "/vsock.sock"
+    assert config.logger is not None and str(config.logger.log_path) == "/firecracker.log"
     layout = driver.chroot("0123abcd")
     assert layout is not None and layout.instance_dir == Path("/srv/jail/firecracker/0123abcd")
 
@@ -282,7 +282,8 @@ def test_direct_driver_keeps_host_paths(tmp_path: Path) -> None:
     files = driver.runtime_files(spec)
     assert driver.chroot("0123abcd") is None
     assert driver.launch_argv(spec)[:3] == ["/usr/bin/firecracker", "--api-sock", str(spec.runtime_dir / "api.sock")]
-    assert str(microvm_config(spec, files).vsock.uds_path) == str(spec.runtime_dir / "vsock.sock")  # type: ignore[union-attr]
+    vsock = microvm_config(spec, files).vsock
+    assert vsock is not None and str(vsock.uds_path) == str(spec.runtime_dir / "vsock.sock")
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,10 @@ import pytest
 from nexus.domain import (
     Conflict,
     Invalid,
+    L4Proto,
     OwnedLink,
     PortForward,
+    ProgressHandler,
     PublishedPort,
     Role,
     Unavailable,
@@ -71,13 +73,31 @@ class FakeFirewall:
 
 
 class FakeGuest:
-    """The agent's side of an MCP link, for file_write only."""
+    """The agent's side of an MCP link (a ``GuestLink``), for file_write only."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
 
-    async def call(self, method: str, params: dict[str, Any], *_: Any) -> dict[str, Any]:
-        assert method == "tools/call" and params["name"] == "file_write"
+    closed = False
+    close_reason = ""
+
+    async def wait_closed(self) -> None:
+        raise NotImplementedError
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        raise NotImplementedError
+
+    async def close(self, reason: str = "closed") -> None:
+        raise NotImplementedError
+
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        timeout_s: float | None = 30.0,
+        on_progress: ProgressHandler | None = None,
+    ) -> dict[str, Any]:
+        assert method == "tools/call" and params is not None and params["name"] == "file_write"
         args = params["arguments"]
         self.files[args["path"]] = args["content"].encode()
         return {"content": [{"type": "text", "text": "wrote"}], "structuredContent": {"size": 1}, "isError": False}
@@ -103,6 +123,11 @@ def world(tmp_path: Path) -> dict[str, Any]:
     settings = SettingsService(SettingsRepo(conn))
     links, firewall = FakeLinks(), FakeFirewall()
     said: list[str] = []
+
+    def setup_host(bridge: str) -> list[str]:
+        said.append(bridge)
+        return [f"ok {bridge}"]
+
     net = NetworkService(
         store=NetRepo(conn),
         settings=settings,
@@ -110,7 +135,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
         firewall=firewall,
         host_dns=lambda: ["192.0.2.53"],
         resolv_conf=lambda servers: "".join(f"nameserver {s}\n" for s in servers),
-        setup_host=lambda bridge: said.append(bridge) or [f"ok {bridge}"],
+        setup_host=setup_host,
     )
     return {"conn": conn, "settings": settings, "links": links, "firewall": firewall, "net": net, "vms": VmRepo(conn)}
 
@@ -181,7 +206,7 @@ def test_attach_detach_keep_links_and_rules_equal_to_what_runs(world: dict[str, 
     with pytest.raises(Conflict, match="network_subnet cannot change"):
         world["settings"].set("network_subnet", "10.8.0.0/24")
     asyncio.run(net.detach("a"))
-    assert lease.tap not in links.links and firewall.table[2] == ()
+    assert lease.tap not in links.links and not firewall.table[2]
     assert lease.address in links.forgotten
     asyncio.run(net.detach("a"))  # idempotent
     world["settings"].set("network_subnet", "10.8.0.0/24")  # nothing attached now
@@ -193,13 +218,13 @@ def test_guest_dns(world: dict[str, Any]) -> None:
     net: NetworkService = world["net"]
     guest = FakeGuest()
     net.reserve(add_vm(world, "a"), [])
-    asyncio.run(net.configure_guest("a", guest))  # type: ignore[arg-type]
+    asyncio.run(net.configure_guest("a", guest))
     assert guest.files == {}  # not attached: no NIC, nothing to write
     asyncio.run(net.attach("a"))
-    asyncio.run(net.configure_guest("a", guest))  # type: ignore[arg-type]
+    asyncio.run(net.configure_guest("a", guest))
     assert guest.files["/etc/resolv.conf"] == b"nameserver 192.0.2.53\n"  # from-host
     world["settings"].set("dns_servers", ["198.51.100.1", "198.51.100.2"])
-    asyncio.run(net.configure_guest("a", guest))  # type: ignore[arg-type]
+    asyncio.run(net.configure_guest("a", guest))
     assert guest.files["/etc/resolv.conf"] == b"nameserver 198.51.100.1\nnameserver 198.51.100.2\n"
 
 
@@ -275,7 +300,7 @@ def test_restore_keeps_the_taps_and_ports_of_adopted_vms_however_often(world: di
         assert set(links.links) == {"nexus0", taps["a"]}
         assert firewall.applied == applied + 1
         assert firewall.table is not None
-        assert firewall.table[2] == (PortForward("tcp", 8080, IPv4Address("10.77.0.2"), 80),)
+        assert firewall.table[2] == (PortForward(L4Proto.TCP, 8080, IPv4Address("10.77.0.2"), 80),)
     asyncio.run(fresh.detach("a"))  # its VMM exits later: the adopted TAP is this nexusd's to remove
     assert set(links.links) == {"nexus0"}
 

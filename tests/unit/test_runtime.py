@@ -129,7 +129,7 @@ class FlakyRepo(VmRepo):
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[tuple[VmRuntime, VmRepo, Vm, FakeProcess]]:
+async def env() -> AsyncIterator[tuple[VmRuntime, FlakyRepo, Vm, FakeProcess]]:
     conn = connect(":memory:")
     migrate(conn)
     repo = FlakyRepo(conn)
@@ -302,34 +302,34 @@ async def _open_link(runtime: VmRuntime, vm: Vm) -> GuestLink:
 
 
 async def test_exit_while_the_store_is_locked_releases_the_vm_and_records_it_later(
-    env: tuple[VmRuntime, VmRepo, Vm, FakeProcess],
+    env: tuple[VmRuntime, FlakyRepo, Vm, FakeProcess],
 ) -> None:
     runtime, repo, vm, process = env
     await _ready(runtime, vm, process)
     repo.set_runtime(vm.id, process.record)
-    repo.broken = True  # type: ignore[attr-defined]
+    repo.broken = True
     process.exit(-9)
     deadline = time.monotonic() + 4
     while runtime.is_running(vm.id):  # released within its wait for the store, not when the store is back
         assert time.monotonic() < deadline, "the VM was not released while the store was locked"
         await asyncio.sleep(0.05)
-    repo.broken = False  # type: ignore[attr-defined]
+    repo.broken = False
     await _state_becomes(repo, vm, VmState.CRASHED, 8)
     assert repo.get(vm.id).pid is None
     assert "signal 9" in repo.history(vm.id)[-1].reason
 
 
-async def test_watchdog_survives_a_locked_store(env: tuple[VmRuntime, VmRepo, Vm, FakeProcess]) -> None:
+async def test_watchdog_survives_a_locked_store(env: tuple[VmRuntime, FlakyRepo, Vm, FakeProcess]) -> None:
     """Silence while the store is locked: calls in flight fail at once, and unreachable is recorded once it
     is back (the watchdog logs and goes on; it does not die)."""
     runtime, repo, vm, process = env
     await _ready(runtime, vm, process)
     in_flight = asyncio.create_task(runtime.mcp(vm.id).call("hang", timeout_s=30))
-    repo.broken = True  # type: ignore[attr-defined]
+    repo.broken = True
     with pytest.raises(Unavailable, match="unreachable"):
         await asyncio.wait_for(in_flight, 3)
     await asyncio.sleep(0.6)
-    repo.broken = False  # type: ignore[attr-defined]
+    repo.broken = False
     await _state_becomes(repo, vm, VmState.UNREACHABLE, 2)
 
 

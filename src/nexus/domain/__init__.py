@@ -38,7 +38,7 @@ from nexus.domain.models import (
     VmSpec,
     utcnow,
 )
-from nexus.domain.network import L4Proto, NetInfo, NetLease, OwnedLink, PortForward, PublishedPort
+from nexus.domain.network import CleanupReport, L4Proto, NetInfo, NetLease, OwnedLink, PortForward, PublishedPort
 from nexus.domain.ports import (
     DataDrive,
     DriveStore,
@@ -68,7 +68,7 @@ from nexus.domain.ports import (
     VmProcess,
     VmStore,
 )
-from nexus.domain.settings import SETTINGS, SettingSpec, SettingValue, spec_for
+from nexus.domain.settings import SETTINGS, Setting, SettingSpec, SettingValue, spec_for
 from nexus.domain.states import TRANSITIONS, VmState, can_transition
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "SETTINGS",
     "TRANSITIONS",
     "AgentToken",
+    "CleanupReport",
     "Conflict",
     "DataDrive",
     "Drive",
@@ -118,6 +119,7 @@ __all__ = [
     "ProgressHandler",
     "PublishedPort",
     "Role",
+    "Setting",
     "SettingSpec",
     "SettingValue",
     "SettingsStore",

@@ -197,3 +197,12 @@ class OwnedLink:
     name: str
     kind: str  # bridge or tun
     alias: str
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupReport:
+    """What cleaning up the host's network removed."""
+
+    links: tuple[str, ...]  # TAPs and bridges removed
+    table: bool  # the nftables table was there and is gone
+    leases_dropped: int  # leases outside the current subnet (a new one is taken at the VM's next start)

@@ -113,3 +113,17 @@ def spec_for(key: str) -> SettingSpec:
         return SETTINGS[key]
     except KeyError:
         raise NotFound(f"unknown setting {key!r}; known: {', '.join(sorted(SETTINGS))}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting as it stands: its value, its default and what it is for."""
+
+    key: str
+    value: SettingValue
+    default: SettingValue
+    description: str
+
+    @property
+    def is_default(self) -> bool:
+        return self.value == self.default

@@ -2,20 +2,18 @@
 
 from nexus.services.assets import AssetService, BootFiles
 from nexus.services.drives import DriveService
-from nexus.services.network import CleanupReport, NetworkService
+from nexus.services.network import NetworkService
 from nexus.services.runtime import RuntimeTimeouts, VmRuntime
-from nexus.services.settings import Setting, SettingsService
+from nexus.services.settings import SettingsService
 from nexus.services.snapshots import SnapshotService
 from nexus.services.vms import VmService
 
 __all__ = [
     "AssetService",
     "BootFiles",
-    "CleanupReport",
     "DriveService",
     "NetworkService",
     "RuntimeTimeouts",
-    "Setting",
     "SettingsService",
     "SnapshotService",
     "VmRuntime",

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from nexus.domain import (
+    CleanupReport,
     Conflict,
     Firewall,
     GuestLink,
@@ -47,13 +47,6 @@ log = logging.getLogger(__name__)
 
 RESOLV_CONF = "/etc/resolv.conf"
 PLAN_SETTINGS = ("network_bridge", "network_subnet")
-
-
-@dataclass(frozen=True, slots=True)
-class CleanupReport:
-    links: tuple[str, ...]  # TAPs and bridges removed
-    table: bool  # the nftables table was there and is gone
-    leases_dropped: int  # leases outside the current subnet (a new one is taken at the VM's next start)
 
 
 class NetworkService:

@@ -3,21 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
-from nexus.domain import SETTINGS, Invalid, SettingsStore, SettingValue, spec_for
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    key: str
-    value: SettingValue
-    default: SettingValue
-    description: str
-
-    @property
-    def is_default(self) -> bool:
-        return self.value == self.default
+from nexus.domain import SETTINGS, Invalid, Setting, SettingsStore, SettingValue, spec_for
 
 
 class SettingsService:
