@@ -30,6 +30,21 @@ _TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolEr
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=None)  # a start waits for the guest; a command runs as long as it needs
 
 
+@contextlib.contextmanager
+def _reaching(where: str) -> Iterator[None]:
+    """Transport failures as the domain's ``DaemonUnreachable``, for the sync and the async client alike."""
+    try:
+        yield
+    except _TRANSPORT_ERRORS as exc:
+        raise unreachable(where, exc) from exc
+    except httpx.TimeoutException as exc:
+        raise DaemonUnreachable(f"nexusd at {where} did not answer in time") from exc
+
+
+def _exec_body(command: str | list[str], options: dict[str, Any]) -> dict[str, Any]:
+    return {"command": command, **{k: v for k, v in options.items() if v is not None}}
+
+
 def _connection(
     socket: str | Path | None, url: str | None, token: str | None, ca_file: str | Path | None
 ) -> Connection:
@@ -74,28 +89,23 @@ class Nexus:
         return self._send(calls.health())
 
     def _send(self, call: Call[T]) -> T:
-        try:
+        with _reaching(self._connection.where):
             response = self._http.request(call.method, call.path, **call.request())
-        except _TRANSPORT_ERRORS as exc:
-            raise unreachable(self._connection.where, exc) from exc
-        except httpx.TimeoutException as exc:
-            raise DaemonUnreachable(f"nexusd at {self._connection.where} did not answer in time") from exc
         return call.parse(calls.check(response))
 
     def _exec(
         self, ref: str, command: str | list[str], on_output: OnOutput | None, options: dict[str, Any]
     ) -> ExecResult:
-        body = {"command": command, **{k: v for k, v in options.items() if v is not None}}
         collector = ExecCollector(on_output)
-        try:
-            with self._http.stream("POST", calls.exec_path(ref), json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    calls.check(response)
-                for line in response.iter_lines():
-                    collector.feed(line)
-        except _TRANSPORT_ERRORS as exc:
-            raise unreachable(self._connection.where, exc) from exc
+        with (
+            _reaching(self._connection.where),
+            self._http.stream("POST", calls.exec_path(ref), json=_exec_body(command, options)) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                calls.check(response)
+            for line in response.iter_lines():
+                collector.feed(line)
         return collector.finish()
 
 
@@ -241,28 +251,21 @@ class AsyncNexus:
         return await self._send(calls.health())
 
     async def _send(self, call: Call[T]) -> T:
-        try:
+        with _reaching(self._connection.where):
             response = await self._http.request(call.method, call.path, **call.request())
-        except _TRANSPORT_ERRORS as exc:
-            raise unreachable(self._connection.where, exc) from exc
-        except httpx.TimeoutException as exc:
-            raise DaemonUnreachable(f"nexusd at {self._connection.where} did not answer in time") from exc
         return call.parse(calls.check(response))
 
     async def _exec(
         self, ref: str, command: str | list[str], on_output: OnOutput | None, options: dict[str, Any]
     ) -> ExecResult:
-        body = {"command": command, **{k: v for k, v in options.items() if v is not None}}
         collector = ExecCollector(on_output)
-        try:
-            async with self._http.stream("POST", calls.exec_path(ref), json=body) as response:
+        with _reaching(self._connection.where):
+            async with self._http.stream("POST", calls.exec_path(ref), json=_exec_body(command, options)) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     calls.check(response)
                 async for line in response.aiter_lines():
                     collector.feed(line)
-        except _TRANSPORT_ERRORS as exc:
-            raise unreachable(self._connection.where, exc) from exc
         return collector.finish()
 
 
