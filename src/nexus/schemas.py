@@ -15,9 +15,11 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from nexus.domain import (
+    AgentToken,
     CleanupReport,
     Drive,
     DriveKind,
+    FirecrackerBinary,
     Image,
     Invalid,
     Kernel,
@@ -452,3 +454,64 @@ class SnapshotOut(BaseModel):
 class VmClone(Strict):
     name: Name = Field(description="the new VM's name")
     snapshot: str | None = Field(default=None, description="clone this snapshot instead of the current drives")
+
+
+class FirecrackerOut(BaseModel):
+    version: str
+    path: str
+    jailer: str | None
+    sha256: str
+    source: str
+    installed_at: datetime
+
+    @classmethod
+    def of(cls, b: FirecrackerBinary) -> FirecrackerOut:
+        return cls(
+            version=b.version,
+            path=str(b.path),
+            jailer=str(b.jailer) if b.jailer else None,
+            sha256=b.sha256,
+            source=b.source,
+            installed_at=b.installed_at,
+        )
+
+
+class FirecrackerPullIn(Strict):
+    version: FirecrackerVersion | None = Field(
+        default=None, description="release like 1.16.1; default: the firecracker_version setting"
+    )
+    path: str | None = Field(
+        default=None, description="register this binary on the host instead of downloading (Unix socket only)"
+    )
+    sha256: str | None = Field(
+        default=None, description="sha256 of the release tarball; needed for a version nexus has no pinned sum of"
+    )
+
+
+class TokenCreate(Strict):
+    vm: str = Field(description="the VM (name or id) whose MCP endpoint the token opens")
+    expires: str | None = Field(default=None, description="lifetime such as 30m, 1h, 7d, 2w; default: until removed")
+
+
+class TokenOut(BaseModel):
+    id: str
+    vm_id: str
+    vm_name: str
+    created_at: datetime
+    expires_at: datetime | None = Field(description="null: valid until removed")
+    last_used: datetime | None = Field(description="last request with it, to the minute")
+
+    @classmethod
+    def of(cls, token: AgentToken) -> TokenOut:
+        return cls(
+            id=token.id,
+            vm_id=token.vm_id,
+            vm_name=token.vm_name,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            last_used=token.last_used,
+        )
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the bearer token; shown only in this answer (nexusd keeps its sha256)")

@@ -87,3 +87,33 @@ def test_async_client(daemon: Daemon, tmp_path: Path) -> None:
                 await nx.vms.get("sdk-async")
 
     anyio.run(scenario)
+
+
+def test_sync_client_covers_the_other_resources(daemon: Daemon) -> None:
+    with Nexus(daemon.socket) as nx:
+        assert nx.settings.get("default_vcpus").value == 1
+        assert nx.settings.set("default_vcpus", 2).value == 2
+        assert {s.key for s in nx.settings.list()} >= {"default_vcpus", "default_mem_mib"}
+        nx.settings.set("default_vcpus", 1)
+        with pytest.raises(Invalid):
+            nx.settings.set("default_vcpus", "two")
+        drive = nx.drives.create("sdk-data", size_mib=16)
+        assert drive.kind == "data" and nx.drives.get("sdk-data").id == drive.id
+        vm = nx.vms.create("sdk-res", mem_mib=256)
+        try:
+            assert nx.drives.attach("sdk-data", "sdk-res", mount="/data").vm_id == vm.id
+            snap = nx.snapshots.create("sdk-res", "s1")
+            assert [s.name for s in nx.snapshots.list("sdk-res")] == ["s1"]
+            assert [d.drive_name for d in snap.drives] == ["sdk-data"]  # never started: no root drive yet
+            clone = nx.vms.clone("sdk-res", "sdk-res-clone", snapshot="s1")
+            nx.vms.remove(clone.id)
+            nx.snapshots.remove("sdk-res", "s1")
+            nx.drives.detach("sdk-data")
+            made = nx.tokens.create("sdk-res", expires="1h")
+            assert made.token.startswith("nxa_") and [t.id for t in nx.tokens.list(vm="sdk-res")] == [made.id]
+            nx.tokens.remove(made.id)
+            assert nx.vms.add_tags("sdk-res", ["k=v"]) == ["k=v"] and nx.vms.tags("sdk-res") == ["k=v"]
+        finally:
+            nx.vms.remove(vm.id)
+            nx.drives.remove("sdk-data")
+        assert [i.name for i in nx.images.list()] != [] and nx.kernels.list() != []

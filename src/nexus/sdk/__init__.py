@@ -11,7 +11,7 @@ Sync (``Nexus``) and async (``AsyncNexus``) alike; results are ``nexus.schemas``
 """
 
 from nexus.client.client import DaemonUnreachable, Unauthorized
-from nexus.sdk.calls import ExecResult
+from nexus.sdk.calls import ExecResult, FileChunk
 from nexus.sdk.client import AsyncFiles, AsyncNexus, AsyncVm, AsyncVms, Files, Nexus, Vm, Vms
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "AsyncVms",
     "DaemonUnreachable",
     "ExecResult",
+    "FileChunk",
     "Files",
     "Nexus",
     "Unauthorized",

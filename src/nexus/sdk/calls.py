@@ -17,9 +17,25 @@ from pydantic import TypeAdapter
 
 from nexus.client.client import _seg, error_from_response
 
-__all__ = ["Call", "ExecCollector", "ExecResult", "FileChunk", "check", "exec_path"]
+__all__ = ["Call", "ExecResult", "FileChunk", "OnOutput", "OnProgress", "Stream", "StreamReader", "check"]
 from nexus.domain import ERRORS_BY_CODE, NexusError
-from nexus.schemas import HealthOut, LogsOut, StateChangeOut, VmOut, WriteOut
+from nexus.schemas import (
+    CleanupOut,
+    DriveOut,
+    FirecrackerOut,
+    HealthOut,
+    ImageOut,
+    KernelOut,
+    LogsOut,
+    SettingOut,
+    SetupFirewallOut,
+    SnapshotOut,
+    StateChangeOut,
+    TokenCreated,
+    TokenOut,
+    VmOut,
+    WriteOut,
+)
 
 T = TypeVar("T")
 
@@ -140,13 +156,29 @@ class ExecResult:
         return self.exit_code == 0
 
 
-class ExecCollector:
-    """Reads a ``/exec`` NDJSON answer one line at a time (sync or async alike) into an ``ExecResult``."""
+OnProgress = Callable[[str, float], None]  # (stage, fraction 0..1) of a long operation
+OnOutput = Callable[[str, str], None]  # (stream, text) as a command writes it
 
-    def __init__(self, on_output: Callable[[str, str], None] | None) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Stream(Generic[T]):
+    """A long operation answered in NDJSON events (``api/streaming.py``): progress, output, then a result."""
+
+    path: str
+    body: Mapping[str, Any]
+    finish: Callable[[Any, Mapping[str, str]], T]  # (the result event's value, all output by stream) -> T
+
+
+class StreamReader(Generic[T]):
+    """Reads one ``Stream``'s answer a line at a time (sync or async alike)."""
+
+    def __init__(self, stream: Stream[T], on_progress: OnProgress | None, on_output: OnOutput | None) -> None:
+        self._stream = stream
+        self._on_progress = on_progress
         self._on_output = on_output
         self._out: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self.result: ExecResult | None = None
+        self._final: Any = None
+        self._done = False
 
     def feed(self, line: str) -> None:
         if not line.strip():
@@ -158,26 +190,184 @@ class ExecCollector:
             self._out.setdefault(stream, []).append(data)
             if self._on_output is not None:
                 self._on_output(stream, data)
+        elif kind == "progress":
+            if self._on_progress is not None:
+                self._on_progress(str(event.get("stage", "")), float(event.get("fraction", 0.0)))
         elif kind == "error":
             detail = event.get("error") or {}
             raise ERRORS_BY_CODE.get(str(detail.get("code", "")), NexusError)(str(detail.get("message", "failed")))
         elif kind == "result":
-            final = event.get("result") or {}
-            self.result = ExecResult(
-                exit_code=final.get("exit_code"),
-                stdout="".join(self._out["stdout"]),
-                stderr="".join(self._out["stderr"]),
-                timed_out=bool(final.get("timed_out")),
-            )
+            self._final, self._done = event.get("result"), True
 
-    def finish(self) -> ExecResult:
-        if self.result is None:
-            raise NexusError("nexusd ended the command's answer without a result")
-        return self.result
+    def finish(self) -> T:
+        if not self._done:
+            raise NexusError("nexusd ended the operation's answer without a result")
+        return self._stream.finish(self._final, {k: "".join(v) for k, v in self._out.items()})
 
 
-def exec_path(ref: str) -> str:
-    return _vm_path(ref, "exec")
+def exec_command(ref: str, command: str | list[str], options: Mapping[str, Any]) -> Stream[ExecResult]:
+    def finish(final: Any, out: Mapping[str, str]) -> ExecResult:
+        final = final or {}
+        return ExecResult(final.get("exit_code"), out["stdout"], out["stderr"], bool(final.get("timed_out")))
+
+    body = {"command": command, **{k: v for k, v in options.items() if v is not None}}
+    return Stream(_vm_path(ref, "exec"), body, finish)
+
+
+def _stream_of(adapter: TypeAdapter[T]) -> Callable[[Any, Mapping[str, str]], T]:
+    return lambda final, _out: adapter.validate_python(final)
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+# -- assets ------------------------------------------------------------------------------------------------------
+
+_KERNELS = TypeAdapter(list[KernelOut])
+_IMAGE = TypeAdapter(ImageOut)
+_IMAGES = TypeAdapter(list[ImageOut])
+_FIRECRACKER = TypeAdapter(FirecrackerOut)
+
+
+def list_kernels() -> Call[list[KernelOut]]:
+    return Call("GET", "/v1/kernels", _model(_KERNELS))
+
+
+def pull_kernel(version: str | None) -> Stream[KernelOut]:
+    return Stream("/v1/kernels/pull", {"version": version}, _stream_of(TypeAdapter(KernelOut)))
+
+
+def remove_kernel(version: str) -> Call[None]:
+    return Call("DELETE", f"/v1/kernels/{_seg(version)}", _nothing)
+
+
+def list_images() -> Call[list[ImageOut]]:
+    return Call("GET", "/v1/images", _model(_IMAGES))
+
+
+def get_image(ref: str) -> Call[ImageOut]:
+    return Call("GET", f"/v1/images/{_seg(ref)}", _model(_IMAGE))
+
+
+def build_image(fields: Mapping[str, Any]) -> Stream[ImageOut]:
+    return Stream("/v1/images", _given(**fields), _stream_of(_IMAGE))
+
+
+def remove_image(ref: str) -> Call[None]:
+    return Call("DELETE", f"/v1/images/{_seg(ref)}", _nothing)
+
+
+def list_firecracker() -> Call[list[FirecrackerOut]]:
+    return Call("GET", "/v1/firecracker", _model(TypeAdapter(list[FirecrackerOut])))
+
+
+def pull_firecracker(version: str | None, path: str | None, sha256: str | None) -> Stream[FirecrackerOut]:
+    return Stream("/v1/firecracker/pull", _given(version=version, path=path, sha256=sha256), _stream_of(_FIRECRACKER))
+
+
+def remove_firecracker(version: str) -> Call[None]:
+    return Call("DELETE", f"/v1/firecracker/{_seg(version)}", _nothing)
+
+
+# -- settings, tokens, host network -----------------------------------------------------------------------------
+
+_SETTING = TypeAdapter(SettingOut)
+
+
+def list_settings() -> Call[list[SettingOut]]:
+    return Call("GET", "/v1/settings", _model(TypeAdapter(list[SettingOut])))
+
+
+def get_setting(key: str) -> Call[SettingOut]:
+    return Call("GET", f"/v1/settings/{_seg(key)}", _model(_SETTING))
+
+
+def set_setting(key: str, value: Any) -> Call[SettingOut]:
+    return Call("PUT", f"/v1/settings/{_seg(key)}", _model(_SETTING), json={"value": value})
+
+
+def create_token(vm: str, expires: str | None) -> Call[TokenCreated]:
+    return Call("POST", "/v1/tokens", _model(TypeAdapter(TokenCreated)), json=_given(vm=vm, expires=expires))
+
+
+def list_tokens(vm: str | None) -> Call[list[TokenOut]]:
+    return Call("GET", "/v1/tokens", _model(TypeAdapter(list[TokenOut])), params=_given(vm=vm) or None)
+
+
+def remove_token(token_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/tokens/{_seg(token_id)}", _nothing)
+
+
+def cleanup_network() -> Call[CleanupOut]:
+    return Call("POST", "/v1/admin/cleanup-network", _model(TypeAdapter(CleanupOut)))
+
+
+def setup_firewall() -> Call[SetupFirewallOut]:
+    return Call("POST", "/v1/admin/setup-firewall", _model(TypeAdapter(SetupFirewallOut)))
+
+
+# -- drives and snapshots ---------------------------------------------------------------------------------------
+
+_DRIVE = _model(TypeAdapter(DriveOut))
+_SNAPSHOT = _model(TypeAdapter(SnapshotOut))
+
+
+def list_drives() -> Call[list[DriveOut]]:
+    return Call("GET", "/v1/drives", _model(TypeAdapter(list[DriveOut])))
+
+
+def create_drive(name: str, image: str | None, size_mib: int | None) -> Call[DriveOut]:
+    return Call("POST", "/v1/drives", _DRIVE, json=_given(name=name, image=image, size_mib=size_mib))
+
+
+def get_drive(ref: str) -> Call[DriveOut]:
+    return Call("GET", f"/v1/drives/{_seg(ref)}", _DRIVE)
+
+
+def attach_drive(ref: str, vm: str, mount: str | None) -> Call[DriveOut]:
+    return Call("POST", f"/v1/drives/{_seg(ref)}/attach", _DRIVE, json={"vm": vm, "mount": mount})
+
+
+def detach_drive(ref: str) -> Call[DriveOut]:
+    return Call("POST", f"/v1/drives/{_seg(ref)}/detach", _DRIVE)
+
+
+def resize_drive(ref: str, size_mib: int) -> Call[DriveOut]:
+    return Call("POST", f"/v1/drives/{_seg(ref)}/resize", _DRIVE, json={"size_mib": size_mib})
+
+
+def remove_drive(ref: str) -> Call[None]:
+    return Call("DELETE", f"/v1/drives/{_seg(ref)}", _nothing)
+
+
+def list_snapshots(vm: str) -> Call[list[SnapshotOut]]:
+    return Call("GET", _vm_path(vm, "snapshots"), _model(TypeAdapter(list[SnapshotOut])))
+
+
+def create_snapshot(vm: str, name: str | None) -> Call[SnapshotOut]:
+    return Call("POST", _vm_path(vm, "snapshots"), _SNAPSHOT, json={"name": name})
+
+
+def rollback(vm: str, name: str, restart: bool) -> Call[VmOut]:
+    params = {"restart": True} if restart else None
+    return Call("POST", _vm_path(vm, "snapshots", _seg(name), "rollback"), _VM, params=params)
+
+
+def remove_snapshot(vm: str, name: str) -> Call[None]:
+    return Call("DELETE", _vm_path(vm, "snapshots", _seg(name)), _nothing)
+
+
+def clone_vm(vm: str, name: str, snapshot: str | None) -> Call[VmOut]:
+    return Call("POST", _vm_path(vm, "clone"), _VM, json={"name": name, "snapshot": snapshot})
+
+
+def list_tags(ref: str) -> Call[list[str]]:
+    return Call("GET", _vm_path(ref, "tags"), _TAGS)
+
+
+def remove_tag(ref: str, tag: str) -> Call[None]:
+    return Call("DELETE", _vm_path(ref, "tags", _seg(tag)), _nothing)
 
 
 def check(response: httpx.Response) -> httpx.Response:

@@ -1,16 +1,16 @@
 """``Nexus`` and ``AsyncNexus``: typed clients of nexusd, the same operations sync and async.
 
-Each operation is a ``nexus.sdk.calls.Call`` run by ``_send``; results are ``nexus.schemas`` models, failures the
-domain's errors (``NotFound``, ``Conflict``, ``Invalid``, ...; ``DaemonUnreachable`` when nexusd does not answer).
+Each operation is a ``nexus.sdk.calls.Call`` (or, for a long one, a ``Stream`` of NDJSON events) run by ``_send``
+(``_stream``); the resource classes only name them. Results are ``nexus.schemas`` models, failures the domain's
+errors (``NotFound``, ``Conflict``, ``Invalid``, ...; ``DaemonUnreachable`` when nexusd does not answer).
 ``vms.run(name)`` is a computer for one task: created, started and removed again when the block ends.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
@@ -18,13 +18,32 @@ import httpx
 from nexus.client.client import DaemonUnreachable, unreachable
 from nexus.client.connection import Connection
 from nexus.protocol import FILE_CHUNK_BYTES
-from nexus.schemas import HealthOut, LogsOut, StateChangeOut, VmOut, WriteOut
+from nexus.schemas import (
+    CleanupOut,
+    DriveOut,
+    FirecrackerOut,
+    HealthOut,
+    ImageOut,
+    KernelOut,
+    LogsOut,
+    SettingOut,
+    SetupFirewallOut,
+    SnapshotOut,
+    StateChangeOut,
+    TokenCreated,
+    TokenOut,
+    VmOut,
+    WriteOut,
+)
 from nexus.sdk import calls
-from nexus.sdk.calls import Call, ExecCollector, ExecResult
+from nexus.sdk.calls import Call, ExecResult, FileChunk, OnOutput, OnProgress, Stream, StreamReader
 
 T = TypeVar("T")
-History = list[StateChangeOut]  # module level: inside Vms, ``list`` is the method
-OnOutput = Callable[[str, str], None]  # (stream, text) as a command writes it
+# Module-level names for what resource classes return: inside them, ``list`` is a method.
+VmList = list[VmOut]
+History = list[StateChangeOut]
+Tags = list[str]
+Command = str | list[str]  # a shell string, or an argv run without a shell
 
 _TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, FileNotFoundError, PermissionError)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=None)  # a start waits for the guest; a command runs as long as it needs
@@ -41,10 +60,6 @@ def _reaching(where: str) -> Iterator[None]:
         raise DaemonUnreachable(f"nexusd at {where} did not answer in time") from exc
 
 
-def _exec_body(command: str | list[str], options: dict[str, Any]) -> dict[str, Any]:
-    return {"command": command, **{k: v for k, v in options.items() if v is not None}}
-
-
 def _connection(
     socket: str | Path | None, url: str | None, token: str | None, ca_file: str | Path | None
 ) -> Connection:
@@ -53,11 +68,19 @@ def _connection(
     )
 
 
-def _vm_fields(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, **options}
+def _exec_options(
+    cwd: str | None, env: dict[str, str] | None, stdin: str | None, timeout_s: float | None
+) -> dict[str, Any]:
+    return {"cwd": cwd, "env": env, "stdin": stdin, "timeout_s": timeout_s}
 
 
-# -- sync -----------------------------------------------------------------------------------------------------
+def _chunks(data: bytes) -> Iterator[bytes]:
+    yield data[:FILE_CHUNK_BYTES]  # always one, so an empty file is written too
+    for start in range(FILE_CHUNK_BYTES, len(data), FILE_CHUNK_BYTES):
+        yield data[start : start + FILE_CHUNK_BYTES]
+
+
+# == sync =======================================================================================================
 
 
 class Nexus:
@@ -72,9 +95,17 @@ class Nexus:
         ca_file: str | Path | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
     ) -> None:
-        self._connection = _connection(socket, url, token, ca_file)
-        self._http = self._connection.sync_client(timeout)
+        self.connection = _connection(socket, url, token, ca_file)
+        self._http = self.connection.sync_client(timeout)
         self.vms = Vms(self)
+        self.drives = Drives(self)
+        self.snapshots = Snapshots(self)
+        self.images = Images(self)
+        self.kernels = Kernels(self)
+        self.firecracker = FirecrackerBinaries(self)
+        self.settings = Settings(self)
+        self.tokens = Tokens(self)
+        self.network = Network(self)
 
     def __enter__(self) -> Nexus:
         return self
@@ -86,63 +117,94 @@ class Nexus:
         self._http.close()
 
     def health(self) -> HealthOut:
-        return self._send(calls.health())
+        return self.send(calls.health())
 
-    def _send(self, call: Call[T]) -> T:
-        with _reaching(self._connection.where):
+    def send(self, call: Call[T]) -> T:
+        with _reaching(self.connection.where):
             response = self._http.request(call.method, call.path, **call.request())
         return call.parse(calls.check(response))
 
-    def _exec(
-        self, ref: str, command: str | list[str], on_output: OnOutput | None, options: dict[str, Any]
-    ) -> ExecResult:
-        collector = ExecCollector(on_output)
+    def stream(self, stream: Stream[T], on_progress: OnProgress | None = None, on_output: OnOutput | None = None) -> T:
+        reader = StreamReader(stream, on_progress, on_output)
         with (
-            _reaching(self._connection.where),
-            self._http.stream("POST", calls.exec_path(ref), json=_exec_body(command, options)) as response,
+            _reaching(self.connection.where),
+            self._http.stream("POST", stream.path, json=dict(stream.body)) as response,
         ):
             if response.status_code >= 400:
                 response.read()
                 calls.check(response)
             for line in response.iter_lines():
-                collector.feed(line)
-        return collector.finish()
+                reader.feed(line)
+        return reader.finish()
 
 
-class Vms:
+class _Resource:
     def __init__(self, nexus: Nexus) -> None:
         self._nexus = nexus
 
-    def list(self, *, role: str | None = None, state: str | None = None, tags: tuple[str, ...] = ()) -> list[VmOut]:
-        return self._nexus._send(calls.list_vms(role, state, tags))
+
+class Vms(_Resource):
+    def list(self, *, role: str | None = None, state: str | None = None, tags: tuple[str, ...] = ()) -> VmList:
+        return self._nexus.send(calls.list_vms(role, state, tags))
 
     def get(self, ref: str) -> VmOut:
-        return self._nexus._send(calls.get_vm(ref))
+        return self._nexus.send(calls.get_vm(ref))
 
     def create(self, name: str, **options: Any) -> VmOut:
         """A VM, not started; ``options`` as the API takes them (``vcpus``, ``mem_mib``, ``image``, ``tags``...)."""
-        return self._nexus._send(calls.create_vm(_vm_fields(name, options)))
+        return self._nexus.send(calls.create_vm({"name": name, **options}))
 
     def start(self, ref: str, *, wait: bool = True) -> VmOut:
-        return self._nexus._send(calls.vm_action(ref, "start", None if wait else {"wait": False}))
+        return self._nexus.send(calls.vm_action(ref, "start", None if wait else {"wait": False}))
 
     def stop(self, ref: str) -> VmOut:
-        return self._nexus._send(calls.vm_action(ref, "stop"))
+        return self._nexus.send(calls.vm_action(ref, "stop"))
 
     def pause(self, ref: str) -> VmOut:
-        return self._nexus._send(calls.vm_action(ref, "pause"))
+        return self._nexus.send(calls.vm_action(ref, "pause"))
 
     def resume(self, ref: str) -> VmOut:
-        return self._nexus._send(calls.vm_action(ref, "resume"))
+        return self._nexus.send(calls.vm_action(ref, "resume"))
 
     def remove(self, ref: str, *, force: bool = False) -> None:
-        self._nexus._send(calls.remove_vm(ref, force))
+        self._nexus.send(calls.remove_vm(ref, force))
 
     def history(self, ref: str) -> History:
-        return self._nexus._send(calls.history(ref))
+        return self._nexus.send(calls.history(ref))
 
     def logs(self, ref: str, *, tail: int | None = None) -> LogsOut:
-        return self._nexus._send(calls.logs(ref, tail))
+        return self._nexus.send(calls.logs(ref, tail))
+
+    def tags(self, ref: str) -> Tags:
+        return self._nexus.send(calls.list_tags(ref))
+
+    def add_tags(self, ref: str, tags: Tags) -> Tags:
+        return self._nexus.send(calls.add_tags(ref, tags))
+
+    def remove_tag(self, ref: str, tag: str) -> None:
+        self._nexus.send(calls.remove_tag(ref, tag))
+
+    def clone(self, ref: str, name: str, *, snapshot: str | None = None) -> VmOut:
+        return self._nexus.send(calls.clone_vm(ref, name, snapshot))
+
+    def exec(
+        self,
+        ref: str,
+        command: Command,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: str | None = None,
+        timeout_s: float | None = None,
+        on_output: OnOutput | None = None,
+    ) -> ExecResult:
+        """Run ``command`` in VM ``ref`` (a shell string, or an argv without shell) to its end; all of its output is
+        returned and, as it comes, passed to ``on_output``."""
+        options = _exec_options(cwd, env, stdin, timeout_s)
+        return self._nexus.stream(calls.exec_command(ref, command, options), on_output=on_output)
+
+    def files(self, ref: str) -> Files:
+        return Files(self._nexus, ref)
 
     def handle(self, ref: str) -> Vm:
         """Work inside an existing VM."""
@@ -177,7 +239,7 @@ class Vm:
 
     def exec(
         self,
-        command: str | list[str],
+        command: Command,
         *,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
@@ -185,10 +247,9 @@ class Vm:
         timeout_s: float | None = None,
         on_output: OnOutput | None = None,
     ) -> ExecResult:
-        """Run ``command`` (a shell string, or an argv without shell) to its end; all of its output is returned and,
-        as it comes, passed to ``on_output``."""
-        options = {"cwd": cwd, "env": env, "stdin": stdin, "timeout_s": timeout_s}
-        return self._nexus._exec(self.id, command, on_output, options)
+        return self._nexus.vms.exec(
+            self.id, command, cwd=cwd, env=env, stdin=stdin, timeout_s=timeout_s, on_output=on_output
+        )
 
     def refresh(self) -> VmOut:
         self.info = self._nexus.vms.get(self.id)
@@ -196,34 +257,163 @@ class Vm:
 
 
 class Files:
-    def __init__(self, nexus: Nexus, vm_id: str) -> None:
+    """A VM's files, moved in chunks of ``FILE_CHUNK_BYTES``."""
+
+    def __init__(self, nexus: Nexus, vm: str) -> None:
         self._nexus = nexus
-        self._vm_id = vm_id
+        self._vm = vm
+
+    def chunks(self, path: str) -> Iterator[FileChunk]:
+        """The file chunk by chunk (each knows the whole size), so a copy needs no more memory than a chunk."""
+        offset = 0
+        while True:
+            chunk = self._nexus.send(calls.read_file(self._vm, path, offset, FILE_CHUNK_BYTES))
+            yield chunk
+            offset += len(chunk.data)
+            if chunk.eof or not chunk.data:
+                return
 
     def read(self, path: str) -> bytes:
-        """A whole guest file, in chunks."""
-        data = bytearray()
-        while True:
-            chunk = self._nexus._send(calls.read_file(self._vm_id, path, len(data), FILE_CHUNK_BYTES))
-            data += chunk.data
-            if chunk.eof or not chunk.data:
-                return bytes(data)
+        return b"".join(chunk.data for chunk in self.chunks(path))
 
-    def write(self, path: str, data: bytes | str, *, mode: str | None = None) -> WriteOut:
-        """Create or replace a guest file (parents made), in chunks."""
-        raw = data.encode() if isinstance(data, str) else data
-        written = self._nexus._send(calls.write_file(self._vm_id, path, raw[:FILE_CHUNK_BYTES], False, mode))
-        for start in range(FILE_CHUNK_BYTES, len(raw), FILE_CHUNK_BYTES):
-            chunk = raw[start : start + FILE_CHUNK_BYTES]
-            written = self._nexus._send(calls.write_file(self._vm_id, path, chunk, True, None))
+    def write_chunks(self, path: str, chunks: Iterable[bytes], *, mode: str | None = None) -> WriteOut:
+        """Create or replace a file from ``chunks`` (each at most ``FILE_CHUNK_BYTES``; parents are made)."""
+        written: WriteOut | None = None
+        for i, chunk in enumerate(chunks):
+            written = self._nexus.send(calls.write_file(self._vm, path, chunk, i > 0, mode if i == 0 else None))
+        if written is None:
+            written = self._nexus.send(calls.write_file(self._vm, path, b"", False, mode))
         return written
 
+    def write(self, path: str, data: bytes | str, *, mode: str | None = None) -> WriteOut:
+        return self.write_chunks(path, _chunks(data.encode() if isinstance(data, str) else data), mode=mode)
 
-# -- async ----------------------------------------------------------------------------------------------------
+
+class Drives(_Resource):
+    def list(self) -> list[DriveOut]:
+        return self._nexus.send(calls.list_drives())
+
+    def get(self, ref: str) -> DriveOut:
+        return self._nexus.send(calls.get_drive(ref))
+
+    def create(self, name: str, *, image: str | None = None, size_mib: int | None = None) -> DriveOut:
+        return self._nexus.send(calls.create_drive(name, image, size_mib))
+
+    def attach(self, ref: str, vm: str, *, mount: str | None = None) -> DriveOut:
+        return self._nexus.send(calls.attach_drive(ref, vm, mount))
+
+    def detach(self, ref: str) -> DriveOut:
+        return self._nexus.send(calls.detach_drive(ref))
+
+    def resize(self, ref: str, size_mib: int) -> DriveOut:
+        return self._nexus.send(calls.resize_drive(ref, size_mib))
+
+    def remove(self, ref: str) -> None:
+        self._nexus.send(calls.remove_drive(ref))
+
+
+class Snapshots(_Resource):
+    def list(self, vm: str) -> list[SnapshotOut]:
+        return self._nexus.send(calls.list_snapshots(vm))
+
+    def create(self, vm: str, name: str | None = None) -> SnapshotOut:
+        return self._nexus.send(calls.create_snapshot(vm, name))
+
+    def rollback(self, vm: str, name: str, *, restart: bool = False) -> VmOut:
+        return self._nexus.send(calls.rollback(vm, name, restart))
+
+    def remove(self, vm: str, name: str) -> None:
+        self._nexus.send(calls.remove_snapshot(vm, name))
+
+
+class Images(_Resource):
+    def list(self) -> list[ImageOut]:
+        return self._nexus.send(calls.list_images())
+
+    def get(self, ref: str) -> ImageOut:
+        return self._nexus.send(calls.get_image(ref))
+
+    def build(
+        self,
+        *,
+        base: str | None = None,
+        name: str | None = None,
+        size_mib: int | None = None,
+        sha256: str | None = None,
+        on_progress: OnProgress | None = None,
+    ) -> ImageOut:
+        fields = {"base": base, "name": name, "size_mib": size_mib, "sha256": sha256}
+        return self._nexus.stream(calls.build_image(fields), on_progress)
+
+    def remove(self, ref: str) -> None:
+        self._nexus.send(calls.remove_image(ref))
+
+
+class Kernels(_Resource):
+    def list(self) -> list[KernelOut]:
+        return self._nexus.send(calls.list_kernels())
+
+    def pull(self, version: str | None = None, *, on_progress: OnProgress | None = None) -> KernelOut:
+        return self._nexus.stream(calls.pull_kernel(version), on_progress)
+
+    def remove(self, version: str) -> None:
+        self._nexus.send(calls.remove_kernel(version))
+
+
+class FirecrackerBinaries(_Resource):
+    def list(self) -> list[FirecrackerOut]:
+        return self._nexus.send(calls.list_firecracker())
+
+    def pull(
+        self,
+        version: str | None = None,
+        *,
+        path: str | None = None,
+        sha256: str | None = None,
+        on_progress: OnProgress | None = None,
+    ) -> FirecrackerOut:
+        return self._nexus.stream(calls.pull_firecracker(version, path, sha256), on_progress)
+
+    def remove(self, version: str) -> None:
+        self._nexus.send(calls.remove_firecracker(version))
+
+
+class Settings(_Resource):
+    def list(self) -> list[SettingOut]:
+        return self._nexus.send(calls.list_settings())
+
+    def get(self, key: str) -> SettingOut:
+        return self._nexus.send(calls.get_setting(key))
+
+    def set(self, key: str, value: Any) -> SettingOut:
+        return self._nexus.send(calls.set_setting(key, value))
+
+
+class Tokens(_Resource):
+    def create(self, vm: str, *, expires: str | None = None) -> TokenCreated:
+        """A new agent token for ``vm``; its ``token`` is the secret, shown only now."""
+        return self._nexus.send(calls.create_token(vm, expires))
+
+    def list(self, *, vm: str | None = None) -> list[TokenOut]:
+        return self._nexus.send(calls.list_tokens(vm))
+
+    def remove(self, token_id: str) -> None:
+        self._nexus.send(calls.remove_token(token_id))
+
+
+class Network(_Resource):
+    def cleanup(self) -> CleanupOut:
+        return self._nexus.send(calls.cleanup_network())
+
+    def setup_firewall(self) -> SetupFirewallOut:
+        return self._nexus.send(calls.setup_firewall())
+
+
+# == async ======================================================================================================
 
 
 class AsyncNexus:
-    """``Nexus``, async: the same operations, awaited."""
+    """``Nexus``, async: VMs (with their commands and files), drives and snapshots, awaited."""
 
     def __init__(
         self,
@@ -234,76 +424,95 @@ class AsyncNexus:
         ca_file: str | Path | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
     ) -> None:
-        self._connection = _connection(socket, url, token, ca_file)
-        self._http = self._connection.async_client(timeout)
+        self.connection = _connection(socket, url, token, ca_file)
+        self._http = self.connection.async_client(timeout)
         self.vms = AsyncVms(self)
+        self.drives = AsyncDrives(self)
+        self.snapshots = AsyncSnapshots(self)
 
     async def __aenter__(self) -> AsyncNexus:
         return self
 
-    async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+    async def __aexit__(self, *_: object) -> None:
         await self.close()
 
     async def close(self) -> None:
         await self._http.aclose()
 
     async def health(self) -> HealthOut:
-        return await self._send(calls.health())
+        return await self.send(calls.health())
 
-    async def _send(self, call: Call[T]) -> T:
-        with _reaching(self._connection.where):
+    async def send(self, call: Call[T]) -> T:
+        with _reaching(self.connection.where):
             response = await self._http.request(call.method, call.path, **call.request())
         return call.parse(calls.check(response))
 
-    async def _exec(
-        self, ref: str, command: str | list[str], on_output: OnOutput | None, options: dict[str, Any]
-    ) -> ExecResult:
-        collector = ExecCollector(on_output)
-        with _reaching(self._connection.where):
-            async with self._http.stream("POST", calls.exec_path(ref), json=_exec_body(command, options)) as response:
+    async def stream(
+        self, stream: Stream[T], on_progress: OnProgress | None = None, on_output: OnOutput | None = None
+    ) -> T:
+        reader = StreamReader(stream, on_progress, on_output)
+        with _reaching(self.connection.where):
+            async with self._http.stream("POST", stream.path, json=dict(stream.body)) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     calls.check(response)
                 async for line in response.aiter_lines():
-                    collector.feed(line)
-        return collector.finish()
+                    reader.feed(line)
+        return reader.finish()
 
 
-class AsyncVms:
+class _AsyncResource:
     def __init__(self, nexus: AsyncNexus) -> None:
         self._nexus = nexus
 
-    async def list(
-        self, *, role: str | None = None, state: str | None = None, tags: tuple[str, ...] = ()
-    ) -> list[VmOut]:
-        return await self._nexus._send(calls.list_vms(role, state, tags))
+
+class AsyncVms(_AsyncResource):
+    async def list(self, *, role: str | None = None, state: str | None = None, tags: tuple[str, ...] = ()) -> VmList:
+        return await self._nexus.send(calls.list_vms(role, state, tags))
 
     async def get(self, ref: str) -> VmOut:
-        return await self._nexus._send(calls.get_vm(ref))
+        return await self._nexus.send(calls.get_vm(ref))
 
     async def create(self, name: str, **options: Any) -> VmOut:
-        return await self._nexus._send(calls.create_vm(_vm_fields(name, options)))
+        return await self._nexus.send(calls.create_vm({"name": name, **options}))
 
     async def start(self, ref: str, *, wait: bool = True) -> VmOut:
-        return await self._nexus._send(calls.vm_action(ref, "start", None if wait else {"wait": False}))
+        return await self._nexus.send(calls.vm_action(ref, "start", None if wait else {"wait": False}))
 
     async def stop(self, ref: str) -> VmOut:
-        return await self._nexus._send(calls.vm_action(ref, "stop"))
+        return await self._nexus.send(calls.vm_action(ref, "stop"))
 
     async def pause(self, ref: str) -> VmOut:
-        return await self._nexus._send(calls.vm_action(ref, "pause"))
+        return await self._nexus.send(calls.vm_action(ref, "pause"))
 
     async def resume(self, ref: str) -> VmOut:
-        return await self._nexus._send(calls.vm_action(ref, "resume"))
+        return await self._nexus.send(calls.vm_action(ref, "resume"))
 
     async def remove(self, ref: str, *, force: bool = False) -> None:
-        await self._nexus._send(calls.remove_vm(ref, force))
+        await self._nexus.send(calls.remove_vm(ref, force))
 
     async def history(self, ref: str) -> History:
-        return await self._nexus._send(calls.history(ref))
+        return await self._nexus.send(calls.history(ref))
 
     async def logs(self, ref: str, *, tail: int | None = None) -> LogsOut:
-        return await self._nexus._send(calls.logs(ref, tail))
+        return await self._nexus.send(calls.logs(ref, tail))
+
+    async def clone(self, ref: str, name: str, *, snapshot: str | None = None) -> VmOut:
+        return await self._nexus.send(calls.clone_vm(ref, name, snapshot))
+
+    async def exec(
+        self,
+        ref: str,
+        command: Command,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: str | None = None,
+        timeout_s: float | None = None,
+        on_output: OnOutput | None = None,
+    ) -> ExecResult:
+        options = _exec_options(cwd, env, stdin, timeout_s)
+        return await self._nexus.stream(calls.exec_command(ref, command, options), on_output=on_output)
 
     async def handle(self, ref: str) -> AsyncVm:
         return AsyncVm(self._nexus, await self.get(ref))
@@ -334,7 +543,7 @@ class AsyncVm:
 
     async def exec(
         self,
-        command: str | list[str],
+        command: Command,
         *,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
@@ -342,8 +551,9 @@ class AsyncVm:
         timeout_s: float | None = None,
         on_output: OnOutput | None = None,
     ) -> ExecResult:
-        options = {"cwd": cwd, "env": env, "stdin": stdin, "timeout_s": timeout_s}
-        return await self._nexus._exec(self.id, command, on_output, options)
+        return await self._nexus.vms.exec(
+            self.id, command, cwd=cwd, env=env, stdin=stdin, timeout_s=timeout_s, on_output=on_output
+        )
 
     async def refresh(self) -> VmOut:
         self.info = await self._nexus.vms.get(self.id)
@@ -351,22 +561,59 @@ class AsyncVm:
 
 
 class AsyncFiles:
-    def __init__(self, nexus: AsyncNexus, vm_id: str) -> None:
+    def __init__(self, nexus: AsyncNexus, vm: str) -> None:
         self._nexus = nexus
-        self._vm_id = vm_id
+        self._vm = vm
 
     async def read(self, path: str) -> bytes:
         data = bytearray()
         while True:
-            chunk = await self._nexus._send(calls.read_file(self._vm_id, path, len(data), FILE_CHUNK_BYTES))
+            chunk = await self._nexus.send(calls.read_file(self._vm, path, len(data), FILE_CHUNK_BYTES))
             data += chunk.data
             if chunk.eof or not chunk.data:
                 return bytes(data)
 
     async def write(self, path: str, data: bytes | str, *, mode: str | None = None) -> WriteOut:
         raw = data.encode() if isinstance(data, str) else data
-        written = await self._nexus._send(calls.write_file(self._vm_id, path, raw[:FILE_CHUNK_BYTES], False, mode))
-        for start in range(FILE_CHUNK_BYTES, len(raw), FILE_CHUNK_BYTES):
-            chunk = raw[start : start + FILE_CHUNK_BYTES]
-            written = await self._nexus._send(calls.write_file(self._vm_id, path, chunk, True, None))
+        written: WriteOut | None = None
+        for i, chunk in enumerate(_chunks(raw)):
+            written = await self._nexus.send(calls.write_file(self._vm, path, chunk, i > 0, mode if i == 0 else None))
+        assert written is not None  # _chunks yields at least one
         return written
+
+
+class AsyncDrives(_AsyncResource):
+    async def list(self) -> list[DriveOut]:
+        return await self._nexus.send(calls.list_drives())
+
+    async def get(self, ref: str) -> DriveOut:
+        return await self._nexus.send(calls.get_drive(ref))
+
+    async def create(self, name: str, *, image: str | None = None, size_mib: int | None = None) -> DriveOut:
+        return await self._nexus.send(calls.create_drive(name, image, size_mib))
+
+    async def attach(self, ref: str, vm: str, *, mount: str | None = None) -> DriveOut:
+        return await self._nexus.send(calls.attach_drive(ref, vm, mount))
+
+    async def detach(self, ref: str) -> DriveOut:
+        return await self._nexus.send(calls.detach_drive(ref))
+
+    async def resize(self, ref: str, size_mib: int) -> DriveOut:
+        return await self._nexus.send(calls.resize_drive(ref, size_mib))
+
+    async def remove(self, ref: str) -> None:
+        await self._nexus.send(calls.remove_drive(ref))
+
+
+class AsyncSnapshots(_AsyncResource):
+    async def list(self, vm: str) -> list[SnapshotOut]:
+        return await self._nexus.send(calls.list_snapshots(vm))
+
+    async def create(self, vm: str, name: str | None = None) -> SnapshotOut:
+        return await self._nexus.send(calls.create_snapshot(vm, name))
+
+    async def rollback(self, vm: str, name: str, *, restart: bool = False) -> VmOut:
+        return await self._nexus.send(calls.rollback(vm, name, restart))
+
+    async def remove(self, vm: str, name: str) -> None:
+        await self._nexus.send(calls.remove_snapshot(vm, name))

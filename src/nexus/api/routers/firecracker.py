@@ -2,53 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
 
 from nexus.api.deps import Firecracker, Via
 from nexus.api.streaming import Emit, ndjson, progress_emitter
-from nexus.domain import FirecrackerBinary, require_host_access
-from nexus.schemas import FirecrackerVersion, Strict
+from nexus.domain import require_host_access
+from nexus.schemas import FirecrackerOut, FirecrackerPullIn, FirecrackerVersion
 
 router = APIRouter(prefix="/v1/firecracker", tags=["firecracker"])
 _NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/x-ndjson": {}}}}
-
-
-class FirecrackerOut(BaseModel):
-    version: str
-    path: str
-    jailer: str | None
-    sha256: str
-    source: str
-    installed_at: datetime
-
-    @classmethod
-    def of(cls, b: FirecrackerBinary) -> FirecrackerOut:
-        return cls(
-            version=b.version,
-            path=str(b.path),
-            jailer=str(b.jailer) if b.jailer else None,
-            sha256=b.sha256,
-            source=b.source,
-            installed_at=b.installed_at,
-        )
-
-
-class FirecrackerPullIn(Strict):
-    version: FirecrackerVersion | None = Field(
-        default=None, description="release like 1.16.1; default: the firecracker_version setting"
-    )
-    path: str | None = Field(
-        default=None, description="register this binary on the host instead of downloading (Unix socket only)"
-    )
-    sha256: str | None = Field(
-        default=None, description="sha256 of the release tarball; needed for a version nexus has no pinned sum of"
-    )
 
 
 @router.get("")
