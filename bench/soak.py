@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from tests.api_client import NexusClient
 
 import nexus
 from bench.common import link_cache, percentile, print_table
-from nexus.client import DaemonUnreachable, NexusClient
+from nexus.client import DaemonUnreachable
 from nexus.domain import Conflict, DriverError, InvalidState, Layout, NexusError, NotFound
 from nexus.images.agentinstall import agent_digest
 from nexus.services import SettingsService

@@ -79,7 +79,7 @@ def start_daemon(
     never make bridges or rules there. ``prefix`` goes before the command (``ip netns exec NS``). A test daemon
     powers its VMs off when stopped, so no test leaves a VM running, unless ``stop_vms_on_exit`` is False (live
     restore tests, which stop their VMs themselves)."""
-    from nexus.client import NexusClient
+    from tests.api_client import NexusClient
 
     state, run, sock, log = state_dir or base / "state", base / "run", base / "nexusd.sock", base / "nexusd.log"
     with log.open("wb") as fh:

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from bench.common import link_cache
 
-from nexus.client import NexusClient
 from nexus.domain import Layout
 from nexus.images.agentinstall import agent_digest
 from nexus.services import SettingsService
 from nexus.store import ImageRepo, SettingsRepo, open_database
+from tests.api_client import NexusClient
 from tests.helpers import REPO, Daemon, start_daemon
 
 STATE = Path(os.environ.get("NEXUS_E2E_STATE", "/var/tmp/nexus-e2e"))

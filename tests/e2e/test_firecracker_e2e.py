@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from nexus.client import NexusClient
 from nexus.daemon.drivers import firecracker_binary, kvm_runs_guests
 from nexus.vmm.qemu.accel import kvm_device_problem
+from tests.api_client import NexusClient
 from tests.e2e.conftest import STATE, linked_state
 from tests.helpers import Daemon, start_daemon
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.client import NexusClient
+from tests.api_client import NexusClient
 from tests.e2e.conftest import linked_state
 from tests.helpers import Daemon, start_daemon, wait_until
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.client import NexusClient
+from tests.api_client import NexusClient
 from tests.helpers import Daemon
 from tests.mcp_conformance import (
     APPLICABLE,

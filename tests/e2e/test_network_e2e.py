@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from nexus.client import NexusClient
 from nexus.services import SettingsService
 from nexus.store import SettingsRepo, open_database
+from tests.api_client import NexusClient
 from tests.e2e.conftest import linked_state
 from tests.helpers import Daemon, start_daemon, wait_until
 

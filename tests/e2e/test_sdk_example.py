@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from nexus.client import NexusClient
+from tests.api_client import NexusClient
 from tests.helpers import REPO, Daemon
 
 

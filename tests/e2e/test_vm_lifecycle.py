@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.client import NexusClient
+from tests.api_client import NexusClient
 from tests.e2e.conftest import nexusctl, nexusctl_json
 from tests.helpers import Daemon, wait_until
 

@@ -28,10 +28,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import TextContent
 
-from nexus.client import NexusClient
 from nexus.domain import Image
 from nexus.store import ImageRepo, open_database
 from nexus.workspaces import btrfs
+from tests.api_client import NexusClient
 from tests.e2e.conftest import AGENT_IMAGE, STATE, nexusctl, nexusctl_json
 from tests.helpers import Daemon, btrfs_mount, start_daemon
 

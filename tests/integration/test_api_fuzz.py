@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.client import NexusClient
+from tests.api_client import NexusClient
 from tests.helpers import REPO, Daemon, start_daemon
 
 TOKEN = "fuzz-token-0123456789abcdef"

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from bench.db_busy import hold_write_lock
 
-from nexus.client import NexusClient
 from nexus.domain import Unavailable
+from tests.api_client import NexusClient
 from tests.fakes.firecracker_host import FIRECRACKER_SKIPS, firecracker_daemon
 from tests.helpers import start_daemon, wait_until
 

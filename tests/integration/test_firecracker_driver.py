@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 from nexus.assets.firecracker import FirecrackerStore
-from nexus.client import NexusClient
 from nexus.daemon import drivers
 from nexus.daemon.drivers import (
     ASSUME_KVM_ENV,
@@ -35,6 +34,7 @@ from nexus.daemon.drivers import (
 )
 from nexus.domain import DriverError, GuestPort, LaunchSpec, Layout, VmmGone, VmmRecord, VmProcess
 from nexus.vmm.firecracker import FirecrackerDriver, JailerOptions
+from tests.api_client import NexusClient
 from tests.fakes.firecracker import FAULTS_ENV, write_fake_binary
 from tests.fakes.firecracker_host import (
     FAULT,

@@ -27,9 +27,9 @@ from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import TextContent
 
-from nexus.client import NexusClient
 from nexus.mcp.errors import INVALID_STATE
 from nexus.protocol import INTERNAL_ERROR, INVALID_PARAMS, PARSE_ERROR
+from tests.api_client import NexusClient
 from tests.fakes.firecracker import write_fake_binary
 from tests.fakes.firecracker_host import firecracker_daemon
 from tests.helpers import Daemon, wait_until

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.client import NexusClient
+from tests.api_client import NexusClient
 from tests.fakes.firecracker_host import _busybox, firecracker_daemon
 from tests.helpers import Daemon
 from tests.mcp_conformance import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.client import NexusClient
+from tests.api_client import NexusClient
 from tests.fakes.firecracker_host import FIRECRACKER_SKIPS, firecracker_daemon
 from tests.helpers import REPO, Daemon
 

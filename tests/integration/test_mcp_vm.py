@@ -25,10 +25,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import TextContent
 
-from nexus.client import NexusClient
 from nexus.mcp.endpoints import MAX_REQUEST_BODY_BYTES
 from nexus.mcp.errors import INVALID_STATE, NOT_FOUND, UNAVAILABLE
 from nexus.protocol import INVALID_PARAMS
+from tests.api_client import NexusClient
 from tests.fakes.firecracker_host import _busybox, firecracker_daemon
 from tests.helpers import Daemon, call_killing_vmm
 

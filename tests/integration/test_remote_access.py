@@ -35,10 +35,10 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from nexus.client import NexusClient
 from nexus.daemon.server import bind_tcp
 from nexus.domain import Forbidden
 from nexus.mcp.errors import INVALID_STATE
+from tests.api_client import NexusClient
 from tests.helpers import Daemon, start_daemon, wait_until
 
 ADMIN = "admin-token-for-the-tcp-listener-0123456789"

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from nexus.cli.common import client, ctx_of
-from nexus.cli.output import console, emit
+from nexus.cli.output import console, emit, plain
 
 app = typer.Typer(help="Host-level maintenance.", no_args_is_help=True)
 
@@ -24,12 +24,12 @@ def _cleaned(report: dict[str, Any]) -> None:
 def cleanup_network(ctx: typer.Context) -> None:
     """Remove every TAP and bridge nexus made and its nftables table (refused while networked VMs run)."""
     with client(ctx) as c:
-        report = c.cleanup_network()
+        report = plain(c.network.cleanup())
     emit(ctx_of(ctx), report, _cleaned)
 
 
 def setup_firewall(ctx: typer.Context) -> None:
     """Let the host forward VM traffic: enable ip_forward; with ufw or firewalld active, allow the bridge."""
     with client(ctx) as c:
-        result = c.setup_firewall()
+        result = plain(c.network.setup_firewall())
     emit(ctx_of(ctx), result, lambda r: console.print("\n".join(r["done"])))

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from nexus.cli.common import client, ctx_of
-from nexus.cli.output import ago, console, emit, fields, table
-from nexus.cli.progress import follow
+from nexus.cli.output import ago, console, emit, fields, plain, table
+from nexus.cli.progress import progress
 
 kernel_app = typer.Typer(help="Guest kernels (fetched from Debian, verified, cached).", no_args_is_help=True)
 firecracker_app = typer.Typer(
@@ -25,7 +25,7 @@ def _mib(size_bytes: int) -> str:
 def kernel_list(ctx: typer.Context) -> None:
     """List cached kernels."""
     with client(ctx) as c:
-        kernels = c.list_kernels()
+        kernels = plain(c.kernels.list())
     emit(
         ctx_of(ctx),
         kernels,
@@ -43,8 +43,8 @@ def kernel_pull(
 ) -> None:
     """Fetch a kernel package with apt, verify and cache it, and build its initramfs."""
     opts = ctx_of(ctx)
-    with client(ctx) as c:
-        kernel = follow(c.pull_kernel(version), "kernel", show=not opts.json)
+    with client(ctx) as c, progress("kernel", show=not opts.json) as on_progress:
+        kernel = plain(c.kernels.pull(version, on_progress=on_progress))
     emit(opts, kernel, lambda k: console.print(f"kernel {k['version']} ({_mib(k['size_bytes'])})"))
 
 
@@ -52,7 +52,7 @@ def kernel_pull(
 def kernel_rm(ctx: typer.Context, version: str) -> None:
     """Remove a cached kernel (refused while a VM names that version)."""
     with client(ctx) as c:
-        c.remove_kernel(version)
+        c.kernels.remove(version)
     emit(ctx_of(ctx), {"removed": version}, lambda _: console.print(f"removed kernel {version}"))
 
 
@@ -77,7 +77,9 @@ def image_build(
     """Build a bootable ext4 image from a base, with the guest agent and init config."""
     opts = ctx_of(ctx)
     with client(ctx) as c:
-        image = follow(c.build_image(base=base, name=name, size_mib=size, sha256=sha256), "image", show=not opts.json)
+        with progress("image", show=not opts.json) as on_progress:
+            built = c.images.build(base=base, name=name, size_mib=size, sha256=sha256, on_progress=on_progress)
+        image = plain(built)
     emit(opts, image, lambda i: console.print(f"image {i['name']} ({i['init_system']}, {i['size_mib']} MiB)"))
 
 
@@ -85,7 +87,7 @@ def image_build(
 def image_list(ctx: typer.Context) -> None:
     """List images."""
     with client(ctx) as c:
-        images = c.list_images()
+        images = plain(c.images.list())
     emit(ctx_of(ctx), images, _image_rows)
 
 
@@ -93,7 +95,7 @@ def image_list(ctx: typer.Context) -> None:
 def image_inspect(ctx: typer.Context, ref: str) -> None:
     """Show one image."""
     with client(ctx) as c:
-        image = c.get_image(ref)
+        image = plain(c.images.get(ref))
     emit(ctx_of(ctx), image, lambda i: fields(i.items()))
 
 
@@ -101,7 +103,7 @@ def image_inspect(ctx: typer.Context, ref: str) -> None:
 def image_rm(ctx: typer.Context, ref: str) -> None:
     """Remove an image (refused, exit 5, while a VM uses it)."""
     with client(ctx) as c:
-        c.remove_image(ref)
+        c.images.remove(ref)
     emit(ctx_of(ctx), {"removed": ref}, lambda _: console.print(f"removed image {ref}"))
 
 
@@ -109,7 +111,7 @@ def image_rm(ctx: typer.Context, ref: str) -> None:
 def firecracker_list(ctx: typer.Context) -> None:
     """List Firecracker binaries."""
     with client(ctx) as c:
-        binaries = c.list_firecracker()
+        binaries = plain(c.firecracker.list())
     emit(
         ctx_of(ctx),
         binaries,
@@ -137,8 +139,8 @@ def firecracker_pull(
     """Download a Firecracker release (verified against the sha256 pinned in nexus or given), or register a local
     binary."""
     opts = ctx_of(ctx)
-    with client(ctx) as c:
-        binary = follow(c.pull_firecracker(version, path, sha256), "firecracker", show=not opts.json)
+    with client(ctx) as c, progress("firecracker", show=not opts.json) as on_progress:
+        binary = plain(c.firecracker.pull(version, path=path, sha256=sha256, on_progress=on_progress))
     emit(opts, binary, lambda b: console.print(f"firecracker {b['version']} at {b['path']}"))
 
 
@@ -146,5 +148,5 @@ def firecracker_pull(
 def firecracker_rm(ctx: typer.Context, version: str) -> None:
     """Remove a cached Firecracker binary."""
     with client(ctx) as c:
-        c.remove_firecracker(version)
+        c.firecracker.remove(version)
     emit(ctx_of(ctx), {"removed": version}, lambda _: console.print(f"removed firecracker {version}"))

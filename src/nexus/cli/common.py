@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from nexus.cli.output import Ctx
-from nexus.client import NexusClient
 from nexus.domain import Invalid
+from nexus.sdk import Nexus
 
 
 def ctx_of(ctx: typer.Context) -> Ctx:
@@ -18,15 +18,10 @@ def ctx_of(ctx: typer.Context) -> Ctx:
     return obj
 
 
-def client(ctx: typer.Context) -> NexusClient:
+def client(ctx: typer.Context) -> Nexus:
+    """The SDK's client, reaching nexusd as the global options say."""
     obj = ctx_of(ctx)
-    return NexusClient(
-        Path(obj.socket) if obj.socket else None,
-        url=obj.url,
-        token=obj.token,
-        ca_file=Path(obj.ca_file) if obj.ca_file else None,
-        timeout_s=600.0,
-    )
+    return Nexus(obj.socket, url=obj.url, token=obj.token, ca_file=obj.ca_file, timeout=600.0)
 
 
 def read_token(token_file: Path | None, token: str | None) -> str | None:

@@ -15,7 +15,7 @@ from nexus import __version__
 from nexus.cli import admin, assets, settings, tokens, vm, workspaces
 from nexus.cli.common import client, ctx_of, read_token
 from nexus.cli.errors import ERROR, exit_code_for
-from nexus.cli.output import Ctx, console, emit, fields
+from nexus.cli.output import Ctx, console, emit, fields, plain
 from nexus.client import Connection, DaemonUnreachable
 from nexus.domain import Invalid, NexusError
 
@@ -74,7 +74,7 @@ def root(
 def status(ctx: typer.Context) -> None:
     """Show whether nexusd is up, its version, VM count, VMM driver, storage backend and the VMs' way out."""
     with client(ctx) as c:
-        health = c.health()
+        health = plain(c.health())
     driver, storage, network = health["driver"], health["storage"], health["network"]
     emit(
         ctx_of(ctx),
@@ -98,7 +98,7 @@ def version(ctx: typer.Context) -> None:
     unreachable: DaemonUnreachable | None = None
     try:
         with client(ctx) as c:
-            daemon = c.health()["version"]
+            daemon = c.health().version
     except DaemonUnreachable as exc:
         unreachable = exc
     emit(

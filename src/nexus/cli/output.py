@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +26,15 @@ class Ctx:
     url: str | None = None  # nexusd's TCP listener instead of the socket
     token: str | None = None  # its bearer token
     ca_file: str | None = None  # the CA an https:// --url's certificate is checked against
+
+
+def plain(value: Any) -> Any:
+    """What the SDK returned (models, lists of them) as the JSON a --json reader gets and the tables render."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 def emit(ctx: Ctx, data: Any, human: Callable[[Any], None]) -> None:

@@ -1,21 +1,21 @@
-"""Following an NDJSON operation (pull, build, exec) in the terminal: a progress bar on stderr."""
+"""Following a long operation (pull, build, prepare) in the terminal: a progress bar on stderr."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nexus.domain import NexusError
+from nexus.sdk.calls import OnProgress
 
 stderr = Console(stderr=True, highlight=False)
 
 
-def follow(events: Iterator[dict[str, Any]], title: str, show: bool = True) -> Any:
-    """Consume progress events, drawing a bar when ``show``; return the final result."""
-    result: Any = None
+@contextlib.contextmanager
+def progress(title: str, show: bool = True) -> Iterator[OnProgress]:
+    """A bar drawn while the block runs (when ``show``); the block passes the yielded callback to the SDK."""
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -26,15 +26,10 @@ def follow(events: Iterator[dict[str, Any]], title: str, show: bool = True) -> A
         transient=True,
     ) as bar:
         task = bar.add_task(title, total=1.0)
-        for event in events:
-            if event.get("event") == "progress":
-                bar.update(
-                    task, completed=float(event.get("fraction", 0.0)), description=f"{title}: {event.get('stage', '')}"
-                )
-            elif event.get("event") == "result":
-                result = event.get("result")
-    if result is None:
-        raise NexusError(f"{title}: the daemon ended the operation without a result")
+
+        def on_progress(stage: str, fraction: float) -> None:
+            bar.update(task, completed=fraction, description=f"{title}: {stage}")
+
+        yield on_progress
     if show:
         stderr.print(f"{title}: done")
-    return result

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from nexus.cli.common import client, ctx_of
-from nexus.cli.output import emit, table
+from nexus.cli.output import emit, plain, table
 
 app = typer.Typer(help="Show and change preferences.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ def _rows(settings: list[dict[str, Any]]) -> None:
 def list_(ctx: typer.Context) -> None:
     """List every setting with its value and default."""
     with client(ctx) as c:
-        result = c.list_settings()
+        result = plain(c.settings.list())
     emit(ctx_of(ctx), result, _rows)
 
 
@@ -36,7 +36,7 @@ def list_(ctx: typer.Context) -> None:
 def get(ctx: typer.Context, key: str) -> None:
     """Print one setting's value."""
     with client(ctx) as c:
-        result = c.get_setting(key)
+        result = plain(c.settings.get(key))
     emit(ctx_of(ctx), result, lambda s: print(_show(s["value"])))
 
 
@@ -52,5 +52,5 @@ def set_(
     except ValueError:
         parsed = value
     with client(ctx) as c:
-        result = c.set_setting(key, parsed)
+        result = plain(c.settings.set(key, parsed))
     emit(ctx_of(ctx), result, lambda s: print(f"{s['key']} = {_show(s['value'])}"))

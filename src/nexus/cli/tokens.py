@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from nexus.cli.common import client, ctx_of
-from nexus.cli.output import ago, console, emit, table
+from nexus.cli.output import ago, console, emit, plain, table
 
 app = typer.Typer(help="Agent tokens: each opens one VM's MCP endpoint over TCP, nothing else.", no_args_is_help=True)
 
@@ -36,7 +36,7 @@ def token_create(
     """Make an agent token for VM --vm and print it. It is shown this once: nexusd keeps only its hash."""
     opts = ctx_of(ctx)
     with client(ctx) as c:
-        made = c.create_token(vm, expires)
+        made = plain(c.tokens.create(vm, expires=expires))
 
     def human(t: dict[str, Any]) -> None:
         print(t["token"])  # alone on stdout, so `nexusctl token create --vm X > file` saves just the token
@@ -56,7 +56,7 @@ def token_ls(
 ) -> None:
     """List agent tokens (never their secrets)."""
     with client(ctx) as c:
-        tokens = c.list_tokens(vm)
+        tokens = plain(c.tokens.list(vm=vm))
     emit(
         ctx_of(ctx),
         tokens,
@@ -80,5 +80,5 @@ def token_ls(
 def token_rm(ctx: typer.Context, token_id: Annotated[str, typer.Argument(metavar="ID", help="the token's id")]) -> None:
     """Remove an agent token: requests with it get 401 from now on."""
     with client(ctx) as c:
-        c.remove_token(token_id)
+        c.tokens.remove(token_id)
     emit(ctx_of(ctx), {"removed": token_id}, lambda _: console.print(f"removed token {token_id}"))

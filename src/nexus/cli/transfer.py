@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import sys
@@ -13,9 +14,9 @@ from typing import BinaryIO
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from nexus.cli.progress import stderr
-from nexus.client import NexusClient
 from nexus.domain import Invalid
 from nexus.protocol import FILE_CHUNK_BYTES
+from nexus.sdk import Nexus
 
 CHUNK_BYTES = FILE_CHUNK_BYTES  # the daemon's per-request cap
 BAR_ABOVE_BYTES = 8 * CHUNK_BYTES
@@ -31,7 +32,7 @@ def _bar(total: int | None, title: str) -> Iterator[Progress]:
         yield bar
 
 
-def download(client: NexusClient, ref: str, path: str, dst: str) -> int:
+def download(client: Nexus, ref: str, path: str, dst: str) -> int:
     """Copy the guest file ``path`` to ``dst`` ('-' = stdout); returns the bytes copied."""
     target = Path(dst)
     if dst != "-" and target.is_dir():
@@ -45,15 +46,13 @@ def download(client: NexusClient, ref: str, path: str, dst: str) -> int:
         out = tmp.open("wb")
     offset = 0
     try:
-        data, size, eof = client.read_file(ref, path, 0, CHUNK_BYTES)
-        with _bar(size, path) as bar:
-            while True:
-                out.write(data)
-                offset += len(data)
+        chunks = client.vms.files(ref).chunks(path)
+        first = next(chunks)
+        with _bar(first.size, path) as bar:
+            for chunk in itertools.chain((first,), chunks):
+                out.write(chunk.data)
+                offset += len(chunk.data)
                 bar.update(bar.task_ids[0], completed=offset)
-                if eof or not data:
-                    break
-                data, size, eof = client.read_file(ref, path, offset, CHUNK_BYTES)
         out.flush()
         if tmp is not None:
             out.close()
@@ -66,7 +65,7 @@ def download(client: NexusClient, ref: str, path: str, dst: str) -> int:
     return offset
 
 
-def upload(client: NexusClient, src: str, ref: str, path: str) -> int:
+def upload(client: Nexus, src: str, ref: str, path: str) -> int:
     """Copy ``src`` ('-' = stdin) to the guest file ``path``; returns the bytes copied."""
     mode: str | None = None
     total: int | None = None
@@ -84,12 +83,13 @@ def upload(client: NexusClient, src: str, ref: str, path: str) -> int:
     with ExitStack() as stack:
         source = sys.stdin.buffer if src == "-" else stack.enter_context(Path(src).open("rb"))
         bar = stack.enter_context(_bar(total, path))
-        chunk = source.read(CHUNK_BYTES)
-        client.write_file(ref, path, chunk, append=False, mode=mode)  # creates (or empties) the file
-        while chunk:
-            sent += len(chunk)
-            bar.update(bar.task_ids[0], completed=sent)
-            chunk = source.read(CHUNK_BYTES)
-            if chunk:
-                client.write_file(ref, path, chunk, append=True)
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal sent
+            while chunk := source.read(CHUNK_BYTES):
+                yield chunk
+                sent += len(chunk)
+                bar.update(bar.task_ids[0], completed=sent)
+
+        client.vms.files(ref).write_chunks(path, chunks(), mode=mode)  # an empty source makes an empty file
     return sent

@@ -9,8 +9,8 @@ import typer
 
 from nexus.cli import transfer
 from nexus.cli.common import client, ctx_of
-from nexus.cli.output import ago, console, emit, fields, table
-from nexus.cli.progress import follow, stderr
+from nexus.cli.output import ago, console, emit, fields, plain, table
+from nexus.cli.progress import progress, stderr
 from nexus.cli.workspaces import vm_clone
 
 app = typer.Typer(help="Manage microVMs.", no_args_is_help=True)
@@ -86,8 +86,8 @@ def create(
 ) -> None:
     """Create a VM (it is not started)."""
     with client(ctx) as c:
-        vm = c.create_vm(
-            name=name,
+        vm = c.vms.create(
+            name,
             vcpus=vcpus,
             mem_mib=mem,
             role=role,
@@ -97,7 +97,7 @@ def create(
             publish=publish or None,
             network=False if no_network else None,
         )
-    emit(ctx_of(ctx), vm, lambda v: console.print(f"created {v['name']} ({v['id']})"))
+    emit(ctx_of(ctx), plain(vm), lambda v: console.print(f"created {v['name']} ({v['id']})"))
 
 
 @app.command("list")
@@ -109,7 +109,7 @@ def list_(
 ) -> None:
     """List VMs."""
     with client(ctx) as c:
-        vms = c.list_vms(role=role, state=state, tags=tag)
+        vms = plain(c.vms.list(role=role, state=state, tags=tuple(tag or ())))
     emit(ctx_of(ctx), vms, _vm_table)
 
 
@@ -117,7 +117,7 @@ def list_(
 def inspect(ctx: typer.Context, ref: Ref) -> None:
     """Show everything about one VM."""
     with client(ctx) as c:
-        vm = c.get_vm(ref)
+        vm = plain(c.vms.get(ref))
     emit(ctx_of(ctx), vm, _vm_fields)
 
 
@@ -129,8 +129,8 @@ def rm(
 ) -> None:
     """Remove a VM. Refuses (exit 5) while it runs, unless --force."""
     with client(ctx) as c:
-        vm = c.get_vm(ref)
-        c.remove_vm(vm["id"], force=force)
+        vm = plain(c.vms.get(ref))
+        c.vms.remove(vm["id"], force=force)
     emit(
         ctx_of(ctx),
         {"removed": vm["id"], "name": vm["name"]},
@@ -142,17 +142,19 @@ def _boot(ctx: typer.Context, ref: str, wait: bool) -> dict[str, Any]:
     """Fetch/build what the VM needs (with progress), then start it."""
     opts = ctx_of(ctx)
     with client(ctx) as c:
-        follow(c.stream("POST", f"/v1/vms/{ref}/prepare"), "preparing", show=not opts.json and stderr.is_terminal)
+        with progress("preparing", show=not opts.json and stderr.is_terminal) as on_progress:
+            c.vms.prepare(ref, on_progress=on_progress)
         if wait and not opts.json and stderr.is_terminal:
             with stderr.status(f"booting {ref}..."):
-                vm = c.start_vm(ref, wait=True)
+                vm = c.vms.start(ref, wait=True)
         else:
-            vm = c.start_vm(ref, wait=wait)
-        if vm.get("network") is not None:
-            net = c.health()["network"]
-            if not net["egress"]:  # say it plainly: a VM without internet is a puzzle otherwise
-                stderr.print(f"warning: {vm['name']} has no way out of this host: {net['reason']}", markup=False)
-        return vm
+            vm = c.vms.start(ref, wait=wait)
+        if vm.network is not None:
+            egress = c.health().network
+            if not egress.egress:  # say it plainly: a VM without internet is a puzzle otherwise
+                stderr.print(f"warning: {vm.name} has no way out of this host: {egress.reason}", markup=False)
+        result: dict[str, Any] = plain(vm)
+        return result
 
 
 @app.command("start")
@@ -181,8 +183,8 @@ def run(
 ) -> None:
     """Create a VM, start it, and wait until its agent is ready."""
     with client(ctx) as c:
-        created = c.create_vm(
-            name=name,
+        created = c.vms.create(
+            name,
             image=image,
             vcpus=vcpus,
             mem_mib=mem,
@@ -190,7 +192,7 @@ def run(
             publish=publish or None,
             network=False if no_network else None,
         )
-    vm = _boot(ctx, created["id"], wait=True)
+    vm = _boot(ctx, created.id, wait=True)
     emit(
         ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']} ({v['vmm']}/{v['accel']}, pid {v['pid']})")
     )
@@ -218,21 +220,20 @@ def exec_(
     if not command:
         raise typer.BadParameter("no command given (nexusctl vm exec REF -- CMD [ARGS...])")
     argv: str | list[str] = " ".join(command) if shell else command
-    result: dict[str, Any] = {}
+
+    def write(stream: str, text: str) -> None:
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        out.write(text)
+        out.flush()
+
     with client(ctx) as c:
-        for event in c.exec(ref, argv, cwd=workdir, env=environment or None, timeout_s=timeout):
-            if event.get("event") == "output":
-                out = sys.stderr if event.get("stream") == "stderr" else sys.stdout
-                out.write(event.get("data", ""))
-                out.flush()
-            elif event.get("event") == "result":
-                result = event.get("result") or {}
-    if result.get("timed_out"):
+        result = c.vms.exec(ref, argv, cwd=workdir, env=environment or None, timeout_s=timeout, on_output=write)
+    if result.timed_out:
         stderr.print(f"nexusctl: the command timed out after {timeout:g}s and was killed")
         raise typer.Exit(124)
-    if result.get("truncated"):
+    if result.truncated:
         stderr.print("nexusctl: output was truncated by the agent's output cap")
-    code = result.get("exit_code")
+    code = result.exit_code
     raise typer.Exit(code if isinstance(code, int) and code >= 0 else 1)
 
 
@@ -270,7 +271,7 @@ def cp(
 def stop(ctx: typer.Context, ref: Ref) -> None:
     """Stop a VM: graceful power-off, then kill after a timeout."""
     with client(ctx) as c:
-        vm = c.stop_vm(ref)
+        vm = plain(c.vms.stop(ref))
     emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']}"))
 
 
@@ -278,7 +279,7 @@ def stop(ctx: typer.Context, ref: Ref) -> None:
 def pause(ctx: typer.Context, ref: Ref) -> None:
     """Freeze a running VM's vCPUs; its memory and state stay until resume."""
     with client(ctx) as c:
-        vm = c.pause_vm(ref)
+        vm = plain(c.vms.pause(ref))
     emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']}"))
 
 
@@ -286,7 +287,7 @@ def pause(ctx: typer.Context, ref: Ref) -> None:
 def resume(ctx: typer.Context, ref: Ref) -> None:
     """Let a paused VM run again."""
     with client(ctx) as c:
-        vm = c.resume_vm(ref)
+        vm = plain(c.vms.resume(ref))
     emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']}"))
 
 
@@ -298,7 +299,7 @@ def logs(
 ) -> None:
     """Print a VM's console log."""
     with client(ctx) as c:
-        result = c.vm_logs(ref, tail=tail)
+        result = plain(c.vms.logs(ref, tail=tail))
     emit(ctx_of(ctx), result, lambda r: print("\n".join(r["lines"])) if r["lines"] else None)
 
 
@@ -306,7 +307,7 @@ def logs(
 def history(ctx: typer.Context, ref: Ref) -> None:
     """Show a VM's state transitions and why each happened."""
     with client(ctx) as c:
-        changes = c.vm_history(ref)
+        changes = plain(c.vms.history(ref))
     emit(
         ctx_of(ctx),
         changes,
@@ -321,7 +322,7 @@ def history(ctx: typer.Context, ref: Ref) -> None:
 def tag_add(ctx: typer.Context, ref: Ref, tags: Annotated[list[str], typer.Argument(help="tags to add")]) -> None:
     """Add tags to a VM."""
     with client(ctx) as c:
-        result = c.add_tags(ref, tags)
+        result = c.vms.add_tags(ref, tags)
     emit(ctx_of(ctx), result, lambda t: console.print(" ".join(t)))
 
 
@@ -329,7 +330,7 @@ def tag_add(ctx: typer.Context, ref: Ref, tags: Annotated[list[str], typer.Argum
 def tag_ls(ctx: typer.Context, ref: Ref) -> None:
     """List a VM's tags."""
     with client(ctx) as c:
-        result = c.list_tags(ref)
+        result = c.vms.tags(ref)
     emit(ctx_of(ctx), result, lambda t: print("\n".join(t)) if t else None)
 
 
@@ -337,8 +338,8 @@ def tag_ls(ctx: typer.Context, ref: Ref) -> None:
 def tag_rm(ctx: typer.Context, ref: Ref, tags: Annotated[list[str], typer.Argument(help="tags to remove")]) -> None:
     """Remove tags from a VM."""
     with client(ctx) as c:
-        vm_id = c.get_vm(ref)["id"]
+        vm_id = c.vms.get(ref).id
         for tag in tags:
-            c.remove_tag(vm_id, tag)
-        result = c.list_tags(vm_id)
+            c.vms.remove_tag(vm_id, tag)
+        result = c.vms.tags(vm_id)
     emit(ctx_of(ctx), result, lambda t: console.print(" ".join(t)))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from nexus.cli.common import client, ctx_of
-from nexus.cli.output import ago, console, emit, table
+from nexus.cli.output import ago, console, emit, plain, table
 
 drive_app = typer.Typer(help="Drives: a VM's root drive and named data drives.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="Snapshots of a VM's drives: create, list, roll back, remove.", no_args_is_help=True)
@@ -46,7 +46,7 @@ def drive_create(
     if (image is None) == (size is None):
         raise typer.BadParameter("give exactly one of --image or --size")
     with client(ctx) as c:
-        drive = c.create_drive(name, image=image, size_mib=size)
+        drive = plain(c.drives.create(name, image=image, size_mib=size))
     emit(ctx_of(ctx), drive, lambda d: console.print(f"created drive {d['name']} ({d['size_mib']} MiB)"))
 
 
@@ -54,8 +54,8 @@ def drive_create(
 def drive_ls(ctx: typer.Context) -> None:
     """List drives (root drives are named <vm>.root)."""
     with client(ctx) as c:
-        drives = c.list_drives()
-        vms = {vm["id"]: vm["name"] for vm in c.list_vms()} if not ctx_of(ctx).json else {}
+        drives = plain(c.drives.list())
+        vms = {vm.id: vm.name for vm in c.vms.list()} if not ctx_of(ctx).json else {}
     emit(ctx_of(ctx), drives, lambda ds: _drive_rows(ds, vms))
 
 
@@ -68,7 +68,7 @@ def drive_attach(
 ) -> None:
     """Attach a data drive to a stopped VM; it appears at the VM's next boot (mounted at --mount)."""
     with client(ctx) as c:
-        drive = c.attach_drive(name, vm, mount)
+        drive = plain(c.drives.attach(name, vm, mount=mount))
     where = f" at {drive['mount_path']}" if drive["mount_path"] else ""
     emit(ctx_of(ctx), drive, lambda d: console.print(f"attached {d['name']} to {vm}{where}"))
 
@@ -77,7 +77,7 @@ def drive_attach(
 def drive_detach(ctx: typer.Context, name: DriveRef) -> None:
     """Detach a data drive from its (stopped) VM; the drive and its data stay."""
     with client(ctx) as c:
-        drive = c.detach_drive(name)
+        drive = plain(c.drives.detach(name))
     emit(ctx_of(ctx), drive, lambda d: console.print(f"detached {d['name']}"))
 
 
@@ -89,7 +89,7 @@ def drive_resize(
 ) -> None:
     """Grow a drive and its ext4 filesystem (its VM must be stopped)."""
     with client(ctx) as c:
-        drive = c.resize_drive(name, size)
+        drive = plain(c.drives.resize(name, size))
     emit(ctx_of(ctx), drive, lambda d: console.print(f"{d['name']} is now {d['size_mib']} MiB"))
 
 
@@ -97,8 +97,8 @@ def drive_resize(
 def drive_rm(ctx: typer.Context, name: DriveRef) -> None:
     """Remove a drive. Refuses (exit 5) while it is attached or a snapshot holds it."""
     with client(ctx) as c:
-        drive = c.get_drive(name)
-        c.remove_drive(drive["id"])
+        drive = plain(c.drives.get(name))
+        c.drives.remove(drive["id"])
     emit(ctx_of(ctx), {"removed": drive["id"], "name": drive["name"]}, lambda _: console.print(f"removed {name}"))
 
 
@@ -110,7 +110,7 @@ def snapshot_create(
 ) -> None:
     """Snapshot all of a VM's drives together (a running VM's filesystems are frozen for the moment it takes)."""
     with client(ctx) as c:
-        snap = c.create_snapshot(ref, name)
+        snap = plain(c.snapshots.create(ref, name))
     emit(ctx_of(ctx), snap, lambda s: console.print(f"snapshot {s['name']} of {ref} ({len(s['drives'])} drives)"))
 
 
@@ -118,7 +118,7 @@ def snapshot_create(
 def snapshot_ls(ctx: typer.Context, ref: Ref) -> None:
     """List a VM's snapshots."""
     with client(ctx) as c:
-        snaps = c.list_snapshots(ref)
+        snaps = plain(c.snapshots.list(ref))
     emit(
         ctx_of(ctx),
         snaps,
@@ -138,7 +138,7 @@ def snapshot_rollback(
 ) -> None:
     """Put a VM's drives back as the snapshot holds them. Refuses (exit 5) while the VM runs, unless --restart."""
     with client(ctx) as c:
-        vm = c.rollback(ref, name, restart=restart)
+        vm = plain(c.snapshots.rollback(ref, name, restart=restart))
     emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} rolled back to {name} ({v['state']})"))
 
 
@@ -146,7 +146,7 @@ def snapshot_rollback(
 def snapshot_rm(ctx: typer.Context, ref: Ref, name: Annotated[str, typer.Argument(help="snapshot name")]) -> None:
     """Remove a snapshot."""
     with client(ctx) as c:
-        c.remove_snapshot(ref, name)
+        c.snapshots.remove(ref, name)
     emit(ctx_of(ctx), {"removed": name}, lambda _: console.print(f"removed snapshot {name}"))
 
 
@@ -158,5 +158,5 @@ def vm_clone(
 ) -> None:
     """Create a new VM from a VM's current drives (or one of its snapshots); it is not started."""
     with client(ctx) as c:
-        vm = c.clone_vm(ref, new, snapshot)
+        vm = plain(c.vms.clone(ref, new, snapshot=snapshot))
     emit(ctx_of(ctx), vm, lambda v: console.print(f"created {v['name']} ({v['id']}) from {ref}"))

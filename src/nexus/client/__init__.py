@@ -1,4 +1,5 @@
-"""``NexusClient``: the nexusd API over httpx, raising domain errors."""
+"""Reaching nexusd: the transport factory (``Connection``) and the errors every client shares (the typed client is
+``nexus.sdk``)."""
 
 import sys
 
@@ -6,14 +7,13 @@ import sys
 # nexusctl command pays for it. Marking that module absent makes httpx fall back to its stub; nothing here uses it.
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-from nexus.client.client import DaemonUnreachable, NexusClient, Unauthorized, unreachable  # noqa: E402
+from nexus.client.client import DaemonUnreachable, Unauthorized, unreachable  # noqa: E402
 from nexus.client.connection import DEFAULT_SOCKET, Connection, tls_verify  # noqa: E402
 
 __all__ = [
     "DEFAULT_SOCKET",
     "Connection",
     "DaemonUnreachable",
-    "NexusClient",
     "Unauthorized",
     "tls_verify",
     "unreachable",

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import TypeAdapter
 
-from nexus.client.client import _seg, error_from_response
+from nexus.client.client import error_from_response, segment
 
 __all__ = ["Call", "ExecResult", "FileChunk", "OnOutput", "OnProgress", "Stream", "StreamReader", "check"]
 from nexus.domain import ERRORS_BY_CODE, NexusError
@@ -78,7 +78,7 @@ _TAGS = _model(TypeAdapter(list[str]))
 
 
 def _vm_path(ref: str, *rest: str) -> str:
-    return "/".join(("/v1/vms", _seg(ref), *rest))
+    return "/".join(("/v1/vms", segment(ref), *rest))
 
 
 def health() -> Call[HealthOut]:
@@ -150,6 +150,7 @@ class ExecResult:
     stdout: str
     stderr: str
     timed_out: bool
+    truncated: bool = False  # the agent cut what it kept; only an agent that does not stream loses any of it
 
     @property
     def ok(self) -> bool:
@@ -208,10 +209,15 @@ class StreamReader(Generic[T]):
 def exec_command(ref: str, command: str | list[str], options: Mapping[str, Any]) -> Stream[ExecResult]:
     def finish(final: Any, out: Mapping[str, str]) -> ExecResult:
         final = final or {}
-        return ExecResult(final.get("exit_code"), out["stdout"], out["stderr"], bool(final.get("timed_out")))
+        truncated = bool(final.get("truncated"))
+        return ExecResult(final.get("exit_code"), out["stdout"], out["stderr"], bool(final.get("timed_out")), truncated)
 
     body = {"command": command, **{k: v for k, v in options.items() if v is not None}}
     return Stream(_vm_path(ref, "exec"), body, finish)
+
+
+def prepare_vm(ref: str) -> Stream[dict[str, str]]:
+    return Stream(_vm_path(ref, "prepare"), {}, lambda final, _out: {str(k): str(v) for k, v in final.items()})
 
 
 def _stream_of(adapter: TypeAdapter[T]) -> Callable[[Any, Mapping[str, str]], T]:
@@ -239,7 +245,7 @@ def pull_kernel(version: str | None) -> Stream[KernelOut]:
 
 
 def remove_kernel(version: str) -> Call[None]:
-    return Call("DELETE", f"/v1/kernels/{_seg(version)}", _nothing)
+    return Call("DELETE", f"/v1/kernels/{segment(version)}", _nothing)
 
 
 def list_images() -> Call[list[ImageOut]]:
@@ -247,7 +253,7 @@ def list_images() -> Call[list[ImageOut]]:
 
 
 def get_image(ref: str) -> Call[ImageOut]:
-    return Call("GET", f"/v1/images/{_seg(ref)}", _model(_IMAGE))
+    return Call("GET", f"/v1/images/{segment(ref)}", _model(_IMAGE))
 
 
 def build_image(fields: Mapping[str, Any]) -> Stream[ImageOut]:
@@ -255,7 +261,7 @@ def build_image(fields: Mapping[str, Any]) -> Stream[ImageOut]:
 
 
 def remove_image(ref: str) -> Call[None]:
-    return Call("DELETE", f"/v1/images/{_seg(ref)}", _nothing)
+    return Call("DELETE", f"/v1/images/{segment(ref)}", _nothing)
 
 
 def list_firecracker() -> Call[list[FirecrackerOut]]:
@@ -267,7 +273,7 @@ def pull_firecracker(version: str | None, path: str | None, sha256: str | None) 
 
 
 def remove_firecracker(version: str) -> Call[None]:
-    return Call("DELETE", f"/v1/firecracker/{_seg(version)}", _nothing)
+    return Call("DELETE", f"/v1/firecracker/{segment(version)}", _nothing)
 
 
 # -- settings, tokens, host network -----------------------------------------------------------------------------
@@ -280,11 +286,11 @@ def list_settings() -> Call[list[SettingOut]]:
 
 
 def get_setting(key: str) -> Call[SettingOut]:
-    return Call("GET", f"/v1/settings/{_seg(key)}", _model(_SETTING))
+    return Call("GET", f"/v1/settings/{segment(key)}", _model(_SETTING))
 
 
 def set_setting(key: str, value: Any) -> Call[SettingOut]:
-    return Call("PUT", f"/v1/settings/{_seg(key)}", _model(_SETTING), json={"value": value})
+    return Call("PUT", f"/v1/settings/{segment(key)}", _model(_SETTING), json={"value": value})
 
 
 def create_token(vm: str, expires: str | None) -> Call[TokenCreated]:
@@ -296,7 +302,7 @@ def list_tokens(vm: str | None) -> Call[list[TokenOut]]:
 
 
 def remove_token(token_id: str) -> Call[None]:
-    return Call("DELETE", f"/v1/tokens/{_seg(token_id)}", _nothing)
+    return Call("DELETE", f"/v1/tokens/{segment(token_id)}", _nothing)
 
 
 def cleanup_network() -> Call[CleanupOut]:
@@ -322,23 +328,23 @@ def create_drive(name: str, image: str | None, size_mib: int | None) -> Call[Dri
 
 
 def get_drive(ref: str) -> Call[DriveOut]:
-    return Call("GET", f"/v1/drives/{_seg(ref)}", _DRIVE)
+    return Call("GET", f"/v1/drives/{segment(ref)}", _DRIVE)
 
 
 def attach_drive(ref: str, vm: str, mount: str | None) -> Call[DriveOut]:
-    return Call("POST", f"/v1/drives/{_seg(ref)}/attach", _DRIVE, json={"vm": vm, "mount": mount})
+    return Call("POST", f"/v1/drives/{segment(ref)}/attach", _DRIVE, json={"vm": vm, "mount": mount})
 
 
 def detach_drive(ref: str) -> Call[DriveOut]:
-    return Call("POST", f"/v1/drives/{_seg(ref)}/detach", _DRIVE)
+    return Call("POST", f"/v1/drives/{segment(ref)}/detach", _DRIVE)
 
 
 def resize_drive(ref: str, size_mib: int) -> Call[DriveOut]:
-    return Call("POST", f"/v1/drives/{_seg(ref)}/resize", _DRIVE, json={"size_mib": size_mib})
+    return Call("POST", f"/v1/drives/{segment(ref)}/resize", _DRIVE, json={"size_mib": size_mib})
 
 
 def remove_drive(ref: str) -> Call[None]:
-    return Call("DELETE", f"/v1/drives/{_seg(ref)}", _nothing)
+    return Call("DELETE", f"/v1/drives/{segment(ref)}", _nothing)
 
 
 def list_snapshots(vm: str) -> Call[list[SnapshotOut]]:
@@ -351,11 +357,11 @@ def create_snapshot(vm: str, name: str | None) -> Call[SnapshotOut]:
 
 def rollback(vm: str, name: str, restart: bool) -> Call[VmOut]:
     params = {"restart": True} if restart else None
-    return Call("POST", _vm_path(vm, "snapshots", _seg(name), "rollback"), _VM, params=params)
+    return Call("POST", _vm_path(vm, "snapshots", segment(name), "rollback"), _VM, params=params)
 
 
 def remove_snapshot(vm: str, name: str) -> Call[None]:
-    return Call("DELETE", _vm_path(vm, "snapshots", _seg(name)), _nothing)
+    return Call("DELETE", _vm_path(vm, "snapshots", segment(name)), _nothing)
 
 
 def clone_vm(vm: str, name: str, snapshot: str | None) -> Call[VmOut]:
@@ -367,7 +373,7 @@ def list_tags(ref: str) -> Call[list[str]]:
 
 
 def remove_tag(ref: str, tag: str) -> Call[None]:
-    return Call("DELETE", _vm_path(ref, "tags", _seg(tag)), _nothing)
+    return Call("DELETE", _vm_path(ref, "tags", segment(tag)), _nothing)
 
 
 def check(response: httpx.Response) -> httpx.Response:

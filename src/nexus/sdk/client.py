@@ -154,6 +154,10 @@ class Vms(_Resource):
         """A VM, not started; ``options`` as the API takes them (``vcpus``, ``mem_mib``, ``image``, ``tags``...)."""
         return self._nexus.send(calls.create_vm({"name": name, **options}))
 
+    def prepare(self, ref: str, *, on_progress: OnProgress | None = None) -> dict[str, str]:
+        """Fetch the VM's kernel and build its image if they are missing; what it will boot (kernel, image)."""
+        return self._nexus.stream(calls.prepare_vm(ref), on_progress)
+
     def start(self, ref: str, *, wait: bool = True) -> VmOut:
         return self._nexus.send(calls.vm_action(ref, "start", None if wait else {"wait": False}))
 
