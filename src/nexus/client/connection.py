@@ -1,4 +1,4 @@
-"""Where nexusd is and how to reach it: the one transport factory behind ``NexusClient``, the SDK and
+"""Where nexusd is and how to reach it: the one transport factory behind the SDK (and so the CLI) and
 ``nexusctl mcp-bridge`` (Unix socket by default; TCP with a bearer token, TLS checked against a CA file)."""
 
 from __future__ import annotations
