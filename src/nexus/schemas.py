@@ -8,7 +8,7 @@ domain's own pattern and range (``nexus.domain.validation``), so the OpenAPI sch
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -515,3 +515,89 @@ class TokenOut(BaseModel):
 
 class TokenCreated(TokenOut):
     token: str = Field(description="the bearer token; shown only in this answer (nexusd keeps its sha256)")
+
+
+# -- MCP tool arguments: the REST bodies where a tool takes one, plus the VM (or drive) the route names -----------
+
+VmRef = Annotated[str, Field(min_length=1, description="VM name or id")]
+DriveRef = Annotated[str, Field(min_length=1, description="drive name or id")]
+SnapshotName = Annotated[str, Field(min_length=1, description="snapshot name")]
+
+
+class NoArgs(Strict):
+    pass
+
+
+class VmArgs(Strict):
+    vm: VmRef
+
+
+class VmListArgs(Strict):
+    state: VmState | None = None
+    role: Role | None = None
+    tags: list[Tag] = Field(default_factory=list, description="only VMs with all of these tags")
+
+
+class VmStartArgs(VmArgs):
+    wait: StrictBool = Field(default=True, description="return once its agent is ready")
+
+
+class VmRemoveArgs(VmArgs):
+    force: StrictBool = Field(default=False, description="stop a running VM first")
+
+
+class VmLogsArgs(VmArgs):
+    tail: int = Field(default=100, strict=True, ge=1, description="lines from the end")
+
+
+class VmExecArgs(ExecIn):
+    vm: VmRef
+
+
+class DriveArgs(Strict):
+    drive: DriveRef
+
+
+class DriveAttachArgs(DriveAttach):
+    drive: DriveRef
+
+
+class DriveResizeArgs(DriveResize):
+    drive: DriveRef
+
+
+class SnapshotCreateArgs(SnapshotCreate):
+    vm: VmRef
+
+
+class SnapshotArgs(VmArgs):
+    snapshot: SnapshotName
+
+
+class SnapshotRollbackArgs(SnapshotArgs):
+    restart: StrictBool = Field(default=False, description="stop, roll back, start (else the VM must be stopped)")
+
+
+class VmCloneArgs(VmClone):
+    vm: VmRef
+
+
+class WorkspaceRollbackArgs(Strict):
+    name: SnapshotName
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]], not_an_object: str = "arguments must be an object") -> str:
+    """One line for pydantic's validation errors, as REST and MCP report them."""
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        elif err.get("type") == "value_error":  # a domain check's own message (``_domain_check``)
+            where = ""  # it names the field and the value itself: "invalid name 'X': use ..."
+            msg = str(err.get("ctx", {}).get("error", msg))
+        elif err.get("type") in ("model_attributes_type", "dict_type") and not where:
+            msg = not_an_object
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)

@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from nexus.protocol import INVALID_PARAMS
+from nexus.schemas import VmCreate
 from tests.fakes.firecracker_host import firecracker_daemon
 from tests.helpers import Daemon, call_killing_vmm
 from tests.integration.test_mcp_vm import pytestmark  # noqa: F401  (the same skips)
@@ -123,9 +124,16 @@ def test_management_tools(daemon: Daemon) -> None:
                 "invalid"
             )
             assert (await _refused(client, "vm_create", {}))["code"] == "invalid"
+            # the arguments are the REST body's model: its schema, its checks, its one-line messages
+            bogus = await _refused(client, "vm_exec", {"vm": "mg-one", "command": "x", "bogus": 1})
+            assert bogus["message"] == "bogus: unknown field"
+            too_big = await _refused(client, "vm_create", {"name": "mg-big", "vcpus": 1000})
+            assert too_big["code"] == "invalid" and "vcpus" in too_big["message"]
+            listed = {t.name: t for t in (await client.list_tools()).tools}
+            assert listed["vm_create"].input_schema == VmCreate.model_json_schema()
 
             inspected = await _ok(client, "vm_inspect", {"vm": "mg-one"})
-            assert [h["to"] for h in inspected["history"]] == ["created", "starting", "ready"]
+            assert [h["to_state"] for h in inspected["history"]] == ["created", "starting", "ready"]  # as REST names it
             assert isinstance((await _ok(client, "vm_logs", {"vm": "mg-one", "tail": 5}))["lines"], list)
 
             assert (await _ok(client, "vm_stop", {"vm": "mg-one"}))["state"] == "stopped"

@@ -31,6 +31,7 @@ from nexus.domain import (
     NotFound,
     Unavailable,
 )
+from nexus.schemas import describe_errors
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +97,8 @@ def unexpected(exc: Exception, method: str, path: str) -> dict[str, str]:
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        msg = err.get("msg", "invalid")
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown field"
-        elif err.get("type") == "value_error":  # a domain check's own message (api.schemas._domain_check)
-            where = ""  # it names the field and the value itself: "invalid name 'X': use ..."
-            msg = str(err.get("ctx", {}).get("error", msg))
-        elif err.get("type") in ("model_attributes_type", "dict_type") and not where:
-            msg = "request body must be a JSON object (Content-Type: application/json)"
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts) or "invalid request"
+    body = "request body must be a JSON object (Content-Type: application/json)"
+    return describe_errors(exc.errors(), body) or "invalid request"
 
 
 def allowed_methods(app: Any, scope: Scope) -> list[str]:

@@ -13,58 +13,41 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from pydantic import BaseModel, ValidationError
 
 from nexus import __version__
-from nexus.domain import Invalid, NetInfo, NexusError, PublishedPort, Role, Vm, VmFilter, VmSpec, VmState
+from nexus.domain import Invalid, NetInfo, NexusError, PublishedPort, Vm, VmFilter, VmSpec
 from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, with_progress
 from nexus.mcp.sizing import fit
 from nexus.protocol import command_text
-from nexus.schemas import VmOut
+from nexus.schemas import (
+    StateChangeOut,
+    VmArgs,
+    VmCreate,
+    VmExecArgs,
+    VmListArgs,
+    VmLogsArgs,
+    VmOut,
+    VmRemoveArgs,
+    VmStartArgs,
+    describe_errors,
+)
 from nexus.services import NetworkService, VmService
 from nexus.services.guest import GuestService, OutputChunk
 
 Ctx = ServerRequestContext[Any, Any]
-Args = dict[str, Any]
-
-_VM = {"vm": {"type": "string", "description": "VM name or id"}}
-
-
-def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+A = TypeVar("A", bound=BaseModel)
 
 
 def vm_dict(vm: Vm, net: NetInfo | None) -> dict[str, Any]:
     """A VM as REST shows it (``nexus.schemas.VmOut``): one model for every edge."""
     return VmOut.of(vm, net).model_dump(mode="json")
-
-
-def _get(args: Args, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
-    """One argument, type-checked (bool is not an int here); Invalid when missing or of the wrong type."""
-    if key not in args or args[key] is None:
-        if required:
-            raise Invalid(f"missing argument {key!r}")
-        return default
-    value = args[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise Invalid(f"argument {key!r} must be {names}")
-    return value
-
-
-def _check_known(args: Args, schema: dict[str, Any]) -> None:
-    unknown = sorted(set(args) - set(schema["properties"]))
-    if unknown:
-        raise Invalid(f"unknown argument(s): {', '.join(unknown)}")
-
-
-Handler = Callable[[Ctx, Args], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +77,14 @@ REMOVES = Hints(read_only=False, destructive=True, idempotent=True)
 
 
 @dataclass(frozen=True, slots=True)
-class _Tool:
+class _Tool(Generic[A]):
+    """A tool: its arguments are a ``nexus.schemas`` model (the input schema is that model's JSON schema, and
+    the arguments are validated by it before the handler sees them)."""
+
     title: str
     description: str
-    schema: dict[str, Any]
-    handler: Handler
+    args: type[A]
+    handler: Callable[[Ctx, A], Awaitable[dict[str, Any]]]
     hints: Hints
 
     def to_mcp(self, name: str) -> types.Tool:
@@ -106,9 +92,19 @@ class _Tool:
             name=name,
             title=self.title,
             description=self.description,
-            input_schema=self.schema,
+            input_schema=self.args.model_json_schema(),
             annotations=self.hints.annotations(self.title),
         )
+
+    async def call(self, ctx: Ctx, arguments: dict[str, Any]) -> dict[str, Any]:
+        try:
+            args = self.args.model_validate(arguments)
+        except ValidationError as exc:
+            raise Invalid(describe_errors(exc.errors())) from exc
+        return await self.handler(ctx, args)
+
+
+Tools = dict[str, _Tool[Any]]
 
 
 class _Tools:
@@ -120,77 +116,44 @@ class _Tools:
     def vm(self, vm: Vm) -> dict[str, Any]:
         return vm_dict(vm, self.network.info(vm.id))
 
-    async def vm_list(self, ctx: Ctx, args: Args) -> dict[str, Any]:
-        state = _get(args, "state", str)
-        role = _get(args, "role", str)
-        try:
-            flt = VmFilter(
-                role=Role(role) if role else None,
-                state=VmState(state) if state else None,
-                tags=tuple(_get(args, "tags", list, [])),
-            )
-        except ValueError as exc:
-            raise Invalid(str(exc)) from exc
+    async def vm_list(self, ctx: Ctx, args: VmListArgs) -> dict[str, Any]:
+        flt = VmFilter(role=args.role, state=args.state, tags=tuple(args.tags))
         return {"vms": [self.vm(vm) for vm in self.vms.find(flt)]}
 
-    async def vm_create(self, ctx: Ctx, args: Args) -> dict[str, Any]:
-        tags = _get(args, "tags", list, [])
-        publish = _get(args, "publish", list, [])
-        if not all(isinstance(t, str) for t in (*tags, *publish)):
-            raise Invalid("arguments 'tags' and 'publish' must be lists of strings")
+    async def vm_create(self, ctx: Ctx, args: VmCreate) -> dict[str, Any]:
         spec = VmSpec(
-            name=_get(args, "name", str, required=True),
-            vcpus=_get(args, "vcpus", int),
-            mem_mib=_get(args, "mem_mib", int),
-            image=_get(args, "image", str),
-            kernel=_get(args, "kernel", str),
-            tags=tuple(tags),
-            network=_get(args, "network", bool),
-            publish=tuple(PublishedPort.parse(p) for p in publish),
+            name=args.name,
+            role=args.role,
+            vcpus=args.vcpus,
+            mem_mib=args.mem_mib,
+            image=args.image,
+            kernel=args.kernel,
+            tags=tuple(args.tags),
+            network=args.network,
+            publish=tuple(PublishedPort.parse(p) for p in args.publish),
         )
         return self.vm(self.vms.create(spec))
 
-    async def vm_start(self, ctx: Ctx, args: Args) -> dict[str, Any]:
-        vm = _get(args, "vm", str, required=True)
-        return self.vm(await self.vms.start(vm, wait=_get(args, "wait", bool, True)))
+    async def vm_start(self, ctx: Ctx, args: VmStartArgs) -> dict[str, Any]:
+        return self.vm(await self.vms.start(args.vm, wait=args.wait))
 
-    async def vm_stop(self, ctx: Ctx, args: Args) -> dict[str, Any]:
-        return self.vm(await self.vms.stop(_get(args, "vm", str, required=True)))
+    async def vm_stop(self, ctx: Ctx, args: VmArgs) -> dict[str, Any]:
+        return self.vm(await self.vms.stop(args.vm))
 
-    async def vm_rm(self, ctx: Ctx, args: Args) -> dict[str, Any]:
-        vm = self.vms.get(_get(args, "vm", str, required=True))
-        await self.vms.remove(vm.id, force=_get(args, "force", bool, False))
+    async def vm_rm(self, ctx: Ctx, args: VmRemoveArgs) -> dict[str, Any]:
+        vm = self.vms.get(args.vm)
+        await self.vms.remove(vm.id, force=args.force)
         return {"removed": vm.name, "id": vm.id}
 
-    async def vm_inspect(self, ctx: Ctx, args: Args) -> dict[str, Any]:
-        vm = self.vms.get(_get(args, "vm", str, required=True))
-        history = [
-            {
-                "from": str(h.from_state) if h.from_state else None,
-                "to": str(h.to_state),
-                "reason": h.reason,
-                "at": h.at.isoformat(),
-            }
-            for h in self.vms.history(vm.id)
-        ]
+    async def vm_inspect(self, ctx: Ctx, args: VmArgs) -> dict[str, Any]:
+        vm = self.vms.get(args.vm)
+        history = [StateChangeOut.of(h).model_dump(mode="json") for h in self.vms.history(vm.id)]
         return {**self.vm(vm), "history": history}
 
-    async def vm_logs(self, ctx: Ctx, args: Args) -> dict[str, Any]:
-        vm = _get(args, "vm", str, required=True)
-        tail = _get(args, "tail", int, 100)
-        if tail < 1:
-            raise Invalid("argument 'tail' must be at least 1")
-        return {"lines": self.vms.logs(vm, tail)}
+    async def vm_logs(self, ctx: Ctx, args: VmLogsArgs) -> dict[str, Any]:
+        return {"lines": self.vms.logs(args.vm, args.tail)}
 
-    async def vm_exec(self, ctx: Ctx, args: Args) -> dict[str, Any]:
-        vm = _get(args, "vm", str, required=True)
-        command = _get(args, "command", (str, list), required=True)
-        if isinstance(command, list) and not (command and all(isinstance(a, str) for a in command)):
-            raise Invalid("argument 'command' must be a string or a non-empty list of strings")
-        env = _get(args, "env", dict)
-        if env is not None and not all(isinstance(v, str) for v in env.values()):
-            raise Invalid("argument 'env' must map names to strings")
-        timeout_s = float(_get(args, "timeout_s", (int, float), 600.0))
+    async def vm_exec(self, ctx: Ctx, args: VmExecArgs) -> dict[str, Any]:
         streamed = 0
 
         def call(report: Report) -> Awaitable[dict[str, Any]]:
@@ -200,102 +163,56 @@ class _Tools:
                 report(float(streamed), None, chunk.data)
 
             return self.guest.exec(
-                vm,
-                command,
+                args.vm,
+                args.command,
                 on_output,
-                cwd=_get(args, "cwd", str),
-                env=env,
-                stdin=_get(args, "stdin", str),
-                timeout_s=timeout_s,
+                cwd=args.cwd,
+                env=args.env,
+                stdin=args.stdin,
+                timeout_s=args.timeout_s,
             )
 
         result = await with_progress(ctx, call)  # stdout/stderr: head and tail of long output, as run_command's
         keys = ("exit_code", "stdout", "stderr", "stdout_bytes", "stderr_bytes", "truncated", "timed_out", "duration_s")
         return {key: result.get(key) for key in keys}
 
-    def table(self) -> dict[str, _Tool]:
-        exec_props = {
-            **_VM,
-            "command": {
-                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
-                "description": "a shell command line, or an argv list run without a shell",
-            },
-            "cwd": {"type": "string"},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
-            "stdin": {"type": "string"},
-            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-        }
-        states = [str(s) for s in VmState]
+    def table(self) -> Tools:
         return {
             "vm_list": _Tool(
                 "List VMs",
                 "List VMs, optionally only those in a state, of a role, or with all the given tags.",
-                _schema(
-                    {
-                        "state": {"type": "string", "enum": states},
-                        "role": {"type": "string", "enum": [str(r) for r in Role]},
-                        "tags": {"type": "array", "items": {"type": "string"}},
-                    }
-                ),
+                VmListArgs,
                 self.vm_list,
                 READS,
             ),
             "vm_create": _Tool(
                 "Create VM",
                 "Create a VM (not started). Unset sizes, image and kernel come from nexusd's settings.",
-                _schema(
-                    {
-                        "name": {"type": "string"},
-                        "vcpus": {"type": "integer", "minimum": 1},
-                        "mem_mib": {"type": "integer", "minimum": 1},
-                        "image": {"type": "string"},
-                        "kernel": {"type": "string"},
-                        "tags": {"type": "array", "items": {"type": "string"}},
-                        "network": {"type": "boolean", "description": "give it a NIC (default: nexusd's setting)"},
-                        "publish": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "description": "HOSTPORT:GUESTPORT[/tcp|udp]: the host's port forwarded to the VM's",
-                        },
-                    },
-                    ("name",),
-                ),
+                VmCreate,
                 self.vm_create,
                 SETS,
             ),
             "vm_start": _Tool(
-                "Start VM",
-                "Boot a VM; by default returns once its agent is ready.",
-                _schema({**_VM, "wait": {"type": "boolean", "default": True}}, ("vm",)),
-                self.vm_start,
-                SETS,
+                "Start VM", "Boot a VM; by default returns once its agent is ready.", VmStartArgs, self.vm_start, SETS
             ),
-            "vm_stop": _Tool(
-                "Stop VM", "Power a VM off (graceful, then forced).", _schema(_VM, ("vm",)), self.vm_stop, REMOVES
-            ),
+            "vm_stop": _Tool("Stop VM", "Power a VM off (graceful, then forced).", VmArgs, self.vm_stop, REMOVES),
             "vm_rm": _Tool(
                 "Remove VM",
                 "Remove a VM and its disk; a running VM only with force (it is stopped first).",
-                _schema({**_VM, "force": {"type": "boolean", "default": False}}, ("vm",)),
+                VmRemoveArgs,
                 self.vm_rm,
                 REMOVES,
             ),
-            "vm_inspect": _Tool(
-                "Inspect VM", "A VM's details and state history.", _schema(_VM, ("vm",)), self.vm_inspect, READS
-            ),
+            "vm_inspect": _Tool("Inspect VM", "A VM's details and state history.", VmArgs, self.vm_inspect, READS),
             "vm_logs": _Tool(
-                "VM console log",
-                "The last lines of a VM's console log.",
-                _schema({**_VM, "tail": {"type": "integer", "minimum": 1, "default": 100}}, ("vm",)),
-                self.vm_logs,
-                READS,
+                "VM console log", "The last lines of a VM's console log.", VmLogsArgs, self.vm_logs, READS
             ),
             "vm_exec": _Tool(
                 "Run command in VM",
                 "Run a command in a ready VM and wait for it; output streams as progress when asked. The result "
                 "has exit_code and the start and end of stdout and stderr (the middle of long output is omitted; "
                 "stdout_bytes and stderr_bytes are the full sizes).",
-                _schema(exec_props, ("vm", "command")),
+                VmExecArgs,
                 self.vm_exec,
                 DESTROYS,
             ),
@@ -312,7 +229,7 @@ def _result(
 
 
 def manage_server(
-    vms: VmService, guest: GuestService, network: NetworkService, extra_tools: dict[str, _Tool] | None = None
+    vms: VmService, guest: GuestService, network: NetworkService, extra_tools: Tools | None = None
 ) -> Server[Any]:
     """``extra_tools``: more tools served beside the VM ones (the workspace tools, ``nexus.mcp.workspace``)."""
     tools = {**_Tools(vms, guest, network).table(), **(extra_tools or {})}
@@ -325,10 +242,8 @@ def manage_server(
         tool = tools.get(params.name)
         if tool is None:
             raise to_mcp_error(Invalid(f"unknown tool {params.name!r}; tools/list names the tools"))
-        args = dict(params.arguments or {})
         try:
-            _check_known(args, tool.schema)
-            structured = await tool.handler(ctx, args)
+            structured = await tool.call(ctx, dict(params.arguments or {}))
             text = command_text(structured) if params.name == "vm_exec" else None
             return _result(params.name, structured, text=text)
         except NexusError as exc:
