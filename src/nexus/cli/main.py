@@ -14,7 +14,7 @@ import typer
 from nexus import __version__
 from nexus.cli import admin, assets, settings, tokens, vm, workspaces
 from nexus.cli.common import client, ctx_of, read_token
-from nexus.cli.errors import ERROR, exit_code_for
+from nexus.cli.errors import ERROR, exit_code_for, in_cli_words
 from nexus.cli.output import Ctx, console, emit, fields, plain
 from nexus.client import Connection, DaemonUnreachable
 from nexus.domain import Invalid, NexusError
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         typer.main.get_command(app).main(args=args, prog_name="nexusctl", standalone_mode=True)
     except NexusError as exc:
-        print(f"nexusctl: {exc.message}", file=sys.stderr)
+        print(f"nexusctl: {in_cli_words(exc.message)}", file=sys.stderr)
         return exit_code_for(exc)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else ERROR
