@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from nexus.domain import (
     AgentToken,
@@ -601,3 +601,14 @@ def describe_errors(errors: Iterable[Mapping[str, Any]], not_an_object: str = "a
             msg = not_an_object
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: Mapping[str, Any]) -> M:
+    """``data`` (MCP tool arguments) as ``model``; Invalid with the one-line message otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid(describe_errors(exc.errors())) from exc

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from nexus import __version__
 from nexus.domain import Invalid, NetInfo, NexusError, PublishedPort, Vm, VmFilter, VmSpec
@@ -36,7 +36,7 @@ from nexus.schemas import (
     VmOut,
     VmRemoveArgs,
     VmStartArgs,
-    describe_errors,
+    parse,
 )
 from nexus.services import NetworkService, VmService
 from nexus.services.guest import GuestService, OutputChunk
@@ -97,11 +97,7 @@ class _Tool(Generic[A]):
         )
 
     async def call(self, ctx: Ctx, arguments: dict[str, Any]) -> dict[str, Any]:
-        try:
-            args = self.args.model_validate(arguments)
-        except ValidationError as exc:
-            raise Invalid(describe_errors(exc.errors())) from exc
-        return await self.handler(ctx, args)
+        return await self.handler(ctx, parse(self.args, arguments))
 
 
 Tools = dict[str, _Tool[Any]]

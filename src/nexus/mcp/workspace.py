@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import mcp_types as types
-from pydantic import BaseModel, ValidationError
 
-from nexus.domain import Drive, Invalid, NetInfo, NexusError, Snapshot
+from nexus.domain import Drive, NetInfo, NexusError, Snapshot
 from nexus.mcp.manage import ADDS, DESTROYS, READS, REMOVES, SETS, Ctx, Tools, _Tool, vm_dict
 from nexus.schemas import (
     DriveArgs,
@@ -33,11 +32,9 @@ from nexus.schemas import (
     VmArgs,
     VmCloneArgs,
     WorkspaceRollbackArgs,
-    describe_errors,
+    parse,
 )
 from nexus.services import DriveService, SnapshotService
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def drive_dict(drive: Drive) -> dict[str, Any]:
@@ -179,21 +176,14 @@ async def call_vm_tool(snapshots: SnapshotService, ref: str, name: str, args: di
     """Run ``workspace_snapshot`` or ``workspace_rollback`` for VM ``ref``; refusals are ``isError`` results."""
     try:
         if name == "workspace_snapshot":
-            wanted = _parse(SnapshotCreate, args)
+            wanted = parse(SnapshotCreate, args)
             return _result(snapshot_dict(await snapshots.create(ref, wanted.name)), error=False)
-        back = _parse(WorkspaceRollbackArgs, args)
+        back = parse(WorkspaceRollbackArgs, args)
         vm = await snapshots.rollback(ref, back.name, restart=True)
         summary = {"id": vm.id, "name": vm.name, "state": str(vm.state)}
         return _result({"rolled_back_to": back.name, "vm": summary, "restarted": True}, error=False)
     except NexusError as exc:
         return _result({"error": {"code": exc.code, "message": exc.message}})
-
-
-def _parse(model: type[M], args: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(args)
-    except ValidationError as exc:
-        raise Invalid(describe_errors(exc.errors())) from exc
 
 
 def _result(structured: dict[str, Any], error: bool = True) -> types.CallToolResult:
