@@ -14,6 +14,7 @@ from bench.common import nexusd, percentile, print_table
 
 RUNS = 20
 VMS = 20
+STACK = "import typer, rich.console, pydantic, httpx, httpcore"
 GOALS_MS = {"version": 150.0, "vm list": 250.0}  # issue 20: docker answers in ~50 ms
 
 
@@ -34,6 +35,8 @@ def run() -> None:
         cli = [sys.executable, "-m", "nexus.cli.main", "--socket", str(daemon.socket)]
         samples = {
             "python -c pass": _wall([sys.executable, "-c", "pass"]),
+            # the floor of this stack: what nexusctl must import before it can parse argv and send one request
+            "import the stack": _wall([sys.executable, "-c", STACK]),
             "version": _wall([*cli, "version"]),
             "vm list": _wall([*cli, "vm", "list"]),
         }

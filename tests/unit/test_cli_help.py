@@ -16,7 +16,8 @@ from nexus.cli.main import app, main
 
 def _paths(command: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     yield prefix
-    for name, sub in getattr(command, "commands", {}).items():  # a group (typer vendors its own click)
+    for name in command.list_commands(None) if hasattr(command, "list_commands") else ():  # a group
+        sub = command.get_command(None, name)
         yield from _paths(sub, (*prefix, name))
 
 

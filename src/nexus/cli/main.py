@@ -12,9 +12,9 @@ from typing import Annotated
 import typer
 
 from nexus import __version__
-from nexus.cli import admin, assets, settings, tokens, vm, workspaces
 from nexus.cli.common import client, ctx_of, read_token
 from nexus.cli.errors import ERROR, exit_code_for, in_cli_words
+from nexus.cli.lazy import LazyGroup
 from nexus.cli.output import Ctx, console, emit, fields, plain
 from nexus.client import Connection, DaemonUnreachable
 from nexus.domain import Invalid, NexusError
@@ -24,17 +24,8 @@ app = typer.Typer(
     help="Nexus: a computer for every AI agent. Manage microVMs through nexusd.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=LazyGroup,  # the vm, image, drive… groups are built only when used (start-up time)
 )
-app.add_typer(vm.app, name="vm")
-app.add_typer(assets.kernel_app, name="kernel")
-app.add_typer(assets.image_app, name="image")
-app.add_typer(assets.firecracker_app, name="firecracker")
-app.add_typer(settings.app, name="settings")
-app.add_typer(admin.app, name="admin")
-app.command("setup-firewall")(admin.setup_firewall)
-app.add_typer(workspaces.drive_app, name="drive")
-app.add_typer(workspaces.snapshot_app, name="snapshot")
-app.add_typer(tokens.app, name="token")
 
 
 @app.callback()

@@ -36,14 +36,15 @@ class Connection:
         if self.url is not None:
             verify = tls_verify(self.ca_file)
             return httpx.Client(base_url=self.url, headers=self._headers(), timeout=timeout, verify=verify)
-        transport = httpx.HTTPTransport(uds=str(self.socket or DEFAULT_SOCKET))
+        # no TLS on a Unix socket: verify=False spares loading the system's CAs (~35 ms per CLI call)
+        transport = httpx.HTTPTransport(uds=str(self.socket or DEFAULT_SOCKET), verify=False)
         return httpx.Client(transport=transport, base_url=SOCKET_BASE_URL, headers=self._headers(), timeout=timeout)
 
     def async_client(self, timeout: httpx.Timeout | float) -> httpx.AsyncClient:
         if self.url is not None:
             verify = tls_verify(self.ca_file)
             return httpx.AsyncClient(base_url=self.url, headers=self._headers(), timeout=timeout, verify=verify)
-        transport = httpx.AsyncHTTPTransport(uds=str(self.socket or DEFAULT_SOCKET))
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket or DEFAULT_SOCKET), verify=False)
         headers = self._headers()
         return httpx.AsyncClient(transport=transport, base_url=SOCKET_BASE_URL, headers=headers, timeout=timeout)
 
