@@ -57,9 +57,12 @@ from nexus.protocol.messages import (
     Heartbeat,
     Hello,
 )
+from nexus.protocol.gateway import GATEWAY_CLOSE, GATEWAY_MESSAGE
 from nexus.protocol.ports import (
     CONTROL_PORT_NAME,
     CONTROL_VSOCK_PORT,
+    GATEWAY_PORT_NAME,
+    GATEWAY_VSOCK_PORT,
     HOST_CID,
     MCP_PORT_NAME,
     MCP_VSOCK_PORT,
@@ -73,6 +76,10 @@ __all__ = [
     "ECHO_METHOD",
     "FILE_CHUNK_BYTES",
     "FREEZE_METHOD",
+    "GATEWAY_CLOSE",
+    "GATEWAY_MESSAGE",
+    "GATEWAY_PORT_NAME",
+    "GATEWAY_VSOCK_PORT",
     "HEARTBEAT_METHOD",
     "HELLO_METHOD",
     "HOST_CID",

@@ -11,6 +11,8 @@ from typing import Final
 __all__ = [
     "CONTROL_PORT_NAME",
     "CONTROL_VSOCK_PORT",
+    "GATEWAY_PORT_NAME",
+    "GATEWAY_VSOCK_PORT",
     "HOST_CID",
     "MCP_PORT_NAME",
     "MCP_VSOCK_PORT",
@@ -30,3 +32,9 @@ MCP_VSOCK_PORT: Final = 1025
 
 HOST_CID: Final = 2
 """The well-known vsock context id of the host (VMADDR_CID_HOST)."""
+
+GATEWAY_PORT_NAME: Final = "org.nexus.gateway"
+"""virtio-serial port of a portal's gateway: the MCP sessions of agents inside the VM, tunnelled to nexusd."""
+
+GATEWAY_VSOCK_PORT: Final = 1026
+"""vsock port of the gateway stream (the agent dials the host, as for the control stream)."""

@@ -1,0 +1,58 @@
+"""The audit log's values: one entry per routed call and per management action (host API, host MCP and portal
+gateway alike). Argument *contents* are never recorded: only their digest and size, so a secret passed as an
+argument does not end up in the log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Decision(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Via(StrEnum):
+    """The edge a call came in on."""
+
+    REST = "rest"  # the HTTP API (nexusctl, the SDK)
+    MCP = "mcp"  # the host MCP endpoints (/mcp, /v1/vms/{ref}/mcp)
+    GATEWAY = "gateway"  # a portal VM's gateway
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: datetime
+    caller: str  # "vm:<name>" (a portal), "host" (the Unix socket), "admin" (TCP admin token), "token:<id>"
+    via: Via
+    action: str  # a tool name ("run_command"), or a REST route ("POST /v1/vms/{ref}/start")
+    decision: Decision
+    target_id: str | None = None  # the VM acted on, when there is one
+    target: str | None = None  # its name at the time
+    rule: int | None = None  # the policy rule that decided; None: default deny, or a host action
+    reason: str = ""
+    args_digest: str | None = None  # sha256 of the arguments' canonical JSON (see ``digest``)
+    args_bytes: int = 0
+    duration_ms: float = 0.0
+    result_bytes: int = 0
+    is_error: bool = False
+    id: int | None = None  # given by the store
+
+
+def digest(arguments: Any) -> tuple[str, int]:
+    """``(sha256 hex, size in bytes)`` of ``arguments``' canonical JSON (sorted keys, no spaces): equal arguments
+    have equal digests whatever their key order, and nothing of their content is kept."""
+    data = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+class AuditLog(Protocol):
+    """Where services and edges write what was done. ``record`` never raises: losing the store must not fail the
+    call it describes (the entry is logged instead)."""
+
+    def record(self, entry: AuditEntry) -> None: ...
