@@ -32,6 +32,7 @@ from nexus.domain import (
     VmState,
 )
 from nexus.domain.network import DNS_SERVERS_MAX, IFNAME_RE, SUBNET_PREFIX_RANGE
+from nexus.domain.policy import Rule
 from nexus.domain.settings import SETTINGS, VMM_CHOICES
 from nexus.domain.validation import (
     DRIVE_SIZE_MIB_RANGE,
@@ -517,6 +518,55 @@ class TokenCreated(TokenOut):
     token: str = Field(description="the bearer token; shown only in this answer (nexusd keeps its sha256)")
 
 
+class PolicyCreate(Strict):
+    portal: str = Field(description="the portals it applies to: a VM name, or tag:TAG")
+    work: str = Field(description="the VMs they may use: a VM name, tag:TAG, or @created (those the portal created)")
+    tools: list[str] = Field(default_factory=list, description="guest tools allowed on them; * for all")
+    calls_per_minute: int | None = Field(default=None, ge=1, description="per portal; null: no limit")
+    max_concurrent: int | None = Field(default=None, ge=1, description="calls at once per portal; null: no limit")
+    max_result_bytes: int | None = Field(default=None, ge=1, description="a bigger result is refused; null: any")
+    manage: bool = Field(default=False, description="may create VMs and manage the ones it created")
+    max_vms: int | None = Field(default=None, ge=1, description="with manage: VMs it may have at once (default 1)")
+    images: list[str] = Field(default_factory=list, description="with manage: images it may use; empty: any")
+    max_vcpus: Vcpus | None = Field(default=None, description="with manage: vCPUs per VM; null: any")
+    max_mem_mib: MemMib | None = Field(default=None, description="with manage: memory per VM; null: any")
+
+
+class PolicyOut(BaseModel):
+    id: int
+    portal: str
+    work: str
+    tools: list[str]
+    calls_per_minute: int | None
+    max_concurrent: int | None
+    max_result_bytes: int | None
+    manage: bool
+    max_vms: int | None
+    images: list[str]
+    max_vcpus: int | None
+    max_mem_mib: int | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, rule: Rule) -> PolicyOut:
+        spec, manage = rule.spec, rule.spec.manage
+        return cls(
+            id=rule.id,
+            portal=str(spec.portal),
+            work=str(spec.work),
+            tools=list(spec.tools),
+            calls_per_minute=spec.limits.calls_per_minute,
+            max_concurrent=spec.limits.max_concurrent,
+            max_result_bytes=spec.limits.max_result_bytes,
+            manage=manage is not None,
+            max_vms=manage.max_vms if manage else None,
+            images=list(manage.images) if manage else [],
+            max_vcpus=manage.max_vcpus if manage else None,
+            max_mem_mib=manage.max_mem_mib if manage else None,
+            created_at=rule.created_at,
+        )
+
+
 # -- MCP tool arguments: the REST bodies where a tool takes one, plus the VM (or drive) the route names -----------
 
 VmRef = Annotated[str, Field(min_length=1, description="VM name or id")]
@@ -526,6 +576,17 @@ SnapshotName = Annotated[str, Field(min_length=1, description="snapshot name")]
 
 class NoArgs(Strict):
     pass
+
+
+class PortalCreateArgs(Strict):
+    """A portal creating a work VM of its own through its gateway: no role, kernel, network or ports of its choosing."""
+
+    name: Name = Field(description="unique name")
+    vcpus: Vcpus | None = Field(default=None, description="default from settings")
+    mem_mib: MemMib | None = Field(default=None, description="default from settings")
+    image: str | None = Field(default=None, description="default from settings")
+    tags: list[Tag] = Field(default_factory=list)
+    start: bool = Field(default=True, description="boot it and return once it is ready")
 
 
 class VmArgs(Strict):

@@ -11,7 +11,18 @@ from nexus.api import errors, links
 from nexus.api.cache import ResponseCache
 from nexus.api.deps import Services
 from nexus.api.middleware import Access, BodyLimit, is_mcp_path
-from nexus.api.routers import admin, assets, firecracker, guest, health, settings, tokens, vms, workspaces
+from nexus.api.routers import (
+    admin,
+    assets,
+    firecracker,
+    guest,
+    health,
+    policies,
+    settings,
+    tokens,
+    vms,
+    workspaces,
+)
 from nexus.schemas import ErrorOut
 
 # Every status an operation may answer with besides its own success: 500 is a DriverError or an unexpected
@@ -41,7 +52,7 @@ def create_app(
     app.state.listings = ResponseCache()
     errors.install(app)
     links.install(app)
-    for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces, tokens):
+    for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces, tokens, policies):
         app.include_router(module.router)
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
         if endpoint is not None:

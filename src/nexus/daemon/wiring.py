@@ -3,6 +3,7 @@ serves."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 from nexus.api import Services
@@ -11,6 +12,8 @@ from nexus.channel import open_link
 from nexus.daemon.adapters import DebianKernels, RootfsImageBuilder
 from nexus.daemon.config import Config
 from nexus.domain import Layout, StorageBackend, VmmDriver
+from nexus.domain.audit import AuditEntry
+from nexus.mcp.gateway import GatewayServer
 from nexus.net import (
     NetlinkLinks,
     NftFirewall,
@@ -32,8 +35,9 @@ from nexus.services import (
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.locks import VmLocks
+from nexus.services.policy import PolicyService
 from nexus.services.tokens import TokenService
-from nexus.store import DriveRepo, ImageRepo, NetRepo, SettingsRepo, SnapshotRepo, TokenRepo, VmRepo
+from nexus.store import DriveRepo, ImageRepo, NetRepo, PolicyRepo, SettingsRepo, SnapshotRepo, TokenRepo, VmRepo
 from nexus.vmm.firecracker.driver import FirecrackerDriver
 from nexus.vmm.process import kill_orphan
 from nexus.vmm.qemu.driver import QemuDriver
@@ -113,6 +117,9 @@ def wire(
         locks=locks,
     )
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
+    policy = PolicyService(PolicyRepo(conn), vm_store)
+    audit = LoggedAudit()
+    runtime.serve_gateways(GatewayServer(vms=vms, guest=guest, policy=policy, network=net, audit=audit))
     services = Services(
         vms=vms,
         settings=settings,
@@ -123,6 +130,7 @@ def wire(
         drives=drives,
         snapshots=snapshots,
         tokens=TokenService(TokenRepo(conn), vm_store),
+        policy=policy,
     )
     return services, runtime
 
@@ -133,3 +141,10 @@ def adopters(layout: Layout, config: Config) -> dict[str, VmmDriver]:
     firecracker = FirecrackerDriver(str(config.firecracker_binary or "firecracker"), "adoption", config.jailer())
     qemu = QemuDriver(layout.cache_dir / "accel.json", tsc_khz=None)
     return {qemu.name: qemu, firecracker.name: firecracker}
+
+
+class LoggedAudit:
+    """INTERIM until the audit store lands: entries to the log."""
+
+    def record(self, entry: AuditEntry) -> None:
+        logging.getLogger("nexus.audit").info("%s", entry)

@@ -38,6 +38,7 @@ class Vm:
     vmm: str | None = None  # driver that runs it: qemu, firecracker
     accel: str | None = None  # kvm or tcg
     network: bool = True  # on the bridge with an address (leased at create), or no NIC at all
+    created_by: str | None = None  # the portal VM that created it through its gateway (None: the host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,7 @@ class VmSpec:
     tags: tuple[str, ...] = ()
     network: bool | None = None  # None: nexusd's default (on unless its config turns networking off)
     publish: tuple[PublishedPort, ...] = ()
+    created_by: str | None = None  # a portal creating it through its gateway
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,11 @@ if TYPE_CHECKING:
 
 
 class GuestPort(StrEnum):
-    """The two streams between host and guest agent."""
+    """The streams between host and guest agent."""
 
     CONTROL = "control"  # hello, heartbeats, nexus/* requests
     MCP = "mcp"  # MCP JSON-RPC: the guest's tools
+    GATEWAY = "gateway"  # a portal's way to nexusd: the MCP sessions of agents inside it (protocol.gateway)
 
 
 NotificationHandler = Callable[[str, Any], None]
@@ -83,6 +84,15 @@ class GuestConnector(Protocol):
         on_notification: NotificationHandler | None,
         timeout_s: float,
     ) -> GuestLink: ...
+
+
+class GatewayHost(Protocol):
+    """Serves what a portal's agent tunnels over its gateway link (``nexus.protocol.gateway``)."""
+
+    async def serve(self, portal_id: str, link: GuestLink, inbox: asyncio.Queue[tuple[str, Any]]) -> None:
+        """Serve the sessions whose messages arrive in ``inbox`` (``(method, params)`` of the link's notifications)
+        until ``link`` closes; then end them all."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ def _next_step(vm: Vm) -> str:
     return f"its agent does not answer: see `nexusctl vm logs {vm.name}`, or restart the VM"
 
 
-def _explained(exc: NexusError, ref: str, lookup: Callable[[str], Vm] | None) -> NexusError:
+def explained(exc: NexusError, ref: str, lookup: Callable[[str], Vm] | None) -> NexusError:
     """``exc`` with the VM's name, state and the next step, when the VM cannot serve (stopped, paused, ...)."""
     if lookup is None or not isinstance(exc, InvalidState | Unavailable):
         return exc
@@ -83,7 +83,7 @@ def guest_server(
         try:
             tools = await guest.list_tools(ref)
         except NexusError as exc:
-            raise to_mcp_error(_explained(exc, ref, lookup)) from exc
+            raise to_mcp_error(explained(exc, ref, lookup)) from exc
         return types.ListToolsResult(tools=[*(types.Tool.model_validate(tool) for tool in tools), *host_tools])
 
     async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -109,7 +109,7 @@ def guest_server(
 
                 result = await with_progress(ctx, call)
         except NexusError as exc:
-            raise to_mcp_error(_explained(exc, ref, lookup)) from exc
+            raise to_mcp_error(explained(exc, ref, lookup)) from exc
         return types.CallToolResult.model_validate(fit(params.name, result))
 
     return Server(

@@ -33,12 +33,14 @@ from nexus.domain import (
     Conflict,
     DriverError,
     ExitStatus,
+    GatewayHost,
     GuestConnector,
     GuestLink,
     GuestPort,
     InvalidState,
     NexusError,
     NotFound,
+    Role,
     Unavailable,
     Vm,
     VmProcess,
@@ -85,6 +87,10 @@ class _Running:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def _enqueue(inbox: asyncio.Queue[tuple[str, Any]]) -> Callable[[str, Any], None]:
+    return lambda method, params: inbox.put_nowait((method, params))
+
+
 def console_tail(path: Path, lines: int = 15) -> str:
     try:
         with path.open(encoding="utf-8", errors="replace") as fh:
@@ -115,8 +121,14 @@ class VmRuntime:
         self._timeouts = timeouts
         self._on_ready = on_ready
         self._on_exit_hook = on_exit
+        self._gateway: GatewayHost | None = None
         self._running: dict[str, _Running] = {}
         self._recording: set[asyncio.Task[None]] = set()  # exits still waiting for the store to take them
+
+    def serve_gateways(self, gateway: GatewayHost) -> None:
+        """Serve portal VMs' gateway links with ``gateway`` (set once at wiring, before any VM is watched: the
+        gateway is built on the services that are built on this runtime)."""
+        self._gateway = gateway
 
     def is_running(self, vm_id: str) -> bool:
         return vm_id in self._running
@@ -138,6 +150,8 @@ class VmRuntime:
             asyncio.create_task(self._mcp_link(run), name=f"vm-mcp-{vm.name}"),
             asyncio.create_task(self._watchdog(run), name=f"vm-watchdog-{vm.name}"),
         ]
+        if vm.role is Role.PORTAL and self._gateway is not None:
+            run.tasks.append(asyncio.create_task(self._gateway_link(run, self._gateway), name=f"vm-gw-{vm.name}"))
 
     async def wait_ready(self, vm_id: str) -> None:
         """Return once the agent said hello; raise DriverError if the VM failed or crashed first."""
@@ -325,6 +339,31 @@ class VmRuntime:
                 continue
             backoff.reset()
             await run.control.wait_closed()
+
+    async def _gateway_link(self, run: _Running, gateway: GatewayHost) -> None:
+        """A portal's gateway: keep its link open and let ``gateway`` serve what the agent tunnels over it. An
+        agent without a gateway never connects (QEMU) or dials (Firecracker): this retries quietly."""
+        backoff = Backoff()
+        while run.process.exit_status is None:
+            await run.reachable.wait()
+            inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            try:
+                link = await self._connect(
+                    run.process,
+                    GuestPort.GATEWAY,
+                    run.name,
+                    _enqueue(inbox),
+                    self._timeouts.connect_s,
+                )
+            except NexusError as exc:
+                log.debug("vm %s: gateway link: %s", run.name, exc)
+                await backoff.sleep()
+                continue
+            backoff.reset()
+            try:
+                await gateway.serve(run.vm_id, link, inbox)
+            finally:
+                await link.close("the gateway stopped serving")
 
     async def _mcp_link(self, run: _Running) -> None:
         """While the agent is heard from: keep one initialized MCP session open, reopening it whenever it closes."""

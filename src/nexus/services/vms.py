@@ -86,7 +86,9 @@ class VmService:
             self._adopters.setdefault(driver.name, driver)
         self._tasks: set[asyncio.Task[None]] = set()  # stops that an earlier nexusd began and this one finishes
 
-    def create(self, spec: VmSpec) -> Vm:
+    def create(self, spec: VmSpec, admit: Callable[[Vm], None] | None = None) -> Vm:
+        """Store a new VM. ``admit`` sees it with every default resolved before it is stored, and may refuse it by
+        raising (a portal's management rights are checked so, on the exact image, size and count)."""
         check_name(spec.name)
         tags = tuple(sorted({check_tag(t) for t in spec.tags}))
         vcpus = check_vcpus(spec.vcpus if spec.vcpus is not None else self._settings.int_value("default_vcpus"))
@@ -108,7 +110,10 @@ class VmService:
             updated_at=created,
             tags=tags,
             network=network,
+            created_by=spec.created_by,
         )
+        if admit is not None:
+            admit(vm)
         self._repo.insert(vm, reason="created")
         if network:
             try:

@@ -4,6 +4,7 @@ from nexus.store.db import connect, latest_version, migrate, migrations, open_da
 from nexus.store.drives import DriveRepo, SnapshotRepo
 from nexus.store.images import ImageRepo
 from nexus.store.network import NetRepo
+from nexus.store.policies import PolicyRepo
 from nexus.store.settings import SettingsRepo
 from nexus.store.tokens import TokenRepo
 from nexus.store.vms import VmRepo
@@ -12,6 +13,7 @@ __all__ = [
     "DriveRepo",
     "ImageRepo",
     "NetRepo",
+    "PolicyRepo",
     "SettingsRepo",
     "SnapshotRepo",
     "TokenRepo",

@@ -28,7 +28,7 @@ class VmRepo:
             with self._transaction():
                 self._conn.execute(
                     "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at,"
-                    " updated_at, network) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " updated_at, network, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         vm.id,
                         vm.name,
@@ -41,6 +41,7 @@ class VmRepo:
                         _ts(vm.created_at),
                         _ts(vm.updated_at),
                         int(vm.network),
+                        vm.created_by,
                     ),
                 )
                 self._conn.executemany("INSERT INTO vm_tags (vm_id, tag) VALUES (?, ?)", [(vm.id, t) for t in vm.tags])
@@ -191,6 +192,7 @@ class VmRepo:
             vmm=row["vmm"],
             accel=row["accel"],
             network=bool(row["network"]),
+            created_by=row["created_by"],
         )
 
 

@@ -2,13 +2,14 @@
 process.
 
 Owns the Firecracker process (spawned in its own session, reaped by asyncio so no zombie is left), its runtime
-dir (API socket, hybrid vsock socket, Firecracker's log and metrics), the API client and the ``GuestListener``
-the agent's control stream dials (``<runtime>/vsock.sock_1024``, opened before the guest boots). The guest
-link is Firecracker's hybrid vsock: control is guest-initiated (accepted on the listener), MCP host-initiated
+dir (API socket, hybrid vsock socket, Firecracker's log and metrics), the API client and the ``GuestListener``s
+the agent's control and gateway streams dial (``<runtime>/vsock.sock_1024`` and ``_1026``, opened before the guest
+boots). The guest link is Firecracker's hybrid vsock: control and gateway are guest-initiated (accepted on the
+listeners), MCP host-initiated
 (``CONNECT 1025``). A graceful stop is ``SendCtrlAltDel``: the guest's init reboots and, with ``reboot=k`` on the
 kernel command line, Firecracker exits on the guest's reboot. With :class:`JailerOptions` Firecracker runs through
 the jailer: kernel, initrd and drives are hard-linked into ``<chroot_base>/<binary name>/<vm id>/root``, the
-writable ones and Firecracker's log, metrics and control listener are handed to the jailed uid, every path sent
+writable ones and Firecracker's log, metrics and the listeners are handed to the jailed uid, every path sent
 over the API is the in-chroot one, and the chroot is removed once Firecracker is reaped. It does not decide
 whether Firecracker can run on this host (``nexus.daemon.drivers`` does).
 """
@@ -27,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from nexus.channel.vsock import GuestListener, VsockError, connect_hybrid, guest_listener_path
 from nexus.domain import DriverError, ExitStatus, GuestPort, LaunchSpec, NexusError, SpawnHook, VmmRecord
 from nexus.domain.retry import retry
-from nexus.protocol import CONTROL_VSOCK_PORT, MCP_VSOCK_PORT
+from nexus.protocol import CONTROL_VSOCK_PORT, GATEWAY_VSOCK_PORT, MCP_VSOCK_PORT
 from nexus.vmm.firecracker.api import FirecrackerApi
 from nexus.vmm.firecracker.argv import FIRECRACKER_BINARY, firecracker_argv
 from nexus.vmm.firecracker.config import (
@@ -147,6 +148,33 @@ def _is_elf(path: Path) -> bool:
         return False
 
 
+DIALED = {GuestPort.CONTROL: CONTROL_VSOCK_PORT, GuestPort.GATEWAY: GATEWAY_VSOCK_PORT}  # the agent dials these
+
+
+class Listeners:
+    """The host ports the agent dials (control, and a portal's gateway): opened before boot, handed to the jailed
+    uid and closed together."""
+
+    def __init__(self, vsock_socket: Path) -> None:
+        self.by_port = {port: GuestListener(vsock_socket, number) for port, number in DIALED.items()}
+
+    @property
+    def paths(self) -> list[Path]:
+        return [listener.path for listener in self.by_port.values()]
+
+    async def start(self) -> None:
+        for listener in self.by_port.values():
+            await listener.start()
+
+    async def close(self) -> None:
+        for listener in self.by_port.values():
+            await listener.close()
+
+    def chown(self, uid: int, gid: int) -> None:
+        for path in self.paths:
+            os.chown(path, uid, gid)
+
+
 class FirecrackerProcess(VmmProcess):
     """A running Firecracker: control stream from a guest listener, MCP over hybrid vsock, stop by
     SendCtrlAltDel, pause/resume by PATCH /vm. Once it exits, its listener and API client are closed and its
@@ -160,13 +188,13 @@ class FirecrackerProcess(VmmProcess):
         exited: Awaitable[ExitStatus],
         files: RuntimeFiles,
         api: FirecrackerApi,
-        listener: GuestListener,
+        listeners: Listeners,
         chroot: Path | None = None,
         connect_timeout_s: float = MCP_CONNECT_S,
     ) -> None:
         self._files = files
         self._api = api
-        self._listener = listener
+        self._listeners = listeners
         self._chroot = chroot
         self._connect_timeout_s = connect_timeout_s
         super().__init__(record, exited, files.runtime_dir)
@@ -179,8 +207,8 @@ class FirecrackerProcess(VmmProcess):
         if self.exit_status is not None:
             raise DriverError(f"Firecracker pid {self.pid} has exited")
         try:
-            if port is GuestPort.CONTROL:  # the agent dials the host; take its next connection
-                return await self._listener.accept(CONTROL_ACCEPT_S)
+            if port in DIALED:  # the agent dials the host; take its next connection
+                return await self._listeners.by_port[port].accept(CONTROL_ACCEPT_S)
             return await connect_hybrid(self._files.vsock_socket, MCP_VSOCK_PORT, self._connect_timeout_s)
         except VsockError as exc:
             raise DriverError(f"cannot connect to the guest's {port} port: {exc}") from exc
@@ -204,7 +232,7 @@ class FirecrackerProcess(VmmProcess):
         await self._api.send_ctrl_alt_del()
 
     async def _disconnect(self) -> None:
-        await self._listener.close()
+        await self._listeners.close()
         await self._api.aclose()
 
     async def _release(self) -> None:
@@ -285,21 +313,21 @@ class FirecrackerDriver:
         fd = claim(record, vm_id, files.runtime_dir)
         exited = pidfd_exit(fd, record.pid)
         api = FirecrackerApi(files.api_socket, timeout_s=API_TIMEOUT_S)
-        listener = GuestListener(files.vsock_socket, CONTROL_VSOCK_PORT)
+        listeners = Listeners(files.vsock_socket)
         try:
             await api.describe_instance()  # it answers: the API socket is this VM's
-            await listener.start()  # the agent redials the host until someone listens here again
+            await listeners.start()  # the agent redials the host until someone listens here again
             if detail.get(OWNER_KEY):
                 uid, gid = (int(x) for x in detail[OWNER_KEY].split(":"))
-                os.chown(listener.path, uid, gid)
+                listeners.chown(uid, gid)
         except (OSError, VsockError, NexusError) as exc:
             exited.cancel()
-            await listener.close()
+            await listeners.close()
             await api.aclose()
             what = exc.message if isinstance(exc, NexusError) else str(exc)
             raise DriverError(f"cannot reattach to Firecracker pid {record.pid}: {what}") from exc
         log.info("vm %s: adopted firecracker pid %d", name, record.pid)
-        return FirecrackerProcess(record, exited, files, api, listener, chroot)
+        return FirecrackerProcess(record, exited, files, api, listeners, chroot)
 
     def _plan(self, spec: LaunchSpec) -> tuple[list[str], RuntimeFiles, MicroVmConfig, ChrootPlan | None]:
         files = self.runtime_files(spec)
@@ -331,7 +359,7 @@ class FirecrackerDriver:
                 shutil.rmtree(chroot, ignore_errors=True)
 
         discard()  # whatever a VMM of this VM that died with its daemon left behind
-        listener = GuestListener(files.vsock_socket, CONTROL_VSOCK_PORT)
+        listeners = Listeners(files.vsock_socket)
         try:
             spec.runtime_dir.mkdir(parents=True, mode=0o700)
             spec.console_log.parent.mkdir(parents=True, exist_ok=True)
@@ -340,11 +368,11 @@ class FirecrackerDriver:
                 place_files(plan.files)
             for path in (files.log_file, files.metrics_file):  # Firecracker opens these; it does not create them
                 path.touch()
-            await listener.start()  # before boot: the agent dials the host as soon as it runs
+            await listeners.start()  # before boot: the agent dials the host as soon as it runs
             if self._jailer is not None and plan is not None:
-                _hand_over(self._jailer, plan, files, listener.path)
+                _hand_over(self._jailer, plan, files, listeners.paths)
         except (OSError, VsockError, NexusError) as exc:
-            await listener.close()
+            await listeners.close()
             discard()
             what = exc.message if isinstance(exc, NexusError) else str(exc)
             raise DriverError(f"cannot prepare Firecracker's files for VM {spec.name}: {what}") from exc
@@ -358,7 +386,7 @@ class FirecrackerDriver:
                     start_new_session=True,  # a Ctrl-C meant for nexusd must not kill its VMs behind its back
                 )
         except OSError as exc:
-            await listener.close()
+            await listeners.close()
             discard()
             raise DriverError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
         record = VmmRecord(
@@ -381,7 +409,7 @@ class FirecrackerDriver:
         except BaseException as exc:
             kill_group(proc.pid)
             await proc.wait()
-            await listener.close()
+            await listeners.close()
             with contextlib.suppress(Exception):
                 await api.aclose()
             tail = _tail(files.stderr_file)
@@ -395,7 +423,7 @@ class FirecrackerDriver:
             ) from None
         jailed = "" if self._jailer is None else f", jailed as uid {self._jailer.uid}"
         log.info("vm %s: firecracker pid %d (%d vCPU, %d MiB%s)", spec.name, proc.pid, spec.vcpus, spec.mem_mib, jailed)
-        return FirecrackerProcess(record, child_exit(proc), files, api, listener, chroot)
+        return FirecrackerProcess(record, child_exit(proc), files, api, listeners, chroot)
 
     @staticmethod
     async def _configure(proc: asyncio.subprocess.Process, api: FirecrackerApi, config: MicroVmConfig) -> None:
@@ -410,10 +438,10 @@ class FirecrackerDriver:
         await api.instance_start()
 
 
-def _hand_over(jailer: JailerOptions, plan: ChrootPlan, files: RuntimeFiles, listener: Path) -> None:
-    """Give the jailed uid what Firecracker writes to: its drives, log, metrics and the control listener."""
+def _hand_over(jailer: JailerOptions, plan: ChrootPlan, files: RuntimeFiles, listeners: list[Path]) -> None:
+    """Give the jailed uid what Firecracker writes to: its drives, log, metrics and the listeners the agent dials."""
     writable = [f.target for f in plan.files if f.writable]
-    for path in (*writable, files.log_file, files.metrics_file, listener):
+    for path in (*writable, files.log_file, files.metrics_file, *listeners):
         os.chown(path, jailer.uid, jailer.gid)
 
 

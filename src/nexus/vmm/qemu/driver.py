@@ -20,7 +20,7 @@ from qemu.qmp.error import QMPError
 
 from nexus.domain import DriverError, ExitStatus, GuestPort, LaunchSpec, NexusError, SpawnHook, VmmRecord
 from nexus.domain.retry import retry
-from nexus.protocol import CONTROL_PORT_NAME, MCP_PORT_NAME
+from nexus.protocol import CONTROL_PORT_NAME, GATEWAY_PORT_NAME, MCP_PORT_NAME
 from nexus.vmm.process import VmmProcess, child_exit, claim, pidfd_exit, start_time
 from nexus.vmm.qemu.accel import AccelChoice, choose_accel
 from nexus.vmm.qemu.argv import QEMU_BINARY, Accel, NetIface, QemuLaunch, SerialPort, qemu_argv
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # qemu.qmp logs every connection attempt and end-of-file on its own; the driver reports what matters.
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
-PORT_NAMES = {GuestPort.CONTROL: CONTROL_PORT_NAME, GuestPort.MCP: MCP_PORT_NAME}
+PORT_NAMES = {GuestPort.CONTROL: CONTROL_PORT_NAME, GuestPort.MCP: MCP_PORT_NAME, GuestPort.GATEWAY: GATEWAY_PORT_NAME}
 STARTUP_TIMEOUT_S = 10.0
 STDERR_TAIL_BYTES = 2000
 QMP_SOCKET = "qmp.sock"
