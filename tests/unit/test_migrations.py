@@ -83,6 +83,18 @@ SEED: dict[int, list[str]] = {
         "INSERT INTO agent_tokens VALUES ('ba9876543210', 'a1b2c3d4e5f6', '" + "b" * 64 + "',"
         " '2026-01-01T00:00:00+00:00', '2026-01-08T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
     ],
+    7: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('a1b2c3d4e5f6', 'web', 'portal', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at, created_by)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'work', 1, 256, 'debian-bookworm', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00', 'a1b2c3d4e5f6')",
+        "INSERT INTO policies (portal, work, tools, calls_per_minute, created_at)"
+        " VALUES ('name:web', 'tag:team=a', '[\"run_command\"]', 60, '2026-01-03T00:00:00+00:00')",
+        "INSERT INTO policies (portal, work, tools, manage, max_vms, images, created_at)"
+        " VALUES ('name:web', 'created:', '[\"*\"]', 1, 2, '[\"debian-bookworm\"]', '2026-01-03T00:00:00+00:00')",
+    ],
 }
 
 

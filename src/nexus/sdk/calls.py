@@ -27,6 +27,8 @@ from nexus.schemas import (
     ImageOut,
     KernelOut,
     LogsOut,
+    PolicyCreate,
+    PolicyOut,
     SettingOut,
     SetupFirewallOut,
     SnapshotOut,
@@ -303,6 +305,18 @@ def list_tokens(vm: str | None) -> Call[list[TokenOut]]:
 
 def remove_token(token_id: str) -> Call[None]:
     return Call("DELETE", f"/v1/tokens/{segment(token_id)}", _nothing)
+
+
+def create_policy(rule: PolicyCreate) -> Call[PolicyOut]:
+    return Call("POST", "/v1/policies", _model(TypeAdapter(PolicyOut)), json=rule.model_dump(exclude_defaults=True))
+
+
+def list_policies() -> Call[list[PolicyOut]]:
+    return Call("GET", "/v1/policies", _model(TypeAdapter(list[PolicyOut])))
+
+
+def remove_policy(rule_id: int) -> Call[None]:
+    return Call("DELETE", f"/v1/policies/{rule_id}", _nothing)
 
 
 def cleanup_network() -> Call[CleanupOut]:

@@ -26,6 +26,8 @@ from nexus.schemas import (
     ImageOut,
     KernelOut,
     LogsOut,
+    PolicyCreate,
+    PolicyOut,
     SettingOut,
     SetupFirewallOut,
     SnapshotOut,
@@ -105,6 +107,7 @@ class Nexus:
         self.firecracker = FirecrackerBinaries(self)
         self.settings = Settings(self)
         self.tokens = Tokens(self)
+        self.policies = Policies(self)
         self.network = Network(self)
 
     def __enter__(self) -> Nexus:
@@ -403,6 +406,23 @@ class Tokens(_Resource):
 
     def remove(self, token_id: str) -> None:
         self._nexus.send(calls.remove_token(token_id))
+
+
+class Policies(_Resource):
+    """The rules that let portal VMs use work VMs through their gateway (default deny)."""
+
+    def allow(self, portal: str, work: str, tools: Iterable[str] = (), **limits: Any) -> PolicyOut:
+        """A new rule: portals ``portal`` (a name or tag:TAG) may call ``tools`` on ``work`` (a name, tag:TAG or
+        @created); ``limits`` are ``PolicyCreate``'s other fields (calls_per_minute, manage, max_vms, ...)."""
+        return self._nexus.send(
+            calls.create_policy(PolicyCreate(portal=portal, work=work, tools=list(tools), **limits))
+        )
+
+    def list(self) -> list[PolicyOut]:
+        return self._nexus.send(calls.list_policies())
+
+    def remove(self, rule_id: int) -> None:
+        self._nexus.send(calls.remove_policy(rule_id))
 
 
 class Network(_Resource):
