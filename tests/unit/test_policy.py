@@ -159,9 +159,8 @@ def test_limits_hold_calls(service: tuple[PolicyService, list[float]]) -> None:
     policy, clock = service
     spec = RuleSpec(Selector.parse("p", work=False), Selector.parse("w1", work=True), ("*",), Limits(3, 1))
     made = policy.allow(spec)
-    with policy.slot(made, P):
-        with pytest.raises(Forbidden, match="1 calls at once"), policy.slot(made, P):
-            pass
+    with policy.slot(made, P), pytest.raises(Forbidden, match="1 calls at once"), policy.slot(made, P):
+        pass
     with policy.slot(made, P), policy.slot(made, P2):
         pass  # another portal has budgets of its own
     with policy.slot(made, P):
