@@ -1,0 +1,37 @@
+"""A stdlib MCP client an agent inside a portal VM could be: it runs ``nexus-mcp`` (the portal's gateway over
+stdio), initializes, makes the calls given as JSON in argv[1] (``[[method, params], ...]``) and prints one JSON
+document: the answers (result or error) in order. Copied into the portal and run there by the e2e tests."""
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+calls = json.loads(sys.argv[1])
+server = subprocess.Popen(["nexus-mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+stdin, stdout = server.stdin, server.stdout
+assert stdin is not None and stdout is not None
+
+
+def send(message: dict[str, Any]) -> None:
+    stdin.write(json.dumps(message) + "\n")
+    stdin.flush()
+
+
+def ask(request_id: int, method: str, params: dict[str, Any]) -> Any:
+    send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+    while True:
+        line = stdout.readline()
+        if not line:
+            return {"error": {"message": "nexus-mcp closed its output"}}
+        message = json.loads(line)
+        if message.get("id") == request_id:  # notifications (progress) are skipped
+            return message
+
+
+hello = ask(0, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}})
+send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+answers = [ask(i + 1, method, params) for i, (method, params) in enumerate(calls)]
+stdin.close()
+server.wait(timeout=10)
+print(json.dumps({"initialize": hello, "answers": answers}))
