@@ -32,7 +32,7 @@ from nexus.domain import (
     VmState,
 )
 from nexus.domain.network import DNS_SERVERS_MAX, IFNAME_RE, SUBNET_PREFIX_RANGE
-from nexus.domain.policy import Rule
+from nexus.domain.policy import Limits, Management, Rule, RuleSpec, Selector
 from nexus.domain.settings import SETTINGS, VMM_CHOICES
 from nexus.domain.validation import (
     DRIVE_SIZE_MIB_RANGE,
@@ -530,6 +530,19 @@ class PolicyCreate(Strict):
     images: list[str] = Field(default_factory=list, description="with manage: images it may use; empty: any")
     max_vcpus: Vcpus | None = Field(default=None, description="with manage: vCPUs per VM; null: any")
     max_mem_mib: MemMib | None = Field(default=None, description="with manage: memory per VM; null: any")
+
+    def spec(self) -> RuleSpec:
+        """The rule this asks for (Invalid for a malformed selector)."""
+        manage = None
+        if self.manage:
+            manage = Management(self.max_vms or 1, tuple(self.images), self.max_vcpus, self.max_mem_mib)
+        return RuleSpec(
+            portal=Selector.parse(self.portal, work=False),
+            work=Selector.parse(self.work, work=True),
+            tools=tuple(dict.fromkeys(self.tools)),
+            limits=Limits(self.calls_per_minute, self.max_concurrent, self.max_result_bytes),
+            manage=manage,
+        )
 
 
 class PolicyOut(BaseModel):

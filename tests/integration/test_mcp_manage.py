@@ -39,6 +39,7 @@ WORKSPACE_TOOLS = {
     "snapshot_rm",
     "vm_clone",
 }
+POLICY_TOOLS = {"policy_allow", "policy_list", "policy_remove"}
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_management_tools(daemon: Daemon) -> None:
     async def scenario() -> None:
         async with manage_client(daemon) as client:
             assert client.server_info is not None and client.server_info.name == "nexus"
-            assert {t.name for t in (await client.list_tools()).tools} == TOOLS | WORKSPACE_TOOLS
+            assert {t.name for t in (await client.list_tools()).tools} == TOOLS | WORKSPACE_TOOLS | POLICY_TOOLS
 
             bad_port = await _refused(client, "vm_create", {"name": "mg-bad", "publish": ["80"]})
             assert bad_port["code"] == "invalid" and "HOSTPORT:GUESTPORT" in bad_port["message"]
@@ -187,5 +188,21 @@ def test_mcp_and_rest_describe_a_vm_with_one_model(daemon: Daemon) -> None:
             rest = (await http.get("/v1/vms/mg-same")).json()
         assert made == rest  # same fields, same spelling: nexus.schemas.VmOut on both edges
         assert {k: v for k, v in inspected.items() if k != "history"} == rest
+
+    anyio.run(scenario)
+
+
+def test_portal_policy_tools(daemon: Daemon) -> None:
+    async def scenario() -> None:
+        async with manage_client(daemon) as client:
+            rule = await _ok(client, "policy_allow", {"portal": "p", "work": "tag:team=a", "tools": ["run_command"]})
+            assert (rule["portal"], rule["work"], rule["tools"]) == ("p", "tag:team=a", ["run_command"])
+            assert [r["id"] for r in (await _ok(client, "policy_list", {}))["rules"]] == [rule["id"]]
+            bad = await _refused(client, "policy_allow", {"portal": "@created", "work": "w", "tools": ["*"]})
+            assert bad["code"] == "invalid" and "not portals" in bad["message"]
+            assert await _ok(client, "policy_remove", {"id": rule["id"]}) == {"removed": rule["id"]}
+            gone = await _refused(client, "policy_remove", {"id": rule["id"]})
+            assert gone["code"] == "not_found"
+            assert (await _ok(client, "policy_list", {}))["rules"] == []
 
     anyio.run(scenario)

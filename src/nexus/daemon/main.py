@@ -74,6 +74,7 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
             services.network,
             services.drives,
             services.snapshots,
+            portal_policy=services.policy,
             policy=config.origin_policy(),
             session_idle_timeout_s=config.mcp_session_idle_timeout_s,
         )

@@ -23,9 +23,11 @@ from nexus.mcp import workspace
 from nexus.mcp.guest import guest_server
 from nexus.mcp.manage import manage_server
 from nexus.mcp.origin import OriginPolicy
+from nexus.mcp.policy import policy_tools
 from nexus.protocol import INTERNAL_ERROR, INVALID_REQUEST
 from nexus.services import DriveService, NetworkService, SnapshotService, VmService
 from nexus.services.guest import GuestService
+from nexus.services.policy import PolicyService
 
 SESSION_IDLE_TIMEOUT_S = 30 * 60.0
 # A tools/call carries a whole file_write in one message (MCP has no chunked upload); the agent reads up to 8 MiB per
@@ -150,12 +152,14 @@ class McpEndpoints:
         drives: DriveService,
         snapshots: SnapshotService,
         *,
+        portal_policy: PolicyService,
         policy: OriginPolicy | None = None,
         session_idle_timeout_s: float = SESSION_IDLE_TIMEOUT_S,
     ) -> None:
         policy = policy or OriginPolicy.build()
         self.vm = _Endpoint(_manager(guest_server(guest, snapshots, vms.get), session_idle_timeout_s), policy)
-        manage = manage_server(vms, guest, network, workspace.manage_tools(drives, snapshots, network.info))
+        extra = {**workspace.manage_tools(drives, snapshots, network.info), **policy_tools(portal_policy)}
+        manage = manage_server(vms, guest, network, extra)
         self.manage = _Endpoint(_manager(manage, session_idle_timeout_s), policy)
         self._stopping = asyncio.Event()
 

@@ -7,28 +7,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from nexus.api.deps import Policies
-from nexus.domain.policy import Limits, Management, RuleSpec, Selector
 from nexus.schemas import PolicyCreate, PolicyOut
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 
-def rule_spec(body: PolicyCreate) -> RuleSpec:
-    manage = None
-    if body.manage:
-        manage = Management(body.max_vms or 1, tuple(body.images), body.max_vcpus, body.max_mem_mib)
-    return RuleSpec(
-        portal=Selector.parse(body.portal, work=False),
-        work=Selector.parse(body.work, work=True),
-        tools=tuple(dict.fromkeys(body.tools)),
-        limits=Limits(body.calls_per_minute, body.max_concurrent, body.max_result_bytes),
-        manage=manage,
-    )
-
-
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def allow(body: PolicyCreate, policies: Policies) -> PolicyOut:
-    return PolicyOut.of(policies.allow(rule_spec(body)))
+    return PolicyOut.of(policies.allow(body.spec()))
 
 
 @router.get("")
