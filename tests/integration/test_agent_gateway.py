@@ -12,14 +12,22 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.types import TextContent
 
 from nexus.agent.gateway import LINK_DOWN, LINK_DOWN_MESSAGE
-from nexus.protocol import encode_message
+from nexus.protocol import LineBuffer, encode_message
 from tests.helpers import wait_until
 from tests.integration.test_agent_server import SRC_DIR, WAIT_S, Message, Peer
 
@@ -55,11 +63,14 @@ class Nexusd:
         self.listener = listener
 
     def accept(self) -> Peer:
+        self.links.append(Peer(self.accept_raw()))
+        return self.links[-1]
+
+    def accept_raw(self) -> socket.socket:
         assert self.listener is not None
         conn, _ = self.listener.accept()
         conn.settimeout(None)
-        self.links.append(Peer(conn))
-        return self.links[-1]
+        return conn
 
     def go_away(self) -> None:
         """nexusd stops: the link and the listener close, so the agent's redials fail until ``listen``."""
@@ -81,9 +92,16 @@ class Nexusd:
         )
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class Agent:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self.http_port = free_port()
         self.local = workdir / "run" / "gateway.sock"
         self.nexusd = Nexusd(workdir / "gw.sock")
         (workdir / "cmdline").write_text("quiet\n")
@@ -94,7 +112,7 @@ class Agent:
                 "--control", "none", "--mcp", "none",
                 "--gateway", str(self.nexusd.path),
                 "--gateway-socket", str(self.local),
-                "--gateway-http", "none",
+                "--gateway-http", f"127.0.0.1:{self.http_port}",
                 "--image-json", str(workdir / "none.json"),
                 "--cmdline", str(workdir / "cmdline"),
                 "--log-level", "debug",
@@ -107,6 +125,11 @@ class Agent:
         self.clients: list[Peer] = []
         self.link = self.nexusd.accept()
         wait_until(lambda: self.local.exists(), WAIT_S, "the gateway socket")
+        wait_until(lambda: "Streamable HTTP" in self.log(), WAIT_S, "the gateway's HTTP endpoint")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/mcp"
 
     def client(self) -> Peer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -318,3 +341,131 @@ def test_nexus_mcp_without_a_gateway_says_so_in_one_line(agent: Agent) -> None:
         assert proc.stderr.read().decode() == (
             f"nexus-mcp: the Nexus gateway is not running in this VM (no {missing})\n"
         )
+
+
+# --- the Streamable HTTP endpoint -----------------------------------------------------------------------------
+
+
+class FakeMcp(threading.Thread):
+    """nexusd serving every gateway session as a tiny MCP server: tools/call "echo" sends two progress
+    notifications when asked, then returns its arguments; "sleep" never answers; "boom" is an error."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.closed: list[str] = []
+        self.methods: list[str] = []
+        self.start()
+
+    def run(self) -> None:
+        buffer = LineBuffer()
+        while data := self.sock.recv(1 << 20):
+            buffer.feed(data)
+            while (line := buffer.next_line()) is not None:
+                note = json.loads(line)
+                if note["method"] == "gateway/close":
+                    self.closed.append(note["params"]["session"])
+                elif "method" in (msg := note["params"]["message"]) and "id" in msg:
+                    self.methods.append(msg["method"])
+                    for reply in self.answer(msg):
+                        self.sock.sendall(encode_message(gw_message(note["params"]["session"], reply)))
+
+    @staticmethod
+    def answer(msg: Message) -> list[Message]:
+        params = msg.get("params") or {}
+        if msg["method"] == "initialize":
+            info = {"name": "fake-nexusd", "version": "0"}
+            return [result(msg["id"], {"protocolVersion": params["protocolVersion"], "capabilities": {"tools": {}},
+                                       "serverInfo": info})]  # fmt: skip
+        if msg["method"] == "tools/list":
+            return [result(msg["id"], {"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]})]
+        if msg["method"] == "tools/call" and params["name"] == "sleep":
+            return []
+        if msg["method"] == "tools/call" and params["name"] == "boom":
+            return [{"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32602, "message": "unknown tool"}}]
+        if msg["method"] == "tools/call":
+            token = params.get("_meta", {}).get("progressToken")
+            progress = [
+                {"jsonrpc": "2.0", "method": "notifications/progress",
+                 "params": {"progressToken": token, "progress": n, "message": f"step {n}"}}
+                for n in (1, 2) if token is not None
+            ]  # fmt: skip
+            text = json.dumps(params["arguments"])
+            return [*progress, result(msg["id"], {"content": [{"type": "text", "text": text}], "isError": False})]
+        return [{"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32601, "message": "no such method"}}]
+
+
+@pytest.fixture
+def served(agent: Agent) -> FakeMcp:
+    """The agent's link is dropped and taken again by a ``FakeMcp``."""
+    agent.nexusd.go_away()
+    agent.nexusd.listen()
+    return FakeMcp(agent.nexusd.accept_raw())
+
+
+def test_http_endpoint_with_the_sdk_client(agent: Agent, served: FakeMcp) -> None:
+    async def scenario() -> None:
+        http = httpx2.AsyncClient(timeout=httpx2.Timeout(WAIT_S))
+        async with http, Client(streamable_http_client(agent.url, http_client=http), mode="legacy") as client:
+            assert client.server_info is not None and client.server_info.name == "fake-nexusd"
+            assert [tool.name for tool in (await client.list_tools()).tools] == ["echo"]
+            steps: list[str | None] = []
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                steps.append(message)
+
+            echoed = await client.call_tool("echo", {"x": 1}, progress_callback=on_progress)
+            assert isinstance(echoed.content[0], TextContent) and json.loads(echoed.content[0].text) == {"x": 1}
+            assert steps == ["step 1", "step 2"]
+            with pytest.raises(MCPError) as refused:  # nexusd's JSON-RPC error comes back as one
+                await client.call_tool("boom", {})
+            assert refused.value.code == -32602
+
+    anyio.run(scenario)
+    wait_until(lambda: len(served.closed) == 1, WAIT_S, "the DELETE to close the session upstream")
+
+
+def test_http_wire_rules(agent: Agent, served: FakeMcp) -> None:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT_PARAMS}
+    with httpx.Client(base_url=f"http://127.0.0.1:{agent.http_port}", timeout=WAIT_S) as http:
+        ok = http.post("/mcp", json=init, headers={"Accept": "application/json"})
+        assert ok.status_code == 200 and ok.json()["result"]["serverInfo"]["name"] == "fake-nexusd"
+        sid = {"Mcp-Session-Id": ok.headers["Mcp-Session-Id"]}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert http.post("/mcp", json=note, headers=sid).status_code == 202
+        assert http.post("/mcp", json=[note], headers=sid).status_code == 400  # no batches
+        assert http.post("/mcp", content=b"{nope", headers=sid).json()["error"]["code"] == -32700
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        assert http.post("/mcp", json=call).status_code == 400  # no session id
+        assert http.post("/mcp", json=call, headers={"Mcp-Session-Id": "nope"}).status_code == 404
+        assert http.get("/mcp", headers=sid).status_code == 405
+        assert http.post("/other", json=call, headers=sid).status_code == 404
+        evil = {**sid, "Host": "evil.example:7780"}
+        assert http.post("/mcp", json=call, headers=evil).status_code == 403  # DNS rebinding
+        assert http.post("/mcp", json=call, headers={**sid, "Origin": "http://evil.example"}).status_code == 403
+        assert http.post("/mcp", json=call, headers={**sid, "Origin": "http://localhost:3000"}).status_code == 200
+        streamed = http.post("/mcp", json=call, headers={**sid, "Accept": "application/json, text/event-stream"})
+        assert streamed.headers["Content-Type"] == "text/event-stream"
+        events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert events == [result(2, {"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]})]
+
+        hanging = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "sleep", "arguments": {}}}
+        answer: list[httpx.Response] = []
+        waiting = threading.Thread(target=lambda: answer.append(http.post("/mcp", json=hanging, headers=sid)))
+        waiting.start()
+        wait_until(lambda: "tools/call" in served.methods, WAIT_S, "the call to go up")
+        assert http.delete("/mcp", headers=sid).status_code == 204  # ends the session: the waiting POST too
+        waiting.join(WAIT_S)
+        assert answer[0].status_code == 404
+        wait_until(lambda: len(served.closed) == 1, WAIT_S, "gateway/close")
+        assert http.post("/mcp", json=call, headers=sid).status_code == 404
+        assert http.delete("/mcp", headers=sid).status_code == 404
+
+
+def test_http_request_while_the_link_is_down(agent: Agent) -> None:
+    agent.nexusd.go_away()
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT_PARAMS}
+    with httpx.Client(timeout=WAIT_S) as http:
+        down = http.post(agent.url, json=init, headers={"Accept": "application/json, text/event-stream"})
+    assert down.status_code == 200 and "event: message" in down.text
+    assert f'"code": {LINK_DOWN}' in down.text

@@ -95,6 +95,7 @@ class UnixFront:
 
     def __init__(self, path: str, hub: GatewayHub) -> None:
         self.path = path
+        self.address = path
         self._hub = hub
         self._listener: socket.socket | None = None
         self._clients: set[_Client] = set()

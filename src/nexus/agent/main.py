@@ -29,6 +29,7 @@ from nexus.agent.config import AgentConfig, load_config
 from nexus.agent.control import ControlService
 from nexus.agent.drives import Freezer, mount_drives
 from nexus.agent.gateway import GatewayHub
+from nexus.agent.gateway_http import HttpFront
 from nexus.agent.gateway_unix import UnixFront
 from nexus.agent.identity import make_hello, read_image_id
 from nexus.agent.mcp_server import McpService
@@ -97,13 +98,19 @@ def serve_gateway_fronts(config: AgentConfig, hub: GatewayHub, stop: threading.E
     while not hub.linked.wait(0.25):
         if stop.is_set():
             return
-    unix = UnixFront(config.gateway_socket, hub)
-    try:
-        unix.start()
-    except OSError as exc:
-        log.error("gateway: cannot listen on %s: %s", config.gateway_socket, exc.strerror or exc)
+    fronts: list[UnixFront | HttpFront] = [UnixFront(config.gateway_socket, hub)]
+    if config.gateway_http is not None:
+        fronts.append(HttpFront(config.gateway_http, hub))
+    started = []
+    for front in fronts:
+        try:
+            front.start()
+            started.append(front)
+        except OSError as exc:
+            log.error("gateway: cannot serve %s: %s", front.address, exc.strerror or exc)
     stop.wait()
-    unix.close()
+    for front in started:
+        front.close()
 
 
 def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None = None) -> int:
