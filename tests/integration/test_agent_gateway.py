@@ -285,6 +285,20 @@ def test_a_session_never_initialized_is_not_replayed(agent: Agent) -> None:
     assert seen["params"]["message"]["id"] == again and link.messages.index(seen) == 0
 
 
+def test_a_refused_replay_ends_the_local_client(agent: Agent) -> None:
+    client = agent.client()
+    session = initialize(agent, client)
+    agent.nexusd.go_away()
+    agent.nexusd.listen()
+    link = agent.nexusd.accept()
+    replayed = agent.nexusd.message_for(link, lambda m: m.get("method") == "initialize")["params"]["message"]
+    refusal = {"jsonrpc": "2.0", "id": replayed["id"], "error": {"code": -32602, "message": "no"}}
+    link.send(gw_message(session, refusal))
+    wait_until(lambda: client.eof, WAIT_S, "the client to be closed")
+    link.wait_for(lambda m: m == gw_close(session))
+    assert not any("error" in m for m in client.messages)
+
+
 def run_nexus_mcp(agent: Agent, socket_path: Path | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "nexus.agent.gateway_client", "--socket", str(socket_path or agent.local)],

@@ -130,18 +130,20 @@ class GatewayHub(RpcService):
                 if session is None:
                     return
                 link = self._link if self._link is not None and not self._link.closed.is_set() else None
-                if link is not None and request_id is not None:
+                if link is not None and request_id is not None:  # before sending: the answer may beat us back
                     session.inflight.add(request_id)
+                    if isinstance(msg, Request) and msg.method == INITIALIZE_METHOD:
+                        session.pending_init = raw
             sent = link is not None and self._send(link, GATEWAY_MESSAGE, {"session": session_id, "message": raw})
             with self._lock:
                 if sent:
                     session.announced = True
-                    if isinstance(msg, Request) and msg.method == INITIALIZE_METHOD and request_id is not None:
-                        session.pending_init = raw
-                    elif isinstance(msg, Request) and msg.method == INITIALIZED_NOTIFICATION:
+                    if isinstance(msg, Request) and msg.method == INITIALIZED_NOTIFICATION:
                         session.initialized = raw
                 elif request_id is not None:
                     session.inflight.discard(request_id)
+                    if session.pending_init is raw:
+                        session.pending_init = None
         if not sent and request_id is not None:
             session.sink.deliver(error_response(request_id, LINK_DOWN, LINK_DOWN_MESSAGE))
 
