@@ -35,6 +35,19 @@ def test_config_precedence(tmp_path: Path) -> None:
         load_config(["--heartbeat-s", "0"])
 
 
+def test_gateway_options(tmp_path: Path) -> None:
+    base = ["--cmdline", str(tmp_path / "none")]
+    default = load_config(base)
+    assert (default.gateway, default.gateway_socket) == (None, "/run/nexus/gateway.sock")
+    assert default.gateway_http == ("127.0.0.1", 7780)
+    given = load_config([*base, "--gateway", "/g", "--gateway-socket", "/s", "--gateway-http", "[::1]:0"])
+    assert (given.gateway, given.gateway_socket, given.gateway_http) == ("/g", "/s", ("::1", 0))
+    assert load_config([*base, "--gateway-http", "none"]).gateway_http is None
+    for bad in (["--gateway", "stdio"], ["--gateway-http", "7780"], ["--gateway-http", "localhost:http"]):
+        with pytest.raises(SystemExit):
+            load_config([*base, *bad])
+
+
 def test_find_virtio_port(tmp_path: Path) -> None:
     sys_root = tmp_path / "virtio-ports"
     for port, name in (("vport0p0", ""), ("vport1p1", "org.nexus.control"), ("vport1p2", "org.nexus.mcp")):

@@ -16,7 +16,13 @@ import pytest
 
 from nexus.domain.errors import Invalid
 from nexus.images import bases, ext4, guestinfo, manifest
-from nexus.images.agentinstall import agent_files, install_agent, launcher_script, read_agent_version
+from nexus.images.agentinstall import (
+    agent_files,
+    install_agent,
+    launcher_script,
+    mcp_launcher_script,
+    read_agent_version,
+)
 from nexus.images.builder import check_request
 from nexus.images.pycompile import can_compile_for, compile_in_root
 
@@ -152,6 +158,9 @@ def test_install_agent(tmp_path: Path) -> None:
     launcher = (root / "usr/local/bin/nexus-agent").read_text()
     assert launcher == launcher_script()
     assert "PYTHONPATH=/opt/nexus/lib" in launcher and "exec /usr/bin/python3 -S -m nexus.agent" in launcher
+    mcp = root / "usr/local/bin/nexus-mcp"
+    assert mcp.read_text() == mcp_launcher_script() and mcp.stat().st_mode & 0o777 == 0o755
+    assert "exec /usr/bin/python3 -S -m nexus.agent.gateway_client" in mcp.read_text()
 
 
 def test_pycompile_skips_symlinks_and_other_versions(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from nexus.agent.config import AgentConfig, load_config
-from nexus.agent.main import MCP_LISTEN_SESSIONS, run, vsock_space_for
+from nexus.agent.main import MCP_LISTEN_SESSIONS, gateway_endpoint, run, vsock_space_for
 from nexus.agent.transport import (
     VSOCK_SPACE,
     SocketDialEndpoint,
@@ -33,6 +33,8 @@ from nexus.agent.transport import (
 from nexus.protocol import (
     CONTROL_PORT_NAME,
     CONTROL_VSOCK_PORT,
+    GATEWAY_PORT_NAME,
+    GATEWAY_VSOCK_PORT,
     HOST_CID,
     MCP_PORT_NAME,
     MCP_VSOCK_PORT,
@@ -108,6 +110,8 @@ def test_real_vsock_endpoints_address_the_host_and_any() -> None:
     mcp = vsock_endpoint(MCP_PORT_NAME)
     assert isinstance(control, SocketDialEndpoint) and control.address == (HOST_CID, CONTROL_VSOCK_PORT)
     assert isinstance(mcp, SocketListenEndpoint) and mcp.address == (socket.VMADDR_CID_ANY, MCP_VSOCK_PORT)
+    gateway = vsock_endpoint(GATEWAY_PORT_NAME)
+    assert isinstance(gateway, SocketDialEndpoint) and gateway.address == (HOST_CID, GATEWAY_VSOCK_PORT)
     assert VSOCK_SPACE.family == socket.AF_VSOCK and not VSOCK_SPACE.unix_paths
     with pytest.raises(ValueError):
         vsock_endpoint("org.other")
@@ -200,7 +204,15 @@ def test_dial_endpoint_gives_up_when_stopped(prefix: str) -> None:
 @pytest.fixture
 def agent(prefix: str) -> Iterator[threading.Event]:
     """The whole agent in-process on Unix-emulated vsock; the host listens at ``<prefix>_1024`` first."""
-    config = AgentConfig(control=None, mcp=None, heartbeat_s=0.2, image_json=f"{prefix}.none", vsock_unix=prefix)
+    config = AgentConfig(
+        control=None,
+        mcp=None,
+        heartbeat_s=0.2,
+        image_json=f"{prefix}.none",
+        vsock_unix=prefix,
+        gateway_socket=f"{prefix}.gw",
+        gateway_http=None,
+    )
     stop = threading.Event()
     done: list[int] = []
     thread = threading.Thread(target=lambda: done.append(run(config, stop)), daemon=True)
@@ -257,3 +269,35 @@ def test_agent_serves_mcp_on_its_listener(prefix: str, agent: threading.Event) -
     again = _dial(f"{prefix}.guest_{MCP_VSOCK_PORT}")  # and a new connection after one ended
     assert again.call("nexus/echo", {"y": 2}) == {"y": 2}
     again.close()
+
+
+def test_agent_dials_the_gateway_and_opens_its_socket_once_linked(prefix: str, agent: threading.Event) -> None:
+    time.sleep(0.3)
+    assert not os.path.exists(f"{prefix}.gw")  # no host on the gateway port yet: no socket claims a gateway
+    listener = _listen(f"{prefix}_{GATEWAY_VSOCK_PORT}")
+    try:
+        nexusd = Host(listener.accept()[0])
+        client = _dial(f"{prefix}.gw")
+        client.sock.sendall(encode_message({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        up = nexusd.next("gateway/message")["params"]
+        assert up["message"] == {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        reply = {"jsonrpc": "2.0", "id": 1, "result": {}}
+        nexusd.sock.sendall(
+            encode_message({"jsonrpc": "2.0", "method": "gateway/message", "params": {**up, "message": reply}})
+        )
+        assert client.message() == reply
+        client.close()
+        assert nexusd.next("gateway/close")["params"] == {"session": up["session"]}
+        nexusd.close()
+    finally:
+        listener.close()
+
+
+def test_gateway_endpoint_follows_the_options(prefix: str) -> None:
+    explicit = AgentConfig(control="/c", mcp="/m")
+    assert gateway_endpoint(explicit, None) is None  # a test or debugging run: no gateway unless asked for
+    assert gateway_endpoint(AgentConfig(control="/c", mcp="/m", gateway="none"), None) is None
+    asked = gateway_endpoint(AgentConfig(control="/c", mcp="/m", gateway=f"{prefix}_gw"), None)
+    assert asked is not None and asked.description == f"{prefix}_gw"
+    dialled = gateway_endpoint(AgentConfig(control=None, mcp=None), unix_space(prefix))
+    assert isinstance(dialled, SocketDialEndpoint) and dialled.address == f"{prefix}_{GATEWAY_VSOCK_PORT}"

@@ -14,6 +14,11 @@ Flags (mostly for tests and debugging; a guest normally runs plain ``python3 -m 
                             connection to the host's port 1024
   ``--mcp PATH|stdio|none`` MCP stream, likewise (default port ``org.nexus.mcp``, or listening on vsock port
                             1025); ``stdio`` serves MCP on stdin/stdout and exits when stdin closes
+  ``--gateway PATH|none``   a portal's gateway stream (``nexus.agent.gateway``), likewise (default port
+                            ``org.nexus.gateway``, or with vsock a connection to the host's port 1026); served
+                            when it exists, skipped (logged) when the VM has no such port
+  ``--gateway-socket PATH`` the gateway's local Unix socket (default /run/nexus/gateway.sock, what nexus-mcp uses)
+  ``--gateway-http A|none`` the gateway's MCP Streamable HTTP endpoint, HOST:PORT (default 127.0.0.1:7780)
   ``--transport T``         as ``nexus.transport`` (the flag wins)
   ``--vsock-unix PREFIX``   vsock emulated over Unix sockets (tests): dial host port P at ``PREFIX_<P>``,
                             listen on guest port P at ``PREFIX.guest_<P>``; implies ``--transport vsock``
@@ -35,6 +40,8 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "DEFAULT_GATEWAY_HTTP",
+    "DEFAULT_GATEWAY_SOCKET",
     "DEFAULT_HEARTBEAT_S",
     "DEFAULT_IMAGE_JSON",
     "TRANSPORTS",
@@ -49,6 +56,8 @@ DEFAULT_HEARTBEAT_S: Final = 2.0
 DEFAULT_IMAGE_JSON: Final = "/etc/nexus/image.json"
 DEFAULT_CMDLINE: Final = "/proc/cmdline"
 DEFAULT_MAX_WORKERS: Final = 32
+DEFAULT_GATEWAY_SOCKET: Final = "/run/nexus/gateway.sock"
+DEFAULT_GATEWAY_HTTP: Final = ("127.0.0.1", 7780)
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 TRANSPORTS: Final = ("auto", "virtio-serial", "vsock")
 
@@ -71,6 +80,11 @@ class AgentConfig:
     """vsock emulated over Unix sockets at this path prefix (tests); None: real AF_VSOCK."""
     mounts: str | None = None
     """The ``nexus.mounts`` value; None when absent (not a nexusd VM: no mounting, no freezing)."""
+    gateway: str | None = None
+    """As ``control``: the gateway stream to nexusd."""
+    gateway_socket: str = DEFAULT_GATEWAY_SOCKET
+    gateway_http: tuple[str, int] | None = DEFAULT_GATEWAY_HTTP
+    """Where the gateway's Streamable HTTP endpoint listens; None: not served."""
 
 
 def parse_kernel_cmdline(text: str) -> dict[str, str]:
@@ -97,10 +111,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _host_port(text: str) -> tuple[str, int] | None:
+    if text == "none":
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or 'none': {text!r}")
+    return host.strip("[]"), int(port)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m nexus.agent", description="Nexus in-guest agent.")
     p.add_argument("--control", metavar="PATH", help="control stream: device, Unix socket or 'none'")
     p.add_argument("--mcp", metavar="PATH", help="MCP stream: device, Unix socket, 'stdio' or 'none'")
+    p.add_argument("--gateway", metavar="PATH", help="gateway stream: device, Unix socket or 'none'")
+    p.add_argument("--gateway-socket", default=DEFAULT_GATEWAY_SOCKET, help="the gateway's local Unix socket")
+    p.add_argument(
+        "--gateway-http",
+        type=_host_port,
+        default=DEFAULT_GATEWAY_HTTP,
+        metavar="HOST:PORT",
+        help="the gateway's loopback Streamable HTTP endpoint, or 'none'",
+    )
     p.add_argument("--heartbeat-s", type=_positive_float, help="seconds between heartbeats")
     p.add_argument("--image-json", default=DEFAULT_IMAGE_JSON, help="image manifest (its 'id' is reported)")
     p.add_argument("--log-level", choices=_LOG_LEVELS)
@@ -116,8 +148,9 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
     ns = parser.parse_args(argv)
     if ns.max_workers < 1:
         parser.error("--max-workers must be at least 1")
-    if ns.control == "stdio":
-        parser.error("--control cannot be stdio")
+    for option in ("control", "gateway"):
+        if getattr(ns, option) == "stdio":
+            parser.error(f"--{option} cannot be stdio")
     warnings: list[str] = []
     try:
         with open(ns.cmdline, encoding="utf-8", errors="replace") as f:
@@ -168,4 +201,7 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
         transport=transport,
         vsock_unix=ns.vsock_unix,
         mounts=kernel.get("nexus.mounts"),
+        gateway=ns.gateway,
+        gateway_socket=ns.gateway_socket,
+        gateway_http=ns.gateway_http,
     )

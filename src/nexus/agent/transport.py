@@ -11,9 +11,10 @@ The code above this module sees only two shapes:
 Endpoints here: virtio-serial ports found by name (``/sys/class/virtio-ports/*/name`` → ``/dev/vportNpM``),
 an explicit path (a character device, or a Unix socket to connect to - what tests use to stand in for
 QEMU's chardev sockets), stdio (one session; handy for running the tools as a local MCP server), and vsock:
-the control stream dials the host (CID 2, ``CONTROL_VSOCK_PORT``) and redials when the host drops it; the
-MCP port listens on ``MCP_VSOCK_PORT`` and each accepted connection is one session (several ``PortRunner``
-threads may share one listening endpoint to serve connections side by side). Where vsock ports live is a
+the control stream (and the gateway stream, ``GATEWAY_VSOCK_PORT``) dials the host (CID 2,
+``CONTROL_VSOCK_PORT``) and redials when the host drops it; the MCP port listens on ``MCP_VSOCK_PORT`` and
+each accepted connection is one session (several ``PortRunner`` threads may share one listening endpoint to
+serve connections side by side). Where vsock ports live is a
 ``SocketSpace``: ``VSOCK_SPACE`` in a guest, ``unix_space(prefix)`` in tests (AF_UNIX paths named the way
 Firecracker names its host-side sockets), so the same code runs without ever opening an AF_VSOCK socket.
 ``choose_transport`` picks virtio-serial or vsock when the options do not say.
@@ -41,7 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from nexus.protocol import CONTROL_PORT_NAME, CONTROL_VSOCK_PORT, HOST_CID, MCP_PORT_NAME, MCP_VSOCK_PORT
+from nexus.protocol import (
+    CONTROL_PORT_NAME,
+    CONTROL_VSOCK_PORT,
+    GATEWAY_PORT_NAME,
+    GATEWAY_VSOCK_PORT,
+    HOST_CID,
+    MCP_PORT_NAME,
+    MCP_VSOCK_PORT,
+)
 
 __all__ = [
     "DEV_ROOT",
@@ -223,10 +232,11 @@ def unix_space(prefix: str) -> SocketSpace:
 
 
 def vsock_endpoint(port_name: str, space: SocketSpace = VSOCK_SPACE) -> SocketDialEndpoint | SocketListenEndpoint:
-    """The vsock endpoint of an agent port: control dials the host, MCP listens for it."""
-    if port_name == CONTROL_PORT_NAME:
-        address = space.host_address(CONTROL_VSOCK_PORT)
-        return SocketDialEndpoint(address, f"{space.name} host:{CONTROL_VSOCK_PORT}", space.make_socket)
+    """The vsock endpoint of an agent port: control and gateway dial the host, MCP listens for it."""
+    dialled = {CONTROL_PORT_NAME: CONTROL_VSOCK_PORT, GATEWAY_PORT_NAME: GATEWAY_VSOCK_PORT}
+    if port_name in dialled:
+        port = dialled[port_name]
+        return SocketDialEndpoint(space.host_address(port), f"{space.name} host:{port}", space.make_socket)
     if port_name == MCP_PORT_NAME:
         address = space.listen_address(MCP_VSOCK_PORT)
         unlink = address if space.unix_paths else None

@@ -2,7 +2,9 @@
 
 The agent is the stdlib-only part of the ``nexus`` package: ``nexus/__init__.py``, ``nexus/protocol/`` and
 ``nexus/agent/``. They go to ``/opt/nexus/lib/nexus/...``; ``/usr/local/bin/nexus-agent`` runs
-``/usr/bin/python3 -m nexus.agent`` with ``PYTHONPATH=/opt/nexus/lib``. When the guest's Python has the same
+``/usr/bin/python3 -m nexus.agent`` with ``PYTHONPATH=/opt/nexus/lib``, and ``/usr/local/bin/nexus-mcp`` runs
+``nexus.agent.gateway_client`` the same way (the stdio MCP server agents inside a portal add: it reaches nexusd
+through the agent's gateway). When the guest's Python has the same
 minor version as the host's, the files are byte-compiled here (:mod:`nexus.images.pycompile`), sparing every
 boot from a fresh disk the compile time. Only ``*.py`` files (and ``py.typed``) are copied; caches and tests are not.
 """
@@ -19,6 +21,7 @@ from nexus.images.pycompile import compile_in_root
 
 AGENT_LIB = "/opt/nexus/lib"
 LAUNCHER = "/usr/local/bin/nexus-agent"
+MCP_LAUNCHER = "/usr/local/bin/nexus-mcp"
 GUEST_PYTHON = "/usr/bin/python3"
 AGENT_PARTS = ("__init__.py", "protocol", "agent")
 _VERSION_RE = re.compile(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
@@ -30,6 +33,14 @@ def launcher_script(python: str = GUEST_PYTHON, lib: str = AGENT_LIB) -> str:
 export PYTHONPATH={lib}
 export PYTHONUNBUFFERED=1
 exec {python} -S -m nexus.agent "$@"
+"""
+
+
+def mcp_launcher_script(python: str = GUEST_PYTHON, lib: str = AGENT_LIB) -> str:
+    return f"""#!/bin/sh
+# nexus-mcp: MCP over stdio to nexusd through this VM's Nexus gateway (installed by the Nexus image builder).
+export PYTHONPATH={lib}
+exec {python} -S -m nexus.agent.gateway_client "$@"
 """
 
 
@@ -81,6 +92,7 @@ def install_agent(root: Path, agent_src: Path, guest_python_minor: str | None) -
     for src, rel in agent_files(agent_src):
         rootfs.copy_file(root, src, f"{package_dir}/{rel}", mode=0o644)
     rootfs.write_file(root, LAUNCHER, launcher_script(), mode=0o755)
+    rootfs.write_file(root, MCP_LAUNCHER, mcp_launcher_script(), mode=0o755)
     if guest_python_minor is not None:
         compile_in_root(root, package_dir, guest_python_minor)
     return version
