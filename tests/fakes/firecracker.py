@@ -46,6 +46,11 @@ VSOCK_BIND = "Cannot create backend for vsock device: UnixBind(Os {{ code: 98, k
 _PR_SET_PDEATHSIG = 1
 
 
+def gateway_socket(uds: str) -> str:
+    """Where the "guest" agent of the VM whose vsock socket is ``uds`` serves its gateway to local clients."""
+    return f"{uds}.gw"
+
+
 def _die_with_parent() -> None:  # runs in the agent child before exec
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -150,6 +155,10 @@ class GuestModel(FirecrackerModel):
             f"{uds}.no-image.json",
             "--cmdline",
             cmdline,
+            "--gateway-socket",  # one per "guest" on this host: beside the VM's vsock socket (gateway_socket())
+            gateway_socket(uds),
+            "--gateway-http",
+            "none",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self.console,
             stderr=self.console,

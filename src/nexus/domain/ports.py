@@ -123,6 +123,7 @@ class LaunchSpec:
     cmdline_extra: tuple[str, ...] = ()
     data_drives: tuple[DataDrive, ...] = ()
     net: NetLease | None = None  # a virtio-net NIC on this lease's TAP (which exists already); None: no network
+    gateway: bool = False  # a portal: its agent gets the gateway port (GuestPort.GATEWAY); no other VM has one
 
     @property
     def kernel_args(self) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from nexus.domain import (
     Layout,
     NexusError,
     Progress,
+    Role,
     StateChange,
     Unavailable,
     Vm,
@@ -213,6 +214,7 @@ class VmService:
                     cmdline_extra=(encode_mounts(list(drives.mounts)),),
                     data_drives=drives.data,
                     net=net,
+                    gateway=vm.role is Role.PORTAL,
                 ),
                 on_spawn=lambda record: self._repo.set_runtime(vm.id, record),
             )

@@ -74,6 +74,7 @@ RUNTIME_DIR_KEY = "runtime_dir"
 FILES_DIR_KEY = "files_dir"
 INNER_DIR_KEY = "inner_dir"
 CHROOT_KEY = "chroot"
+GATEWAY_KEY = "gateway"  # "1": a portal, whose agent dials the gateway port too
 OWNER_KEY = "owner"  # uid:gid the control listener belongs to (jailed)
 
 
@@ -155,8 +156,9 @@ class Listeners:
     """The host ports the agent dials (control, and a portal's gateway): opened before boot, handed to the jailed
     uid and closed together."""
 
-    def __init__(self, vsock_socket: Path) -> None:
-        self.by_port = {port: GuestListener(vsock_socket, number) for port, number in DIALED.items()}
+    def __init__(self, vsock_socket: Path, gateway: bool) -> None:
+        ports = DIALED if gateway else {GuestPort.CONTROL: CONTROL_VSOCK_PORT}  # only a portal has a gateway
+        self.by_port = {port: GuestListener(vsock_socket, number) for port, number in ports.items()}
 
     @property
     def paths(self) -> list[Path]:
@@ -208,7 +210,10 @@ class FirecrackerProcess(VmmProcess):
             raise DriverError(f"Firecracker pid {self.pid} has exited")
         try:
             if port in DIALED:  # the agent dials the host; take its next connection
-                return await self._listeners.by_port[port].accept(CONTROL_ACCEPT_S)
+                listener = self._listeners.by_port.get(port)
+                if listener is None:
+                    raise DriverError(f"VM has no {port} port")
+                return await listener.accept(CONTROL_ACCEPT_S)
             return await connect_hybrid(self._files.vsock_socket, MCP_VSOCK_PORT, self._connect_timeout_s)
         except VsockError as exc:
             raise DriverError(f"cannot connect to the guest's {port} port: {exc}") from exc
@@ -313,7 +318,7 @@ class FirecrackerDriver:
         fd = claim(record, vm_id, files.runtime_dir)
         exited = pidfd_exit(fd, record.pid)
         api = FirecrackerApi(files.api_socket, timeout_s=API_TIMEOUT_S)
-        listeners = Listeners(files.vsock_socket)
+        listeners = Listeners(files.vsock_socket, gateway=detail.get(GATEWAY_KEY) == "1")
         try:
             await api.describe_instance()  # it answers: the API socket is this VM's
             await listeners.start()  # the agent redials the host until someone listens here again
@@ -359,7 +364,7 @@ class FirecrackerDriver:
                 shutil.rmtree(chroot, ignore_errors=True)
 
         discard()  # whatever a VMM of this VM that died with its daemon left behind
-        listeners = Listeners(files.vsock_socket)
+        listeners = Listeners(files.vsock_socket, gateway=spec.gateway)
         try:
             spec.runtime_dir.mkdir(parents=True, mode=0o700)
             spec.console_log.parent.mkdir(parents=True, exist_ok=True)
@@ -400,6 +405,7 @@ class FirecrackerDriver:
                 INNER_DIR_KEY: str(files.inner_dir),
                 CHROOT_KEY: str(chroot or ""),
                 OWNER_KEY: f"{self._jailer.uid}:{self._jailer.gid}" if self._jailer is not None else "",
+                GATEWAY_KEY: "1" if spec.gateway else "",
             },
         )
         api = FirecrackerApi(files.api_socket, timeout_s=API_TIMEOUT_S)

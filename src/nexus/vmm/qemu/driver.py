@@ -153,7 +153,11 @@ class QemuDriver:
                 accel=accel,
                 vcpus=spec.vcpus,
                 mem_mib=spec.mem_mib,
-                ports=tuple(SerialPort(PORT_NAMES[p], sockets[p]) for p in GuestPort),
+                ports=tuple(
+                    SerialPort(PORT_NAMES[p], sockets[p])
+                    for p in GuestPort
+                    if spec.gateway or p is not GuestPort.GATEWAY
+                ),
                 tsc_khz=self._tsc_khz,
                 name=spec.name,
                 cmdline_extra=spec.kernel_args,

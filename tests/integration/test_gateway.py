@@ -1,0 +1,162 @@
+"""A portal's gateway through a real nexusd and real agents (the fake Firecracker runs each "guest" agent as a
+host process): the official MCP SDK's stdio client runs ``nexus-mcp`` against the portal agent's gateway socket,
+as an agent inside the portal would, and reaches work VMs only as the policy allows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from tests.api_client import NexusClient
+from tests.fakes.firecracker import gateway_socket
+from tests.fakes.firecracker_host import firecracker_daemon, processes_mentioning
+from tests.helpers import REPO, Daemon
+from tests.integration.test_mcp_vm import pytestmark  # noqa: F401  (the same skips)
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="nxgw-"))  # short: Unix socket paths
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(base: Path) -> Iterator[Daemon]:
+    d = firecracker_daemon(base)
+    try:
+        with NexusClient(d.socket, timeout_s=60) as api:
+            api.create_vm(name="p", role="portal", mem_mib=256)
+            api.create_vm(name="w1", mem_mib=256, tags=["team=a"])
+            api.create_vm(name="w2", mem_mib=256)
+            for name in ("p", "w1", "w2"):
+                api.start_vm(name)
+        yield d
+    finally:
+        code = d.stop()
+        log = d.log_text()
+        assert code == 0, log[-3000:]
+
+
+@pytest.fixture
+def rule(daemon: Daemon) -> Iterator[int]:
+    with NexusClient(daemon.socket) as api:
+        made = api.request(
+            "POST", "/v1/policies", json={"portal": "p", "work": "tag:team=a", "tools": ["run_command", "file_read"]}
+        )
+        yield int(made["id"])
+        for r in api.request("GET", "/v1/policies"):
+            api.send("DELETE", f"/v1/policies/{r['id']}")
+
+
+def _socket(daemon: Daemon, base: Path, vm: str) -> str:
+    with NexusClient(daemon.socket) as api:
+        vm_id = api.get_vm(vm)["id"]
+    return gateway_socket(str(base / "run" / "vms" / vm_id / "vsock.sock"))
+
+
+@asynccontextmanager
+async def inside(daemon: Daemon, base: Path, vm: str = "p") -> AsyncIterator[Client]:
+    """An MCP session from inside ``vm``: the SDK's stdio client running nexus-mcp there."""
+    server = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "nexus.agent.gateway_client", "--socket", _socket(daemon, base, vm)],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    async with Client(stdio_client(server), mode="legacy", read_timeout_seconds=60) as client:
+        yield client
+
+
+def _text(result: Any) -> str:
+    return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+def test_routed_calls_follow_the_rule(daemon: Daemon, base: Path, rule: int) -> None:
+    async def scenario() -> None:
+        async with inside(daemon, base) as client:
+            assert client.server_info is not None and client.server_info.name == "nexus-gateway"
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            assert set(tools) == {"vms_list", "run_command", "file_read"}
+            assert tools["run_command"].input_schema["properties"]["vm"]["enum"] == ["w1"]
+
+            progress: list[str | None] = []
+
+            async def on_progress(_value: float, _total: float | None, message: str | None) -> None:
+                progress.append(message)
+
+            run = await client.call_tool(
+                "run_command", {"vm": "w1", "command": "echo a; sleep 0.5; echo b"}, progress_callback=on_progress
+            )
+            assert not run.is_error and run.structured_content is not None
+            assert run.structured_content["stdout"] == "a\nb\n"
+            assert "a\n" in progress and "b\n" in progress  # streamed through the gateway as it ran
+
+            w2 = await client.call_tool("run_command", {"vm": "w2", "command": "true"})
+            assert w2.is_error and "no rule lets portal p use VM w2 (default deny)" in _text(w2)
+            write = await client.call_tool("file_write", {"vm": "w1", "path": "/tmp/nx-gw-x", "content": "x"})
+            assert write.is_error
+            assert f"rule {rule} (p → tag:team=a) allows run_command, file_read on w1, not file_write" in _text(write)
+            listed = await client.call_tool("vms_list", {})
+            assert listed.structured_content == {
+                "vms": [
+                    {"name": "w1", "state": "ready", "tools": ["file_read", "run_command"], "created_by_me": False}
+                ],
+                "manage": False,
+            }
+
+            with NexusClient(daemon.socket) as api:
+                api.send("DELETE", f"/v1/policies/{rule}")
+            after = await client.call_tool("run_command", {"vm": "w1", "command": "true"})
+            assert after.is_error and "default deny" in _text(after)  # the next call, same session
+
+    anyio.run(scenario)
+
+
+def test_a_work_vm_has_no_gateway(daemon: Daemon, base: Path, rule: int) -> None:
+    """Only portals get a gateway link: a work VM's agent never opens its local endpoint."""
+    assert not Path(_socket(daemon, base, "w1")).exists()
+    assert Path(_socket(daemon, base, "p")).exists()
+
+
+def test_cancelling_a_routed_call_stops_it_in_the_work_vm(daemon: Daemon, base: Path, rule: int) -> None:
+    marker = f"sleep {31000 + os.getpid() % 1000}"
+
+    async def scenario() -> None:
+        async with inside(daemon, base) as client:
+            with anyio.move_on_after(3):
+                await client.call_tool("run_command", {"vm": "w1", "command": marker})
+            assert processes_mentioning(marker)  # it did run
+            deadline = time.monotonic() + 15
+            while processes_mentioning(marker) and time.monotonic() < deadline:
+                await anyio.sleep(0.2)
+            assert not processes_mentioning(marker), "the cancelled command still runs in the work VM"
+            ok = await client.call_tool("run_command", {"vm": "w1", "command": "echo still here"})
+            assert ok.structured_content is not None and ok.structured_content["stdout"] == "still here\n"
+
+    anyio.run(scenario)
+
+
+def test_a_stopped_work_vm_is_a_tool_error(daemon: Daemon, base: Path, rule: int) -> None:
+    async def scenario() -> None:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            api.stop_vm("w1")
+            try:
+                async with inside(daemon, base) as client:
+                    result = await client.call_tool("run_command", {"vm": "w1", "command": "true"})
+                    assert result.is_error and "VM w1 is stopped" in _text(result), _text(result)
+            finally:
+                api.start_vm("w1")
+
+    anyio.run(scenario)
