@@ -93,7 +93,7 @@ def test_routed_calls_follow_the_rule(daemon: Daemon, base: Path, rule: int) -> 
 
             progress: list[str | None] = []
 
-            async def on_progress(_value: float, _total: float | None, message: str | None) -> None:
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # ProgressFnT
                 progress.append(message)
 
             run = await client.call_tool(
@@ -139,7 +139,7 @@ def test_cancelling_a_routed_call_stops_it_in_the_work_vm(daemon: Daemon, base: 
                 await client.call_tool("run_command", {"vm": "w1", "command": marker})
             assert processes_mentioning(marker)  # it did run
             deadline = time.monotonic() + 15
-            while processes_mentioning(marker) and time.monotonic() < deadline:
+            while processes_mentioning(marker) and time.monotonic() < deadline:  # noqa: ASYNC110 (polling /proc)
                 await anyio.sleep(0.2)
             assert not processes_mentioning(marker), "the cancelled command still runs in the work VM"
             ok = await client.call_tool("run_command", {"vm": "w1", "command": "echo still here"})
