@@ -91,17 +91,17 @@ def test_routed_calls_follow_the_rule(daemon: Daemon, base: Path, rule: int) -> 
             assert set(tools) == {"vms_list", "run_command", "file_read"}
             assert tools["run_command"].input_schema["properties"]["vm"]["enum"] == ["w1"]
 
-            progress: list[str | None] = []
+            messages: list[str | None] = []
 
             async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # ProgressFnT
-                progress.append(message)
+                messages.append(message)
 
             run = await client.call_tool(
                 "run_command", {"vm": "w1", "command": "echo a; sleep 0.5; echo b"}, progress_callback=on_progress
             )
             assert not run.is_error and run.structured_content is not None
             assert run.structured_content["stdout"] == "a\nb\n"
-            assert "a\n" in progress and "b\n" in progress  # streamed through the gateway as it ran
+            assert "a\n" in messages and "b\n" in messages  # streamed through the gateway as it ran
 
             w2 = await client.call_tool("run_command", {"vm": "w2", "command": "true"})
             assert w2.is_error and "no rule lets portal p use VM w2 (default deny)" in _text(w2)
