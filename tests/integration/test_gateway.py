@@ -4,6 +4,7 @@ as an agent inside the portal would, and reaches work VMs only as the policy all
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -18,6 +19,7 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
 
 from tests.api_client import NexusClient
 from tests.fakes.firecracker import gateway_socket
@@ -160,3 +162,46 @@ def test_a_stopped_work_vm_is_a_tool_error(daemon: Daemon, base: Path, rule: int
                 api.start_vm("w1")
 
     anyio.run(scenario)
+
+
+def test_a_session_outlives_a_nexusd_restart() -> None:
+    """nexusd restarts, the VMs run on: the portal's agent redials, replays the session's handshake, and the same
+    MCP session inside the portal goes on (calls while nexusd is down fail at once, they do not hang)."""
+    base = Path(tempfile.mkdtemp(prefix="nxgwr-"))
+    daemon = firecracker_daemon(base, stop_vms_on_exit=False)
+    try:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            api.create_vm(name="p", role="portal", mem_mib=256)
+            api.create_vm(name="w1", mem_mib=256)
+            api.start_vm("p")
+            api.start_vm("w1")
+            api.request("POST", "/v1/policies", json={"portal": "p", "work": "w1", "tools": ["run_command"]})
+
+        async def scenario() -> None:
+            nonlocal daemon
+            async with inside(daemon, base) as client:
+                before = await client.call_tool("run_command", {"vm": "w1", "command": "echo before"})
+                assert before.structured_content is not None and before.structured_content["stdout"] == "before\n"
+                assert daemon.stop() == 0
+                with pytest.raises(MCPError, match="gateway link is down"):  # at once, while nexusd is down
+                    await client.call_tool("run_command", {"vm": "w1", "command": "true"})
+                daemon = firecracker_daemon(base, stop_vms_on_exit=False)
+                deadline = time.monotonic() + 30
+                while True:  # the agent redials once nexusd has adopted the VMs; w1 is ready once re-linked
+                    with contextlib.suppress(MCPError):
+                        after = await client.call_tool("run_command", {"vm": "w1", "command": "echo after"})
+                        if not after.is_error:
+                            break
+                    assert time.monotonic() < deadline, "the session did not come back"
+                    await anyio.sleep(0.5)
+                assert after.structured_content is not None and after.structured_content["stdout"] == "after\n"
+
+        anyio.run(scenario)
+    finally:
+        if daemon.proc.poll() is not None:  # the test failed while nexusd was down: one to clean up with
+            daemon = firecracker_daemon(base)
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            for name in ("p", "w1"):
+                api.remove_vm(name, force=True)
+        daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)

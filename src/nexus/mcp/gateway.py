@@ -323,9 +323,9 @@ class _PortalTools:
             self._gw.record(portal, tool, arguments, refused, target=target)
             return _error(tool, f"refused: {exc.message}")
         except NexusError as exc:
-            exc = explained(exc, target.id, self._gw._vms.get)
+            message = explained(exc, target.id, self._gw._vms.get).message
             self._record_done(portal, tool, arguments, verdict, target, started, {}, error=True)
-            return _error(tool, f"VM {target.name}: {exc.message}")
+            return _error(tool, message if f"VM {target.name}" in message else f"VM {target.name}: {message}")
         result = self._within(rule, tool, result)
         self._record_done(portal, tool, arguments, verdict, target, started, result)
         return result
