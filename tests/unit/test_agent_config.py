@@ -106,3 +106,11 @@ def test_fd_stream_writes_more_than_the_socket_buffer() -> None:
     assert bytes(received) == data
     stream.close()
     theirs.close()
+
+
+def test_the_agent_completes_a_short_path() -> None:
+    from nexus.agent.main import full_path
+
+    assert full_path("/sbin:/bin") == "/sbin:/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+    assert full_path("") == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert full_path("/opt/x:/usr/bin") == "/opt/x:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/bin"

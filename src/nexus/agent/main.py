@@ -50,7 +50,7 @@ from nexus.agent.transport import (
 )
 from nexus.protocol import CONTROL_PORT_NAME, GATEWAY_PORT_NAME, MCP_PORT_NAME
 
-__all__ = ["MCP_LISTEN_SESSIONS", "endpoint_for", "gateway_endpoint", "main", "run", "vsock_space_for"]
+__all__ = ["MCP_LISTEN_SESSIONS", "endpoint_for", "full_path", "gateway_endpoint", "main", "run", "vsock_space_for"]
 
 log = logging.getLogger("nexus.agent")
 
@@ -173,6 +173,16 @@ def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None
     return 0
 
 
+STANDARD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def full_path(path: str) -> str:
+    """``path`` with the standard directories it lacks added: an init may start the agent with a short PATH
+    (BusyBox's has no /usr/local/bin, where nexus-mcp and hand-installed tools live), and run_command inherits it."""
+    have = [d for d in path.split(":") if d]
+    return ":".join([*have, *(d for d in STANDARD_PATH if d not in have)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     logging.basicConfig(
@@ -181,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="nexus-agent[%(process)d] %(levelname)s %(message)s",
     )
     os.chdir("/")  # a daemon's working directory: relative tool paths and run_command's default cwd
+    os.environ["PATH"] = full_path(os.environ.get("PATH", ""))
     stop = threading.Event()
     wake = threading.Event()
 
