@@ -31,6 +31,7 @@ from nexus.domain import (
     Vm,
     VmState,
 )
+from nexus.domain.audit import RETENTION_DAYS_RANGE, AuditEntry, Decision, Via
 from nexus.domain.network import DNS_SERVERS_MAX, IFNAME_RE, SUBNET_PREFIX_RANGE
 from nexus.domain.settings import SETTINGS, VMM_CHOICES
 from nexus.domain.validation import (
@@ -254,6 +255,7 @@ SETTING_VALUES: dict[str, Any] = {
         Literal["from-host"] | Annotated[list[_IP], Field(max_length=DNS_SERVERS_MAX)], _setting_check("dns_servers")
     ],
     "vmm": Annotated[str, _documented(enum=list(VMM_CHOICES)), _setting_check("vmm")],
+    "audit_retention_days": _int_setting("audit_retention_days", RETENTION_DAYS_RANGE),
 }
 
 
@@ -515,6 +517,51 @@ class TokenOut(BaseModel):
 
 class TokenCreated(TokenOut):
     token: str = Field(description="the bearer token; shown only in this answer (nexusd keeps its sha256)")
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: datetime = Field(description="when the call began")
+    caller: str = Field(description='"host" (Unix socket), "admin" (TCP admin token), "token:<id>", "vm:<name>"...')
+    via: Via
+    action: str = Field(description='a tool name, or a REST route such as "POST /v1/vms/{ref}/start"')
+    target_id: str | None = Field(description="the VM acted on, when there is one")
+    target: str | None = Field(description="its name then (or the reference given, when it named no VM)")
+    decision: Decision
+    rule: int | None = Field(description="the policy rule that decided; null: default or a host action")
+    reason: str
+    args_digest: str | None = Field(description="sha256 of the arguments (never their contents); null: none")
+    args_bytes: int
+    duration_ms: float
+    result_bytes: int
+    is_error: bool
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditEntryOut:
+        assert entry.id is not None  # entries are shown once stored
+        return cls(
+            id=entry.id,
+            at=entry.at,
+            caller=entry.caller,
+            via=entry.via,
+            action=entry.action,
+            target_id=entry.target_id,
+            target=entry.target,
+            decision=entry.decision,
+            rule=entry.rule,
+            reason=entry.reason,
+            args_digest=entry.args_digest,
+            args_bytes=entry.args_bytes,
+            duration_ms=entry.duration_ms,
+            result_bytes=entry.result_bytes,
+            is_error=entry.is_error,
+        )
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntryOut] = Field(description="newest first; oldest first when after= was given")
+    next_before: int | None = Field(description="before= this for the next older page; null: nothing older")
+    next_after: int | None = Field(description="after= this for what is newer than this page (null: empty page)")
 
 
 # -- MCP tool arguments: the REST bodies where a tool takes one, plus the VM (or drive) the route names -----------

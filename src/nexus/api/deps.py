@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from nexus.api.cache import ResponseCache
 from nexus.domain import Transport
 from nexus.services import AssetService, DriveService, NetworkService, SettingsService, SnapshotService, VmService
+from nexus.services.audit import AuditService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.tokens import TokenService
@@ -27,6 +28,7 @@ class Services:
     drives: DriveService
     snapshots: SnapshotService
     tokens: TokenService
+    audit: AuditService
 
 
 async def services(request: Request) -> Services:
@@ -65,5 +67,6 @@ Network = Annotated[NetworkService, Depends(_one("network"))]
 Drives = Annotated[DriveService, Depends(_one("drives"))]
 Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]
 Tokens = Annotated[TokenService, Depends(_one("tokens"))]
+Audit = Annotated[AuditService, Depends(_one("audit"))]
 Via = Annotated[Transport, Depends(transport)]
 Listings = Annotated[ResponseCache, Depends(listings)]

@@ -29,11 +29,12 @@ from nexus.services import (
     VmRuntime,
     VmService,
 )
+from nexus.services.audit import AuditService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.locks import VmLocks
 from nexus.services.tokens import TokenService
-from nexus.store import DriveRepo, ImageRepo, NetRepo, SettingsRepo, SnapshotRepo, TokenRepo, VmRepo
+from nexus.store import AuditRepo, DriveRepo, ImageRepo, NetRepo, SettingsRepo, SnapshotRepo, TokenRepo, VmRepo
 from nexus.vmm.firecracker.driver import FirecrackerDriver
 from nexus.vmm.process import kill_orphan
 from nexus.vmm.qemu.driver import QemuDriver
@@ -123,6 +124,7 @@ def wire(
         drives=drives,
         snapshots=snapshots,
         tokens=TokenService(TokenRepo(conn), vm_store),
+        audit=AuditService(store=AuditRepo(conn), vms=vm_store, settings=settings),
     )
     return services, runtime
 

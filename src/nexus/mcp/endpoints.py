@@ -25,6 +25,7 @@ from nexus.mcp.manage import manage_server
 from nexus.mcp.origin import OriginPolicy
 from nexus.protocol import INTERNAL_ERROR, INVALID_REQUEST
 from nexus.services import DriveService, NetworkService, SnapshotService, VmService
+from nexus.services.audit import AuditService
 from nexus.services.guest import GuestService
 
 SESSION_IDLE_TIMEOUT_S = 30 * 60.0
@@ -152,10 +153,13 @@ class McpEndpoints:
         *,
         policy: OriginPolicy | None = None,
         session_idle_timeout_s: float = SESSION_IDLE_TIMEOUT_S,
+        audit: AuditService | None = None,
     ) -> None:
         policy = policy or OriginPolicy.build()
-        self.vm = _Endpoint(_manager(guest_server(guest, snapshots, vms.get), session_idle_timeout_s), policy)
-        manage = manage_server(vms, guest, network, workspace.manage_tools(drives, snapshots, network.info))
+        vm_server = guest_server(guest, snapshots, vms.get, audit)
+        self.vm = _Endpoint(_manager(vm_server, session_idle_timeout_s), policy)
+        tools = workspace.manage_tools(drives, snapshots, network.info)
+        manage = manage_server(vms, guest, network, tools, audit)
         self.manage = _Endpoint(_manager(manage, session_idle_timeout_s), policy)
         self._stopping = asyncio.Event()
 

@@ -7,6 +7,7 @@ framing and message shapes; it opens nothing and sends nothing.
 from __future__ import annotations
 
 from nexus.protocol.drives import FREEZE_METHOD, MOUNTS_ARG, THAW_METHOD, decode_mounts, encode_mounts
+from nexus.protocol.gateway import GATEWAY_CLOSE, GATEWAY_MESSAGE
 from nexus.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -57,7 +58,6 @@ from nexus.protocol.messages import (
     Heartbeat,
     Hello,
 )
-from nexus.protocol.gateway import GATEWAY_CLOSE, GATEWAY_MESSAGE
 from nexus.protocol.ports import (
     CONTROL_PORT_NAME,
     CONTROL_VSOCK_PORT,

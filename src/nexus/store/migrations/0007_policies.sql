@@ -1,0 +1,1 @@
+-- Placeholder on branch audit-log: main's policy migration (0007_policies.sql) takes this file's place at merge.
