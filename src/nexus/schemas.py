@@ -526,7 +526,7 @@ class AuditEntryOut(BaseModel):
     via: Via
     action: str = Field(description='a tool name, or a REST route such as "POST /v1/vms/{ref}/start"')
     target_id: str | None = Field(description="the VM acted on, when there is one")
-    target: str | None = Field(description="its name then (or the reference given, when it named no VM)")
+    target: str | None = Field(description="its name then")
     decision: Decision
     rule: int | None = Field(description="the policy rule that decided; null: default or a host action")
     reason: str
@@ -561,7 +561,9 @@ class AuditEntryOut(BaseModel):
 class AuditPage(BaseModel):
     entries: list[AuditEntryOut] = Field(description="newest first; oldest first when after= was given")
     next_before: int | None = Field(description="before= this for the next older page; null: nothing older")
-    next_after: int | None = Field(description="after= this for what is newer than this page (null: empty page)")
+    next_after: int | None = Field(
+        description="after= this for what is newer than this page (null: an empty page and no after= given)"
+    )
 
 
 # -- MCP tool arguments: the REST bodies where a tool takes one, plus the VM (or drive) the route names -----------

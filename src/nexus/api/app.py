@@ -49,6 +49,6 @@ def create_app(
             app.router.routes.append(Route(path, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False))
     app.add_middleware(BodyLimit, exempt=is_mcp_path)
     app.add_middleware(Access, admin_token=tcp_token, tokens=services.tokens)  # before any body is read
-    app.add_middleware(AuditTrail, audit=services.audit, router=app.router)  # outside Access: sees its refusals
+    app.add_middleware(AuditTrail, audit=services.audit, api=app)  # outside Access: sees its refusals
     app.add_middleware(errors.Unexpected)  # last added is outermost: it also catches what the others raise
     return app

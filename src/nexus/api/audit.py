@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
-from typing import Any
+from collections.abc import Iterable, Mapping
 
-from starlette.routing import Match, Router
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexus.api.middleware import MAX_BODY_BYTES, is_mcp_path, over_tcp
@@ -26,7 +27,8 @@ from nexus.services.audit import AuditService
 
 MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REFUSED = frozenset({401, 403})
-_REFUSAL_BODY_MAX = 16 * 1024  # a refusal's error body is read for its message, and no more of it
+_REFUSAL_BODY_MAX = 16 * 1024
+_PARAM_RE = re.compile(r"\{(\w+)\}")  # a refusal's error body is read for its message, and no more of it
 
 
 class _Body:
@@ -65,71 +67,99 @@ class _Body:
         return hashlib.sha256(raw).hexdigest(), self.size
 
 
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    return dict(scope["headers"])
+class _Answer:
+    """The response as it is sent: status, size, and the start of a refusal's body (for its message)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 500  # until the app says otherwise: an exception it let through
+        self.size = 0
+        self._refusal = bytearray()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            self.size += len(chunk)
+            if self.refused and len(self._refusal) < _REFUSAL_BODY_MAX:
+                self._refusal.extend(chunk[: _REFUSAL_BODY_MAX - len(self._refusal)])
+        await self._send(message)
+
+    @property
+    def refused(self) -> bool:
+        return self.status in REFUSED
+
+    def reason(self) -> str:
+        try:
+            return str(json.loads(self._refusal)["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            return f"HTTP {self.status}"
 
 
-def _refusal_message(status: int, body: bytes) -> str:
-    try:
-        message = json.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {status}"
-    return str(message)
+class RouteTemplates:
+    """Which path template serves a method and path, from the API's own route list (``FastAPI.openapi()``'s paths
+    plus the MCP endpoints, which the document leaves out). A parameter is one path segment, as the router reads
+    ``{name}``; templates with fewer parameters are tried first, so a literal segment wins over a parameter."""
+
+    def __init__(self, methods_by_path: Mapping[str, Iterable[str]]) -> None:
+        ordered = sorted(methods_by_path.items(), key=lambda item: item[0].count("{"))
+        self._routes = [
+            (template, re.compile(_PARAM_RE.sub(r"(?P<\1>[^/]+)", template)), {m.upper() for m in methods})
+            for template, methods in ordered
+        ]
+
+    def match(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
+        """``(template, parameters)``: of a route taking ``method`` at ``path``, else of any route at ``path`` (a
+        refused request may use a method the path does not take)."""
+        found = None
+        for template, pattern, methods in self._routes:
+            matched = pattern.fullmatch(path)
+            if matched is not None:
+                if method in methods:
+                    return template, matched.groupdict()
+                found = found or (template, matched.groupdict())
+        return found
+
+
+def templates_of(app: FastAPI) -> RouteTemplates:
+    paths = {path: list(operations) for path, operations in app.openapi()["paths"].items()}
+    return RouteTemplates({**paths, "/mcp": ["POST"], "/v1/vms/{ref}/mcp": ["POST"]})
 
 
 class AuditTrail:
-    def __init__(self, app: ASGIApp, audit: AuditService, router: Router) -> None:
+    def __init__(self, app: ASGIApp, audit: AuditService, api: FastAPI) -> None:
         self.app = app
         self.audit = audit
-        self.router = router
+        self.api = api
+        self._templates: RouteTemplates | None = None  # the routes are all there by the first request
 
-    def _route(self, scope: Scope) -> tuple[str, dict[str, Any]] | None:
-        """The path template and parameters of the route serving ``scope``, as the router will pick it."""
-        for route in self.router.routes:
-            match, child = route.matches(scope)
-            if match is Match.FULL:
-                return str(getattr(route, "path", scope["path"])), dict(child.get("path_params", {}))
-        return None
+    def _route(self, scope: Scope) -> tuple[str, dict[str, str]] | None:
+        if self._templates is None:
+            self._templates = templates_of(self.api)
+        return self._templates.match(scope["method"], scope["path"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method = scope["method"]
-        mutation = method in MUTATIONS
-        if not mutation and not over_tcp(scope):  # a read over the Unix socket: never refused, never recorded
-            await self.app(scope, receive, send)
+        mutation = scope["type"] == "http" and scope["method"] in MUTATIONS
+        if not mutation and (scope["type"] != "http" or not over_tcp(scope)):  # reads over the Unix socket
+            await self.app(scope, receive, send)  # are never refused, so never recorded
             return
         at, started = utcnow(), time.monotonic()
         route = self._route(scope)
         mcp = is_mcp_path(scope["path"])
-        ref = route[1].get("ref") if route is not None else None
-        target: tuple[str | None, str | None] = (None, None)
-        if mutation and not mcp and isinstance(ref, str):
-            target = self.audit.target(ref)  # now: after a DELETE the VM is gone
-        headers = _headers(scope)
+        ref = route[1].get("ref") if route is not None and route[0].startswith("/v1/vms/{ref}") else None
+        recorded = mutation and route is not None and not mcp  # else only if refused
+        target = self.audit.target(ref) if recorded and isinstance(ref, str) else None  # now: a DELETE removes it
+        headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"")
         body = _Body(receive, int(declared) if declared.isdigit() else 0)
-        status, sent, refusal = 500, 0, bytearray()
-
-        async def watching(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                chunk = message.get("body", b"")
-                sent += len(chunk)
-                if status in REFUSED and len(refusal) < _REFUSAL_BODY_MAX:
-                    refusal.extend(chunk[: _REFUSAL_BODY_MAX - len(refusal)])
-            await send(message)
-
+        answer = _Answer(send)
         try:
-            await self.app(scope, body.receive, watching)
+            await self.app(scope, body.receive, answer.send)
         finally:
-            denied = status in REFUSED
-            if denied or (mutation and route is not None and not mcp):
-                if denied and isinstance(ref, str) and target == (None, None):
-                    target = self.audit.target(ref)
+            if recorded or answer.refused:
+                if target is None:
+                    target = self.audit.target(ref) if isinstance(ref, str) else (None, None)
                 content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
                 args_digest, args_bytes = body.digest(content_type == b"application/json")
                 self.audit.record(
@@ -137,15 +167,15 @@ class AuditTrail:
                         at=at,
                         caller=str(scope.get("state", {}).get("caller", ANONYMOUS_CALLER)),
                         via=Via.MCP if mcp else Via.REST,
-                        action=f"{method} {route[0] if route is not None else scope['path'][:200]}",
-                        decision=Decision.DENY if denied else Decision.ALLOW,
+                        action=f"{scope['method']} {route[0] if route is not None else scope['path'][:200]}",
+                        decision=Decision.DENY if answer.refused else Decision.ALLOW,
                         target_id=target[0],
                         target=target[1],
-                        reason=_refusal_message(status, bytes(refusal)) if denied else "",
+                        reason=answer.reason() if answer.refused else "",
                         args_digest=args_digest,
                         args_bytes=args_bytes,
                         duration_ms=(time.monotonic() - started) * 1000,
-                        result_bytes=sent,
-                        is_error=status >= 400,
+                        result_bytes=answer.size,
+                        is_error=answer.status >= 400,
                     )
                 )

@@ -23,6 +23,7 @@ LAZY: dict[str, str] = {
     "drive": "nexus.cli.workspaces:drive_app",
     "snapshot": "nexus.cli.workspaces:snapshot_app",
     "token": "nexus.cli.tokens:app",
+    "audit": "nexus.cli.audit:audit",
 }
 
 

@@ -108,12 +108,13 @@ class AuditService:
         for subscription in self._subscriptions:
             subscription.offer(stored)
 
-    def target(self, ref: str) -> tuple[str | None, str]:
-        """The VM ``ref`` names as ``(id, name)``, or ``(None, ref)`` when it names none (yet, or any more)."""
+    def target(self, ref: str) -> tuple[str | None, str | None]:
+        """The VM ``ref`` names as ``(id, name)``; ``(None, None)`` when it names none (yet, or any more): a ref is
+        given by the caller, and what a caller gives is kept only as a digest."""
         try:
             vm = self._vms.get(ref)
         except NexusError:
-            return None, ref
+            return None, None
         return vm.id, vm.name
 
     # -- reading --------------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class AuditService:
         keys: tuple[str, ...] = ()
         if vm is not None:
             vm_id, name = self.target(vm)
-            keys = (vm,) if vm_id is None else tuple(dict.fromkeys((vm_id, name, vm)))
+            keys = tuple(dict.fromkeys(k for k in (vm_id, name, vm) if k is not None))
         return AuditQuery(vm=keys, caller=caller, since=since)
 
     @contextlib.contextmanager
