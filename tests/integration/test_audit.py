@@ -100,7 +100,13 @@ def test_rest_mutations_are_recorded_with_their_route_target_and_digest(nexusd: 
     assert created["args_digest"] == digest({"name": "box", "mem_mib": 256})[0]
     assert created["target"] is None  # the route names no VM
     for e in (removed, tagged, created):
-        assert (e["caller"], e["via"], e["decision"], e["is_error"], e["rule"]) == ("host", "rest", "allow", False, None)
+        assert (e["caller"], e["via"], e["decision"], e["is_error"], e["rule"]) == (
+            "host",
+            "rest",
+            "allow",
+            False,
+            None,
+        )
         assert e["duration_ms"] >= 0
 
     with nexusd.local() as api, pytest.raises(NotFound):

@@ -4,9 +4,10 @@ raises, pages, live followers and their bounded queues, retention)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -77,11 +78,7 @@ def test_insert_and_read_back_every_field(repo: AuditRepo) -> None:
     )
     first, second = repo.insert(full), repo.insert(entry(1))
     assert second > first
-    assert repo.find(AuditQuery(after=first - 1, limit=1)) == [AuditEntry(**{**_fields(full), "id": first})]
-
-
-def _fields(e: AuditEntry) -> dict[str, object]:
-    return {name: getattr(e, name) for name in AuditEntry.__slots__}
+    assert repo.find(AuditQuery(after=first - 1, limit=1)) == [dataclasses.replace(full, id=first)]
 
 
 def test_filters_by_vm_id_or_name_caller_and_since(repo: AuditRepo) -> None:
@@ -304,3 +301,46 @@ async def test_retain_prunes_at_once_and_survives_a_failing_store(
         assert not task.done()
         task.cancel()
     assert "pruning failed: busy" in caplog.text
+
+
+# -- the HTTP edge's pieces -------------------------------------------------------------------------------------
+
+
+def test_route_templates_prefer_literal_segments_and_fall_back_to_any_method() -> None:
+    from nexus.api.audit import RouteTemplates
+
+    routes = RouteTemplates(
+        {
+            "/v1/vms/{ref}": ["get", "delete"],
+            "/v1/vms/{ref}/start": ["post"],
+            "/v1/kernels/{version}": ["delete"],
+            "/v1/kernels/pull": ["post"],
+        }
+    )
+    assert routes.match("POST", "/v1/vms/web/start") == ("/v1/vms/{ref}/start", {"ref": "web"})
+    assert routes.match("POST", "/v1/kernels/pull") == ("/v1/kernels/pull", {})
+    assert routes.match("DELETE", "/v1/kernels/6.1") == ("/v1/kernels/{version}", {"version": "6.1"})
+    assert routes.match("PUT", "/v1/vms/web") == ("/v1/vms/{ref}", {"ref": "web"})  # a refused method still names it
+    assert routes.match("POST", "/v1/vms/web/start/now") is None
+
+
+async def test_event_stream_sends_ids_data_and_keepalives() -> None:
+    from nexus.api.sse import event_stream
+
+    closed = asyncio.Event()
+
+    async def source() -> AsyncGenerator[int, None]:
+        try:
+            yield 1
+            await asyncio.sleep(0.05)  # silence: a keep-alive comment goes out
+            yield 2
+        finally:
+            closed.set()
+
+    response = event_stream(source(), lambda n: (n, f'{{"n": {n}}}'), keepalive_s=0.02)
+    chunks = [c async for c in response.body_iterator]
+    assert chunks[0] == b'id: 1\ndata: {"n": 1}\n\n'
+    assert b": keep-alive\n\n" in chunks
+    assert chunks[-1] == b'id: 2\ndata: {"n": 2}\n\n'
+    assert closed.is_set()
+    assert response.media_type == "text/event-stream"

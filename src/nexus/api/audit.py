@@ -104,10 +104,7 @@ class RouteTemplates:
 
     def __init__(self, methods_by_path: Mapping[str, Iterable[str]]) -> None:
         ordered = sorted(methods_by_path.items(), key=lambda item: item[0].count("{"))
-        self._routes = [
-            (template, re.compile(_PARAM_RE.sub(r"(?P<\1>[^/]+)", template)), {m.upper() for m in methods})
-            for template, methods in ordered
-        ]
+        self._routes = [(template, _pattern(template), {m.upper() for m in methods}) for template, methods in ordered]
 
     def match(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
         """``(template, parameters)``: of a route taking ``method`` at ``path``, else of any route at ``path`` (a
@@ -120,6 +117,14 @@ class RouteTemplates:
                     return template, matched.groupdict()
                 found = found or (template, matched.groupdict())
         return found
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    parts, end = [], 0
+    for param in _PARAM_RE.finditer(template):
+        parts += [re.escape(template[end : param.start()]), f"(?P<{param[1]}>[^/]+)"]
+        end = param.end()
+    return re.compile("".join([*parts, re.escape(template[end:])]))
 
 
 def templates_of(app: FastAPI) -> RouteTemplates:

@@ -24,11 +24,11 @@ _AGO_RE = re.compile(r"\d+[smhdw]")
 
 def parse_since(text: str) -> datetime:
     """``10m``, ``2h``, ``7d`` ago, or an ISO time (local time when it names no zone)."""
-    if _AGO_RE.fullmatch(text.strip().lower()):
-        return datetime.now().astimezone() - parse_lifetime(text)
     try:
+        if _AGO_RE.fullmatch(text.strip().lower()):
+            return datetime.now().astimezone() - parse_lifetime(text)
         when = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, Invalid):
         raise Invalid(f"--since takes a duration such as 10m, 2h, 7d or an ISO time, got {text!r}") from None
     return when if when.tzinfo is not None else when.astimezone()
 
