@@ -8,11 +8,12 @@ domain's own pattern and range (``nexus.domain.validation``), so the OpenAPI sch
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
 
 from nexus.domain import (
     AgentToken,
@@ -517,6 +518,21 @@ class TokenOut(BaseModel):
 
 class TokenCreated(TokenOut):
     token: str = Field(description="the bearer token; shown only in this answer (nexusd keeps its sha256)")
+
+
+# RFC 3339's date-time, which the schema's format names: pydantic alone would also take a number as Unix time.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and _RFC3339.fullmatch(value):
+        return datetime.fromisoformat(value.upper())
+    if isinstance(value, datetime):
+        return value
+    raise ValueError(f"expected a time such as 2026-01-31T12:00:00Z (RFC 3339, with its zone), got {value!r}")
+
+
+Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
 class AuditEntryOut(BaseModel):

@@ -158,6 +158,9 @@ def test_paging_newest_first_and_after_a_cursor(nexusd: Nexusd) -> None:
         assert newer["next_after"] == seen[1]
         with pytest.raises(Invalid, match="not both"):
             api.request("GET", "/v1/audit", params={"after": 1, "before": 3})
+        with pytest.raises(Invalid, match="RFC 3339"):
+            api.request("GET", "/v1/audit", params={"since": "0.5"})  # not a Unix time
+        assert len(api.request("GET", "/v1/audit", params={"since": "2000-01-01T00:00:00Z"})["entries"]) == 7
         assert [e["target"] for e in api.request("GET", "/v1/audit", params={"vm": "box"})["entries"]] == ["box"] * 6
 
 

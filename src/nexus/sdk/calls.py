@@ -319,7 +319,7 @@ def remove_token(token_id: str) -> Call[None]:
 
 
 def _audit_params(**fields: Any) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in _given(**fields).items()}
+    return {k: v.astimezone().isoformat() if isinstance(v, datetime) else v for k, v in _given(**fields).items()}
 
 
 def list_audit(

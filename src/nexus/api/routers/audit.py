@@ -11,7 +11,6 @@ agent tokens everywhere but their VM's MCP endpoint.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
@@ -20,14 +19,14 @@ from fastapi.responses import StreamingResponse
 from nexus.api.deps import Audit
 from nexus.api.sse import EVENT_STREAM, event_stream
 from nexus.domain.audit import AuditEntry
-from nexus.schemas import AuditEntryOut, AuditPage
+from nexus.schemas import AuditEntryOut, AuditPage, Rfc3339
 from nexus.services.audit import PAGE_MAX
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 VmParam = Annotated[str | None, Query(description="only entries about this VM (name or id; a removed VM's too)")]
 CallerParam = Annotated[str | None, Query(description='only this caller: "host", "admin", "token:<id>", "vm:<name>"')]
-SinceParam = Annotated[datetime | None, Query(description="only entries from this time on (ISO 8601; UTC if no zone)")]
+SinceParam = Annotated[Rfc3339 | None, Query(description="only entries from this time on (RFC 3339, with zone)")]
 
 
 @router.get("")
