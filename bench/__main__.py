@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import api_latency, cli_start, db_busy, mcp_latency, soak, vm_boot, workspaces
+from bench import api_latency, cli_start, db_busy, gateway, mcp_latency, soak, vm_boot, workspaces
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "api": lambda _: api_latency.run(),
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "vm": lambda _: vm_boot.run(),
     "workspaces": lambda _: workspaces.run(),
     "mcp": mcp_latency.run,
+    "gateway": gateway.run,
     "soak": soak.run,
 }
 ON_REQUEST = {"soak"}  # long (many VM boots while nexusd is killed), so only when named

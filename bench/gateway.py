@@ -1,5 +1,5 @@
 """Gateway latency: a routed 1-byte ``file_read`` (portal → nexusd → work VM) against the same call from the host,
-in the same run. Goal (issue 15): routed p50 ≤ 1.5 × host p50, and the policy check + audit write ≤ 0.5 ms of it.
+in the same run. Goal (issue 15): routed p50 ≤ 1.5 x host p50, and the policy check + audit write ≤ 0.5 ms of it.
 
 Both paths end at the same work VM's agent through nexusd's same MCP link; each is driven by a minimal client so
 that client cost does not blur what nexusd adds:
@@ -30,17 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.api_client import NexusClient
+from tests.fakes.firecracker import gateway_socket
+from tests.fakes.firecracker_host import firecracker_daemon
 
 from bench.common import percentile, print_table
 from nexus.domain import Role, Vm, VmState, utcnow
 from nexus.domain.audit import AuditEntry, Decision, Via, digest
 from nexus.domain.policy import Limits, RuleSpec, Selector
+from nexus.services import SettingsService
 from nexus.services.audit import AuditService
 from nexus.services.policy import PolicyService
-from nexus.store import AuditRepo, PolicyRepo, VmRepo, open_database
-from tests.api_client import NexusClient
-from tests.fakes.firecracker import gateway_socket
-from tests.fakes.firecracker_host import firecracker_daemon
+from nexus.store import AuditRepo, PolicyRepo, SettingsRepo, VmRepo, open_database
 
 CALLS = 300
 RULES = 20
@@ -127,7 +128,7 @@ def _decide_and_audit(base: Path) -> list[float]:
     for i in range(RULES - 1):  # the one that allows is the last one looked at
         policy.allow(RuleSpec(Selector.parse(f"other-{i}", work=False), Selector.parse("w", work=True), ("*",)))
     policy.allow(RuleSpec(Selector.parse("p", work=False), Selector.parse("tag:team=a", work=True), ("*",), Limits()))
-    audit = AuditService(AuditRepo(conn))
+    audit = AuditService(store=AuditRepo(conn), vms=vms, settings=SettingsService(SettingsRepo(conn)))
     samples = []
     for _ in range(CALLS):
         start = time.perf_counter()
@@ -152,7 +153,7 @@ def _decide_and_audit(base: Path) -> list[float]:
     return samples
 
 
-def run(_: argparse.Namespace | None = None) -> int:
+def run(args: argparse.Namespace | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="nxbgw-"))  # short: Unix socket paths
     daemon = firecracker_daemon(base)
     try:
@@ -190,6 +191,7 @@ def run(_: argparse.Namespace | None = None) -> int:
     rows = []
     for name, times in samples.items():
         p50, p99 = percentile(times, 50) * 1e3, percentile(times, 99) * 1e3
+        verdict: str
         if name == "routed":
             verdict = f"{'yes' if ratio <= GOAL_RATIO else 'NO'} (x{ratio:.2f} ≤ {GOAL_RATIO})"
         elif name == "decide+audit":

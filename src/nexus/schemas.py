@@ -8,11 +8,12 @@ domain's own pattern and range (``nexus.domain.validation``), so the OpenAPI sch
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
 
 from nexus.domain import (
     AgentToken,
@@ -31,6 +32,7 @@ from nexus.domain import (
     Vm,
     VmState,
 )
+from nexus.domain.audit import RETENTION_DAYS_RANGE, AuditEntry, Decision, Via
 from nexus.domain.network import DNS_SERVERS_MAX, IFNAME_RE, SUBNET_PREFIX_RANGE
 from nexus.domain.policy import Limits, Management, Rule, RuleSpec, Selector
 from nexus.domain.settings import SETTINGS, VMM_CHOICES
@@ -255,6 +257,7 @@ SETTING_VALUES: dict[str, Any] = {
         Literal["from-host"] | Annotated[list[_IP], Field(max_length=DNS_SERVERS_MAX)], _setting_check("dns_servers")
     ],
     "vmm": Annotated[str, _documented(enum=list(VMM_CHOICES)), _setting_check("vmm")],
+    "audit_retention_days": _int_setting("audit_retention_days", RETENTION_DAYS_RANGE),
 }
 
 
@@ -578,6 +581,68 @@ class PolicyOut(BaseModel):
             max_mem_mib=manage.max_mem_mib if manage else None,
             created_at=rule.created_at,
         )
+
+
+# RFC 3339's date-time, which the schema's format names: pydantic alone would also take a number as Unix time.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and _RFC3339.fullmatch(value):
+        return datetime.fromisoformat(value.upper())
+    if isinstance(value, datetime):
+        return value
+    raise ValueError(f"expected a time such as 2026-01-31T12:00:00Z (RFC 3339, with its zone), got {value!r}")
+
+
+Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: datetime = Field(description="when the call began")
+    caller: str = Field(description='"host" (Unix socket), "admin" (TCP admin token), "token:<id>", "vm:<name>"...')
+    via: Via
+    action: str = Field(description='a tool name, or a REST route such as "POST /v1/vms/{ref}/start"')
+    target_id: str | None = Field(description="the VM acted on, when there is one")
+    target: str | None = Field(description="its name then")
+    decision: Decision
+    rule: int | None = Field(description="the policy rule that decided; null: default or a host action")
+    reason: str
+    args_digest: str | None = Field(description="sha256 of the arguments (never their contents); null: none")
+    args_bytes: int
+    duration_ms: float
+    result_bytes: int
+    is_error: bool
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditEntryOut:
+        assert entry.id is not None  # entries are shown once stored
+        return cls(
+            id=entry.id,
+            at=entry.at,
+            caller=entry.caller,
+            via=entry.via,
+            action=entry.action,
+            target_id=entry.target_id,
+            target=entry.target,
+            decision=entry.decision,
+            rule=entry.rule,
+            reason=entry.reason,
+            args_digest=entry.args_digest,
+            args_bytes=entry.args_bytes,
+            duration_ms=entry.duration_ms,
+            result_bytes=entry.result_bytes,
+            is_error=entry.is_error,
+        )
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntryOut] = Field(description="newest first; oldest first when after= was given")
+    next_before: int | None = Field(description="before= this for the next older page; null: nothing older")
+    next_after: int | None = Field(
+        description="after= this for what is newer than this page (null: an empty page and no after= given)"
+    )
 
 
 # -- MCP tool arguments: the REST bodies where a tool takes one, plus the VM (or drive) the route names -----------

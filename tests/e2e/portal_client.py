@@ -33,7 +33,9 @@ def main() -> None:
     assert server.stdin is not None and server.stdout is not None
     session = Session(server.stdin, server.stdout)
     hello = session.ask(
-        0, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}}
+        0,
+        "initialize",
+        {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "portal-client", "version": "1"}},
     )
     session.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
     answers = [session.ask(i + 1, method, params) for i, (method, params) in enumerate(calls)]

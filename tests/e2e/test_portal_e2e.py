@@ -34,7 +34,7 @@ def from_portal(api: NexusClient, *calls: tuple[str, dict[str, Any]]) -> list[di
     done = run(api, PORTAL, ["python3", "/tmp/portal_client.py", json.dumps([list(c) for c in calls])])
     assert done["exit_code"] == 0, done
     out = json.loads(done["stdout"])
-    assert out["initialize"]["result"]["serverInfo"]["name"] == "nexus-gateway", out["initialize"]
+    assert out["initialize"].get("result", {}).get("serverInfo", {}).get("name") == "nexus-gateway", out["initialize"]
     answers: list[dict[str, Any]] = out["answers"]
     return answers
 

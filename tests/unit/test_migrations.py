@@ -95,6 +95,21 @@ SEED: dict[int, list[str]] = {
         "INSERT INTO policies (portal, work, tools, manage, max_vms, images, created_at)"
         " VALUES ('name:web', 'created:', '[\"*\"]', 1, 2, '[\"debian-bookworm\"]', '2026-01-03T00:00:00+00:00')",
     ],
+    8: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
+        "INSERT INTO audit_log (at, caller, via, action, decision, target_id, target, rule, reason, args_digest,"
+        " args_bytes, duration_ms, result_bytes, is_error) VALUES ('2026-01-01T00:00:00.000000+00:00', 'host',"
+        " 'rest', 'POST /v1/vms/{ref}/start', 'allow', 'a1b2c3d4e5f6', 'web', NULL, '', NULL, 0, 12.5, 300, 0)",
+        "INSERT INTO audit_log (at, caller, via, action, decision, target_id, target, rule, reason, args_digest,"
+        " args_bytes, duration_ms, result_bytes, is_error) VALUES ('2026-01-01T00:00:01.000000+00:00',"
+        " 'anonymous', 'rest', 'DELETE /v1/vms/{ref}', 'deny', NULL, 'gone', NULL, 'missing bearer token', NULL,"
+        " 0, 0.1, 90, 1)",
+    ],
 }
 
 

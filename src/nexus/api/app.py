@@ -8,12 +8,14 @@ from starlette.types import ASGIApp
 
 from nexus import __version__
 from nexus.api import errors, links
+from nexus.api.audit import AuditTrail
 from nexus.api.cache import ResponseCache
 from nexus.api.deps import Services
 from nexus.api.middleware import Access, BodyLimit, is_mcp_path
 from nexus.api.routers import (
     admin,
     assets,
+    audit,
     firecracker,
     guest,
     health,
@@ -52,12 +54,13 @@ def create_app(
     app.state.listings = ResponseCache()
     errors.install(app)
     links.install(app)
-    for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces, tokens, policies):
+    for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces, tokens, policies, audit):
         app.include_router(module.router)
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
         if endpoint is not None:
             app.router.routes.append(Route(path, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False))
     app.add_middleware(BodyLimit, exempt=is_mcp_path)
     app.add_middleware(Access, admin_token=tcp_token, tokens=services.tokens)  # before any body is read
+    app.add_middleware(AuditTrail, audit=services.audit, api=app)  # outside Access: sees its refusals
     app.add_middleware(errors.Unexpected)  # last added is outermost: it also catches what the others raise
     return app

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from nexus.api.cache import ResponseCache
 from nexus.domain import Transport
 from nexus.services import AssetService, DriveService, NetworkService, SettingsService, SnapshotService, VmService
+from nexus.services.audit import AuditService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.policy import PolicyService
@@ -29,6 +30,7 @@ class Services:
     snapshots: SnapshotService
     tokens: TokenService
     policy: PolicyService
+    audit: AuditService
 
 
 async def services(request: Request) -> Services:
@@ -68,5 +70,6 @@ Drives = Annotated[DriveService, Depends(_one("drives"))]
 Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]
 Tokens = Annotated[TokenService, Depends(_one("tokens"))]
 Policies = Annotated[PolicyService, Depends(_one("policy"))]
+Audit = Annotated[AuditService, Depends(_one("audit"))]
 Via = Annotated[Transport, Depends(transport)]
 Listings = Annotated[ResponseCache, Depends(listings)]

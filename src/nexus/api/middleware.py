@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexus.api.errors import error_body
 from nexus.domain import Transport
+from nexus.domain.audit import ADMIN_CALLER, ANONYMOUS_CALLER, HOST_CALLER, token_caller
 from nexus.services.tokens import TokenService
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -76,7 +77,8 @@ class BodyLimit:
 
 class Access:
     """Who may do what, decided once per request before anything is read, and the transport recorded for the
-    handlers (``scope["state"]["transport"]``, read by ``api.deps.transport``).
+    handlers (``scope["state"]["transport"]``, read by ``api.deps.transport``), the caller for the audit log
+    (``scope["state"]["caller"]``: ``domain.audit``'s names).
 
     - Unix socket: everything; the socket file's mode is the guard.
     - TCP with the admin token (nexusd's token file): the whole API, except what reads or runs a file on the
@@ -97,10 +99,11 @@ class Access:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        transport = Transport.TCP if _over_tcp(scope) else Transport.UNIX
-        scope.setdefault("state", {})["transport"] = transport
+        transport = Transport.TCP if over_tcp(scope) else Transport.UNIX
+        state = scope.setdefault("state", {})
+        state["transport"], state["caller"] = transport, HOST_CALLER
         if transport is Transport.TCP:
-            refusal = self._refusal(scope)
+            refusal = self._refusal(scope, state)
             if refusal is not None:
                 status, code, message = refusal
                 if scope["type"] == "websocket":  # no route takes one; closing is the only answer there is
@@ -110,15 +113,20 @@ class Access:
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+    def _refusal(self, scope: Scope, state: dict[str, object]) -> tuple[int, str, str] | None:
+        """Why this TCP request is refused, or None; who is calling goes to ``state["caller"]`` either way (the
+        audit log names it, ``api.audit``)."""
+        state["caller"] = ANONYMOUS_CALLER
         given = bearer(dict(scope["headers"]).get(b"authorization", b""))
         if given is None:
             return 401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)"
         if self.admin is not None and hmac.compare_digest(given.encode("latin-1"), self.admin):
+            state["caller"] = ADMIN_CALLER
             return None
         token = self.tokens.authenticate(given)
         if token is None:
             return 401, "unauthorized", "wrong, expired or removed bearer token"
+        state["caller"] = token_caller(token.id)
         match = VM_MCP_PATH.fullmatch(scope["path"])
         if scope["type"] == "http" and match is not None and self.tokens.opens(token, match[1]):
             return None
@@ -143,7 +151,7 @@ def bearer(header: bytes) -> str | None:
     return credentials
 
 
-def _over_tcp(scope: Scope) -> bool:
+def over_tcp(scope: Scope) -> bool:
     # uvicorn reports a Unix socket as (path, None) and a TCP socket as (host, port).
     server = scope.get("server") or (None, None)
     return server[1] is not None

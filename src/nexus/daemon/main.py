@@ -77,6 +77,7 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
             portal_policy=services.policy,
             policy=config.origin_policy(),
             session_idle_timeout_s=config.mcp_session_idle_timeout_s,
+            audit=services.audit,
         )
         app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
         sockets = [server.bind_unix(config.socket, config.socket_mode)]
@@ -92,8 +93,18 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
                 driver_reason,
                 storage.reason,
             )
-            async with mcp.running():  # the MCP sessions' task group: up before serving, closed at shutdown
-                await server.serve(app, sockets, on_exit=mcp.stop, tls=tls)
+
+            def on_exit() -> None:  # end long-lived answers (MCP sessions, audit streams) as shutdown begins
+                mcp.stop()
+                services.audit.close()
+
+            retention = asyncio.create_task(services.audit.retain(), name="audit-retention")
+            try:
+                async with mcp.running():  # the MCP sessions' task group: up before serving, closed at shutdown
+                    await server.serve(app, sockets, on_exit=on_exit, tls=tls)
+            finally:
+                retention.cancel()
+                await asyncio.wait({retention})
         finally:
             for sock in sockets:
                 sock.close()

@@ -3,7 +3,6 @@ serves."""
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 
 from nexus.api import Services
@@ -12,7 +11,6 @@ from nexus.channel import open_link
 from nexus.daemon.adapters import DebianKernels, RootfsImageBuilder
 from nexus.daemon.config import Config
 from nexus.domain import Layout, StorageBackend, VmmDriver
-from nexus.domain.audit import AuditEntry
 from nexus.mcp.gateway import GatewayServer
 from nexus.net import (
     NetlinkLinks,
@@ -32,12 +30,23 @@ from nexus.services import (
     VmRuntime,
     VmService,
 )
+from nexus.services.audit import AuditService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.locks import VmLocks
 from nexus.services.policy import PolicyService
 from nexus.services.tokens import TokenService
-from nexus.store import DriveRepo, ImageRepo, NetRepo, PolicyRepo, SettingsRepo, SnapshotRepo, TokenRepo, VmRepo
+from nexus.store import (
+    AuditRepo,
+    DriveRepo,
+    ImageRepo,
+    NetRepo,
+    PolicyRepo,
+    SettingsRepo,
+    SnapshotRepo,
+    TokenRepo,
+    VmRepo,
+)
 from nexus.vmm.firecracker.driver import FirecrackerDriver
 from nexus.vmm.process import kill_orphan
 from nexus.vmm.qemu.driver import QemuDriver
@@ -118,7 +127,7 @@ def wire(
     )
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     policy = PolicyService(PolicyRepo(conn), vm_store)
-    audit = LoggedAudit()
+    audit = AuditService(store=AuditRepo(conn), vms=vm_store, settings=settings)
     runtime.serve_gateways(GatewayServer(vms=vms, guest=guest, policy=policy, network=net, audit=audit))
     services = Services(
         vms=vms,
@@ -131,6 +140,7 @@ def wire(
         snapshots=snapshots,
         tokens=TokenService(TokenRepo(conn), vm_store),
         policy=policy,
+        audit=audit,
     )
     return services, runtime
 
@@ -141,10 +151,3 @@ def adopters(layout: Layout, config: Config) -> dict[str, VmmDriver]:
     firecracker = FirecrackerDriver(str(config.firecracker_binary or "firecracker"), "adoption", config.jailer())
     qemu = QemuDriver(layout.cache_dir / "accel.json", tsc_khz=None)
     return {qemu.name: qemu, firecracker.name: firecracker}
-
-
-class LoggedAudit:
-    """INTERIM until the audit store lands: entries to the log."""
-
-    def record(self, entry: AuditEntry) -> None:
-        logging.getLogger("nexus.audit").info("%s", entry)

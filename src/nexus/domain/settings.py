@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nexus.domain.audit import RETENTION_DAYS_RANGE
 from nexus.domain.errors import Invalid, NotFound
 from nexus.domain.network import check_ifname, parse_dns_servers, parse_subnet
 from nexus.domain.validation import MEM_MIB_RANGE, VCPUS_RANGE, check_range
@@ -103,6 +104,12 @@ SETTINGS: dict[str, SettingSpec] = {
             "auto",
             "VMM to use: auto (Firecracker where it can run, else QEMU), firecracker, qemu",
             _choice("vmm", VMM_CHOICES),
+        ),
+        SettingSpec(
+            "audit_retention_days",
+            30,
+            "days the audit log keeps its entries (0: forever); older ones are removed hourly",
+            _int("audit_retention_days", RETENTION_DAYS_RANGE),
         ),
     )
 }

@@ -26,6 +26,7 @@ from nexus.mcp.origin import OriginPolicy
 from nexus.mcp.policy import policy_tools
 from nexus.protocol import INTERNAL_ERROR, INVALID_REQUEST
 from nexus.services import DriveService, NetworkService, SnapshotService, VmService
+from nexus.services.audit import AuditService
 from nexus.services.guest import GuestService
 from nexus.services.policy import PolicyService
 
@@ -155,11 +156,13 @@ class McpEndpoints:
         portal_policy: PolicyService,
         policy: OriginPolicy | None = None,
         session_idle_timeout_s: float = SESSION_IDLE_TIMEOUT_S,
+        audit: AuditService | None = None,
     ) -> None:
         policy = policy or OriginPolicy.build()
-        self.vm = _Endpoint(_manager(guest_server(guest, snapshots, vms.get), session_idle_timeout_s), policy)
-        extra = {**workspace.manage_tools(drives, snapshots, network.info), **policy_tools(portal_policy)}
-        manage = manage_server(vms, guest, network, extra)
+        vm_server = guest_server(guest, snapshots, vms.get, audit)
+        self.vm = _Endpoint(_manager(vm_server, session_idle_timeout_s), policy)
+        tools = {**workspace.manage_tools(drives, snapshots, network.info), **policy_tools(portal_policy)}
+        manage = manage_server(vms, guest, network, tools, audit)
         self.manage = _Endpoint(_manager(manage, session_idle_timeout_s), policy)
         self._stopping = asyncio.Event()
 

@@ -21,12 +21,14 @@ from starlette.requests import Request
 
 from nexus import __version__
 from nexus.domain import InvalidState, NexusError, NotFound, Unavailable, Vm, VmState
+from nexus.mcp.audit import audited, path_ref
 from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, wants_progress, with_progress
 from nexus.mcp.sizing import fit
 from nexus.mcp.workspace import VM_TOOLS, call_vm_tool, is_vm_tool
 from nexus.protocol import AGENT_INSTRUCTIONS, INVALID_REQUEST
 from nexus.services import SnapshotService
+from nexus.services.audit import AuditService
 from nexus.services.guest import GuestService
 
 Ctx = ServerRequestContext[Any, Any]
@@ -72,10 +74,14 @@ def explained(exc: NexusError, ref: str, lookup: Callable[[str], Vm] | None) -> 
 
 
 def guest_server(
-    guest: GuestService, snapshots: SnapshotService | None = None, lookup: Callable[[str], Vm] | None = None
+    guest: GuestService,
+    snapshots: SnapshotService | None = None,
+    lookup: Callable[[str], Vm] | None = None,
+    audit: AuditService | None = None,
 ) -> Server[Any]:
     """With ``snapshots``, nexusd serves its own ``workspace_*`` tools beside the agent's (``nexus.mcp.workspace``).
-    ``lookup`` (VM by ref) lets errors say what state a VM is in and what to do about it."""
+    ``lookup`` (VM by ref) lets errors say what state a VM is in and what to do about it. Each call is recorded in
+    ``audit`` when given (``nexus.mcp.audit``)."""
     host_tools = list(VM_TOOLS) if snapshots is not None else []
 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
@@ -117,5 +123,5 @@ def guest_server(
         version=__version__,
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
-        on_call_tool=call_tool,
+        on_call_tool=audited(call_tool, audit, path_ref),
     )

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from nexus import __version__
 from nexus.domain import Invalid, NetInfo, NexusError, PublishedPort, Vm, VmFilter, VmSpec
+from nexus.mcp.audit import audited, vm_argument
 from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, with_progress
 from nexus.mcp.sizing import fit
@@ -39,6 +40,7 @@ from nexus.schemas import (
     parse,
 )
 from nexus.services import NetworkService, VmService
+from nexus.services.audit import AuditService
 from nexus.services.guest import GuestService, OutputChunk
 
 Ctx = ServerRequestContext[Any, Any]
@@ -225,9 +227,14 @@ def _result(
 
 
 def manage_server(
-    vms: VmService, guest: GuestService, network: NetworkService, extra_tools: Tools | None = None
+    vms: VmService,
+    guest: GuestService,
+    network: NetworkService,
+    extra_tools: Tools | None = None,
+    audit: AuditService | None = None,
 ) -> Server[Any]:
-    """``extra_tools``: more tools served beside the VM ones (the workspace tools, ``nexus.mcp.workspace``)."""
+    """``extra_tools``: more tools served beside the VM ones (the workspace tools, ``nexus.mcp.workspace``); each
+    call is recorded in ``audit`` when given (``nexus.mcp.audit``)."""
     tools = {**_Tools(vms, guest, network).table(), **(extra_tools or {})}
     listing = types.ListToolsResult(tools=[t.to_mcp(name) for name, t in tools.items()])
 
@@ -251,5 +258,5 @@ def manage_server(
         version=__version__,
         instructions="Manage Nexus microVMs: create, start, stop, remove, inspect them and run commands in them.",
         on_list_tools=list_tools,
-        on_call_tool=call_tool,
+        on_call_tool=audited(call_tool, audit, vm_argument),
     )

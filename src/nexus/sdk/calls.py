@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -17,9 +18,21 @@ from pydantic import TypeAdapter
 
 from nexus.client.client import error_from_response, segment
 
-__all__ = ["Call", "ExecResult", "FileChunk", "OnOutput", "OnProgress", "Stream", "StreamReader", "check"]
+__all__ = [
+    "Call",
+    "EventReader",
+    "ExecResult",
+    "FileChunk",
+    "OnOutput",
+    "OnProgress",
+    "Stream",
+    "StreamReader",
+    "check",
+]
 from nexus.domain import ERRORS_BY_CODE, NexusError
 from nexus.schemas import (
+    AuditEntryOut,
+    AuditPage,
     CleanupOut,
     DriveOut,
     FirecrackerOut,
@@ -317,6 +330,43 @@ def list_policies() -> Call[list[PolicyOut]]:
 
 def remove_policy(rule_id: int) -> Call[None]:
     return Call("DELETE", f"/v1/policies/{rule_id}", _nothing)
+
+
+def _audit_params(**fields: Any) -> dict[str, Any]:
+    return {k: v.astimezone().isoformat() if isinstance(v, datetime) else v for k, v in _given(**fields).items()}
+
+
+def list_audit(
+    vm: str | None, caller: str | None, since: datetime | None, before: int | None, after: int | None, limit: int
+) -> Call[AuditPage]:
+    params = _audit_params(vm=vm, caller=caller, since=since, before=before, after=after, limit=limit)
+    return Call("GET", "/v1/audit", _model(TypeAdapter(AuditPage)), params=params)
+
+
+AUDIT_STREAM = "/v1/audit/stream"
+
+
+def audit_stream_params(
+    vm: str | None, caller: str | None, since: datetime | None, after: int | None
+) -> dict[str, Any]:
+    return _audit_params(vm=vm, caller=caller, since=since, since_id=after)
+
+
+class EventReader:
+    """Server-Sent Events (``/v1/audit/stream``) a line at a time: ``feed`` returns an entry when a line ends
+    one. Comments (the keep-alives) and ids are read past; the entry carries its own id."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> AuditEntryOut | None:
+        if line:
+            field, _, value = line.partition(":")
+            if field == "data":
+                self._data.append(value.removeprefix(" "))
+            return None
+        data, self._data = "\n".join(self._data), []
+        return AuditEntryOut.model_validate_json(data) if data else None
 
 
 def cleanup_network() -> Call[CleanupOut]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,8 @@ from nexus.client.client import DaemonUnreachable, unreachable
 from nexus.client.connection import Connection
 from nexus.protocol import FILE_CHUNK_BYTES
 from nexus.schemas import (
+    AuditEntryOut,
+    AuditPage,
     CleanupOut,
     DriveOut,
     FirecrackerOut,
@@ -109,6 +112,7 @@ class Nexus:
         self.tokens = Tokens(self)
         self.policies = Policies(self)
         self.network = Network(self)
+        self.audit = AuditLog(self)
 
     def __enter__(self) -> Nexus:
         return self
@@ -139,6 +143,17 @@ class Nexus:
             for line in response.iter_lines():
                 reader.feed(line)
         return reader.finish()
+
+    def lines(self, path: str, params: dict[str, Any]) -> Iterator[str]:
+        """The lines of a GET answer as they arrive (an event stream), however long it goes on."""
+        with (
+            _reaching(self.connection.where),
+            self._http.stream("GET", path, params=params, timeout=httpx.Timeout(30.0, read=None)) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                calls.check(response)
+            yield from response.iter_lines()
 
 
 class _Resource:
@@ -423,6 +438,38 @@ class Policies(_Resource):
 
     def remove(self, rule_id: int) -> None:
         self._nexus.send(calls.remove_policy(rule_id))
+
+
+class AuditLog(_Resource):
+    def list(
+        self,
+        *,
+        vm: str | None = None,
+        caller: str | None = None,
+        since: datetime | None = None,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> AuditPage:
+        """One page of entries: newest first (older ones: ``before=page.next_before``), or oldest first above
+        ``after``."""
+        return self._nexus.send(calls.list_audit(vm, caller, since, before, after, limit))
+
+    def follow(
+        self,
+        *,
+        vm: str | None = None,
+        caller: str | None = None,
+        since: datetime | None = None,
+        after: int | None = None,
+    ) -> Iterator[AuditEntryOut]:
+        """New entries as they are recorded, after the stored ones above id ``after`` (or from ``since``), until
+        the iterator is closed or nexusd stops."""
+        reader = calls.EventReader()
+        for line in self._nexus.lines(calls.AUDIT_STREAM, calls.audit_stream_params(vm, caller, since, after)):
+            entry = reader.feed(line)
+            if entry is not None:
+                yield entry
 
 
 class Network(_Resource):

@@ -1,5 +1,6 @@
 """State in SQLite: connection, numbered migrations, repositories."""
 
+from nexus.store.audit import AuditRepo
 from nexus.store.db import connect, latest_version, migrate, migrations, open_database, schema_version
 from nexus.store.drives import DriveRepo, SnapshotRepo
 from nexus.store.images import ImageRepo
@@ -10,6 +11,7 @@ from nexus.store.tokens import TokenRepo
 from nexus.store.vms import VmRepo
 
 __all__ = [
+    "AuditRepo",
     "DriveRepo",
     "ImageRepo",
     "NetRepo",
