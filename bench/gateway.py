@@ -47,7 +47,9 @@ CALLS = 300
 RULES = 20
 GOAL_RATIO = 1.5
 GOAL_DECIDE_MS = 0.5
-READ = {"name": "file_read", "arguments": {"path": "/tmp/nexus-bench-1b", "length": 1}}
+READ_ARGS: dict[str, Any] = {"path": "/tmp/nexus-bench-1b", "length": 1}
+READ = {"name": "file_read", "arguments": READ_ARGS}
+ROUTED_READ = {"name": "file_read", "arguments": {**READ_ARGS, "vm": "w"}}  # the gateway's tools name their VM
 
 
 class Routed:
@@ -133,7 +135,7 @@ def _decide_and_audit(base: Path) -> list[float]:
     for _ in range(CALLS):
         start = time.perf_counter()
         verdict = policy.decide(portal, work, "file_read")
-        args_digest, size = digest(READ["arguments"])
+        args_digest, size = digest(READ_ARGS)
         audit.record(
             AuditEntry(
                 at=utcnow(),
@@ -170,10 +172,10 @@ def run(args: argparse.Namespace | None = None) -> int:
         samples: dict[str, list[float]] = {"host": [], "routed": []}
         try:
             for _ in range(20):  # warm both paths
-                _timed(lambda: routed.ask("tools/call", READ))
+                _timed(lambda: routed.ask("tools/call", ROUTED_READ))
                 _timed(lambda: host.ask("tools/call", READ))
             for _ in range(CALLS):
-                samples["routed"].append(_timed(lambda: routed.ask("tools/call", READ)))
+                samples["routed"].append(_timed(lambda: routed.ask("tools/call", ROUTED_READ)))
                 samples["host"].append(_timed(lambda: host.ask("tools/call", READ)))
         finally:
             routed.close()
