@@ -107,6 +107,18 @@ def test_a_portal_uses_what_its_rule_allows_and_nothing_else(api: NexusClient, v
     (after,) = from_portal(api, tool("run_command", vm=W1, command="cat /tmp/who"))
     assert after["result"]["isError"] and "default deny" in text(after)
 
+    page = api.request("GET", "/v1/audit", params={"caller": f"vm:{PORTAL}", "limit": 6})
+    seen = [(e["action"], e["target"], e["decision"], e["rule"], e["is_error"]) for e in reversed(page["entries"])]
+    assert seen == [
+        ("run_command", W1, "allow", rule, False),
+        ("run_command", W2, "deny", None, False),
+        ("file_write", W1, "deny", rule, False),
+        ("file_read", W1, "allow", rule, False),
+        ("run_command", None, "deny", None, False),  # no vm named
+        ("run_command", W1, "deny", None, False),  # after the rule went
+    ], seen
+    assert all(e["via"] == "gateway" and len(e["args_digest"]) == 64 for e in page["entries"])
+
 
 def test_a_portal_manages_its_own_vms_within_its_rule(api: NexusClient, vms: None) -> None:
     rule = allow(

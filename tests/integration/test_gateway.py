@@ -123,6 +123,17 @@ def test_routed_calls_follow_the_rule(daemon: Daemon, base: Path, rule: int) -> 
             after = await client.call_tool("run_command", {"vm": "w1", "command": "true"})
             assert after.is_error and "default deny" in _text(after)  # the next call, same session
 
+        with NexusClient(daemon.socket) as api:
+            page = api.request("GET", "/v1/audit", params={"caller": "vm:p", "limit": 4})
+        seen = [(e["action"], e["target"], e["decision"], e["rule"], e["via"]) for e in reversed(page["entries"])]
+        assert seen == [
+            ("run_command", "w1", "allow", rule, "gateway"),
+            ("run_command", "w2", "deny", None, "gateway"),
+            ("file_write", "w1", "deny", rule, "gateway"),
+            ("run_command", "w1", "deny", None, "gateway"),
+        ]
+        assert page["entries"][-1]["result_bytes"] > 0 and page["entries"][-1]["duration_ms"] > 0
+
     anyio.run(scenario)
 
 

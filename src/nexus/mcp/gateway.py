@@ -303,6 +303,7 @@ class _PortalTools:
         started = time.monotonic()
         ref = arguments.pop("vm", None)
         if not isinstance(ref, str) or not ref:
+            self._gw.record(portal, tool, arguments, Verdict(False, "no work VM named in the `vm` argument"))
             return _error(tool, "name the work VM to run it on in the `vm` argument (vms_list lists them)")
         try:
             target = self._gw._vms.get(ref)
