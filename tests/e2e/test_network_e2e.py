@@ -204,7 +204,7 @@ class Vms:
 def vms(lab: Lab) -> Vms:
     with lab.api() as api:
         lab.nexusctl("vm", "create", "e2e-net-a", "--mem", "512", "--publish", f"{HOST_PORT}:{GUEST_PORT}")
-        api.create_vm(name="e2e-net-b", mem_mib=512)
+        api.create_vm(name="e2e-net-b", mem_mib=512, role="portal")  # a portal reaches work VMs only via nexusd
         a, b = api.start_vm("e2e-net-a"), api.start_vm("e2e-net-b")
         server = f"setsid python3 -m http.server {GUEST_PORT} </dev/null >/dev/null 2>&1 &"
         script = f"cd /tmp && echo inside-a > index.html && {server}"
@@ -246,6 +246,7 @@ def test_vm_gets_its_lease_and_dns_and_reaches_the_internet_through_nat(lab: Lab
 
 
 def test_vms_cannot_reach_each_other(lab: Lab, vms: Vms) -> None:
+    """B is a portal: its only way to A is nexusd's gateway, never the network."""
     a_address = vms.a["network"]["address"]
     assert fetch_in_ns(lab.host, f"http://{a_address}:{GUEST_PORT}/") == "inside-a\n"  # A does listen
     with lab.api() as api:

@@ -216,3 +216,53 @@ def test_a_session_outlives_a_nexusd_restart() -> None:
                 api.remove_vm(name, force=True)
         daemon.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_portal_manages_only_its_own_vms_within_bounds(daemon: Daemon, base: Path) -> None:
+    async def scenario() -> None:
+        async with inside(daemon, base) as client:
+            refused = await client.call_tool("vm_create", {"name": "gw-x"})
+            assert refused.is_error and "no rule lets portal p manage VMs (default deny)" in _text(refused)
+            with NexusClient(daemon.socket) as api:
+                api.request(
+                    "POST",
+                    "/v1/policies",
+                    json={"portal": "p", "work": "@created", "tools": ["run_command"], "manage": True, "max_vms": 2,
+                          "images": ["debian-bookworm"], "max_mem_mib": 512},
+                )  # fmt: skip
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"vm_create", "vm_start", "vm_stop", "vm_snapshot", "vm_rollback", "vm_remove"} <= tools
+            made = await client.call_tool("vm_create", {"name": "gw-a", "mem_mib": 256})
+            assert not made.is_error and made.structured_content is not None, _text(made)
+            assert made.structured_content["state"] == "ready"
+            on_it = await client.call_tool("run_command", {"vm": "gw-a", "command": "echo mine"})
+            assert on_it.structured_content is not None and on_it.structured_content["stdout"] == "mine\n"
+            snap = await client.call_tool("vm_snapshot", {"vm": "gw-a", "name": "s1"})
+            assert not snap.is_error and snap.structured_content is not None
+            assert snap.structured_content["name"] == "s1"
+            back = await client.call_tool("vm_rollback", {"vm": "gw-a", "snapshot": "s1", "restart": True})
+            assert not back.is_error and back.structured_content is not None, _text(back)
+            assert back.structured_content["state"] == "ready"
+            big = await client.call_tool("vm_create", {"name": "gw-big", "mem_mib": 1024, "start": False})
+            assert big.is_error and "at most 512 MiB of memory, asked for 1024" in _text(big)
+            other = await client.call_tool("vm_create", {"name": "gw-b", "image": "alpine", "start": False})
+            assert other.is_error and "image alpine is not one of debian-bookworm" in _text(other)
+            second = await client.call_tool("vm_create", {"name": "gw-b", "mem_mib": 256, "start": False})
+            assert not second.is_error, _text(second)
+            third = await client.call_tool("vm_create", {"name": "gw-c", "mem_mib": 256, "start": False})
+            assert third.is_error and "at most 2 VMs, and this portal has 2" in _text(third)
+            foreign = await client.call_tool("vm_stop", {"vm": "w1"})
+            assert foreign.is_error and "may stop only VMs it created; w1 is not one" in _text(foreign)
+            for name in ("gw-a", "gw-b"):
+                gone = await client.call_tool("vm_remove", {"vm": name})
+                assert not gone.is_error, _text(gone)
+
+    try:
+        anyio.run(scenario)
+    finally:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            names = {vm["name"] for vm in api.list_vms()}
+            assert not names & {"gw-a", "gw-b", "gw-c", "gw-big"} and "w1" in names
+            assert api.get_vm("w1")["state"] == "ready"
+            for r in api.request("GET", "/v1/policies"):
+                api.send("DELETE", f"/v1/policies/{r['id']}")

@@ -128,7 +128,8 @@ def wire(
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     policy = PolicyService(PolicyRepo(conn), vm_store)
     audit = AuditService(store=AuditRepo(conn), vms=vm_store, settings=settings)
-    runtime.serve_gateways(GatewayServer(vms=vms, guest=guest, policy=policy, network=net, audit=audit))
+    gateway = GatewayServer(vms=vms, guest=guest, policy=policy, network=net, snapshots=snapshots, audit=audit)
+    runtime.serve_gateways(gateway)
     services = Services(
         vms=vms,
         settings=settings,

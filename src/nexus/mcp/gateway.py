@@ -7,10 +7,11 @@ nothing the guest says can change that.
 What a portal sees: ``vms_list``; each guest tool that some rule allows it on some VM, with a required ``vm``
 argument whose enum names those VMs (one tool per kind, not per VM: tool names stay valid for every model API —
 Anthropic's and OpenAI's function names allow no ``.`` — and the list stays short however many VMs there are);
-and, when a rule gives it management rights, ``vm_create``/``vm_start``/``vm_stop``/``vm_remove`` for the VMs it
-creates. Every call is decided by ``PolicyService`` (default deny), held within the rule's limits, and recorded
-in the audit log with its arguments' digest (never their content). Refusals and VMs that cannot serve are tool
-errors (``isError``) a model can read, never hangs: a VM that dies mid-call fails the call at once.
+and, when a rule gives it management rights, ``vm_create`` and ``vm_start``/``vm_stop``/``vm_snapshot``/
+``vm_rollback``/``vm_remove`` for the VMs it creates. Every call is decided by ``PolicyService`` (default deny),
+held within the rule's limits, and recorded in the audit log with its arguments' digest (never their content).
+Refusals and VMs that cannot serve are tool errors (``isError``) a model can read, never hangs: a VM that dies
+mid-call fails the call at once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
@@ -37,18 +38,27 @@ from nexus.domain import Forbidden, GuestLink, NexusError, NotFound, Vm, VmSpec,
 from nexus.domain.audit import AuditEntry, AuditLog, Decision, Via, digest
 from nexus.domain.policy import ALL_TOOLS, CreateAsk, Rule, Verdict
 from nexus.mcp.guest import explained
-from nexus.mcp.manage import ADDS, READS, REMOVES, SETS, Hints
+from nexus.mcp.manage import ADDS, DESTROYS, READS, REMOVES, SETS, Hints
 from nexus.mcp.progress import Report, wants_progress, with_progress
 from nexus.mcp.sizing import fit
 from nexus.protocol import AGENT_INSTRUCTIONS, GATEWAY_CLOSE, GATEWAY_MESSAGE
-from nexus.schemas import PortalCreateArgs, VmArgs, VmOut, parse
-from nexus.services import NetworkService, VmService
+from nexus.schemas import (
+    PortalCreateArgs,
+    SnapshotCreateArgs,
+    SnapshotOut,
+    SnapshotRollbackArgs,
+    VmArgs,
+    VmOut,
+    parse,
+)
+from nexus.services import NetworkService, SnapshotService, VmService
 from nexus.services.guest import GuestService
 from nexus.services.policy import PolicyService
 
 log = logging.getLogger(__name__)
 
 Ctx = ServerRequestContext[Any, Any]
+A = TypeVar("A", bound=BaseModel)
 SESSION_BUFFER = 64  # messages in flight per session before the link's reader waits
 LIST_TIMEOUT_S = 5.0  # a work VM that does not list its tools in time is listed by name only
 
@@ -108,6 +118,21 @@ OWN_TOOLS = {
     "vm_remove": _Own(
         "Remove work VM", "Remove a VM you created and its disk (stopped first if running).", VmArgs, REMOVES, True
     ),
+    "vm_snapshot": _Own(
+        "Snapshot work VM",
+        "Snapshot all drives of a VM you created (a running VM's filesystems are frozen for the moment).",
+        SnapshotCreateArgs,
+        ADDS,
+        manage=True,
+    ),
+    "vm_rollback": _Own(
+        "Roll back work VM",
+        "Put a VM you created back as a snapshot holds it; needs it stopped, or restart=true. Everything written "
+        "since the snapshot is lost.",
+        SnapshotRollbackArgs,
+        DESTROYS,
+        manage=True,
+    ),
 }
 
 
@@ -121,9 +146,11 @@ class GatewayServer:
         guest: GuestService,
         policy: PolicyService,
         network: NetworkService,
+        snapshots: SnapshotService,
         audit: AuditLog,
     ) -> None:
         self._vms = vms
+        self._snapshots = snapshots
         self._guest = guest
         self._policy = policy
         self._network = network
@@ -386,9 +413,11 @@ class _PortalTools:
         handlers: dict[str, Callable[[Vm, dict[str, Any]], Awaitable[tuple[dict[str, Any], Verdict, Vm | None]]]] = {
             "vms_list": self._vms_list,
             "vm_create": self._create,
-            "vm_start": self._managed(lambda vm: self._gw._vms.start(vm.id, wait=True)),
-            "vm_stop": self._managed(lambda vm: self._gw._vms.stop(vm.id)),
-            "vm_remove": self._managed(self._remove),
+            "vm_start": self._managed("start", VmArgs, lambda vm, _: self._gw._vms.start(vm.id, wait=True)),
+            "vm_stop": self._managed("stop", VmArgs, lambda vm, _: self._gw._vms.stop(vm.id)),
+            "vm_remove": self._managed("remove", VmArgs, self._remove),
+            "vm_snapshot": self._managed("snapshot", SnapshotCreateArgs, self._snapshot),
+            "vm_rollback": self._managed("roll back", SnapshotRollbackArgs, self._rollback),
         }
         if OWN_TOOLS[tool].manage and not self._gw._policy.manages(portal):
             verdict = Verdict(False, f"no rule lets portal {portal.name} manage VMs (default deny)")
@@ -445,26 +474,35 @@ class _PortalTools:
         return self._vm_out(vm), decided[-1], vm
 
     def _managed(
-        self, action: Callable[[Vm], Awaitable[Any]]
+        self, what: str, model: type[A], action: Callable[[Vm, A], Awaitable[Any]]
     ) -> Callable[[Vm, dict[str, Any]], Awaitable[tuple[dict[str, Any], Verdict, Vm | None]]]:
+        """A tool acting on one VM the portal created: ``model``'s arguments name it in ``vm``."""
+
         async def handler(portal: Vm, arguments: dict[str, Any]) -> tuple[dict[str, Any], Verdict, Vm | None]:
-            args = parse(VmArgs, arguments)
+            args = parse(model, arguments)
+            ref = str(arguments["vm"])  # every model here requires it
             try:
-                target = self._gw._vms.get(args.vm)
+                target = self._gw._vms.get(ref)
             except NotFound:
-                raise _Refused(Verdict(False, f"portal {portal.name} created no VM named {args.vm}"), None) from None
-            verdict = self._gw._policy.decide_manage(portal, target, "manage")
+                raise _Refused(Verdict(False, f"portal {portal.name} created no VM named {ref}"), None) from None
+            verdict = self._gw._policy.decide_manage(portal, target, what)
             if not verdict.allowed:
                 raise _Refused(verdict, target)
-            done = await action(target)
+            done = await action(target, args)
             structured = done if isinstance(done, dict) else self._vm_out(done) if isinstance(done, Vm) else {}
             return structured, verdict, target
 
         return handler
 
-    async def _remove(self, vm: Vm) -> dict[str, Any]:
+    async def _remove(self, vm: Vm, _: VmArgs) -> dict[str, Any]:
         await self._gw._vms.remove(vm.id, force=True)
         return {"removed": vm.name, "id": vm.id}
+
+    async def _snapshot(self, vm: Vm, args: SnapshotCreateArgs) -> dict[str, Any]:
+        return SnapshotOut.of(await self._gw._snapshots.create(vm.id, args.name)).model_dump(mode="json")
+
+    async def _rollback(self, vm: Vm, args: SnapshotRollbackArgs) -> Vm:
+        return await self._gw._snapshots.rollback(vm.id, args.snapshot, restart=args.restart)
 
 
 class _Refused(Exception):
