@@ -145,6 +145,15 @@ def manager_rules(rules: Iterable[Rule], portal: Vm) -> list[Rule]:
     return [r for r in rules if r.spec.manage is not None and r.spec.portal.matches(portal, portal.id)]
 
 
+def _managers(rules: Iterable[Rule], portal: Vm, what: str) -> list[Rule] | Verdict:
+    """The rules giving ``portal`` management rights, or the refusal when there are none."""
+    refused = _portal_check(portal)
+    if refused is not None:
+        return refused
+    managing = manager_rules(rules, portal)
+    return managing or Verdict(False, f"no rule lets portal {portal.name} {what} VMs (default deny)")
+
+
 @dataclass(frozen=True, slots=True)
 class CreateAsk:
     image: str
@@ -154,12 +163,9 @@ class CreateAsk:
 
 def decide_create(rules: Sequence[Rule], portal: Vm, ask: CreateAsk, owned: int) -> Verdict:
     """May ``portal``, which created ``owned`` VMs that still exist, create one more like ``ask``?"""
-    refused = _portal_check(portal)
-    if refused is not None:
-        return refused
-    managing = manager_rules(rules, portal)
-    if not managing:
-        return Verdict(False, f"no rule lets portal {portal.name} create VMs (default deny)")
+    managing = _managers(rules, portal, "create")
+    if isinstance(managing, Verdict):
+        return managing
     reasons = []
     for rule in managing:
         manage = rule.spec.manage
@@ -186,12 +192,9 @@ def _create_refusal(manage: Management, ask: CreateAsk, owned: int) -> str | Non
 
 def decide_manage(rules: Sequence[Rule], portal: Vm, target: Vm, action: str) -> Verdict:
     """May ``portal`` start, stop, snapshot, roll back or remove ``target``? Only a VM it created."""
-    refused = _portal_check(portal)
-    if refused is not None:
-        return refused
-    managing = manager_rules(rules, portal)
-    if not managing:
-        return Verdict(False, f"no rule lets portal {portal.name} manage VMs (default deny)")
+    managing = _managers(rules, portal, "manage")
+    if isinstance(managing, Verdict):
+        return managing
     if target.created_by != portal.id:
         return Verdict(False, f"portal {portal.name} may {action} only VMs it created; {target.name} is not one")
     return Verdict(True, f"allowed by {managing[0]}", managing[0])

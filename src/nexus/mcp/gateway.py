@@ -389,7 +389,7 @@ class _PortalTools:
         tool: str,
         arguments: dict[str, Any],
         verdict: Verdict,
-        target: Vm,
+        target: Vm | None,
         started: float,
         result: dict[str, Any],
         error: bool = False,
@@ -428,14 +428,16 @@ class _PortalTools:
         except _Refused as refused:
             self._gw.record(portal, tool, arguments, refused.verdict, target=refused.target)
             return _error(tool, f"refused: {refused.verdict.reason}")
-        except NexusError as exc:
-            return _error(tool, exc.message)
+        except NexusError as exc:  # let through, and it failed (bad arguments, a name taken, a boot that failed)
+            failed = _error(tool, exc.message)
+            self._record_done(portal, tool, arguments, Verdict(True, exc.message), None, started, failed, True)
+            return failed
         result = {
             "content": [{"type": "text", "text": json.dumps(structured, indent=2)}],
             "structuredContent": structured,
         }
         if tool != "vms_list":
-            self._record_done(portal, tool, arguments, verdict, target or portal, started, result)
+            self._record_done(portal, tool, arguments, verdict, target, started, result)
         return result
 
     async def _vms_list(self, portal: Vm, arguments: dict[str, Any]) -> tuple[dict[str, Any], Verdict, Vm | None]:
