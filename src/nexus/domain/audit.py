@@ -33,6 +33,7 @@ class Via(StrEnum):
     REST = "rest"  # the HTTP API (nexusctl, the SDK)
     MCP = "mcp"  # the host MCP endpoints (/mcp, /v1/vms/{ref}/mcp)
     GATEWAY = "gateway"  # a portal VM's gateway
+    EGRESS = "egress"  # a VM's request through nexusd's egress proxy
 
 
 @dataclass(frozen=True, slots=True)
