@@ -25,14 +25,17 @@ from nexus.domain import (
     Invalid,
     Kernel,
     NetInfo,
+    PublishedPort,
     Role,
     Setting,
     Snapshot,
     StateChange,
     Vm,
+    VmSpec,
     VmState,
 )
 from nexus.domain.audit import RETENTION_DAYS_RANGE, AuditEntry, Decision, Via
+from nexus.domain.egress import EgressMode, HostPattern
 from nexus.domain.network import DNS_SERVERS_MAX, IFNAME_RE, SUBNET_PREFIX_RANGE
 from nexus.domain.policy import Limits, Management, Rule, RuleSpec, Selector
 from nexus.domain.settings import SETTINGS, VMM_CHOICES
@@ -126,6 +129,28 @@ class VmCreate(Strict):
         default=None, description="false: no NIC; default: nexusd's (on unless disabled)"
     )
     publish: list[str] = Field(default_factory=list, description="HOSTPORT:GUESTPORT[/tcp|udp], DNAT to the VM")
+    egress: EgressMode | None = Field(
+        default=None, description="open (NAT), none, or proxy (only allowed hosts via nexusd); default: default_egress"
+    )
+    allow: list[str] = Field(
+        default_factory=list, description="hosts its egress proxy lets through: HOST or *.DOMAIN, optional :PORT[,PORT]"
+    )
+
+    def spec(self) -> VmSpec:
+        """The VM this asks for (Invalid for a malformed port or host pattern)."""
+        return VmSpec(
+            name=self.name,
+            role=self.role,
+            vcpus=self.vcpus,
+            mem_mib=self.mem_mib,
+            image=self.image,
+            kernel=self.kernel,
+            tags=tuple(self.tags),
+            network=self.network,
+            publish=tuple(PublishedPort.parse(p) for p in self.publish),
+            egress=self.egress,
+            allow=tuple(HostPattern.parse(p) for p in self.allow),
+        )
 
 
 class NetOut(BaseModel):
@@ -164,6 +189,7 @@ class VmOut(BaseModel):
     vmm: str | None
     accel: str | None
     network: NetOut | None = Field(description="its address and published ports; null without a NIC")
+    egress: EgressMode = Field(description="open (NAT), none, or proxy (only allowed hosts, via nexusd)")
 
     @classmethod
     def of(cls, vm: Vm, net: NetInfo | None) -> VmOut:
@@ -183,7 +209,26 @@ class VmOut(BaseModel):
             vmm=vm.vmm,
             accel=vm.accel,
             network=NetOut.of(net) if net is not None else None,
+            egress=vm.egress,
         )
+
+
+class VmEgressSet(Strict):
+    mode: EgressMode | None = Field(default=None, description="open (NAT), none, or proxy; null: unchanged")
+    allow: list[str] | None = Field(
+        default=None, description="the proxy's allow-list, replaced whole (HOST or *.DOMAIN, :PORT[,PORT]); null: kept"
+    )
+
+    def patterns(self) -> tuple[HostPattern, ...] | None:
+        return None if self.allow is None else tuple(dict.fromkeys(HostPattern.parse(p) for p in self.allow))
+
+
+class VmEgressOut(BaseModel):
+    vm: str
+    mode: EgressMode
+    allow: list[str] = Field(description="hosts the proxy lets through (mode proxy)")
+    proxy: str | None = Field(description="the proxy's URL as the guest is told it (mode proxy, while running)")
+    recent: list[AuditEntryOut] = Field(description="the proxy's latest decisions for this VM, newest first")
 
 
 class StateChangeOut(BaseModel):
@@ -257,6 +302,7 @@ SETTING_VALUES: dict[str, Any] = {
         Literal["from-host"] | Annotated[list[_IP], Field(max_length=DNS_SERVERS_MAX)], _setting_check("dns_servers")
     ],
     "vmm": Annotated[str, _documented(enum=list(VMM_CHOICES)), _setting_check("vmm")],
+    "default_egress": EgressMode,
     "audit_retention_days": _int_setting("audit_retention_days", RETENTION_DAYS_RANGE),
 }
 

@@ -20,7 +20,8 @@ from nexus.domain.network import bridge_mac
 SCRIPT = r"""
 import asyncio, json, subprocess
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from nexus.domain import Conflict, L4Proto, PortForward
+from nexus.domain import Conflict, GuestGuard, L4Proto, PortForward
+from nexus.domain.egress import EgressMode
 from nexus.net import NetlinkLinks, NftError, NftFirewall
 from nexus.net.ruleset import rules_of
 
@@ -66,9 +67,20 @@ async def main():
         fw.nft.run({"nftables": [{"add": {"chain": {"family": "inet", "table": "nope", "name": "x"}}}]})
     except NftError as exc:
         out["nft_error"] = exc.message
+    guests = [
+        GuestGuard("nxtap1", IPv4Address("10.88.0.2"), "02:00:00:00:00:02", EgressMode.PROXY),
+        GuestGuard("nxtap2", IPv4Address("10.88.0.3"), "02:00:00:00:00:03", EgressMode.NONE),
+    ]
+    for _ in range(2):
+        fw.apply("nexus0", IPv4Network("10.88.0.0/16"), fwd, guests, 3128)
+    bridged = fw.nft.run({"nftables": [{"list": {"table": {"family": "bridge", "name": "nexus"}}}]})
+    out["guard_rules"] = len(rules_of(bridged))
+    out["egress_rules"] = len(rules_of(fw.listed())) - len(out["rules"])
     out["deleted"] = [await links.delete("nxtap1"), await links.delete("nxtap1")]
     out["removed"] = [fw.remove(), fw.remove()]
     out["exists_after"] = fw.exists()
+    tables = fw.nft.run({"nftables": [{"list": {"tables": {}}}]})["nftables"]
+    out["tables_after"] = [t["table"]["name"] for t in tables if "table" in t]
     print(json.dumps(out))
 
 asyncio.run(main())
@@ -101,7 +113,10 @@ def test_links_and_table_in_a_namespace(netns: str) -> None:
     assert "nexus did not make it" in out["foreign"] and out["foreign_addrs"] == []
     assert out["exists_before"] is False
     dumped = [json.dumps(r, sort_keys=True) for r in out["rules"]]
-    assert len(dumped) == len(set(dumped)) == 9  # 2 DNAT, 1 masquerade, 6 forward: applied 3 times, one copy
+    assert len(dumped) == len(set(dumped)) == 10  # 2 DNAT, 1 masquerade, 7 forward: applied 3 times, one copy
     assert "No such file or directory" in out["nft_error"] and out["nft_error"].startswith("nftables refused")
     assert out["deleted"] == [True, False]
     assert out["removed"] == [True, False] and out["exists_after"] is False
+    assert out["guard_rules"] == 8  # per TAP: MAC, IPv4, ARP, IPv6 (applied twice: still one copy)
+    assert out["egress_rules"] == 3 + 2  # proxy: forward, input accept and drop; none: forward, input
+    assert out["tables_after"] == []  # the bridge table went with the inet one

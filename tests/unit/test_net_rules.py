@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nexus.domain import Invalid, L4Proto, NetLease, PortForward, PublishedPort, spec_for
+from nexus.domain import GuestGuard, Invalid, L4Proto, NetLease, PortForward, PublishedPort, spec_for
+from nexus.domain.egress import EgressMode
 from nexus.domain.network import (
     capacity,
     check_ports,
@@ -145,7 +146,8 @@ def test_batch_recreates_the_table_in_one_transaction() -> None:
     table = {"family": "inet", "name": "nexus"}
     assert batch[:3] == [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}}]
     chains = {c["add"]["chain"]["name"]: c["add"]["chain"] for c in batch if "chain" in c.get("add", {})}
-    assert set(chains) == {"prerouting", "output", "postrouting", "forward"}
+    assert set(chains) == {"prerouting", "output", "postrouting", "forward", "input", "ports"}
+    assert chains["ports"]["family"] == "bridge"  # the TAP guards: before the bridge sees a frame
     assert all(chain["policy"] == "accept" for chain in chains.values())  # the host's own traffic is not ours
     assert (chains["forward"]["type"], chains["postrouting"]["type"]) == ("filter", "nat")
     assert render(RulesetConfig("nexus0", NET)) == render(RulesetConfig("nexus0", NET))  # same state, same batch
@@ -198,3 +200,53 @@ def test_removal_and_listing_helpers() -> None:
     assert removal()["nftables"][1] == {"delete": {"table": {"family": "inet", "name": "nexus"}}}
     listed = {"nftables": [{"metainfo": {}}, {"rule": {"chain": "forward", "handle": 4, "expr": [{"drop": None}]}}]}
     assert rules_of(listed) == [{"chain": "forward", "expr": [{"drop": None}]}]
+
+
+def _guard(n: int, egress: EgressMode) -> GuestGuard:
+    return GuestGuard(f"nxtap{n}", IPv4Address(f"10.77.0.{n}"), f"02:00:00:00:00:0{n}", egress)
+
+
+def test_each_tap_carries_only_its_own_addresses() -> None:
+    cfg = RulesetConfig("nexus0", NET, guests=(_guard(2, EgressMode.OPEN),))
+    ports = [json.loads(expr) for chain, expr in _rules(cfg) if chain == "ports"]
+    assert all(
+        rule[0] == {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "nxtap2"}} for rule in ports
+    )
+    assert all(rule[-1] == {"drop": None} for rule in ports)
+    text = json.dumps(ports)
+    assert '"right": "02:00:00:00:00:02"' in text and '"right": "10.77.0.2"' in text and '"ip6"' in text
+    assert "saddr ip" in text  # ARP for another's address too
+
+
+def test_egress_none_and_proxy_rules() -> None:
+    guests = (_guard(2, EgressMode.OPEN), _guard(3, EgressMode.NONE), _guard(4, EgressMode.PROXY))
+    rules = [
+        (chain, json.loads(expr))
+        for chain, expr in _rules(RulesetConfig("nexus0", NET, guests=guests, proxy_port=3128))
+    ]
+    forward = [r for chain, r in rules if chain == "forward"]
+    dropped = [json.dumps(r) for r in forward if r[-1] == {"drop": None} and '"saddr"' in json.dumps(r)]
+    assert any('"10.77.0.3"' in r for r in dropped) and any('"10.77.0.4"' in r for r in dropped)
+    assert not any('"10.77.0.2"' in r for r in dropped)  # open: forwarded as before
+    assert forward[-1] == [
+        {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "nexus0"}},
+        {"accept": None},
+    ]
+    dnat_replies = next(
+        i
+        for i, r in enumerate(forward)
+        if '"dnat"' in json.dumps(r) and r[0]["match"]["left"] == {"meta": {"key": "iifname"}}
+    )
+    assert dnat_replies < min(i for i, r in enumerate(forward) if '"10.77.0.3"' in json.dumps(r))  # replies first
+    inputs = [json.dumps(r) for chain, r in rules if chain == "input"]
+    proxy_accept = [r for r in inputs if '"10.77.0.4"' in r and '"accept"' in r]
+    assert len(proxy_accept) == 1 and '"10.77.0.1"' in proxy_accept[0] and "3128" in proxy_accept[0]
+    assert not any('"10.77.0.3"' in r and '"accept"' in r for r in inputs)  # none: nothing at all
+    assert inputs.index(proxy_accept[0]) < max(i for i, r in enumerate(inputs) if '"10.77.0.4"' in r and '"drop"' in r)
+    without_proxy = RulesetConfig("nexus0", NET, guests=(_guard(4, EgressMode.PROXY),))
+    assert not [r for chain, r in _rules(without_proxy) if chain == "input" and '"accept"' in r]
+
+
+def test_removal_takes_both_tables() -> None:
+    removed = removal()["nftables"]
+    assert {"delete": {"table": {"family": "bridge", "name": "nexus"}}} in removed

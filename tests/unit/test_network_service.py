@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from nexus.domain import (
+    AgentLinks,
     Conflict,
+    GuestGuard,
     Invalid,
     L4Proto,
     OwnedLink,
@@ -24,6 +26,7 @@ from nexus.domain import (
     VmState,
     utcnow,
 )
+from nexus.domain.egress import EgressMode
 from nexus.services import NetworkService, SettingsService
 from nexus.store import NetRepo, SettingsRepo, VmRepo, open_database
 
@@ -58,10 +61,20 @@ class FakeLinks:
 class FakeFirewall:
     def __init__(self) -> None:
         self.table: tuple[str, IPv4Network, tuple[PortForward, ...]] | None = None
+        self.guests: tuple[GuestGuard, ...] = ()
+        self.proxy_port: int | None = None
         self.applied = 0
 
-    def apply(self, bridge: str, subnet: IPv4Network, forwards: Sequence[PortForward]) -> None:
+    def apply(
+        self,
+        bridge: str,
+        subnet: IPv4Network,
+        forwards: Sequence[PortForward],
+        guests: Sequence[GuestGuard] = (),
+        proxy_port: int | None = None,
+    ) -> None:
         self.table = (bridge, subnet, tuple(forwards))
+        self.guests, self.proxy_port = tuple(guests), proxy_port
         self.applied += 1
 
     def exists(self) -> bool:
@@ -217,15 +230,36 @@ def test_attach_detach_keep_links_and_rules_equal_to_what_runs(world: dict[str, 
 def test_guest_dns(world: dict[str, Any]) -> None:
     net: NetworkService = world["net"]
     guest = FakeGuest()
+    links = AgentLinks(control=guest, mcp=guest)
     net.reserve(add_vm(world, "a"), [])
-    asyncio.run(net.configure_guest("a", guest))
+    asyncio.run(net.configure_guest("a", links))
     assert guest.files == {}  # not attached: no NIC, nothing to write
     asyncio.run(net.attach("a"))
-    asyncio.run(net.configure_guest("a", guest))
+    asyncio.run(net.configure_guest("a", links))
     assert guest.files["/etc/resolv.conf"] == b"nameserver 192.0.2.53\n"  # from-host
     world["settings"].set("dns_servers", ["198.51.100.1", "198.51.100.2"])
-    asyncio.run(net.configure_guest("a", guest))
+    asyncio.run(net.configure_guest("a", links))
     assert guest.files["/etc/resolv.conf"] == b"nameserver 198.51.100.1\nnameserver 198.51.100.2\n"
+    net.reserve(add_vm(world, "b"), [])
+    asyncio.run(net.attach("b", EgressMode.PROXY))
+    other = FakeGuest()
+    asyncio.run(net.configure_guest("b", AgentLinks(control=other, mcp=other)))
+    assert other.files == {}  # a proxy VM resolves no names: the proxy does
+
+
+def test_guards_follow_attached_vms_and_their_egress(world: dict[str, Any]) -> None:
+    net: NetworkService = world["net"]
+    firewall: FakeFirewall = world["firewall"]
+    a, b = net.reserve(add_vm(world, "a"), []), net.reserve(add_vm(world, "b"), [])
+    asyncio.run(net.attach("a"))
+    asyncio.run(net.attach("b", EgressMode.NONE))
+    assert {(g.tap, g.address, g.mac, g.egress) for g in firewall.guests} == {
+        (a.tap, a.address, a.mac, EgressMode.OPEN),
+        (b.tap, b.address, b.mac, EgressMode.NONE),
+    }
+    assert net.vm_at(str(b.address)) == "b" and net.vm_at("10.77.0.250") is None
+    asyncio.run(net.detach("b"))
+    assert [g.tap for g in firewall.guests] == [a.tap] and net.vm_at(str(b.address)) is None
 
 
 def test_restore_removes_leftover_taps_and_rebuilds_only_what_existed(world: dict[str, Any]) -> None:
@@ -296,7 +330,7 @@ def test_restore_keeps_the_taps_and_ports_of_adopted_vms_however_often(world: di
     for _ in range(3):  # restarts: a fresh service (nexusd's memory is gone), "a" adopted, "b" died meanwhile
         fresh = _bare(world, links, firewall)
         applied = firewall.applied
-        asyncio.run(fresh.restore({"a"}))
+        asyncio.run(fresh.restore({"a": EgressMode.OPEN}))
         assert set(links.links) == {"nexus0", taps["a"]}
         assert firewall.applied == applied + 1
         assert firewall.table is not None

@@ -23,6 +23,7 @@ from nexus.domain import (
     Conflict,
     DriverError,
     ExitStatus,
+    GuestGuard,
     Image,
     ImageRequest,
     InvalidState,
@@ -120,7 +121,14 @@ class FakeFirewall:
     def __init__(self) -> None:
         self.forwards: tuple[PortForward, ...] | None = None
 
-    def apply(self, bridge: str, subnet: IPv4Network, forwards: Sequence[PortForward]) -> None:
+    def apply(
+        self,
+        bridge: str,
+        subnet: IPv4Network,
+        forwards: Sequence[PortForward],
+        guests: Sequence[GuestGuard] = (),
+        proxy_port: int | None = None,
+    ) -> None:
         self.forwards = tuple(forwards)
 
     def exists(self) -> bool:

@@ -4,8 +4,8 @@ On each host connection the agent writes a newline (ending any half line a previ
 the host's buffer) and ``nexus/hello``, then ``nexus/heartbeat`` every ``heartbeat_s``. A heartbeat
 that cannot be written drops the connection; the runner then waits for the host and says hello again.
 Requests: ``nexus/hello`` (the hello params again), ``nexus/ping`` (``{"uptime_s"}``), ``nexus/echo``
-(params unchanged), ``nexus/freeze`` and ``nexus/thaw`` (``nexus.protocol.drives``; only in a VM nexusd
-launched); anything else is -32601. Notifications from the host are ignored.
+(params unchanged), ``nexus/environment`` (``nexus.protocol.environment``), ``nexus/freeze`` and ``nexus/thaw``
+(``nexus.protocol.drives``; only in a VM nexusd launched); anything else is -32601. Notifications from the host are ignored.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import threading
 from collections.abc import Callable
 
 from nexus.agent.drives import Freezer
+from nexus.agent.environment import apply_environment
 from nexus.agent.identity import uptime_s
 from nexus.agent.session import Connection, RpcService
 from nexus.protocol import (
     ECHO_METHOD,
+    ENVIRONMENT_METHOD,
     FREEZE_METHOD,
     HEARTBEAT_METHOD,
     HELLO_METHOD,
@@ -73,6 +75,8 @@ class ControlService(RpcService):
             self.reply(conn, req, req.params)
         elif req.method == HELLO_METHOD:
             self.reply(conn, req, self._hello().to_params())
+        elif req.method == ENVIRONMENT_METHOD:
+            self.reply(conn, req, apply_environment(req.params))
         elif req.method in (FREEZE_METHOD, THAW_METHOD) and self._freezer is not None:
             self._freeze_or_thaw(conn, req, self._freezer)
         else:

@@ -38,8 +38,18 @@ from nexus.domain.models import (
     VmSpec,
     utcnow,
 )
-from nexus.domain.network import CleanupReport, L4Proto, NetInfo, NetLease, OwnedLink, PortForward, PublishedPort
+from nexus.domain.network import (
+    CleanupReport,
+    GuestGuard,
+    L4Proto,
+    NetInfo,
+    NetLease,
+    OwnedLink,
+    PortForward,
+    PublishedPort,
+)
 from nexus.domain.ports import (
+    AgentLinks,
     DataDrive,
     DriveStore,
     ExitStatus,
@@ -73,6 +83,7 @@ from nexus.domain.settings import SETTINGS, Setting, SettingSpec, SettingValue, 
 from nexus.domain.states import TRANSITIONS, VmState, can_transition
 
 __all__ = [
+    "AgentLinks",
     "AGENT_TOKEN_PREFIX",
     "DRIVE_FILE",
     "ERRORS_BY_CODE",
@@ -110,6 +121,7 @@ __all__ = [
     "LaunchSpec",
     "Layout",
     "NetInfo",
+    "GuestGuard",
     "NetLease",
     "NetStore",
     "NexusError",

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from nexus.domain.egress import EgressMode, HostPattern
 from nexus.domain.network import PublishedPort
 from nexus.domain.states import VmState
 
@@ -39,6 +40,7 @@ class Vm:
     accel: str | None = None  # kvm or tcg
     network: bool = True  # on the bridge with an address (leased at create), or no NIC at all
     created_by: str | None = None  # the portal VM that created it through its gateway (None: the host)
+    egress: EgressMode = EgressMode.OPEN  # how it reaches the outside when it has a NIC
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,8 @@ class VmSpec:
     network: bool | None = None  # None: nexusd's default (on unless its config turns networking off)
     publish: tuple[PublishedPort, ...] = ()
     created_by: str | None = None  # a portal creating it through its gateway
+    egress: EgressMode | None = None  # None: the default_egress setting
+    allow: tuple[HostPattern, ...] = ()  # hosts its egress proxy lets through
 
 
 @dataclass(frozen=True, slots=True)

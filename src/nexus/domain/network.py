@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from nexus.domain.egress import EgressMode
 from nexus.domain.errors import Invalid
 
 SUBNET_PREFIX_RANGE = (16, 29)  # a /29 still leaves 5 VM addresses; wider than /16 is never needed
@@ -176,6 +177,17 @@ class PortForward:
     host_port: int
     address: IPv4Address
     guest_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class GuestGuard:
+    """What the firewall holds one attached VM to: only its own MAC and address on its TAP (so no VM can pass for
+    another), and its egress (``none``: nothing leaves; ``proxy``: only nexusd's proxy on the gateway)."""
+
+    tap: str
+    address: IPv4Address
+    mac: str
+    egress: EgressMode
 
 
 @dataclass(frozen=True, slots=True)

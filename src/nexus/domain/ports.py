@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from nexus.domain.egress import EgressMode, HostPattern
 from nexus.domain.models import (
     Drive,
     FirecrackerBinary,
@@ -23,7 +24,7 @@ from nexus.domain.models import (
     Vm,
     VmFilter,
 )
-from nexus.domain.network import NetLease, OwnedLink, PortForward, PublishedPort
+from nexus.domain.network import GuestGuard, NetLease, OwnedLink, PortForward, PublishedPort
 from nexus.domain.settings import SettingValue
 from nexus.domain.states import VmState
 
@@ -71,6 +72,14 @@ class GuestLink(Protocol):
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None: ...
 
     async def close(self, reason: str = "closed") -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLinks:
+    """A ready VM's two open links to its agent: control (``nexus/*`` requests) and MCP (its tools)."""
+
+    control: GuestLink
+    mcp: GuestLink
 
 
 class GuestConnector(Protocol):
@@ -276,6 +285,8 @@ class VmStore(Protocol):
     def add_tags(self, vm_id: str, tags: Iterable[str]) -> None: ...
     def remove_tags(self, vm_id: str, tags: Iterable[str]) -> None: ...
     def history(self, vm_id: str) -> list[StateChange]: ...
+    def set_egress(self, vm_id: str, mode: EgressMode, allow: Iterable[HostPattern]) -> None: ...
+    def allow_list(self, vm_id: str) -> tuple[HostPattern, ...]: ...
 
 
 class SettingsStore(Protocol):
@@ -388,7 +399,18 @@ class HostLinks(Protocol):
 class Firewall(Protocol):
     """The one nftables table nexusd owns, rebuilt whole and atomically from what should be."""
 
-    def apply(self, bridge: str, subnet: IPv4Network, forwards: Sequence[PortForward]) -> None: ...
+    def apply(
+        self,
+        bridge: str,
+        subnet: IPv4Network,
+        forwards: Sequence[PortForward],
+        guests: Sequence[GuestGuard] = (),
+        proxy_port: int | None = None,
+    ) -> None:
+        """The table for these published ports and attached guests; ``proxy_port``: nexusd's egress proxy on the
+        gateway address, the one place a ``proxy`` guest may reach."""
+        ...
+
     def exists(self) -> bool: ...
     def remove(self) -> bool:
         """Delete the table; False when there was none."""

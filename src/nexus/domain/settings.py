@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nexus.domain.audit import RETENTION_DAYS_RANGE
+from nexus.domain.egress import EgressMode
 from nexus.domain.errors import Invalid, NotFound
 from nexus.domain.network import check_ifname, parse_dns_servers, parse_subnet
 from nexus.domain.validation import MEM_MIB_RANGE, VCPUS_RANGE, check_range
@@ -104,6 +105,12 @@ SETTINGS: dict[str, SettingSpec] = {
             "auto",
             "VMM to use: auto (Firecracker where it can run, else QEMU), firecracker, qemu",
             _choice("vmm", VMM_CHOICES),
+        ),
+        SettingSpec(
+            "default_egress",
+            "open",
+            "egress of VMs created without one: open (NAT), none, or proxy (only allowed hosts, through nexusd)",
+            _choice("default_egress", tuple(m.value for m in EgressMode)),
         ),
         SettingSpec(
             "audit_retention_days",

@@ -21,7 +21,7 @@ from mcp.server.lowlevel import Server
 from pydantic import BaseModel
 
 from nexus import __version__
-from nexus.domain import Invalid, NetInfo, NexusError, PublishedPort, Vm, VmFilter, VmSpec
+from nexus.domain import Invalid, NetInfo, NexusError, Vm, VmFilter
 from nexus.mcp.audit import audited, vm_argument
 from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, with_progress
@@ -119,18 +119,7 @@ class _Tools:
         return {"vms": [self.vm(vm) for vm in self.vms.find(flt)]}
 
     async def vm_create(self, ctx: Ctx, args: VmCreate) -> dict[str, Any]:
-        spec = VmSpec(
-            name=args.name,
-            role=args.role,
-            vcpus=args.vcpus,
-            mem_mib=args.mem_mib,
-            image=args.image,
-            kernel=args.kernel,
-            tags=tuple(args.tags),
-            network=args.network,
-            publish=tuple(PublishedPort.parse(p) for p in args.publish),
-        )
-        return self.vm(self.vms.create(spec))
+        return self.vm(self.vms.create(args.spec()))
 
     async def vm_start(self, ctx: Ctx, args: VmStartArgs) -> dict[str, Any]:
         return self.vm(await self.vms.start(args.vm, wait=args.wait))

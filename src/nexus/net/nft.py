@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network
 from typing import Any
 
-from nexus.domain import DriverError, PortForward, Unavailable
+from nexus.domain import DriverError, GuestGuard, PortForward, Unavailable
 from nexus.net.ruleset import TABLE, RulesetConfig, forwards_sorted, listing, removal, render
 
 LIBRARY = "libnftables.so.1"
@@ -94,8 +94,17 @@ class NftFirewall:
             self._nft = Nft()
         return self._nft
 
-    def apply(self, bridge: str, subnet: IPv4Network, forwards: Sequence[PortForward]) -> None:
-        self.nft.run(render(RulesetConfig(bridge, subnet, forwards_sorted(forwards), self._table)))
+    def apply(
+        self,
+        bridge: str,
+        subnet: IPv4Network,
+        forwards: Sequence[PortForward],
+        guests: Sequence[GuestGuard] = (),
+        proxy_port: int | None = None,
+    ) -> None:
+        guarded = tuple(sorted(guests, key=lambda g: g.tap))
+        config = RulesetConfig(bridge, subnet, forwards_sorted(forwards), self._table, guarded, proxy_port)
+        self.nft.run(render(config))
 
     def listed(self) -> dict[str, Any] | None:
         """The table as libnftables lists it; None when there is none."""

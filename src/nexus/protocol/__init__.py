@@ -7,6 +7,7 @@ framing and message shapes; it opens nothing and sends nothing.
 from __future__ import annotations
 
 from nexus.protocol.drives import FREEZE_METHOD, MOUNTS_ARG, THAW_METHOD, decode_mounts, encode_mounts
+from nexus.protocol.environment import CA_BUNDLE, CA_FILE, ENVIRONMENT_METHOD, PROFILE_SCRIPT
 from nexus.protocol.gateway import GATEWAY_CLOSE, GATEWAY_MESSAGE
 from nexus.protocol.jsonrpc import (
     INTERNAL_ERROR,
@@ -70,10 +71,13 @@ from nexus.protocol.ports import (
 
 __all__ = [
     "AGENT_INSTRUCTIONS",
+    "CA_BUNDLE",
+    "CA_FILE",
     "CANCELLED_NOTIFICATION",
     "CONTROL_PORT_NAME",
     "CONTROL_VSOCK_PORT",
     "ECHO_METHOD",
+    "ENVIRONMENT_METHOD",
     "FILE_CHUNK_BYTES",
     "FREEZE_METHOD",
     "GATEWAY_CLOSE",
@@ -99,6 +103,7 @@ __all__ = [
     "MOUNTS_ARG",
     "PARSE_ERROR",
     "PING_METHOD",
+    "PROFILE_SCRIPT",
     "PROGRESS_NOTIFICATION",
     "SERVER_NAME",
     "STREAM_META_KEY",

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Network
 
 from nexus.domain import (
     CleanupReport,
     Conflict,
     Firewall,
-    GuestLink,
+    AgentLinks,
+    GuestGuard,
     HostLinks,
     Invalid,
     NetInfo,
@@ -30,6 +31,7 @@ from nexus.domain import (
     SettingValue,
     Unavailable,
 )
+from nexus.domain.egress import EgressMode
 from nexus.domain.network import (
     OWNER_ALIAS,
     capacity,
@@ -63,9 +65,11 @@ class NetworkService:
         enabled: bool = True,
         forwarding_on: Callable[[], bool] = lambda: True,
         enable_forwarding: Callable[[], bool] | None = None,
+        proxy_port: int | None = None,
     ) -> None:
         """``enable_forwarding`` turns IPv4 forwarding on when the first VM needs a way out (as Docker does);
-        None leaves it to the operator (nexusd.toml ``ip_forward = false``)."""
+        None leaves it to the operator (nexusd.toml ``ip_forward = false``). ``proxy_port``: where nexusd's egress
+        proxy listens on the gateway address (None: no proxy; ``proxy`` VMs then reach nothing)."""
         self._store = store
         self._settings = settings
         self._links = links
@@ -77,7 +81,9 @@ class NetworkService:
         self._forwarding_on = forwarding_on
         self._enable_forwarding = enable_forwarding
         self._warned_forwarding = False
+        self._proxy_port = proxy_port
         self._attached: dict[str, NetLease] = {}
+        self._egress: dict[str, EgressMode] = {}  # of each attached VM
         self._links_lock = asyncio.Lock()  # one change of links and rules at a time (two starts share a bridge)
         settings.guard(PLAN_SETTINGS, self._check_plan_change)
 
@@ -142,8 +148,9 @@ class NetworkService:
 
     # -- links and rules (at start and VMM exit) -----------------------------------------------------------------
 
-    async def attach(self, vm_id: str) -> NetLease:
-        """Make sure the bridge exists, give the VM its TAP, and put its published ports in the ruleset."""
+    async def attach(self, vm_id: str, egress: EgressMode = EgressMode.OPEN) -> NetLease:
+        """Make sure the bridge exists, give the VM its TAP, and put its published ports and its guards (own
+        addresses only, its egress) in the ruleset."""
         if not self._enabled:
             raise Conflict("networking is off in this nexusd (config network = false); this VM wants a NIC")
         async with self._links_lock:
@@ -157,6 +164,7 @@ class NetworkService:
             await self._links.forget_neighbour(bridge, lease.address)
             await self._links.add_tap(lease.tap, bridge, f"{OWNER_ALIAS} vm {vm_id}")
             self._attached[vm_id] = lease
+            self._egress[vm_id] = egress
             try:
                 self._apply(bridge, subnet)
             except BaseException:
@@ -172,6 +180,7 @@ class NetworkService:
 
     async def _detach(self, vm_id: str) -> None:
         lease = self._attached.pop(vm_id, None)
+        self._egress.pop(vm_id, None)
         if lease is None:
             return
         bridge, subnet = self.plan()
@@ -217,20 +226,36 @@ class NetworkService:
             for vm_id, lease in self._attached.items()
             for port in self._store.ports(vm_id)
         ]
-        self._firewall.apply(bridge, subnet, forwards)
+        guests = [
+            GuestGuard(lease.tap, lease.address, lease.mac, self._egress.get(vm_id, EgressMode.OPEN))
+            for vm_id, lease in self._attached.items()
+        ]
+        self._firewall.apply(bridge, subnet, forwards, guests, self._proxy_port)
 
-    async def restore(self, running: Collection[str] = ()) -> None:
-        """At nexusd start: keep the TAPs of the ``running`` VMs (adopted from an earlier nexusd; they count as
-        attached again), remove every other TAP an earlier nexusd left, and rebuild the table once if nexus set
-        networking up before. Idempotent however often nexusd restarts."""
+    def vm_at(self, address: str) -> str | None:
+        """The attached VM whose address ``address`` is (the firewall lets no VM send from another's)."""
+        return next((vm_id for vm_id, lease in self._attached.items() if str(lease.address) == address), None)
+
+    def proxy_url(self, vm_id: str) -> str | None:
+        """The egress proxy as VM ``vm_id`` reaches it (on its gateway), while it is attached and there is one."""
+        lease = self._attached.get(vm_id)
+        if lease is None or self._proxy_port is None:
+            return None
+        return f"http://{lease.gateway}:{self._proxy_port}"
+
+    async def restore(self, running: Mapping[str, EgressMode] | None = None) -> None:
+        """At nexusd start: keep the TAPs of the ``running`` VMs (adopted from an earlier nexusd, with their
+        egress; they count as attached again), remove every other TAP an earlier nexusd left, and rebuild the table
+        once if nexus set networking up before. Idempotent however often nexusd restarts."""
         async with self._links_lock:
-            await self._restore(running)
+            await self._restore(running or {})
 
-    async def _restore(self, running: Collection[str]) -> None:
-        for vm_id in running:
+    async def _restore(self, running: Mapping[str, EgressMode]) -> None:
+        for vm_id, egress in running.items():
             lease = self._store.lease(vm_id)
             if lease is not None:
                 self._attached[vm_id] = lease
+                self._egress[vm_id] = egress
         kept = {lease.tap for lease in self._attached.values()}
         for link in await self._links.owned():
             if link.kind == "tun" and link.name not in kept:
@@ -252,17 +277,17 @@ class NetworkService:
             return self._host_dns()
         return [str(v) for v in value] if isinstance(value, list) else []
 
-    async def configure_guest(self, vm_id: str, link: GuestLink) -> None:
-        """Write the guest's /etc/resolv.conf through its just-opened MCP ``link`` (called as its agent becomes
-        ready; VMs without NIC are skipped)."""
-        if vm_id not in self._attached:
+    async def configure_guest(self, vm_id: str, links: AgentLinks) -> None:
+        """Write the guest's /etc/resolv.conf through its just-opened MCP link (called as its agent becomes
+        ready; VMs without NIC, and those whose egress is not open, are skipped: they resolve no names)."""
+        if vm_id not in self._attached or self._egress.get(vm_id) is not EgressMode.OPEN:
             return
         servers = self.dns_servers()
         if not servers:
             log.warning("vm %s: no DNS servers to give (dns_servers is empty, or the host has none)", vm_id)
             return
         arguments = {"path": RESOLV_CONF, "content": self._resolv_conf(servers), "mode": "0644"}
-        structured("file_write", await call_tool(link, "file_write", arguments))
+        structured("file_write", await call_tool(links.mcp, "file_write", arguments))
 
     # -- admin -----------------------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from nexus import __version__
 from nexus.domain import (
+    AgentLinks,
     Conflict,
     DriverError,
     ExitStatus,
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 STABLE_LINK_S = 5.0  # an MCP link that lived this long starts its reconnect backoff afresh
 EXIT_RECORD_WAIT_S = 2.0  # how long a VMM's exit waits for the store before the VM is released regardless
 VmHook = Callable[[str], Awaitable[None]]
-ReadyHook = Callable[[str, GuestLink], Awaitable[None]]
+ReadyHook = Callable[[str, AgentLinks], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +114,8 @@ class VmRuntime:
     ) -> None:
         """``connect`` opens the guest links.
 
-        ``on_ready(vm_id, link)`` runs once the agent's MCP link is open, before the VM counts as ready (the
-        guest's DNS is written then, through ``link``); ``on_exit(vm_id)`` once its VMM is reaped (its TAP goes
+        ``on_ready(vm_id, links)`` runs once the agent's MCP link is open, before the VM counts as ready (the
+        guest's DNS, egress environment and CA are set then, through ``links``); ``on_exit(vm_id)`` once its VMM is reaped (its TAP goes
         then). Their failures are logged, never fatal to the lifecycle."""
         self._store = store
         self._connect = connect
@@ -379,8 +380,9 @@ class VmRuntime:
                 continue
             opened = loop.time()
             run.mcp = peer
-            if self._on_ready is not None:
-                await self._guarded(run, "setting up the guest", self._on_ready(run.vm_id, peer))
+            if self._on_ready is not None and run.control is not None:
+                links = AgentLinks(control=run.control, mcp=peer)
+                await self._guarded(run, "setting up the guest", self._on_ready(run.vm_id, links))
             if await self._persist(run, VmState.READY, self._ready_reason(run)) and not run.ready.done():
                 run.ready.set_result(None)
             await peer.wait_closed()

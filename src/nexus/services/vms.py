@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nexus.domain import (
     DriverError,
+    Invalid,
     InvalidState,
     LaunchSpec,
     Layout,
@@ -35,6 +36,7 @@ from nexus.domain import (
     VmStore,
     utcnow,
 )
+from nexus.domain.egress import EgressMode, HostPattern
 from nexus.domain.validation import check_mem_mib, check_name, check_tag, check_vcpus
 from nexus.protocol import encode_mounts
 from nexus.services.assets import AssetService, BootFiles
@@ -97,6 +99,9 @@ class VmService:
             spec.mem_mib if spec.mem_mib is not None else self._settings.int_value("default_mem_mib")
         )
         network = self._net.wants_network(spec.network, spec.publish)
+        egress = spec.egress or EgressMode(self._settings.str_value("default_egress"))
+        if egress is EgressMode.PROXY and not network:
+            raise Invalid("egress=proxy reaches the outside through nexusd's proxy on the VM network: leave network on")
         created = utcnow()
         vm = Vm(
             id=new_vm_id(),
@@ -112,10 +117,13 @@ class VmService:
             tags=tags,
             network=network,
             created_by=spec.created_by,
+            egress=egress,
         )
         if admit is not None:
             admit(vm)
         self._repo.insert(vm, reason="created")
+        if spec.allow:
+            self._repo.set_egress(vm.id, egress, spec.allow)
         if network:
             try:
                 self._net.reserve(vm.id, spec.publish)
@@ -127,6 +135,25 @@ class VmService:
 
     def get(self, ref: str) -> Vm:
         return self._repo.get(ref)
+
+    def egress(self, ref: str) -> tuple[Vm, tuple[HostPattern, ...]]:
+        """The VM and the hosts its egress proxy lets through."""
+        vm = self._repo.get(ref)
+        return vm, self._repo.allow_list(vm.id)
+
+    def set_egress(self, ref: str, mode: EgressMode | None, allow: tuple[HostPattern, ...] | None) -> Vm:
+        """Change how a stopped VM reaches the outside (``None``: keep that part as it is)."""
+        vm = self._repo.get(ref)
+        with self._locks.hold(vm.id, vm.name, "changing its egress"):
+            vm = self._repo.get(vm.id)
+            if vm.state.has_process:
+                raise InvalidState(f"VM {vm.name} is {vm.state}; stop it to change its egress")
+            mode = mode or vm.egress
+            if mode is EgressMode.PROXY and not vm.network:
+                raise Invalid(f"VM {vm.name} has no NIC: egress=proxy needs one")
+            self._repo.set_egress(vm.id, mode, self._repo.allow_list(vm.id) if allow is None else allow)
+            log.info("vm %s: egress %s", vm.name, mode)
+            return self._repo.get(vm.id)
 
     def find(self, flt: VmFilter) -> list[Vm]:
         return self._repo.find(flt)
@@ -197,7 +224,7 @@ class VmService:
     async def _launch(self, vm: Vm, driver: VmmDriver) -> VmProcess:
         files = await self._assets.boot_files(vm)
         drives = await self._drives.boot_drives(vm, files.image)
-        net = await self._net.attach(vm.id) if vm.network else None
+        net = await self._net.attach(vm.id, vm.egress) if vm.network else None
         try:
             return await driver.launch(
                 LaunchSpec(
@@ -262,7 +289,7 @@ class VmService:
                 if process is not None:
                     adopted.append((vm, process))
         try:
-            await self._net.restore({vm.id for vm, _ in adopted if vm.network})
+            await self._net.restore({vm.id: vm.egress for vm, _ in adopted if vm.network})
         except NexusError as exc:  # VMs without network still work; a networked start will say why not
             log.warning("could not restore networking: %s", exc.message)
         for vm, process in adopted:

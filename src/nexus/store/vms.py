@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from nexus.domain import Conflict, NotFound, Role, StateChange, Vm, VmFilter, VmmRecord, VmState, utcnow
+from nexus.domain.egress import EgressMode, HostPattern
 
 
 def _ts(value: datetime) -> str:
@@ -28,7 +29,7 @@ class VmRepo:
             with self._transaction():
                 self._conn.execute(
                     "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at,"
-                    " updated_at, network, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " updated_at, network, created_by, egress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         vm.id,
                         vm.name,
@@ -42,6 +43,7 @@ class VmRepo:
                         _ts(vm.updated_at),
                         int(vm.network),
                         vm.created_by,
+                        vm.egress.value,
                     ),
                 )
                 self._conn.executemany("INSERT INTO vm_tags (vm_id, tag) VALUES (?, ?)", [(vm.id, t) for t in vm.tags])
@@ -171,6 +173,19 @@ class VmRepo:
             (vm_id, src.value if src else None, dst.value, reason, _ts(at)),
         )
 
+    def set_egress(self, vm_id: str, mode: EgressMode, allow: Iterable[HostPattern]) -> None:
+        """The VM's egress mode and proxy allow-list, replaced together."""
+        with self._transaction():
+            self._conn.execute("UPDATE vms SET egress = ? WHERE id = ?", (mode.value, vm_id))
+            self._conn.execute("DELETE FROM egress_allow WHERE vm_id = ?", (vm_id,))
+            self._conn.executemany(
+                "INSERT INTO egress_allow (vm_id, pattern) VALUES (?, ?)", [(vm_id, str(p)) for p in allow]
+            )
+
+    def allow_list(self, vm_id: str) -> tuple[HostPattern, ...]:
+        rows = self._conn.execute("SELECT pattern FROM egress_allow WHERE vm_id = ? ORDER BY pattern", (vm_id,))
+        return tuple(HostPattern.parse(row[0]) for row in rows)
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
 
@@ -193,6 +208,7 @@ class VmRepo:
             accel=row["accel"],
             network=bool(row["network"]),
             created_by=row["created_by"],
+            egress=EgressMode(row["egress"]),
         )
 
 

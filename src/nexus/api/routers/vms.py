@@ -10,7 +10,7 @@ from pydantic import TypeAdapter
 
 from nexus.api.deps import Listings, Network, Vms
 from nexus.api.streaming import Emit, ndjson, progress_emitter
-from nexus.domain import PublishedPort, Role, Vm, VmFilter, VmSpec, VmState
+from nexus.domain import Role, Vm, VmFilter, VmState
 from nexus.schemas import LogsOut, StateChangeOut, TagsIn, VmCreate, VmOut
 from nexus.services import NetworkService
 
@@ -23,18 +23,7 @@ def _out(vm: Vm, net: NetworkService) -> VmOut:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_vm(body: VmCreate, vms: Vms, net: Network) -> VmOut:
-    spec = VmSpec(
-        name=body.name,
-        role=body.role,
-        vcpus=body.vcpus,
-        mem_mib=body.mem_mib,
-        image=body.image,
-        kernel=body.kernel,
-        tags=tuple(body.tags),
-        network=body.network,
-        publish=tuple(PublishedPort.parse(p) for p in body.publish),
-    )
-    return _out(vms.create(spec), net)
+    return _out(vms.create(body.spec()), net)
 
 
 _VM_LIST = TypeAdapter(list[VmOut])
