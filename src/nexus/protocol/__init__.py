@@ -71,9 +71,9 @@ from nexus.protocol.ports import (
 
 __all__ = [
     "AGENT_INSTRUCTIONS",
+    "CANCELLED_NOTIFICATION",
     "CA_BUNDLE",
     "CA_FILE",
-    "CANCELLED_NOTIFICATION",
     "CONTROL_PORT_NAME",
     "CONTROL_VSOCK_PORT",
     "ECHO_METHOD",

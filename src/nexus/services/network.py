@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Network
 
 from nexus.domain import (
+    AgentLinks,
     CleanupReport,
     Conflict,
     Firewall,
-    AgentLinks,
     GuestGuard,
     HostLinks,
     Invalid,
