@@ -5,7 +5,8 @@ the host's buffer) and ``nexus/hello``, then ``nexus/heartbeat`` every ``heartbe
 that cannot be written drops the connection; the runner then waits for the host and says hello again.
 Requests: ``nexus/hello`` (the hello params again), ``nexus/ping`` (``{"uptime_s"}``), ``nexus/echo``
 (params unchanged), ``nexus/environment`` (``nexus.protocol.environment``), ``nexus/freeze`` and ``nexus/thaw``
-(``nexus.protocol.drives``; only in a VM nexusd launched); anything else is -32601. Notifications from the host are ignored.
+(``nexus.protocol.drives``; only in a VM nexusd launched); anything else is -32601. Notifications from the host
+are ignored.
 """
 
 from __future__ import annotations

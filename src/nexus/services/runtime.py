@@ -115,8 +115,8 @@ class VmRuntime:
         """``connect`` opens the guest links.
 
         ``on_ready(vm_id, links)`` runs once the agent's MCP link is open, before the VM counts as ready (the
-        guest's DNS, egress environment and CA are set then, through ``links``); ``on_exit(vm_id)`` once its VMM is reaped (its TAP goes
-        then). Their failures are logged, never fatal to the lifecycle."""
+        guest's DNS, egress environment and CA are set then, through ``links``); ``on_exit(vm_id)`` once its VMM
+        is reaped (its TAP goes then). Their failures are logged, never fatal to the lifecycle."""
         self._store = store
         self._connect = connect
         self._timeouts = timeouts
