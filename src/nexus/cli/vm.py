@@ -12,6 +12,7 @@ from nexus.cli.common import client, ctx_of
 from nexus.cli.output import ago, console, emit, fields, plain, table
 from nexus.cli.progress import progress, stderr
 from nexus.cli.workspaces import vm_clone
+from nexus.domain import Invalid
 
 app = typer.Typer(help="Manage microVMs.", no_args_is_help=True)
 tag_app = typer.Typer(help="Manage a VM's tags.", no_args_is_help=True)
@@ -65,6 +66,18 @@ Publish = Annotated[
     ),
 ]
 NoNetwork = Annotated[bool, typer.Option("--no-network", help="no NIC: the VM is not on the network")]
+Egress = Annotated[
+    str | None,
+    typer.Option(
+        metavar="MODE", help="open (NAT), none, or proxy (only --allow hosts, through nexusd) [default: default_egress]"
+    ),
+]
+Allow = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow", metavar="HOST", help="a host its egress proxy lets through: HOST or *.DOMAIN[:PORT,...] (repeat)"
+    ),
+]
 
 
 def _vm_fields(vm: dict[str, Any]) -> None:
@@ -83,6 +96,8 @@ def create(
     tag: Tags = None,
     publish: Publish = None,
     no_network: NoNetwork = False,
+    egress: Egress = None,
+    allow: Allow = None,
 ) -> None:
     """Create a VM (it is not started)."""
     with client(ctx) as c:
@@ -96,6 +111,8 @@ def create(
             tags=tag or None,
             publish=publish or None,
             network=False if no_network else None,
+            egress=egress,
+            allow=allow or None,
         )
     emit(ctx_of(ctx), plain(vm), lambda v: console.print(f"created {v['name']} ({v['id']})"))
 
@@ -180,6 +197,8 @@ def run(
     tag: Tags = None,
     publish: Publish = None,
     no_network: NoNetwork = False,
+    egress: Egress = None,
+    allow: Allow = None,
 ) -> None:
     """Create a VM, start it, and wait until its agent is ready."""
     with client(ctx) as c:
@@ -191,6 +210,8 @@ def run(
             tags=tag or None,
             publish=publish or None,
             network=False if no_network else None,
+            egress=egress,
+            allow=allow or None,
         )
     vm = _boot(ctx, created.id, wait=True)
     emit(
@@ -343,3 +364,41 @@ def tag_rm(ctx: typer.Context, ref: Ref, tags: Annotated[list[str], typer.Argume
             c.vms.remove_tag(vm_id, tag)
         result = c.vms.tags(vm_id)
     emit(ctx_of(ctx), result, lambda t: console.print(" ".join(t)))
+
+
+@app.command("egress")
+def egress_(
+    ctx: typer.Context,
+    ref: Ref,
+    mode: Annotated[
+        str | None, typer.Option(metavar="MODE", help="change it: open, none or proxy (VM stopped)")
+    ] = None,
+    allow: Allow = None,
+    no_allow: Annotated[bool, typer.Option("--no-allow", help="empty the proxy's allow-list (VM stopped)")] = False,
+) -> None:
+    """Show how a VM reaches the outside: its egress mode, its proxy's allow-list and the proxy's latest decisions
+    for it; with --mode, --allow (replaces the list) or --no-allow, change them first (the VM must be stopped)."""
+    if allow and no_allow:
+        raise Invalid("give --allow HOST... (the new list) or --no-allow (an empty one), not both")
+    with client(ctx) as c:
+        if mode is not None or allow or no_allow:
+            out = plain(c.vms.set_egress(ref, mode=mode, allow=[] if no_allow else allow or None))
+        else:
+            out = plain(c.vms.egress(ref))
+
+    def human(e: dict[str, Any]) -> None:
+        fields(
+            [
+                ("vm", e["vm"]),
+                ("mode", e["mode"]),
+                ("allow", ", ".join(e["allow"]) or "-"),
+                ("proxy", e["proxy"] or "-"),
+            ]
+        )
+        if e["recent"]:
+            table(
+                ["WHEN", "REQUEST", "DECISION", "REASON"],
+                [(ago(r["at"]), r["action"], r["decision"], r["reason"]) for r in e["recent"]],
+            )
+
+    emit(ctx_of(ctx), out, human)

@@ -48,6 +48,7 @@ from nexus.schemas import (
     StateChangeOut,
     TokenCreated,
     TokenOut,
+    VmEgressOut,
     VmOut,
     WriteOut,
 )
@@ -109,6 +110,17 @@ def list_vms(role: str | None, state: str | None, tags: tuple[str, ...]) -> Call
 
 def create_vm(fields: Mapping[str, Any]) -> Call[VmOut]:
     return Call("POST", "/v1/vms", _VM, json={k: v for k, v in fields.items() if v is not None})
+
+
+_EGRESS = _model(TypeAdapter(VmEgressOut))
+
+
+def get_egress(ref: str) -> Call[VmEgressOut]:
+    return Call("GET", _vm_path(ref, "egress"), _EGRESS)
+
+
+def set_egress(ref: str, mode: str | None, allow: list[str] | None) -> Call[VmEgressOut]:
+    return Call("PUT", _vm_path(ref, "egress"), _EGRESS, json={"mode": mode, "allow": allow})
 
 
 def get_vm(ref: str) -> Call[VmOut]:

@@ -37,6 +37,7 @@ from nexus.schemas import (
     StateChangeOut,
     TokenCreated,
     TokenOut,
+    VmEgressOut,
     VmOut,
     WriteOut,
 )
@@ -175,6 +176,14 @@ class Vms(_Resource):
     def prepare(self, ref: str, *, on_progress: OnProgress | None = None) -> dict[str, str]:
         """Fetch the VM's kernel and build its image if they are missing; what it will boot (kernel, image)."""
         return self._nexus.stream(calls.prepare_vm(ref), on_progress)
+
+    def egress(self, ref: str) -> VmEgressOut:
+        """How the VM reaches the outside: mode, proxy allow-list, the proxy's latest decisions for it."""
+        return self._nexus.send(calls.get_egress(ref))
+
+    def set_egress(self, ref: str, *, mode: str | None = None, allow: Iterable[str] | None = None) -> VmEgressOut:
+        """Change a stopped VM's egress mode and/or replace its proxy allow-list (None: leave that part)."""
+        return self._nexus.send(calls.set_egress(ref, mode, None if allow is None else list(allow)))
 
     def start(self, ref: str, *, wait: bool = True) -> VmOut:
         return self._nexus.send(calls.vm_action(ref, "start", None if wait else {"wait": False}))
