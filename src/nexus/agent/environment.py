@@ -9,6 +9,7 @@ extra-CA variable) trust both the real servers and nexusd's egress proxy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -42,11 +43,9 @@ def _install_ca(pem: str, root: Path) -> dict[str, str]:
     ca_file = root / CA_FILE.lstrip("/")
     ca_file.parent.mkdir(parents=True, exist_ok=True)
     ca_file.write_text(pem)
-    if root == Path("/"):
-        try:  # Debian-likes: the system store itself then trusts it too
+    if root == Path("/"):  # Debian-likes: the system store itself then trusts it too (absent in minimal images)
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             subprocess.run(["update-ca-certificates"], capture_output=True, timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
     system = next((root / b for b in SYSTEM_BUNDLES if (root / b).is_file()), None)
     existing = system.read_text(errors="replace") if system is not None else ""
     bundle = root / CA_BUNDLE.lstrip("/")
