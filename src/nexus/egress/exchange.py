@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,7 +102,7 @@ async def exchange(
     try:
         await send(client, data)
         sent = len(data) + await copy_body(upstream, client, reply, chunked=chunked, touch=touch)
-    except (HttpError, OSError, asyncio.IncompleteReadError) as exc:
+    except (HttpError, OSError) as exc:
         reason = exc.reason if isinstance(exc, HttpError) else str(exc)
         return Outcome(response.status, len(data), client_open=False, upstream_open=False, error=reason)
     upstream_open = (

@@ -204,7 +204,7 @@ class EgressProxy:
             watch.touch()
             request = parse_request(head)
             if request.method == "CONNECT":
-                await self._connect(client, peer, request, _connect_target(request.target), watch)
+                await self._connect(client, peer, _connect_target(request.target), watch)
                 return False
             return await self._forward(client, peer, request, _http_target(request.target), watch)
         except HttpError as exc:
@@ -267,7 +267,7 @@ class EgressProxy:
         self._audit.record(call.entry(Decision.ALLOW, detail, sent=out.sent, is_error=bool(out.error)))
         return out.client_open
 
-    async def _connect(self, client: Conn, peer: str, request: Request, target: tuple[str, int], watch: _Watch) -> None:
+    async def _connect(self, client: Conn, peer: str, target: tuple[str, int], watch: _Watch) -> None:
         host, port = target
         call = self._decide(f"CONNECT {_authority(host, port, 0)}", peer, host, port)
         if call.rule is None or call.vm is None:
