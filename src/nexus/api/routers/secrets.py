@@ -18,6 +18,7 @@ from nexus.schemas import BindingCreate, BindingOut, SecretName, SecretOut
 router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
 
 Name = Annotated[SecretName, Path()]
+SQLITE_MAX_INT = (1 << 63) - 1  # a larger id is no row's, and SQLite cannot even be asked about it
 
 _VALUE_BODY = {
     "requestBody": {
@@ -66,6 +67,6 @@ async def bind_secret(name: Name, body: BindingCreate, secrets: Secrets) -> Bind
 
 
 @router.delete("/bindings/{binding_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def unbind_secret(binding_id: int, secrets: Secrets) -> Response:
+async def unbind_secret(binding_id: Annotated[int, Path(ge=1, le=SQLITE_MAX_INT)], secrets: Secrets) -> Response:
     secrets.unbind(binding_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
