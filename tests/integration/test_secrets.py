@@ -291,6 +291,8 @@ def test_zz_the_value_is_nowhere_but_its_file(daemon: tuple[Daemon, str]) -> Non
     d, _ = daemon
     value = VALUE.encode()
     digest = hashlib.sha256(value).hexdigest().encode()
+    wrong = send(d.socket, "POST", "/v1/secrets/WRONG", content=value, headers={"content-type": "application/json"})
+    assert wrong.status_code == 405  # a value sent with the wrong method is not digested either
     assert ANSWERS
     for body in ANSWERS:
         assert value not in body and digest not in body
