@@ -20,6 +20,7 @@ from nexus.api.routers import (
     guest,
     health,
     policies,
+    secrets,
     settings,
     tokens,
     vms,
@@ -54,7 +55,20 @@ def create_app(
     app.state.listings = ResponseCache()
     errors.install(app)
     links.install(app)
-    for module in (health, vms, guest, assets, firecracker, settings, admin, workspaces, tokens, policies, audit):
+    for module in (
+        health,
+        vms,
+        guest,
+        assets,
+        firecracker,
+        settings,
+        admin,
+        workspaces,
+        tokens,
+        policies,
+        secrets,
+        audit,
+    ):
         app.include_router(module.router)
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
         if endpoint is not None:

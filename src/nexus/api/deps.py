@@ -15,6 +15,7 @@ from nexus.services.audit import AuditService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.policy import PolicyService
+from nexus.services.secrets import SecretService
 from nexus.services.tokens import TokenService
 
 
@@ -31,6 +32,7 @@ class Services:
     tokens: TokenService
     policy: PolicyService
     audit: AuditService
+    secrets: SecretService
 
 
 async def services(request: Request) -> Services:
@@ -71,5 +73,6 @@ Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]
 Tokens = Annotated[TokenService, Depends(_one("tokens"))]
 Policies = Annotated[PolicyService, Depends(_one("policy"))]
 Audit = Annotated[AuditService, Depends(_one("audit"))]
+Secrets = Annotated[SecretService, Depends(_one("secrets"))]
 Via = Annotated[Transport, Depends(transport)]
 Listings = Annotated[ResponseCache, Depends(listings)]

@@ -68,6 +68,7 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
         services, runtime = wire(conn, layout, driver, driver_reason, storage, config)
         await services.vms.recover()
         services.drives.recover()
+        services.secrets.recover()
         mcp = McpEndpoints(
             services.vms,
             services.guest,

@@ -35,6 +35,7 @@ from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.locks import VmLocks
 from nexus.services.policy import PolicyService
+from nexus.services.secrets import SecretService
 from nexus.services.tokens import TokenService
 from nexus.store import (
     AuditRepo,
@@ -42,6 +43,8 @@ from nexus.store import (
     ImageRepo,
     NetRepo,
     PolicyRepo,
+    SecretFiles,
+    SecretRepo,
     SettingsRepo,
     SnapshotRepo,
     TokenRepo,
@@ -142,6 +145,7 @@ def wire(
         tokens=TokenService(TokenRepo(conn), vm_store),
         policy=policy,
         audit=audit,
+        secrets=SecretService(SecretRepo(conn), SecretFiles(layout.secrets_dir), vm_store),
     )
     return services, runtime
 

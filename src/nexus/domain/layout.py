@@ -23,6 +23,11 @@ class Layout:
         return self.state_dir / "cache"
 
     @property
+    def secrets_dir(self) -> Path:
+        """Secret values, one root-only file each: outside the database, so its backups never carry them."""
+        return self.state_dir / "secrets"
+
+    @property
     def images_dir(self) -> Path:
         return self.state_dir / "images"
 
