@@ -523,6 +523,9 @@ class TokenCreated(TokenOut):
     token: str = Field(description="the bearer token; shown only in this answer (nexusd keeps its sha256)")
 
 
+SQLITE_MAX_INT = (1 << 63) - 1  # a larger row id is no row's, and SQLite cannot even be asked about it
+
+
 class PolicyCreate(Strict):
     portal: str = Field(description="the portals it applies to: a VM name, or tag:TAG")
     work: str = Field(description="the VMs they may use: a VM name, tag:TAG, or @created (those the portal created)")

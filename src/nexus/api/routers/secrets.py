@@ -13,12 +13,11 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from nexus.api.deps import Secrets
 from nexus.domain.egress import MAX_SECRET_BYTES
-from nexus.schemas import BindingCreate, BindingOut, SecretName, SecretOut
+from nexus.schemas import SQLITE_MAX_INT, BindingCreate, BindingOut, SecretName, SecretOut
 
 router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
 
 Name = Annotated[SecretName, Path()]
-SQLITE_MAX_INT = (1 << 63) - 1  # a larger id is no row's, and SQLite cannot even be asked about it
 
 _VALUE_BODY = {
     "requestBody": {
