@@ -35,9 +35,19 @@ from nexus.domain import (
     VmState,
 )
 from nexus.domain.audit import RETENTION_DAYS_RANGE, AuditEntry, Decision, Via
-from nexus.domain.egress import EgressMode, HostPattern
+from nexus.domain.egress import (
+    HEADER_RE,
+    HOST_RE,
+    SECRET_NAME_RE,
+    EgressMode,
+    HostPattern,
+    check_header,
+    check_secret_name,
+    placeholder,
+)
 from nexus.domain.network import DNS_SERVERS_MAX, IFNAME_RE, SUBNET_PREFIX_RANGE
 from nexus.domain.policy import Limits, Management, Rule, RuleSpec, Selector
+from nexus.domain.secrets import BindingRecord, SecretInfo, check_bound_host
 from nexus.domain.settings import SETTINGS, VMM_CHOICES
 from nexus.domain.validation import (
     DRIVE_SIZE_MIB_RANGE,
@@ -567,6 +577,9 @@ class TokenCreated(TokenOut):
     token: str = Field(description="the bearer token; shown only in this answer (nexusd keeps its sha256)")
 
 
+SQLITE_MAX_INT = (1 << 63) - 1  # a larger row id is no row's, and SQLite cannot even be asked about it
+
+
 class PolicyCreate(Strict):
     portal: str = Field(description="the portals it applies to: a VM name, or tag:TAG")
     work: str = Field(description="the VMs they may use: a VM name, tag:TAG, or @created (those the portal created)")
@@ -626,6 +639,81 @@ class PolicyOut(BaseModel):
             max_vcpus=manage.max_vcpus if manage else None,
             max_mem_mib=manage.max_mem_mib if manage else None,
             created_at=rule.created_at,
+        )
+
+
+SecretName = Annotated[
+    str,
+    _documented(pattern=SECRET_NAME_RE.pattern),
+    _domain_check(check_secret_name),
+    Field(description="also the environment variable that holds its placeholder in a bound VM"),
+]
+BoundHost = Annotated[
+    str,
+    _documented(pattern=HOST_RE.pattern),
+    _domain_check(check_bound_host),
+    Field(description="the one host (lowercase, no wildcard, no port) whose requests get the secret"),
+]
+HeaderName = Annotated[str, _documented(pattern=HEADER_RE.pattern), _domain_check(check_header)]
+
+
+class BindingCreate(Strict):
+    vm: str | None = Field(default=None, description="the VM (name or id) it applies to; or give tag")
+    tag: Tag | None = Field(default=None, description="every VM with this tag; or give vm")
+    host: BoundHost
+    header: HeaderName | None = Field(default=None, description="the header that carries the value; or bearer")
+    bearer: StrictBool = Field(default=False, description="send it as Authorization: Bearer <value>; or header")
+
+
+class BindingOut(BaseModel):
+    id: int
+    secret: str
+    vm_id: str | None
+    vm_name: str | None
+    tag: str | None
+    host: str
+    header: str
+    bearer: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: BindingRecord) -> BindingOut:
+        b = record.binding
+        return cls(
+            id=b.id,
+            secret=b.secret,
+            vm_id=b.vm_id,
+            vm_name=record.vm_name,
+            tag=b.tag,
+            host=b.host,
+            header=b.header,
+            bearer=b.bearer,
+            created_at=record.created_at,
+        )
+
+
+class SecretOut(BaseModel):
+    """A secret without its value (no answer ever carries one)."""
+
+    name: str
+    size_bytes: int
+    created_at: datetime
+    updated_at: datetime
+    usable: bool = Field(description="false: its value file is missing from the state dir; set it again")
+    placeholder: str = Field(description="what a bound VM's environment holds instead of the value")
+    bindings: list[BindingOut]
+
+    @classmethod
+    def of(cls, info: SecretInfo) -> SecretOut:
+        meta = info.meta
+        return cls(
+            name=meta.name,
+            size_bytes=meta.size_bytes,
+            created_at=meta.created_at,
+            updated_at=meta.updated_at,
+            usable=info.usable,
+            placeholder=placeholder(meta.name),
+            bindings=[BindingOut.of(r) for r in info.bindings],
         )
 
 

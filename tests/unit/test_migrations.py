@@ -110,6 +110,32 @@ SEED: dict[int, list[str]] = {
         " 'anonymous', 'rest', 'DELETE /v1/vms/{ref}', 'deny', NULL, 'gone', NULL, 'missing bearer token', NULL,"
         " 0, 0.1, 90, 1)",
     ],
+    9: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
+        "INSERT INTO secrets VALUES ('ANTHROPIC_API_KEY', '2026-01-01T00:00:00.000000+00:00',"
+        " '2026-01-02T00:00:00.000000+00:00', 108)",
+        "INSERT INTO secret_bindings (secret, vm_id, tag, host, header, bearer, created_at) VALUES"
+        " ('ANTHROPIC_API_KEY', 'a1b2c3d4e5f6', NULL, 'api.anthropic.com', 'x-api-key', 0,"
+        " '2026-01-01T00:00:01.000000+00:00')",
+        "INSERT INTO secret_bindings (secret, vm_id, tag, host, header, bearer, created_at) VALUES"
+        " ('ANTHROPIC_API_KEY', NULL, 'team=ml', 'api.anthropic.com', 'authorization', 1,"
+        " '2026-01-01T00:00:02.000000+00:00')",
+    ],
+    10: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at, egress)"
+        " VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 'proxy')",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
+        "INSERT INTO egress_allow VALUES ('a1b2c3d4e5f6', 'api.anthropic.com')",
+        "INSERT INTO egress_allow VALUES ('a1b2c3d4e5f6', '*.pypi.org:443')",
+    ],
 }
 
 

@@ -21,6 +21,7 @@ from nexus.api.routers import (
     guest,
     health,
     policies,
+    secrets,
     settings,
     tokens,
     vms,
@@ -66,6 +67,7 @@ def create_app(
         workspaces,
         tokens,
         policies,
+        secrets,
         audit,
         egress,
     ):

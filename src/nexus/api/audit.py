@@ -5,8 +5,9 @@ It sits outside ``api.middleware.Access``, so it sees that middleware's refusals
 ``scope["state"]["caller"]``, which Access sets. An entry names the route's path template
 (``POST /v1/vms/{ref}/start``), never the raw path, and the VM its ``{ref}`` resolves to (before the call: a
 removed VM is still named). Of the request body it keeps only the digest and size (``domain.audit.digest`` for
-JSON, sha256 of the bytes otherwise); of the response only its size, counted as it is sent, so a stream is never
-buffered. Allowed calls on the MCP endpoints are recorded per tool call by ``nexus.mcp.audit`` instead.
+JSON, sha256 of the bytes otherwise; below /v1/secrets only the size, :data:`UNDIGESTED`); of the response only
+its size, counted as it is sent, so a stream is never buffered. Allowed calls on the MCP endpoints are recorded
+per tool call by ``nexus.mcp.audit`` instead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from nexus.services.audit import AuditService
 
 MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REFUSED = frozenset({401, 403})
+# Bodies sent here are recorded by their size alone: a secret's value may be short enough that its sha256 is found
+# by guessing. The raw path, not the route: a value sent to a wrong method or path is not digested either.
+UNDIGESTED = "/v1/secrets"
 _REFUSAL_BODY_MAX = 16 * 1024
 _PARAM_RE = re.compile(r"\{(\w+)\}")  # a refusal's error body is read for its message, and no more of it
 
@@ -167,6 +171,8 @@ class AuditTrail:
                     target = self.audit.target(ref) if isinstance(ref, str) else (None, None)
                 content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
                 args_digest, args_bytes = body.digest(content_type == b"application/json")
+                if scope["path"] == UNDIGESTED or scope["path"].startswith(UNDIGESTED + "/"):
+                    args_digest = None
                 self.audit.record(
                     AuditEntry(
                         at=at,

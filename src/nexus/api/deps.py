@@ -12,9 +12,11 @@ from nexus.api.cache import ResponseCache
 from nexus.domain import Transport
 from nexus.services import AssetService, DriveService, NetworkService, SettingsService, SnapshotService, VmService
 from nexus.services.audit import AuditService
+from nexus.services.egress import EgressService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.policy import PolicyService
+from nexus.services.secrets import SecretService
 from nexus.services.tokens import TokenService
 
 
@@ -31,6 +33,8 @@ class Services:
     tokens: TokenService
     policy: PolicyService
     audit: AuditService
+    secrets: SecretService
+    egress: EgressService
 
 
 async def services(request: Request) -> Services:
@@ -71,5 +75,6 @@ Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]
 Tokens = Annotated[TokenService, Depends(_one("tokens"))]
 Policies = Annotated[PolicyService, Depends(_one("policy"))]
 Audit = Annotated[AuditService, Depends(_one("audit"))]
+Secrets = Annotated[SecretService, Depends(_one("secrets"))]
 Via = Annotated[Transport, Depends(transport)]
 Listings = Annotated[ResponseCache, Depends(listings)]

@@ -29,6 +29,7 @@ from nexus.domain import (
     InvalidState,
     NexusError,
     NotFound,
+    TooLarge,
     Unavailable,
 )
 from nexus.schemas import describe_errors
@@ -41,6 +42,7 @@ STATUS_BY_ERROR: dict[type[NexusError], int] = {
     InvalidState: 409,
     Conflict: 409,
     Invalid: 422,
+    TooLarge: 413,
     GuestError: 422,
     Unavailable: 503,
     DriverError: 500,

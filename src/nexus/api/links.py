@@ -25,6 +25,11 @@ CREATED: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {
         "/v1/vms/{ref}/tags/{tag}",
         {"ref": "$request.path.ref", "tag": "$response.body#/0"},
     ),
+    ("put", "/v1/secrets/{name}", "200"): ("/v1/secrets/{name}", {"name": "$response.body#/name"}),
+    ("post", "/v1/secrets/{name}/bindings", "201"): (
+        "/v1/secrets/bindings/{binding_id}",
+        {"binding_id": "$response.body#/id"},
+    ),
 }
 
 

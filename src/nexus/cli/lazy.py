@@ -24,6 +24,7 @@ LAZY: dict[str, str] = {
     "snapshot": "nexus.cli.workspaces:snapshot_app",
     "token": "nexus.cli.tokens:app",
     "policy": "nexus.cli.policy:app",
+    "secret": "nexus.cli.secrets:app",
     "audit": "nexus.cli.audit:audit",
 }
 

@@ -12,7 +12,6 @@ from nexus.cli.common import client, ctx_of
 from nexus.cli.output import ago, console, emit, fields, plain, table
 from nexus.cli.progress import progress, stderr
 from nexus.cli.workspaces import vm_clone
-from nexus.domain import Invalid
 
 app = typer.Typer(help="Manage microVMs.", no_args_is_help=True)
 tag_app = typer.Typer(help="Manage a VM's tags.", no_args_is_help=True)
@@ -379,7 +378,7 @@ def egress_(
     """Show how a VM reaches the outside: its egress mode, its proxy's allow-list and the proxy's latest decisions
     for it; with --mode, --allow (replaces the list) or --no-allow, change them first (the VM must be stopped)."""
     if allow and no_allow:
-        raise Invalid("give --allow HOST... (the new list) or --no-allow (an empty one), not both")
+        raise typer.BadParameter("give --allow HOST... (the new list) or --no-allow (an empty one), not both")
     with client(ctx) as c:
         if mode is not None or allow or no_allow:
             out = plain(c.vms.set_egress(ref, mode=mode, allow=[] if no_allow else allow or None))

@@ -22,7 +22,6 @@ class Unauthorized(NexusError):
 _EDGE_ERRORS: dict[str, type[NexusError]] = {
     "unauthorized": Unauthorized,
     "bad_request": Invalid,
-    "payload_too_large": Invalid,
 }
 
 

@@ -40,6 +40,8 @@ class Config:
     mcp_allowed_hosts: tuple[str, ...] = ()  # Host names the MCP endpoints answer besides loopback and the listener's
     mcp_allowed_origins: tuple[str, ...] = ()  # browser Origins (scheme://host[:port]) allowed besides loopback
     mcp_session_idle_timeout_s: float = 30 * 60.0  # an MCP session unused this long is closed (clients re-initialize)
+    egress_proxy_port: int = 3128  # nexusd's egress proxy, on the bridge's gateway address (0: no proxy)
+    egress_ca_file: Path | None = None  # CAs the proxy trusts upstream besides the system's (a private registry)
 
     @property
     def layout(self) -> Layout:
@@ -108,8 +110,9 @@ _PATH_KEYS = {
     "jailer_chroot_base",
     "tls_cert",
     "tls_key",
+    "egress_ca_file",
 }
-_ID_KEYS = {"jailer_uid", "jailer_gid"}
+_ID_KEYS = {"jailer_uid", "jailer_gid", "egress_proxy_port"}
 _BOOL_KEYS = {"network", "ip_forward", "stop_vms_on_exit"}
 _LIST_KEYS = {"mcp_allowed_hosts", "mcp_allowed_origins"}
 

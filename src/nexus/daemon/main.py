@@ -68,6 +68,7 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
         services, runtime = wire(conn, layout, driver, driver_reason, storage, config)
         await services.vms.recover()
         services.drives.recover()
+        services.secrets.recover()
         mcp = McpEndpoints(
             services.vms,
             services.guest,
@@ -109,6 +110,7 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
             for sock in sockets:
                 sock.close()
             config.socket.unlink(missing_ok=True)
+            await services.egress.close()
             if config.stop_vms_on_exit:
                 await runtime.stop_all()
             else:

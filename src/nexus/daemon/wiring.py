@@ -10,7 +10,8 @@ from nexus.assets.firecracker import FirecrackerStore
 from nexus.channel import open_link
 from nexus.daemon.adapters import DebianKernels, RootfsImageBuilder
 from nexus.daemon.config import Config
-from nexus.domain import Layout, StorageBackend, VmmDriver
+from nexus.domain import AgentLinks, Layout, StorageBackend, VmmDriver
+from nexus.egress import NexusCA, upstream_context
 from nexus.mcp.gateway import GatewayServer
 from nexus.net import (
     NetlinkLinks,
@@ -31,10 +32,12 @@ from nexus.services import (
     VmService,
 )
 from nexus.services.audit import AuditService
+from nexus.services.egress import EgressService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.locks import VmLocks
 from nexus.services.policy import PolicyService
+from nexus.services.secrets import SecretService
 from nexus.services.tokens import TokenService
 from nexus.store import (
     AuditRepo,
@@ -42,6 +45,8 @@ from nexus.store import (
     ImageRepo,
     NetRepo,
     PolicyRepo,
+    SecretFiles,
+    SecretRepo,
     SettingsRepo,
     SnapshotRepo,
     TokenRepo,
@@ -62,6 +67,7 @@ def wire(
     config: Config = Config(),
 ) -> tuple[Services, VmRuntime]:
     vm_store = VmRepo(conn)
+    proxy_port = config.egress_proxy_port or None
     images, drive_store, snapshot_store = ImageRepo(conn, layout.state_dir), DriveRepo(conn), SnapshotRepo(conn)
     settings = SettingsService(SettingsRepo(conn))
     assets = AssetService(
@@ -83,10 +89,25 @@ def wire(
         enabled=config.network,
         forwarding_on=ip_forward_enabled,
         enable_forwarding=enable_ip_forward if config.ip_forward else None,
+        proxy_port=proxy_port,
     )
-    runtime = VmRuntime(
-        vm_store, connect=open_link, timeouts=config.timeouts, on_ready=net.configure_guest, on_exit=net.detach
+    audit = AuditService(store=AuditRepo(conn), vms=vm_store, settings=settings)
+    secrets = SecretService(SecretRepo(conn), SecretFiles(layout.secrets_dir), vm_store)
+    egress = EgressService(
+        vms=vm_store,
+        network=net,
+        secrets=secrets,
+        ca=NexusCA.load_or_create(layout.egress_ca_dir),
+        upstream_ssl=upstream_context(config.egress_ca_file),
+        audit=audit,
+        port=proxy_port,
     )
+
+    async def on_ready(vm_id: str, links: AgentLinks) -> None:  # egress first: it is what the guest must know
+        await egress.configure_guest(vm_id, links)
+        await net.configure_guest(vm_id, links)
+
+    runtime = VmRuntime(vm_store, connect=open_link, timeouts=config.timeouts, on_ready=on_ready, on_exit=net.detach)
     guest = GuestService(vm_store, runtime)
     locks = VmLocks()  # one per VM, shared by every service that touches a VM's process or drives
     drives = DriveService(
@@ -114,6 +135,7 @@ def wire(
         no_driver_reason=driver_reason,
         adopters=adopters(layout, config),
         locks=locks,
+        proxy=egress.listen,
     )
     snapshots = SnapshotService(
         vms=vms,
@@ -127,7 +149,6 @@ def wire(
     )
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     policy = PolicyService(PolicyRepo(conn), vm_store)
-    audit = AuditService(store=AuditRepo(conn), vms=vm_store, settings=settings)
     gateway = GatewayServer(vms=vms, guest=guest, policy=policy, network=net, snapshots=snapshots, audit=audit)
     runtime.serve_gateways(gateway)
     services = Services(
@@ -142,6 +163,8 @@ def wire(
         tokens=TokenService(TokenRepo(conn), vm_store),
         policy=policy,
         audit=audit,
+        secrets=secrets,
+        egress=egress,
     )
     return services, runtime
 

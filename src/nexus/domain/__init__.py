@@ -20,6 +20,7 @@ from nexus.domain.errors import (
     InvalidState,
     NexusError,
     NotFound,
+    TooLarge,
     Unavailable,
 )
 from nexus.domain.layout import DRIVE_FILE, Layout
@@ -144,6 +145,7 @@ __all__ = [
     "StateChange",
     "StorageBackend",
     "TokenStore",
+    "TooLarge",
     "Transport",
     "Unavailable",
     "Vm",

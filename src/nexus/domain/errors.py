@@ -36,6 +36,13 @@ class Invalid(NexusError):
     code = "invalid"
 
 
+class TooLarge(Invalid):
+    """Bad input that is too big (a secret's value over its limit): nothing was changed. Its code is the one the
+    HTTP edge already answers a too-large request body with, so a client sees one code for every 413."""
+
+    code = "payload_too_large"
+
+
 class Unavailable(NexusError):
     """A needed capability (driver, asset, daemon) is not there right now."""
 
@@ -62,5 +69,16 @@ class Forbidden(NexusError):
 
 ERRORS_BY_CODE: dict[str, type[NexusError]] = {
     cls.code: cls
-    for cls in (NexusError, NotFound, Conflict, InvalidState, Invalid, Unavailable, DriverError, GuestError, Forbidden)
+    for cls in (
+        NexusError,
+        NotFound,
+        Conflict,
+        InvalidState,
+        Invalid,
+        TooLarge,
+        Unavailable,
+        DriverError,
+        GuestError,
+        Forbidden,
+    )
 }

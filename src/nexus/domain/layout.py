@@ -23,6 +23,16 @@ class Layout:
         return self.state_dir / "cache"
 
     @property
+    def secrets_dir(self) -> Path:
+        """Secret values, one root-only file each: outside the database, so its backups never carry them."""
+        return self.state_dir / "secrets"
+
+    @property
+    def egress_ca_dir(self) -> Path:
+        """The Nexus egress CA (key and certificate, root-only): made at first start, trusted by proxied guests."""
+        return self.state_dir / "egress-ca"
+
+    @property
     def images_dir(self) -> Path:
         return self.state_dir / "images"
 

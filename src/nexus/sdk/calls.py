@@ -33,6 +33,7 @@ from nexus.domain import ERRORS_BY_CODE, NexusError
 from nexus.schemas import (
     AuditEntryOut,
     AuditPage,
+    BindingOut,
     CleanupOut,
     DriveOut,
     FirecrackerOut,
@@ -42,6 +43,7 @@ from nexus.schemas import (
     LogsOut,
     PolicyCreate,
     PolicyOut,
+    SecretOut,
     SettingOut,
     SetupFirewallOut,
     SnapshotOut,
@@ -342,6 +344,38 @@ def list_policies() -> Call[list[PolicyOut]]:
 
 def remove_policy(rule_id: int) -> Call[None]:
     return Call("DELETE", f"/v1/policies/{rule_id}", _nothing)
+
+
+_SECRET = _model(TypeAdapter(SecretOut))
+
+
+def set_secret(name: str, value: bytes) -> Call[SecretOut]:
+    headers = {"content-type": "application/octet-stream"}
+    return Call("PUT", f"/v1/secrets/{segment(name)}", _SECRET, content=value, headers=headers)
+
+
+def get_secret(name: str) -> Call[SecretOut]:
+    return Call("GET", f"/v1/secrets/{segment(name)}", _SECRET)
+
+
+def list_secrets() -> Call[list[SecretOut]]:
+    return Call("GET", "/v1/secrets", _model(TypeAdapter(list[SecretOut])))
+
+
+def remove_secret(name: str, force: bool) -> Call[None]:
+    return Call("DELETE", f"/v1/secrets/{segment(name)}", _nothing, params={"force": True} if force else None)
+
+
+def bind_secret(
+    name: str, host: str, vm: str | None, tag: str | None, header: str | None, bearer: bool
+) -> Call[BindingOut]:
+    """Checked by nexusd alone (``schemas.BindingCreate``), so a bad host is its 422, not a local error."""
+    body = _given(vm=vm, tag=tag, host=host, header=header, bearer=bearer or None)
+    return Call("POST", f"/v1/secrets/{segment(name)}/bindings", _model(TypeAdapter(BindingOut)), json=body)
+
+
+def unbind_secret(binding_id: int) -> Call[None]:
+    return Call("DELETE", f"/v1/secrets/bindings/{binding_id}", _nothing)
 
 
 def _audit_params(**fields: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from nexus.protocol import FILE_CHUNK_BYTES
 from nexus.schemas import (
     AuditEntryOut,
     AuditPage,
+    BindingOut,
     CleanupOut,
     DriveOut,
     FirecrackerOut,
@@ -31,6 +32,7 @@ from nexus.schemas import (
     LogsOut,
     PolicyCreate,
     PolicyOut,
+    SecretOut,
     SettingOut,
     SetupFirewallOut,
     SnapshotOut,
@@ -112,6 +114,7 @@ class Nexus:
         self.settings = Settings(self)
         self.tokens = Tokens(self)
         self.policies = Policies(self)
+        self.secrets = Secrets(self)
         self.network = Network(self)
         self.audit = AuditLog(self)
 
@@ -447,6 +450,42 @@ class Policies(_Resource):
 
     def remove(self, rule_id: int) -> None:
         self._nexus.send(calls.remove_policy(rule_id))
+
+
+class Secrets(_Resource):
+    """Secrets nexusd adds to a VM's requests on the way out; the VM only ever sees a placeholder. No answer
+    carries a value."""
+
+    def set(self, name: str, value: bytes | str) -> SecretOut:
+        """Make secret ``name`` or replace its value (UTF-8 text, no control characters, at most 64 KiB)."""
+        return self._nexus.send(calls.set_secret(name, value.encode() if isinstance(value, str) else value))
+
+    def get(self, name: str) -> SecretOut:
+        return self._nexus.send(calls.get_secret(name))
+
+    def list(self) -> list[SecretOut]:
+        return self._nexus.send(calls.list_secrets())
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        """Remove secret ``name``; refused (Conflict) while it is bound, unless ``force`` unbinds it too."""
+        self._nexus.send(calls.remove_secret(name, force))
+
+    def bind(
+        self,
+        name: str,
+        host: str,
+        *,
+        vm: str | None = None,
+        tag: str | None = None,
+        header: str | None = None,
+        bearer: bool = False,
+    ) -> BindingOut:
+        """Put secret ``name`` in ``header`` (or ``Authorization: Bearer``, ``bearer``) of requests to ``host`` from
+        VM ``vm`` or every VM tagged ``tag``."""
+        return self._nexus.send(calls.bind_secret(name, host, vm, tag, header, bearer))
+
+    def unbind(self, binding_id: int) -> None:
+        self._nexus.send(calls.unbind_secret(binding_id))
 
 
 class AuditLog(_Resource):

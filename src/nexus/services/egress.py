@@ -1,16 +1,25 @@
-"""Egress use cases: what nexusd's proxy knows of the VM a request comes from, and the guest's side of it — the
-proxy, the placeholders of its secrets and the Nexus CA in its environment, set each time it becomes ready.
+"""Egress use cases: nexusd's egress proxy (``nexus.egress``) and what it and the guests need.
 
-The proxy itself (``nexus.egress``) and the firewall rules (``nexus.net.ruleset``) enforce; this module only
-assembles what they and the guest need from the store, the network and the secrets."""
+The proxy listens on the gateway address of the VM network, from the first start of a ``proxy`` VM (the bridge
+exists then) and follows the gateway should the network's subnet change. For each request it asks ``resolve`` what
+is known of the VM at the client address: its mode, allow-list and secret bindings, read at each request so that a
+change applies to the next one. A VM becoming ready is given its environment: the placeholders of the secrets bound
+to it, and with egress ``proxy`` the proxy (``http_proxy``...) and the Nexus CA to trust. The firewall rules that
+keep a ``proxy`` VM to the proxy are ``nexus.net.ruleset``'s.
+"""
 
 from __future__ import annotations
 
 import logging
+import ssl
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network, ip_network
 from typing import Protocol
 
 from nexus.domain import AgentLinks, NotFound, Vm, VmStore
+from nexus.domain.audit import AuditLog
 from nexus.domain.egress import Binding, EgressMode, VmEgress
+from nexus.egress import DEFAULT_BLOCKED, EgressProxy, NexusCA
 from nexus.protocol import ENVIRONMENT_METHOD
 from nexus.services.network import NetworkService
 
@@ -21,16 +30,66 @@ ENVIRONMENT_TIMEOUT_S = 60.0  # update-ca-certificates in a slow guest
 
 
 class Secrets(Protocol):
+    def value(self, name: str) -> str | None: ...
     def bindings_for_vm(self, vm: Vm) -> tuple[Binding, ...]: ...
     def placeholders_for_vm(self, vm: Vm) -> dict[str, str]: ...
 
 
 class EgressService:
-    def __init__(self, *, vms: VmStore, network: NetworkService, secrets: Secrets, ca_pem: bytes | None) -> None:
+    def __init__(
+        self,
+        *,
+        vms: VmStore,
+        network: NetworkService,
+        secrets: Secrets,
+        ca: NexusCA,
+        upstream_ssl: ssl.SSLContext,
+        audit: AuditLog,
+        port: int | None,
+        blocked: Sequence[IPv4Network] = (),
+    ) -> None:
+        """``port``: where the proxy listens on the gateway (None: no proxy; ``proxy`` VMs then reach nothing);
+        ``blocked``: networks no request may go to besides loopback and link-local (the VM subnet is added)."""
         self._vms = vms
         self._net = network
         self._secrets = secrets
-        self._ca_pem = ca_pem.decode() if ca_pem is not None else None
+        self._ca = ca
+        self._upstream_ssl = upstream_ssl
+        self._audit = audit
+        self._port = port
+        self._blocked = tuple(blocked)
+        self._proxy: EgressProxy | None = None
+        self._listening: IPv4Address | None = None
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self._ca.pem_bytes()
+
+    # -- the proxy ----------------------------------------------------------------------------------------
+
+    async def listen(self, gateway: IPv4Address) -> None:
+        """Make sure the proxy listens on ``gateway`` (the bridge's address, which exists by now)."""
+        if self._port is None or self._listening == gateway:
+            return
+        await self.close()
+        _, subnet = self._net.plan()
+        blocked = (*DEFAULT_BLOCKED, ip_network(subnet), *self._blocked)  # not the host on the VM network, nor VMs
+        proxy = EgressProxy(
+            resolve=self.resolve,
+            secret_value=self._secrets.value,
+            ca=self._ca,
+            upstream_ssl=self._upstream_ssl,
+            audit=self._audit,
+            blocked=blocked,
+        )
+        await proxy.start(str(gateway), self._port)
+        self._proxy, self._listening = proxy, gateway
+        log.info("egress proxy listening on %s:%d", gateway, self._port)
+
+    async def close(self) -> None:
+        proxy, self._proxy, self._listening = self._proxy, None, None
+        if proxy is not None:
+            await proxy.close()
 
     def resolve(self, client: str) -> VmEgress | None:
         """What the proxy knows of the VM at address ``client``; None for anything else."""
@@ -44,10 +103,12 @@ class EgressService:
         allow = self._vms.allow_list(vm.id)
         return VmEgress(vm.id, vm.name, vm.egress, allow, self._secrets.bindings_for_vm(vm))
 
+    # -- the guest ----------------------------------------------------------------------------------------
+
     def guest_environment(self, vm: Vm) -> dict[str, str]:
         """The variables VM ``vm`` gets: its secrets' placeholders, and with egress ``proxy`` the proxy."""
         variables = dict(self._secrets.placeholders_for_vm(vm))
-        proxy = self._net.proxy_url(vm.id) if vm.egress is EgressMode.PROXY else None
+        proxy = self._net.proxy_url(vm.id) if vm.egress is EgressMode.PROXY and self._port is not None else None
         if proxy is not None:
             for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
                 variables[name] = proxy
@@ -58,9 +119,8 @@ class EgressService:
         """Give a VM becoming ready its environment and, when its egress goes through the proxy, the Nexus CA."""
         vm = self._vms.get(vm_id)
         variables = self.guest_environment(vm)
-        ca = self._ca_pem if vm.egress is EgressMode.PROXY else None
+        ca = self._ca.pem_bytes().decode() if vm.egress is EgressMode.PROXY else None
         if not variables and ca is None:
             return
-        params = {"set": variables, "ca_pem": ca}
-        await links.control.call(ENVIRONMENT_METHOD, params, ENVIRONMENT_TIMEOUT_S)
+        await links.control.call(ENVIRONMENT_METHOD, {"set": variables, "ca_pem": ca}, ENVIRONMENT_TIMEOUT_S)
         log.info("vm %s: environment set (%s)", vm.name, ", ".join(sorted(variables)) or "the CA only")

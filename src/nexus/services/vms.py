@@ -12,7 +12,8 @@ import secrets
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from nexus.domain import (
@@ -70,9 +71,11 @@ class VmService:
         no_driver_reason: str = "no VMM driver available",
         adopters: Mapping[str, VmmDriver] | None = None,
         locks: VmLocks | None = None,
+        proxy: Callable[[IPv4Address], Awaitable[None]] | None = None,
     ) -> None:
         """``adopters``: a driver by name for every kind of VMM an earlier nexusd may have left running (the
-        current ``driver`` among them), so a VM keeps running under the VMM it was launched with."""
+        current ``driver`` among them), so a VM keeps running under the VMM it was launched with. ``proxy(gateway)``
+        makes sure the egress proxy listens on a VM network's gateway before a ``proxy`` VM boots there."""
         self._repo = repo
         self._settings = settings
         self._layout = layout
@@ -85,6 +88,7 @@ class VmService:
         self._no_driver_reason = no_driver_reason
         self._locks = locks or VmLocks()
         self._adopters = dict(adopters or {})
+        self._proxy = proxy
         if driver is not None:
             self._adopters.setdefault(driver.name, driver)
         self._tasks: set[asyncio.Task[None]] = set()  # stops that an earlier nexusd began and this one finishes
@@ -226,6 +230,8 @@ class VmService:
         drives = await self._drives.boot_drives(vm, files.image)
         net = await self._net.attach(vm.id, vm.egress) if vm.network else None
         try:
+            if net is not None and vm.egress is EgressMode.PROXY and self._proxy is not None:
+                await self._proxy(net.gateway)  # the proxy listens on the gateway before the guest asks for it
             return await driver.launch(
                 LaunchSpec(
                     vm_id=vm.id,
@@ -290,6 +296,10 @@ class VmService:
                     adopted.append((vm, process))
         try:
             await self._net.restore({vm.id: vm.egress for vm, _ in adopted if vm.network})
+            proxied = [vm for vm, _ in adopted if vm.network and vm.egress is EgressMode.PROXY]
+            lease = self._net.info(proxied[0].id) if proxied else None
+            if lease is not None and self._proxy is not None:
+                await self._proxy(lease.gateway)
         except NexusError as exc:  # VMs without network still work; a networked start will say why not
             log.warning("could not restore networking: %s", exc.message)
         for vm, process in adopted:

@@ -6,8 +6,10 @@ from nexus.store.drives import DriveRepo, SnapshotRepo
 from nexus.store.images import ImageRepo
 from nexus.store.network import NetRepo
 from nexus.store.policies import PolicyRepo
+from nexus.store.secrets import SecretRepo
 from nexus.store.settings import SettingsRepo
 from nexus.store.tokens import TokenRepo
+from nexus.store.vault import SecretFiles
 from nexus.store.vms import VmRepo
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "ImageRepo",
     "NetRepo",
     "PolicyRepo",
+    "SecretFiles",
+    "SecretRepo",
     "SettingsRepo",
     "SnapshotRepo",
     "TokenRepo",

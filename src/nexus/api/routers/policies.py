@@ -4,10 +4,12 @@ can call leads here: a portal never widens its own policy."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
 
 from nexus.api.deps import Policies
-from nexus.schemas import PolicyCreate, PolicyOut
+from nexus.schemas import SQLITE_MAX_INT, PolicyCreate, PolicyOut
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
@@ -23,6 +25,6 @@ async def list_policies(policies: Policies) -> list[PolicyOut]:
 
 
 @router.delete("/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def remove(rule_id: int, policies: Policies) -> Response:
+async def remove(rule_id: Annotated[int, Path(ge=1, le=SQLITE_MAX_INT)], policies: Policies) -> Response:
     policies.remove(rule_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
