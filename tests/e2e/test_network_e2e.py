@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from nexus.domain import Layout
 from nexus.services import SettingsService
 from nexus.store import SettingsRepo, open_database
 from tests.api_client import NexusClient
@@ -53,6 +54,65 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.HTTPServer(("{INET_ADDR}", {INET_PORT}), H).serve_forever()
 """
+
+# The "internet"'s HTTPS side (api.test, other.test, blocked.test, all INET_ADDR): answers every GET with the
+# request's headers as JSON, so a test sees what the egress proxy sent on.
+TLS_PORT = 443
+TLS_SERVER = """
+import http.server, json, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(sys.argv[3], sys.argv[4])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+TLS_HOSTS = ("api.test", "other.test", "blocked.test")
+SECRET_VALUE = "sk-e2e-0123456789-real-value"
+
+
+def test_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key) for TLS_HOSTS, made fresh: what nexusd is told to trust."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "e2e test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_HOSTS[0])]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in TLS_HOSTS]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = directory / "test-ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
 
 # Run inside a namespace: nexusd's table as libnftables lists it, rules without handles.
 LIST_RULES = "import json; from nexus.net.nft import NftFirewall; from nexus.net.ruleset import rules_of; " + (
@@ -84,11 +144,15 @@ class Lab:
     state: Path
     daemon: Daemon | None
     root_ip_forward: str
+    upstream_ca: Path | None = None  # the test CA, which nexusd's egress proxy trusts upstream
 
     def start_nexusd(self, keep_vms: bool = False) -> None:
         """``keep_vms``: its SIGTERM leaves the VMs running (else it stops them, so the module leaves none)."""
         config = self.base / "nexusd.toml"
-        config.write_text("boot_timeout_s = 90\nheartbeat_timeout_s = 6\nstop_timeout_s = 10\n")
+        lines = ["boot_timeout_s = 90", "heartbeat_timeout_s = 6", "stop_timeout_s = 10"]
+        if self.upstream_ca is not None:
+            lines.append(f'egress_ca_file = "{self.upstream_ca}"')
+        config.write_text("\n".join(lines) + "\n")
         self.daemon = start_daemon(
             self.base,
             "--config",
@@ -151,7 +215,9 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     host, inet = f"nx-host-{suffix}", f"nx-inet-{suffix}"
     base = Path(tempfile.mkdtemp(prefix="nxnet"))  # short: Unix socket paths
     server: subprocess.Popen[bytes] | None = None
+    tls: subprocess.Popen[bytes] | None = None
     lab: Lab | None = None
+    etc = Path("/etc/netns") / host  # `ip netns exec` mounts its files over /etc: names for the "internet"
     root_ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     try:
         run("ip", "netns", "add", host)
@@ -166,6 +232,11 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         assert in_ns(host, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
         server = subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-c", ECHO_SERVER])
         wait_until(lambda: fetch_in_ns(inet, f"http://{INET_ADDR}:{INET_PORT}/") == INET_ADDR, 20, "the echo server")
+        etc.mkdir(parents=True)
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{INET_ADDR} {' '.join(TLS_HOSTS)}\n")
+        ca, cert, key = test_ca(base)
+        tls_argv = [sys.executable, "-c", TLS_SERVER, INET_ADDR, str(TLS_PORT), str(cert), str(key)]
+        tls = subprocess.Popen(["ip", "netns", "exec", inet, *tls_argv])
 
         state = linked_state(base, vmm="qemu")
         conn = open_database(state / "nexus.db")
@@ -174,7 +245,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
             settings.set("dns_servers", [INET_ADDR])
         finally:
             conn.close()
-        lab = Lab(host, inet, base, state, None, root_ip_forward)
+        lab = Lab(host, inet, base, state, None, root_ip_forward, ca)
         lab.start_nexusd()
         yield lab
     finally:
@@ -186,9 +257,11 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
             code = lab.daemon.stop()
             if code != 0:
                 print(lab.daemon.log_text()[-5000:])
-        if server is not None:
-            server.kill()
-            server.wait()
+        for process in (server, tls):
+            if process is not None:
+                process.kill()
+                process.wait()
+        shutil.rmtree(etc, ignore_errors=True)
         for ns in (host, inet):
             run("ip", "netns", "del", ns, check=False)
         shutil.rmtree(base, ignore_errors=True)
@@ -205,6 +278,7 @@ def vms(lab: Lab) -> Vms:
     with lab.api() as api:
         lab.nexusctl("vm", "create", "e2e-net-a", "--mem", "512", "--publish", f"{HOST_PORT}:{GUEST_PORT}")
         api.create_vm(name="e2e-net-b", mem_mib=512, role="portal")  # a portal reaches work VMs only via nexusd
+        api.create_vm(name="e2e-net-c", mem_mib=512, egress="proxy", allow=["api.test", "other.test"])
         a, b = api.start_vm("e2e-net-a"), api.start_vm("e2e-net-b")
         server = f"setsid python3 -m http.server {GUEST_PORT} </dev/null >/dev/null 2>&1 &"
         script = f"cd /tmp && echo inside-a > index.html && {server}"
@@ -257,6 +331,83 @@ def test_vms_cannot_reach_each_other(lab: Lab, vms: Vms) -> None:
 
 def test_published_port_reaches_the_vm_from_outside(lab: Lab, vms: Vms) -> None:
     assert fetch_in_ns(lab.inet, f"http://{UPLINK_ADDR}:{HOST_PORT}/") == "inside-a\n"
+
+
+GET = """
+import json, sys, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"x-api-key": "nexus-secret:K"})
+try:
+    print(urllib.request.urlopen(request, timeout=20).read().decode(), end="")
+except Exception as exc:
+    print(f"refused: {exc}", end="")
+"""
+
+
+def test_a_proxy_vm_reaches_allowed_hosts_with_secrets_added_on_the_way_out(lab: Lab, vms: Vms) -> None:
+    with lab.api() as api:
+        api.send("PUT", "/v1/secrets/K", content=SECRET_VALUE.encode())
+        api.request(
+            "POST", "/v1/secrets/K/bindings", json={"vm": "e2e-net-c", "host": "api.test", "header": "x-api-key"}
+        )
+        lab.nexusctl("vm", "start", "e2e-net-c")
+        try:
+
+            def get(url: str) -> str:
+                done = guest(api, "e2e-net-c", ["python3", "-c", GET, url])
+                assert done["exit_code"] == 0, done
+                return str(done["stdout"])
+
+            seen = json.loads(get("https://api.test/"))
+            assert seen["x-api-key"] == SECRET_VALUE  # replaced on the way out, for this host only
+            assert json.loads(get("https://other.test/"))["x-api-key"] == "nexus-secret:K"  # allowed, no binding
+            assert "403" in get("https://blocked.test/")  # not on its allow-list
+            assert connect_from(api, "e2e-net-c", INET_ADDR, TLS_PORT) == "blocked"  # around the proxy: dropped
+            assert connect_from(api, "e2e-net-a", INET_ADDR, TLS_PORT) == "connected"  # an open VM still gets there
+            environment = guest(api, "e2e-net-c", ["env"])["stdout"]
+            assert "K=nexus-secret:K" in environment and SECRET_VALUE not in environment
+            assert "https_proxy=http://10.77.0.1:3128" in environment
+            shown = json.loads(lab.nexusctl("--json", "vm", "egress", "e2e-net-c").stdout)
+            assert shown["mode"] == "proxy" and shown["allow"] == ["api.test", "other.test"]
+            decisions = {(r["action"].split()[1], r["decision"]) for r in shown["recent"]}
+            assert ("blocked.test:443", "deny") in decisions, shown["recent"]
+            assert SECRET_VALUE not in json.dumps(shown)
+            memory = lab.base / "c.mem"
+            save_guest_memory(lab, api.get_vm("e2e-net-c")["id"], memory, 512)
+            assert not contains(memory, SECRET_VALUE.encode())  # not in the guest's RAM either
+            memory.unlink()
+        finally:
+            lab.nexusctl("vm", "stop", "e2e-net-c")
+        drive = next(d for d in api.request("GET", "/v1/drives") if d["name"] == "e2e-net-c.root")
+        root = Layout(state_dir=lab.state, runtime_dir=lab.base / "run").drive_file(drive["id"])
+        assert not contains(root, SECRET_VALUE.encode())  # nor on its disk
+
+
+def contains(path: Path, needle: bytes, chunk: int = 16 << 20) -> bool:
+    """Whether ``path`` holds ``needle`` (read in chunks that overlap by its length: a GiB image stays on disk)."""
+    tail = b""
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            if needle in tail + block:
+                return True
+            tail = block[-len(needle) :]
+    return False
+
+
+def save_guest_memory(lab: Lab, vm_id: str, path: Path, mem_mib: int) -> None:
+    """QMP ``pmemsave`` of the guest's RAM to ``path`` (nexusd holds QMP only while it stops or pauses a VM)."""
+    import asyncio
+
+    from qemu.qmp import QMPClient
+
+    async def save() -> None:
+        client = QMPClient("e2e")
+        await client.connect(str(lab.base / "run" / "vms" / vm_id / "qmp.sock"))
+        try:
+            await client.execute("pmemsave", {"val": 0, "size": mem_mib * 1024 * 1024, "filename": str(path)})
+        finally:
+            await client.disconnect()
+
+    asyncio.run(save())
 
 
 def test_stop_and_rm_leave_no_tap_address_or_rule(lab: Lab, vms: Vms) -> None:
