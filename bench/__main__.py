@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import api_latency, cli_start, db_busy, gateway, mcp_latency, soak, vm_boot, workspaces
+from bench import api_latency, cli_start, db_busy, egress, gateway, mcp_latency, soak, vm_boot, workspaces
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "api": lambda _: api_latency.run(),
@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "workspaces": lambda _: workspaces.run(),
     "mcp": mcp_latency.run,
     "gateway": gateway.run,
+    "egress": egress.run,
     "soak": soak.run,
 }
 ON_REQUEST = {"soak"}  # long (many VM boots while nexusd is killed), so only when named

@@ -33,6 +33,7 @@ from nexus.store import SettingsRepo, open_database
 from tests.api_client import NexusClient
 from tests.e2e.conftest import linked_state
 from tests.helpers import Daemon, start_daemon, wait_until
+from tests.tls import make_test_ca
 
 pytestmark = pytest.mark.vm
 
@@ -77,41 +78,6 @@ server.serve_forever()
 """
 TLS_HOSTS = ("api.test", "other.test", "blocked.test")
 SECRET_VALUE = "sk-e2e-0123456789-real-value"
-
-
-def test_ca(directory: Path) -> tuple[Path, Path, Path]:
-    """(CA certificate, server certificate, server key) for TLS_HOSTS, made fresh: what nexusd is told to trust."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "e2e test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    leaf = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_HOSTS[0])]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in TLS_HOSTS]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    paths = directory / "test-ca.pem", directory / "server.pem", directory / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
 
 
 # Run inside a namespace: nexusd's table as libnftables lists it, rules without handles.
@@ -234,7 +200,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         wait_until(lambda: fetch_in_ns(inet, f"http://{INET_ADDR}:{INET_PORT}/") == INET_ADDR, 20, "the echo server")
         etc.mkdir(parents=True)
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{INET_ADDR} {' '.join(TLS_HOSTS)}\n")
-        ca, cert, key = test_ca(base)
+        ca, cert, key = make_test_ca(base, TLS_HOSTS)
         tls_argv = [sys.executable, "-c", TLS_SERVER, INET_ADDR, str(TLS_PORT), str(cert), str(key)]
         tls = subprocess.Popen(["ip", "netns", "exec", inet, *tls_argv])
 

@@ -18,13 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from nexus.domain.audit import ANONYMOUS_CALLER, AuditEntry, Decision, Via
 from nexus.domain.egress import Binding, EgressMode, HostPattern, VmEgress, placeholder
 from nexus.egress import EgressProxy, NexusCA, upstream_context
+from tests.tls import make_test_ca
 
 pytestmark = pytest.mark.anyio
 
@@ -34,50 +32,6 @@ NAMES = ("api.test", "other.test", "bearer.test")
 
 
 # -- a test CA and upstreams that record what reaches them
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _test_ca(base: Path) -> tuple[Path, Path, Path]:
-    """(CA cert, server cert, server key) for NAMES and 127.0.0.1."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("egress test CA"))
-        .issuer_name(_name("egress test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in NAMES]
-    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("api.test"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = base / "test-ca.pem", base / "server.pem", base / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
 
 
 @dataclass(frozen=True)
@@ -209,7 +163,7 @@ class Env:
 
 @pytest.fixture
 def upstreams(tmp_path: Path) -> Iterator[tuple[_Upstream, _Upstream, Path]]:
-    test_ca, cert, key = _test_ca(tmp_path)
+    test_ca, cert, key = make_test_ca(tmp_path, NAMES, ["127.0.0.1"])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     servers = _Upstream(context), _Upstream(None)
