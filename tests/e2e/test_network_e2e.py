@@ -13,6 +13,7 @@ Two VMs are booted once for the module: A publishes 18080:8000 and runs a web se
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import secrets
 import shutil
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 
 from nexus.domain import Layout
+from nexus.domain.egress import placeholder
 from nexus.services import SettingsService
 from nexus.store import SettingsRepo, open_database
 from tests.api_client import NexusClient
@@ -56,14 +58,16 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("{INET_ADDR}", {INET_PORT}), H).serve_forever()
 """
 
-# The "internet"'s HTTPS side (api.test, other.test, blocked.test, all INET_ADDR): answers every GET with the
-# request's headers as JSON, so a test sees what the egress proxy sent on.
+# The "internet"'s HTTPS side (api.test, other.test, blocked.test, all INET_ADDR): answers every GET with the sha256
+# of each request header's value, so a test sees what the egress proxy sent on and the guest never gets a secret
+# back in the answer.
 TLS_PORT = 443
 TLS_SERVER = """
-import http.server, json, ssl, sys
+import hashlib, http.server, json, ssl, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        seen = {k.lower(): hashlib.sha256(v.encode()).hexdigest() for k, v in self.headers.items()}
+        body = json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -299,11 +303,15 @@ def test_published_port_reaches_the_vm_from_outside(lab: Lab, vms: Vms) -> None:
     assert fetch_in_ns(lab.inet, f"http://{UPLINK_ADDR}:{HOST_PORT}/") == "inside-a\n"
 
 
+# In the guest: a GET with K's placeholder, trusting the system's CAs (SSL_CERT_FILE: with the Nexus CA, which
+# intercepted hosts present) and the test CA (what a tunnelled host presents: "the internet"'s public CA).
 GET = """
-import json, sys, urllib.request
+import ssl, sys, urllib.request
+context = ssl.create_default_context()
+context.load_verify_locations("/tmp/test-ca.pem")
 request = urllib.request.Request(sys.argv[1], headers={"x-api-key": "nexus-secret:K"})
 try:
-    print(urllib.request.urlopen(request, timeout=20).read().decode(), end="")
+    print(urllib.request.urlopen(request, timeout=20, context=context).read().decode(), end="")
 except Exception as exc:
     print(f"refused: {exc}", end="")
 """
@@ -317,30 +325,40 @@ def test_a_proxy_vm_reaches_allowed_hosts_with_secrets_added_on_the_way_out(lab:
         )
         lab.nexusctl("vm", "start", "e2e-net-c")
         try:
+            assert lab.upstream_ca is not None
+            api.call_tool(
+                "e2e-net-c", "file_write", {"path": "/tmp/test-ca.pem", "content": lab.upstream_ca.read_text()}
+            )
 
             def get(url: str) -> str:
                 done = guest(api, "e2e-net-c", ["python3", "-c", GET, url])
                 assert done["exit_code"] == 0, done
                 return str(done["stdout"])
 
-            seen = json.loads(get("https://api.test/"))
-            assert seen["x-api-key"] == SECRET_VALUE  # replaced on the way out, for this host only
-            assert json.loads(get("https://other.test/"))["x-api-key"] == "nexus-secret:K"  # allowed, no binding
+            environment = guest(api, "e2e-net-c", ["env"])["stdout"]
+            assert "K=nexus-secret:K" in environment and SECRET_VALUE not in environment
+            assert "https_proxy=http://10.77.0.1:3128" in environment and "SSL_CERT_FILE=" in environment, environment
+
+            def headers_seen(url: str) -> dict[str, str]:
+                text = get(url)
+                shown = lab.nexusctl("--json", "vm", "egress", "e2e-net-c").stdout
+                assert text.startswith("{"), f"{text}\n{shown}\n{lab.nexusd.log_text()[-3000:]}"
+                seen: dict[str, str] = json.loads(text)
+                return seen
+
+            assert headers_seen("https://api.test/")["x-api-key"] == sha256(SECRET_VALUE)  # replaced, for this host
+            assert headers_seen("https://other.test/")["x-api-key"] == sha256("nexus-secret:K")  # allowed, no binding
             assert "403" in get("https://blocked.test/")  # not on its allow-list
             assert connect_from(api, "e2e-net-c", INET_ADDR, TLS_PORT) == "blocked"  # around the proxy: dropped
             assert connect_from(api, "e2e-net-a", INET_ADDR, TLS_PORT) == "connected"  # an open VM still gets there
-            environment = guest(api, "e2e-net-c", ["env"])["stdout"]
-            assert "K=nexus-secret:K" in environment and SECRET_VALUE not in environment
-            assert "https_proxy=http://10.77.0.1:3128" in environment
             shown = json.loads(lab.nexusctl("--json", "vm", "egress", "e2e-net-c").stdout)
             assert shown["mode"] == "proxy" and shown["allow"] == ["api.test", "other.test"]
             decisions = {(r["action"].split()[1], r["decision"]) for r in shown["recent"]}
             assert ("blocked.test:443", "deny") in decisions, shown["recent"]
             assert SECRET_VALUE not in json.dumps(shown)
-            memory = lab.base / "c.mem"
-            save_guest_memory(lab, api.get_vm("e2e-net-c")["id"], memory, 512)
-            assert not contains(memory, SECRET_VALUE.encode())  # not in the guest's RAM either
-            memory.unlink()
+            qemu = api.get_vm("e2e-net-c")["pid"]
+            assert process_memory_holds(qemu, placeholder("K").encode())  # the search finds what the guest holds
+            assert not process_memory_holds(qemu, SECRET_VALUE.encode())  # not in its RAM, nor in QEMU's
         finally:
             lab.nexusctl("vm", "stop", "e2e-net-c")
         drive = next(d for d in api.request("GET", "/v1/drives") if d["name"] == "e2e-net-c.root")
@@ -359,21 +377,31 @@ def contains(path: Path, needle: bytes, chunk: int = 16 << 20) -> bool:
     return False
 
 
-def save_guest_memory(lab: Lab, vm_id: str, path: Path, mem_mib: int) -> None:
-    """QMP ``pmemsave`` of the guest's RAM to ``path`` (nexusd holds QMP only while it stops or pauses a VM)."""
-    import asyncio
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
-    from qemu.qmp import QMPClient
 
-    async def save() -> None:
-        client = QMPClient("e2e")
-        await client.connect(str(lab.base / "run" / "vms" / vm_id / "qmp.sock"))
-        try:
-            await client.execute("pmemsave", {"val": 0, "size": mem_mib * 1024 * 1024, "filename": str(path)})
-        finally:
-            await client.disconnect()
-
-    asyncio.run(save())
+def process_memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether any readable mapping of process ``pid`` holds ``needle``: for QEMU, the guest's RAM and all of QEMU's
+    own buffers (read through /proc/PID/mem, as root; nothing asks the VMM, which keeps running)."""
+    found = False
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if not perms.startswith("r") or line.rstrip().endswith(("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in span.split("-"))
+            tail = b""
+            for offset in range(start, end, 16 << 20):
+                try:
+                    mem.seek(offset)
+                    block = mem.read(min(16 << 20, end - offset))
+                except OSError:
+                    break
+                if needle in tail + block:
+                    found = True
+                tail = block[-len(needle) :]
+    return found
 
 
 def test_stop_and_rm_leave_no_tap_address_or_rule(lab: Lab, vms: Vms) -> None:
