@@ -113,10 +113,10 @@ def test_links_and_table_in_a_namespace(netns: str) -> None:
     assert "nexus did not make it" in out["foreign"] and out["foreign_addrs"] == []
     assert out["exists_before"] is False
     dumped = [json.dumps(r, sort_keys=True) for r in out["rules"]]
-    assert len(dumped) == len(set(dumped)) == 10  # 2 DNAT, 1 masquerade, 7 forward: applied 3 times, one copy
+    assert len(dumped) == len(set(dumped)) == 11  # 2 DNAT, 1 masquerade, 7 forward, 1 input: applied 3 times, one copy
     assert "No such file or directory" in out["nft_error"] and out["nft_error"].startswith("nftables refused")
     assert out["deleted"] == [True, False]
     assert out["removed"] == [True, False] and out["exists_after"] is False
-    assert out["guard_rules"] == 8  # per TAP: MAC, IPv4, ARP, IPv6 (applied twice: still one copy)
+    assert out["guard_rules"] == 6  # per TAP: its IPv4, its ARP, nothing else (applied twice: still one copy)
     assert out["egress_rules"] == 3 + 2  # proxy: forward, input accept and drop; none: forward, input
     assert out["tables_after"] == []  # the bridge table went with the inet one

@@ -209,13 +209,19 @@ def _guard(n: int, egress: EgressMode) -> GuestGuard:
 def test_each_tap_carries_only_its_own_addresses() -> None:
     cfg = RulesetConfig("nexus0", NET, guests=(_guard(2, EgressMode.OPEN),))
     ports = [json.loads(expr) for chain, expr in _rules(cfg) if chain == "ports"]
-    assert all(
-        rule[0] == {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "nxtap2"}} for rule in ports
-    )
-    assert all(rule[-1] == {"drop": None} for rule in ports)
-    text = json.dumps(ports)
-    assert '"right": "02:00:00:00:00:02"' in text and '"right": "10.77.0.2"' in text and '"ip6"' in text
-    assert "saddr ip" in text  # ARP for another's address too
+    port = {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "nxtap2"}}
+    mac = {
+        "match": {
+            "op": "==",
+            "left": {"payload": {"protocol": "ether", "field": "saddr"}},
+            "right": "02:00:00:00:00:02",
+        }
+    }
+    ip, arp, last = ports
+    assert ip[:2] == [port, mac] and ip[-1] == {"accept": None} and '"right": "10.77.0.2"' in json.dumps(ip)
+    assert arp[:2] == [port, mac] and arp[-1] == {"accept": None}
+    assert '"saddr ip"' in json.dumps(arp) and '"saddr ether"' in json.dumps(arp)  # sender IP and MAC: its own
+    assert last == [port, {"drop": None}]  # the rest (IPv6, VLAN-tagged, other types) never reaches the bridge
 
 
 def test_egress_none_and_proxy_rules() -> None:
@@ -239,12 +245,13 @@ def test_egress_none_and_proxy_rules() -> None:
     )
     assert dnat_replies < min(i for i, r in enumerate(forward) if '"10.77.0.3"' in json.dumps(r))  # replies first
     inputs = [json.dumps(r) for chain, r in rules if chain == "input"]
+    assert '"established"' in inputs[0] and '"accept"' in inputs[0]  # replies to the host's own connections first
     proxy_accept = [r for r in inputs if '"10.77.0.4"' in r and '"accept"' in r]
     assert len(proxy_accept) == 1 and '"10.77.0.1"' in proxy_accept[0] and "3128" in proxy_accept[0]
     assert not any('"10.77.0.3"' in r and '"accept"' in r for r in inputs)  # none: nothing at all
     assert inputs.index(proxy_accept[0]) < max(i for i, r in enumerate(inputs) if '"10.77.0.4"' in r and '"drop"' in r)
     without_proxy = RulesetConfig("nexus0", NET, guests=(_guard(4, EgressMode.PROXY),))
-    assert not [r for chain, r in _rules(without_proxy) if chain == "input" and '"accept"' in r]
+    assert [r for chain, r in _rules(without_proxy) if chain == "input" and '"accept"' in r] == [inputs[0]]
 
 
 def test_removal_takes_both_tables() -> None:

@@ -15,7 +15,7 @@ restart, a VM start) never duplicates a rule, and nothing is ever half applied. 
   VM whose egress is ``none`` or ``proxy`` (but the replies of its published ports).
 - ``input`` (filter): from a ``none`` VM nothing; from a ``proxy`` VM only TCP to the egress proxy's port on the
   gateway address.
-- bridge ``ports`` (prerouting): each TAP carries only its VM's MAC, IPv4 address and ARP for it, no IPv6.
+- bridge ``ports`` (prerouting): each TAP carries only untagged IPv4 and ARP from its VM's own MAC and address.
 
 It does not talk to the kernel (``nexus.net.nft`` does) and knows nothing of VMs beyond their forwards and guards.
 """
@@ -157,35 +157,38 @@ def render(cfg: RulesetConfig) -> Json:
 
 
 def _guards(cfg: RulesetConfig) -> list[Json]:
-    """On each TAP, before the bridge sees a frame: only the VM's own MAC, its own IPv4 address (and ARP for it),
-    no IPv6. Without this a VM could send as another and leave by that one's egress."""
+    """On each TAP, before the bridge sees a frame, an allow-list: untagged IPv4 from the VM's own MAC and address,
+    and ARP from them; everything else dropped (IPv6, other ethertypes, and VLAN-tagged frames, which the host would
+    untag and take as IPv4/ARP past rules that read only the outer type). So no VM can pass for another."""
     rules = []
+    ether = {"payload": {"protocol": "ether", "field": "type"}}
     for guest in cfg.guests:
         port = _match(_meta("iifname"), guest.tap)
-
-        def drop(*expr: Json, port: Json = port) -> Json:
-            return _rule(cfg, "ports", port, *expr, {"drop": None}, family=BRIDGE_FAMILY)
-
+        own_mac = _match({"payload": {"protocol": "ether", "field": "saddr"}}, guest.mac)
         rules += [
-            drop(_match({"payload": {"protocol": "ether", "field": "saddr"}}, guest.mac, "!=")),
-            drop(
-                _match({"payload": {"protocol": "ether", "field": "type"}}, "ip"),
-                _match(_saddr(), str(guest.address), "!="),
+            _rule(
+                cfg, "ports", port, own_mac, _match(ether, "ip"), _match(_saddr(), str(guest.address)),
+                {"accept": None}, family=BRIDGE_FAMILY,
             ),
-            drop(
-                _match({"payload": {"protocol": "ether", "field": "type"}}, "arp"),
-                _match({"payload": {"protocol": "arp", "field": "saddr ip"}}, str(guest.address), "!="),
+            _rule(
+                cfg, "ports", port, own_mac, _match(ether, "arp"),
+                _match({"payload": {"protocol": "arp", "field": "saddr ip"}}, str(guest.address)),
+                _match({"payload": {"protocol": "arp", "field": "saddr ether"}}, guest.mac),
+                {"accept": None}, family=BRIDGE_FAMILY,
             ),
-            drop(_match({"payload": {"protocol": "ether", "field": "type"}}, "ip6")),
-        ]
+            _rule(cfg, "ports", port, {"drop": None}, family=BRIDGE_FAMILY),
+        ]  # fmt: skip
     return rules
 
 
 def _egress(cfg: RulesetConfig) -> list[Json]:
     """A ``none`` guest forwards nothing and reaches nothing on the host; a ``proxy`` guest reaches only the proxy
     port on the gateway address (no DNS either: the proxy resolves names)."""
-    rules = []
     iif = _match(_meta("iifname"), cfg.bridge)
+    # replies to what the host opened (a published port reached through the host's own address) pass
+    rules = [
+        _rule(cfg, "input", iif, _match({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None})
+    ]
     gateway = str(cfg.subnet.network_address + 1)
     for guest in cfg.guests:
         if guest.egress is EgressMode.OPEN:
