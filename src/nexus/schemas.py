@@ -791,13 +791,13 @@ class NoArgs(Strict):
 
 
 class PortalCreateArgs(Strict):
-    """A portal creating a work VM of its own through its gateway: no role, kernel, network or ports of its choosing."""
+    """A portal creating a work VM of its own through its gateway: no role, kernel, network, ports or tags of its
+    choosing (tags could make it match another rule's selector or a tag-bound secret); its egress is the portal's."""
 
     name: Name = Field(description="unique name")
     vcpus: Vcpus | None = Field(default=None, description="default from settings")
     mem_mib: MemMib | None = Field(default=None, description="default from settings")
     image: str | None = Field(default=None, description="default from settings")
-    tags: list[Tag] = Field(default_factory=list)
     start: bool = Field(default=True, description="boot it and return once it is ready")
 
 

@@ -46,6 +46,9 @@ def test_egress_parse_request() -> None:
         _head("GET / HTTP/1.1", "X-A: v", " folded"),
         _head("GET / HTTP/1.1", "Bad Name: v"),
         _head("GET / HTTP/1.1", "X: a\rb"),
+        _head("GET /x\nHost:evil.test HTTP/1.1", "Host: api.test"),  # a bare LF in the target: a smuggled header
+        _head("GET /a\tb HTTP/1.1"),
+        _head("CONNECT api.test:443\x00 HTTP/1.1"),
     ],
 )
 def test_egress_malformed_requests(head: bytes) -> None:

@@ -170,3 +170,11 @@ def test_limits_hold_calls(service: tuple[PolicyService, list[float]]) -> None:
     clock[0] += 60.0  # the window moved on
     with policy.slot(made, P):
         pass
+
+
+def test_another_portals_vms_and_other_portals_are_out_of_reach() -> None:
+    theirs = vm("w9", tags=("team=a",), created_by="id-p2")
+    rules = [rule(1, "p", "tag:team=a", ("*",)), rule(2, "p", "w9", ("*",))]
+    assert not decide(rules, P, theirs, "run_command").allowed  # neither by its tag nor by its name
+    q = vm("q", Role.PORTAL, ("team=a",))
+    assert not decide(rules, P, q, "run_command").allowed  # a portal is never a work VM of another

@@ -274,3 +274,11 @@ def test_values_stay_out_of_the_database(world: World) -> None:
     world.conn.close()
     for path in world.db.parent.glob("nexus.db*"):
         assert value not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("name", ["PATH", "SSL_CERT_FILE", "https_proxy", "LD_PRELOAD", "NEXUS_X"])
+def test_names_the_guest_needs_are_refused(name: str) -> None:
+    from nexus.domain.egress import check_secret_name
+
+    with pytest.raises(Invalid, match="the guest needs for itself"):
+        check_secret_name(name)

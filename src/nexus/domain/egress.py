@@ -33,9 +33,19 @@ def placeholder(secret: str) -> str:
     return f"{PLACEHOLDER_PREFIX}{secret}"
 
 
+# The guest gets NAME=placeholder in its environment: these would replace what nexus or the system sets there.
+RESERVED_NAMES = frozenset(
+    {"PATH", "HOME", "SHELL", "USER", "PWD", "LANG", "TERM", "PYTHONPATH", "PYTHONHOME",
+     "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+     "http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"}
+)  # fmt: skip
+
+
 def check_secret_name(name: str) -> str:
     if not SECRET_NAME_RE.fullmatch(name):
         raise Invalid(f"invalid secret name {name!r}: use letters, digits and _ (an environment variable's name)")
+    if name in RESERVED_NAMES or name.startswith(("LD_", "NEXUS_")):
+        raise Invalid(f"secret name {name!r} is a variable the guest needs for itself: choose another name")
     return name
 
 

@@ -50,6 +50,8 @@ class Selector:
             raise Invalid(f"invalid selector {text!r}: use {forms}") from None
 
     def matches(self, vm: Vm, portal_id: str) -> bool:
+        if vm.created_by is not None and vm.created_by != portal_id:
+            return False  # another portal's VM is that portal's alone, whatever name or tags it was given
         if self.kind is SelectorKind.NAME:
             return vm.name == self.value
         if self.kind is SelectorKind.TAG:
@@ -117,8 +119,9 @@ def _portal_check(portal: Vm) -> Verdict | None:
 
 
 def applicable(rules: Iterable[Rule], portal: Vm, target: Vm) -> list[Rule]:
-    """The rules that let ``portal`` reach ``target`` at all (a portal never reaches itself)."""
-    if target.id == portal.id:
+    """The rules that let ``portal`` reach ``target`` at all: never itself, never another portal (it would use that
+    portal's gateway and policy)."""
+    if target.id == portal.id or target.role is Role.PORTAL:
         return []
     return [r for r in rules if r.spec.portal.matches(portal, portal.id) and r.spec.work.matches(target, portal.id)]
 

@@ -18,7 +18,17 @@ Lookup = Callable[[str, int], Awaitable[Sequence[str]]]  # host, port -> its add
 
 # nexusd adds the bridge's subnet (the gateway is the host itself)
 DEFAULT_BLOCKED: tuple[Network, ...] = tuple(
-    ip_network(n) for n in ("127.0.0.0/8", "0.0.0.0/8", "169.254.0.0/16", "::1/128", "::/128", "fe80::/10")
+    ip_network(n)
+    for n in (
+        "127.0.0.0/8",
+        "0.0.0.0/8",
+        "169.254.0.0/16",
+        "::1/128",
+        "::/128",
+        "fe80::/10",
+        "100.100.100.200/32",
+        "fd00:ec2::254/128",  # clouds' metadata services outside link-local (Alibaba, AWS)
+    )
 )
 
 

@@ -128,6 +128,8 @@ def parse_request(head: bytes) -> Request:
     parts, headers = _lines(head, "request")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
         raise HttpError(400, "malformed request line")
+    if not parts[1] or not all("!" <= c <= "~" for c in parts[1]):  # a bare LF or a control could smuggle a header
+        raise HttpError(400, "malformed request target")
     return Request(parts[0], parts[1], parts[2], headers)
 
 

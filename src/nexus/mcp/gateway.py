@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 Ctx = ServerRequestContext[Any, Any]
 A = TypeVar("A", bound=BaseModel)
 SESSION_BUFFER = 64  # messages in flight per session before the link's reader waits
+MAX_SESSIONS = 32  # open sessions per portal (each is an SDK server and its tasks)
+SEND_TIMEOUT_S = 30.0  # a portal that does not read what it asked for this long loses its link
 LIST_TIMEOUT_S = 5.0  # a work VM that does not list its tools in time is listed by name only
 
 INSTRUCTIONS = (
@@ -171,13 +173,21 @@ class GatewayServer:
                 if not isinstance(session_id, str):
                     log.warning("portal %s: gateway message without a session; dropped", portal_id)
                     continue
+                for ended in [sid for sid, session in sessions.items() if session.done]:
+                    del sessions[ended]
                 if method == GATEWAY_CLOSE:
                     session = sessions.pop(session_id, None)
                     if session is not None:
                         await session.end()
                 elif method == GATEWAY_MESSAGE:
                     session = sessions.get(session_id)
-                    if session is None or session.done:
+                    if session is None:
+                        if len(sessions) >= MAX_SESSIONS:
+                            log.warning(
+                                "portal %s: more than %d gateway sessions; refused one", portal_id, MAX_SESSIONS
+                            )
+                            await link.notify(GATEWAY_CLOSE, {"session": session_id})
+                            continue
                         session = sessions[session_id] = self._open(portal_id, session_id, link)
                     await session.deliver(params.get("message"))
         finally:
@@ -250,7 +260,11 @@ class _Session:
             async for item in self._from_server:
                 message = item.message.model_dump(by_alias=True, exclude_unset=True, mode="json")
                 try:
-                    await self._link.notify(GATEWAY_MESSAGE, {"session": self.id, "message": message})
+                    notify = self._link.notify(GATEWAY_MESSAGE, {"session": self.id, "message": message})
+                    await asyncio.wait_for(notify, SEND_TIMEOUT_S)
+                except TimeoutError:  # the portal stopped reading: it cannot hold nexusd up
+                    await self._link.close("the portal stopped reading its gateway")
+                    return
                 except NexusError:
                     return  # the link closed: serve() ends every session
 
@@ -462,13 +476,16 @@ class _PortalTools:
             if not verdict.allowed:
                 raise _Refused(verdict, None)
 
-        spec = VmSpec(
+        _, allow = self._gw._vms.egress(portal.id)
+        spec = VmSpec(  # it reaches the outside no further than its maker does
             name=args.name,
             vcpus=args.vcpus,
             mem_mib=args.mem_mib,
             image=args.image,
-            tags=tuple(args.tags),
             created_by=portal.id,
+            network=portal.network,
+            egress=portal.egress,
+            allow=allow,
         )
         vm = self._gw._vms.create(spec, admit=admit)
         if args.start:

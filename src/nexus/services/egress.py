@@ -10,13 +10,14 @@ keep a ``proxy`` VM to the proxy are ``nexus.net.ruleset``'s.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, ip_network
 from typing import Protocol
 
-from nexus.domain import AgentLinks, NotFound, Vm, VmStore
+from nexus.domain import AgentLinks, NotFound, Unavailable, Vm, VmStore
 from nexus.domain.audit import AuditLog
 from nexus.domain.egress import Binding, EgressMode, VmEgress
 from nexus.egress import DEFAULT_BLOCKED, EgressProxy, NexusCA
@@ -60,6 +61,7 @@ class EgressService:
         self._blocked = tuple(blocked)
         self._proxy: EgressProxy | None = None
         self._listening: IPv4Address | None = None
+        self._lock = asyncio.Lock()
 
     @property
     def ca_pem(self) -> bytes:
@@ -68,10 +70,14 @@ class EgressService:
     # -- the proxy ----------------------------------------------------------------------------------------
 
     async def listen(self, gateway: IPv4Address) -> None:
-        """Make sure the proxy listens on ``gateway`` (the bridge's address, which exists by now)."""
-        if self._port is None or self._listening == gateway:
-            return
-        await self.close()
+        """Make sure the proxy listens on ``gateway`` (the bridge's address, which exists by now); Unavailable when
+        it cannot (the port is taken)."""
+        async with self._lock:  # two proxy VMs starting at once, or a close meanwhile: one listener, or none
+            if self._port is not None and self._listening != gateway:
+                await self._close()
+                await self._start(gateway, self._port)
+
+    async def _start(self, gateway: IPv4Address, port: int) -> None:
         _, subnet = self._net.plan()
         blocked = (*DEFAULT_BLOCKED, ip_network(subnet), *self._blocked)  # not the host on the VM network, nor VMs
         proxy = EgressProxy(
@@ -82,11 +88,21 @@ class EgressService:
             audit=self._audit,
             blocked=blocked,
         )
-        await proxy.start(str(gateway), self._port)
+        try:
+            await proxy.start(str(gateway), port)
+        except OSError as exc:
+            raise Unavailable(
+                f"the egress proxy cannot listen on {gateway}:{port} ({exc.strerror or exc}); free the port or set "
+                "egress_proxy_port in nexusd.toml"
+            ) from exc
         self._proxy, self._listening = proxy, gateway
-        log.info("egress proxy listening on %s:%d", gateway, self._port)
+        log.info("egress proxy listening on %s:%d", gateway, port)
 
     async def close(self) -> None:
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
         proxy, self._proxy, self._listening = self._proxy, None, None
         if proxy is not None:
             await proxy.close()

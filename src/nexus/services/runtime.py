@@ -56,6 +56,7 @@ from nexus.services.lifecycle import transition
 log = logging.getLogger(__name__)
 
 STABLE_LINK_S = 5.0  # an MCP link that lived this long starts its reconnect backoff afresh
+GATEWAY_INBOX = 1024  # gateway messages waiting to be served before the portal counts as flooding its link
 EXIT_RECORD_WAIT_S = 2.0  # how long a VMM's exit waits for the store before the VM is released regardless
 VmHook = Callable[[str], Awaitable[None]]
 ReadyHook = Callable[[str, AgentLinks], Awaitable[None]]
@@ -88,8 +89,16 @@ class _Running:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _enqueue(inbox: asyncio.Queue[tuple[str, Any]]) -> Callable[[str, Any], None]:
-    return lambda method, params: inbox.put_nowait((method, params))
+def _enqueue(inbox: asyncio.Queue[tuple[str, Any]], overflow: asyncio.Event) -> Callable[[str, Any], None]:
+    """Queue a gateway notification; a full queue (a portal sending faster than it is served) sets ``overflow``."""
+
+    def enqueue(method: str, params: Any) -> None:
+        try:
+            inbox.put_nowait((method, params))
+        except asyncio.QueueFull:
+            overflow.set()
+
+    return enqueue
 
 
 def console_tail(path: Path, lines: int = 15) -> str:
@@ -347,24 +356,38 @@ class VmRuntime:
         backoff = Backoff()
         while run.process.exit_status is None:
             await run.reachable.wait()
-            inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(GATEWAY_INBOX)
+            overflow = asyncio.Event()
             try:
                 link = await self._connect(
                     run.process,
                     GuestPort.GATEWAY,
                     run.name,
-                    _enqueue(inbox),
+                    _enqueue(inbox, overflow),
                     self._timeouts.connect_s,
                 )
             except NexusError as exc:
                 log.debug("vm %s: gateway link: %s", run.name, exc)
                 await backoff.sleep()
                 continue
-            backoff.reset()
+            opened = asyncio.get_running_loop().time()
+            serving = asyncio.create_task(gateway.serve(run.vm_id, link, inbox), name=f"vm-gw-serve-{run.name}")
+            flooded = asyncio.create_task(overflow.wait())
             try:
-                await gateway.serve(run.vm_id, link, inbox)
+                await asyncio.wait({serving, flooded}, return_when=asyncio.FIRST_COMPLETED)
+                if flooded.done():
+                    log.warning("vm %s: its gateway sends faster than nexusd serves it; link closed", run.name)
+                    await link.close("the portal flooded its gateway")
+                await serving
+            except Exception:  # a fault of the gateway's must not end this VM's gateway for good
+                log.exception("vm %s: serving its gateway failed; reopening", run.name)
             finally:
+                flooded.cancel()
+                serving.cancel()
                 await link.close("the gateway stopped serving")
+            if asyncio.get_running_loop().time() - opened > STABLE_LINK_S:  # one that keeps dying backs off
+                backoff.reset()
+            await backoff.sleep()
 
     async def _mcp_link(self, run: _Running) -> None:
         """While the agent is heard from: keep one initialized MCP session open, reopening it whenever it closes."""
