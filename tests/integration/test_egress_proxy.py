@@ -22,6 +22,7 @@ from cryptography import x509
 from nexus.domain.audit import ANONYMOUS_CALLER, AuditEntry, Decision, Via
 from nexus.domain.egress import Binding, EgressMode, HostPattern, VmEgress, placeholder
 from nexus.egress import EgressProxy, NexusCA, upstream_context
+from nexus.egress.proxy import MAX_PER_CLIENT
 from tests.tls import make_test_ca
 
 pytestmark = pytest.mark.anyio
@@ -492,3 +493,21 @@ async def test_egress_idle_tunnel_ends_and_close_ends_tunnels(env: Env) -> None:
     await env.proxy.close()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_egress_one_client_cannot_hold_every_connection(env: Env) -> None:
+    await env.start()
+    held = [await _raw(env) for _ in range(MAX_PER_CLIENT)]
+    reader, writer = await _raw(env)
+    status, body = await _answer(reader)
+    assert status == 503 and b"too many connections" in body
+    writer.close()
+    for _, w in held[:1]:
+        w.close()
+        await w.wait_closed()
+    await asyncio.sleep(0.1)  # the proxy sees that one go
+    reader, writer = await _raw(env)  # room again: it is served (here: a bad request, answered)
+    writer.write(b"BROKEN\r\n\r\n")
+    assert (await _answer(reader))[0] == 400
+    for _, w in [*held[1:], (reader, writer)]:
+        w.close()

@@ -266,3 +266,32 @@ def test_a_portal_manages_only_its_own_vms_within_bounds(daemon: Daemon, base: P
             assert api.get_vm("w1")["state"] == "ready"
             for r in api.request("GET", "/v1/policies"):
                 api.send("DELETE", f"/v1/policies/{r['id']}")
+
+
+def test_max_result_bytes_bounds_streamed_output_too(daemon: Daemon, base: Path) -> None:
+    async def scenario() -> None:
+        with NexusClient(daemon.socket) as api:
+            made = api.request(
+                "POST",
+                "/v1/policies",
+                json={"portal": "p", "work": "w1", "tools": ["run_command"], "max_result_bytes": 200},
+            )
+        try:
+            async with inside(daemon, base) as client:
+                messages: list[str | None] = []
+
+                async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # ProgressFnT
+                    messages.append(message)
+
+                command = "for i in $(seq 1 50); do echo line-$i-padding-padding; sleep 0.01; done"
+                result = await client.call_tool(
+                    "run_command", {"vm": "w1", "command": command}, progress_callback=on_progress
+                )
+                assert result.is_error and "more than the 200 bytes" in _text(result)
+                streamed = "".join(m for m in messages if m and m.startswith("line-"))
+                assert 0 < len(streamed.encode()) <= 200  # output streamed up to the limit, no further
+        finally:
+            with NexusClient(daemon.socket) as api:
+                api.send("DELETE", f"/v1/policies/{made['id']}")
+
+    anyio.run(scenario)

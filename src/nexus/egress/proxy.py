@@ -5,10 +5,12 @@ into the bound header on the way out. Every decision is an audit entry; no heade
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +29,9 @@ from nexus.egress.tunnel import tunnel
 logger = logging.getLogger(__name__)
 
 MAX_ACTION_PATH = 512  # an audit action's path is cut there
+MAX_PER_CLIENT = 64  # connections one VM may hold open through the proxy
+MAX_CONNECTIONS = 1024  # all VMs together: nexusd's file descriptors serve its API and VM links too
+HEAD_TIMEOUT_S = 30.0  # for a request head to arrive whole
 
 
 class _Watch:
@@ -156,6 +161,7 @@ class EgressProxy:
         self._idle = idle_timeout
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._open: Counter[str] = Counter()  # connections per client address
 
     @property
     def port(self) -> int:
@@ -178,9 +184,15 @@ class EgressProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
         client = Conn(reader, writer)
         peer = str(writer.get_extra_info("peername")[0])
+        if self._open[peer] >= MAX_PER_CLIENT or len(self._tasks) >= MAX_CONNECTIONS:  # one VM cannot take them all
+            with contextlib.suppress(OSError):
+                await refuse(client, 503, "nexus egress: too many connections open; close some and retry")
+            writer.close()
+            return
+        self._tasks.add(task)
+        self._open[peer] += 1
         watch = _Watch(self._idle, writer)
         try:
             while await self._next(client, peer, watch):
@@ -194,11 +206,17 @@ class EgressProxy:
         finally:
             watch.stop()
             self._tasks.discard(task)
+            self._open[peer] -= 1
+            if not self._open[peer]:
+                del self._open[peer]
 
     async def _next(self, client: Conn, peer: str, watch: _Watch) -> bool:
         """Serve one request; whether the connection may carry another."""
         try:
-            head = await read_head(client.reader, "request")
+            try:  # a request head comes whole and soon, or the connection goes (slow-loris)
+                head = await asyncio.wait_for(read_head(client.reader, "request"), HEAD_TIMEOUT_S)
+            except TimeoutError:
+                return False
             if head is None:
                 return False
             watch.touch()
@@ -305,7 +323,10 @@ class EgressProxy:
         try:
             while True:
                 try:
-                    head = await read_head(client.reader, "request")
+                    try:  # as outside the tunnel: a head comes whole and soon
+                        head = await asyncio.wait_for(read_head(client.reader, "request"), HEAD_TIMEOUT_S)
+                    except TimeoutError:
+                        return sent
                     if head is None:
                         return sent
                     watch.touch()

@@ -359,7 +359,7 @@ class _PortalTools:
         rule = verdict.rule
         try:
             with self._gw._policy.slot(rule, portal):
-                result = await self._forward(ctx, target, tool, arguments)
+                result, streamed = await self._forward(ctx, target, tool, arguments, rule.spec.limits.max_result_bytes)
         except Forbidden as exc:
             refused = Verdict(False, exc.message, rule)
             self._gw.record(portal, tool, arguments, refused, target=target)
@@ -369,21 +369,33 @@ class _PortalTools:
             self._record_done(portal, tool, arguments, verdict, target, started, {}, error=True)
             return _error(tool, message if f"VM {target.name}" in message else f"VM {target.name}: {message}")
         result = self._within(rule, tool, result)
-        self._record_done(portal, tool, arguments, verdict, target, started, result)
+        self._record_done(portal, tool, arguments, verdict, target, started, result, streamed=streamed)
         return result
 
-    async def _forward(self, ctx: Ctx, target: Vm, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def _forward(
+        self, ctx: Ctx, target: Vm, tool: str, arguments: dict[str, Any], limit: int | None
+    ) -> tuple[dict[str, Any], int]:
+        """The tool's result, and how many bytes of progress messages (streamed output) reached the portal: they
+        count against the rule's ``limit`` too, so output beyond it is no longer streamed."""
         if not wants_progress(ctx):
-            return await self._gw._guest.call_tool(target.id, tool, arguments)
+            return await self._gw._guest.call_tool(target.id, tool, arguments), 0
+        streamed = 0
 
         def call(report: Report) -> Awaitable[dict[str, Any]]:
             def on_progress(note: dict[str, Any]) -> None:
+                nonlocal streamed
                 message = note.get("message")
-                report(float(note.get("progress", 0)), note.get("total"), message if isinstance(message, str) else None)
+                text = message if isinstance(message, str) else None
+                if text is not None and limit is not None:
+                    if streamed + len(text.encode()) > limit:
+                        text = None  # the rest of the output stays in the VM; progress itself still reaches it
+                    else:
+                        streamed += len(text.encode())
+                report(float(note.get("progress", 0)), note.get("total"), text)
 
             return self._gw._guest.call_tool(target.id, tool, arguments, on_progress=on_progress)
 
-        return await with_progress(ctx, call)
+        return await with_progress(ctx, call), streamed
 
     @staticmethod
     def _within(rule: Rule, tool: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -407,6 +419,7 @@ class _PortalTools:
         started: float,
         result: dict[str, Any],
         error: bool = False,
+        streamed: int = 0,
     ) -> None:
         self._gw.record(
             portal,
@@ -415,7 +428,7 @@ class _PortalTools:
             verdict,
             target=target,
             duration_ms=(time.monotonic() - started) * 1000,
-            result_bytes=_result_size(result) if result else 0,
+            result_bytes=(_result_size(result) if result else 0) + streamed,
             is_error=error or bool(result.get("isError")),
         )
 
