@@ -28,9 +28,10 @@ def check_value(value: bytes) -> bytes:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         raise Invalid("a secret's value must be UTF-8 text (it is sent in an HTTP header)") from None
-    if any((c < " " and c != "\t") or c == "\x7f" for c in text):
+    if not text.isprintable() or any(ord(c) > 255 for c in text):  # what the proxy will put in a header
         raise Invalid(
-            "a secret's value must not contain line breaks or other control characters (it is sent in an HTTP header)"
+            "a secret's value must be printable text in Latin-1 (no line breaks, tabs or other control characters): "
+            "it is sent in an HTTP header"
         )
     return value
 
