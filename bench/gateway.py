@@ -4,7 +4,8 @@ in the same run. Goal (issue 15): routed p50 ≤ 1.5 x host p50, and the policy 
 Both paths end at the same work VM's agent through nexusd's same MCP link; each is driven by a minimal client so
 that client cost does not blur what nexusd adds:
 
-host     ``tools/call`` POSTed as JSON-RPC to ``/v1/vms/w/mcp`` over nexusd's Unix socket (httpx, one session).
+host     ``tools/call`` POSTed as JSON-RPC to ``/v1/vms/w/mcp`` over nexusd's Unix socket (httpx, one session:
+         ``bench.mcp_latency.McpPost``).
 routed   the same message written, newline-framed, to the portal agent's gateway socket (what ``nexus-mcp``
          copies stdin to): portal agent → its gateway stream → nexusd's gateway session (policy, limits, audit)
          → the work VM's agent.
@@ -29,12 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from tests.api_client import NexusClient
 from tests.fakes.firecracker import gateway_socket
 from tests.fakes.firecracker_host import firecracker_daemon
 
 from bench.common import percentile, print_table
+from bench.mcp_latency import McpPost
 from nexus.domain import Role, Vm, VmState, utcnow
 from nexus.domain.audit import AuditEntry, Decision, Via, digest
 from nexus.domain.policy import Limits, RuleSpec, Selector
@@ -48,7 +49,6 @@ RULES = 20
 GOAL_RATIO = 1.5
 GOAL_DECIDE_MS = 0.5
 READ_ARGS: dict[str, Any] = {"path": "/tmp/nexus-bench-1b", "length": 1}
-READ = {"name": "file_read", "arguments": READ_ARGS}
 ROUTED_READ = {"name": "file_read", "arguments": {**READ_ARGS, "vm": "w"}}  # the gateway's tools name their VM
 
 
@@ -78,36 +78,6 @@ class Routed:
     def close(self) -> None:
         self._file.close()
         self._sock.close()
-
-
-class Host:
-    """A session on ``/v1/vms/w/mcp`` over nexusd's Unix socket, JSON-RPC POSTs."""
-
-    def __init__(self, sock: Path) -> None:
-        self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://nexusd", timeout=30)
-        self._headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-        init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "b"}}
-        answer = self._post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init})
-        self._headers["mcp-session-id"] = answer.headers["mcp-session-id"]
-        self._headers["mcp-protocol-version"] = "2025-06-18"
-        self._post({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        self._next = 0
-
-    def _post(self, message: dict[str, Any]) -> httpx.Response:
-        answer = self._http.post("/v1/vms/w/mcp", json=message, headers=self._headers)
-        answer.raise_for_status()
-        return answer
-
-    def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        self._next += 1
-        answer = self._post({"jsonrpc": "2.0", "id": self._next, "method": method, "params": params})
-        if answer.headers["content-type"].startswith("text/event-stream"):
-            data = [line[5:] for line in answer.text.splitlines() if line.startswith("data:")]
-            return dict(json.loads(data[-1]))
-        return dict(answer.json())
-
-    def close(self) -> None:
-        self._http.close()
 
 
 def _timed(call: Callable[[], dict[str, Any]]) -> float:
@@ -168,15 +138,15 @@ def run(args: argparse.Namespace | None = None) -> int:
             api.request("POST", "/v1/policies", json={"portal": "p", "work": "w", "tools": ["file_read"]})
             portal_id = api.get_vm("p")["id"]
         routed = Routed(gateway_socket(str(base / "run" / "vms" / portal_id / "vsock.sock")))
-        host = Host(daemon.socket)
+        host = McpPost(daemon.socket, "w")
         samples: dict[str, list[float]] = {"host": [], "routed": []}
         try:
             for _ in range(20):  # warm both paths
                 _timed(lambda: routed.ask("tools/call", ROUTED_READ))
-                _timed(lambda: host.ask("tools/call", READ))
+                _timed(lambda: host.call(READ_ARGS))
             for _ in range(CALLS):
                 samples["routed"].append(_timed(lambda: routed.ask("tools/call", ROUTED_READ)))
-                samples["host"].append(_timed(lambda: host.ask("tools/call", READ)))
+                samples["host"].append(_timed(lambda: host.call(READ_ARGS)))
         finally:
             routed.close()
             host.close()

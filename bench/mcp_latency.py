@@ -38,7 +38,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ from typing import Any
 import anyio
 import httpx
 import httpx2
+from tests.helpers import free_port
 
 from bench import vm_boot
 from bench.common import nexusd, percentile, print_table
@@ -76,13 +76,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--mcp-calls", type=int, default=CALLS, help=f"timed tools/call per path (default {CALLS})", metavar="N"
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _token_file(base: Path) -> tuple[Path, str]:
@@ -150,9 +143,10 @@ class McpPost:
         response.raise_for_status()
         return response
 
-    def call(self) -> Any:
+    def call(self, arguments: dict[str, Any] = READ_ARGS) -> Any:
+        """One ``file_read`` with ``arguments``; its answer (RuntimeError when it failed)."""
         self.next_id += 1
-        response = self._post({"method": "tools/call", "params": {"name": "file_read", "arguments": READ_ARGS}}, 0)
+        response = self._post({"method": "tools/call", "params": {"name": "file_read", "arguments": arguments}}, 0)
         text = response.text
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             text = next(line[5:] for line in text.splitlines() if line.startswith("data:"))
@@ -296,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _state() as (base, state, image):
             token_file, token = _token_file(base)
-            port = _free_port()
+            port = free_port()
             extra = ("--listen", f"127.0.0.1:{port}", "--token-file", str(token_file), "--stop-vms-on-exit")
             with (
                 nexusd(*extra, state_dir=state) as daemon,

@@ -28,7 +28,7 @@ from mcp.types import TextContent
 
 from nexus.agent.gateway import LINK_DOWN, LINK_DOWN_MESSAGE
 from nexus.protocol import LineBuffer, encode_message
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.integration.test_agent_server import SRC_DIR, WAIT_S, Message, Peer
 
 INIT_PARAMS = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "pytest", "version": "0"}}
@@ -90,12 +90,6 @@ class Nexusd:
                 and pred(m["params"]["message"])
             )
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Agent:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.api_client import NexusClient
-from tests.helpers import REPO, Daemon, start_daemon
+from tests.helpers import REPO, Daemon, free_port, start_daemon
 
 TOKEN = "fuzz-token-0123456789abcdef"
 CONFIG = Path(__file__).with_name("api_fuzz.toml")  # seed, examples per operation, stateful scenarios
@@ -61,19 +60,12 @@ CHECKS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def fuzzed() -> Iterator[tuple[Daemon, str]]:
     base = Path(tempfile.mkdtemp(prefix="nxfuzz-"))
     (base / "token").write_text(TOKEN + "\n")
     (base / "token").chmod(0o600)  # nexusd refuses a token file others can read
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     daemon = start_daemon(base, "--listen", address, "--token-file", str(base / "token"))
     try:
         yield daemon, f"http://{address}"

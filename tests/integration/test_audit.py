@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,17 +28,10 @@ from nexus.cli.main import main
 from nexus.domain import Invalid, NotFound
 from nexus.domain.audit import digest
 from tests.api_client import NexusClient
-from tests.helpers import Daemon, start_daemon, wait_until
+from tests.helpers import Daemon, free_port, start_daemon, wait_until
 
 ADMIN = "admin-token-for-the-audit-tests-0123456789"
 SECRET = "sk-live-7d1e0c9a-do-not-log-me"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -68,7 +60,7 @@ def _start(base: Path) -> Nexusd:
     token_file = base / "admin-token"
     token_file.write_text(ADMIN + "\n")
     token_file.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     daemon = start_daemon(base, "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file))
     return Nexusd(daemon, f"http://127.0.0.1:{port}")
 

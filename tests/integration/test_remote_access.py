@@ -39,16 +39,9 @@ from nexus.daemon.server import bind_tcp
 from nexus.domain import Forbidden
 from nexus.mcp.errors import INVALID_STATE
 from tests.api_client import NexusClient
-from tests.helpers import Daemon, start_daemon, wait_until
+from tests.helpers import Daemon, free_port, start_daemon, wait_until
 
 ADMIN = "admin-token-for-the-tcp-listener-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -77,7 +70,7 @@ def _token_file(base: Path) -> Path:
 def remote() -> Iterator[Remote]:
     """One nexusd with a TCP listener and two created VMs, ``box`` and ``other``."""
     base = Path(tempfile.mkdtemp(prefix="nxacc-"))
-    port = _free_port()
+    port = free_port()
     token_file = _token_file(base)
     d = start_daemon(base, "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file))
     try:
@@ -263,7 +256,7 @@ def test_token_file_open_to_others_stops_nexusd(tmp_path: Path) -> None:
             str(tmp_path / "nexusd.sock"),
             "--no-network",
             "--listen",
-            f"127.0.0.1:{_free_port()}",
+            f"127.0.0.1:{free_port()}",
             "--token-file",
             str(token_file),
         ],
@@ -405,7 +398,7 @@ def _self_signed(base: Path) -> tuple[Path, Path]:
 def test_tls_listener_with_ca_file(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     token_file = _token_file(tmp_path)
-    port = _free_port()
+    port = free_port()
     url = f"https://127.0.0.1:{port}"
     d = start_daemon(
         tmp_path,

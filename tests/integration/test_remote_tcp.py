@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,17 +21,10 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.fakes.firecracker_host import firecracker_daemon
-from tests.helpers import Daemon
+from tests.helpers import Daemon, free_port
 from tests.integration.test_mcp_vm import pytestmark  # noqa: F401  (the same skips)
 
 TOKEN = "t0ken-for-the-tcp-listener-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -41,7 +33,7 @@ def remote() -> Iterator[tuple[Daemon, str, Path]]:
     token_file = base / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     d = firecracker_daemon(base, None, None, "--listen", url.removeprefix("http://"), "--token-file", str(token_file))
     try:
         yield d, url, token_file

@@ -40,7 +40,7 @@ from nexus.domain.policy import ALL_TOOLS, CreateAsk, Rule, Verdict
 from nexus.mcp.guest import explained
 from nexus.mcp.manage import ADDS, DESTROYS, READS, REMOVES, SETS, Hints
 from nexus.mcp.progress import Report, wants_progress, with_progress
-from nexus.mcp.sizing import fit
+from nexus.mcp.sizing import fit, message_bytes
 from nexus.protocol import AGENT_INSTRUCTIONS, GATEWAY_CLOSE, GATEWAY_MESSAGE
 from nexus.schemas import (
     PortalCreateArgs,
@@ -72,10 +72,6 @@ INSTRUCTIONS = (
 
 def _error(tool: str, message: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": f"{tool}: {message}"}], "isError": True}
-
-
-def _result_size(result: dict[str, Any]) -> int:
-    return len(json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +396,7 @@ class _PortalTools:
     @staticmethod
     def _within(rule: Rule, tool: str, result: dict[str, Any]) -> dict[str, Any]:
         limit = rule.spec.limits.max_result_bytes
-        size = _result_size(result)
+        size = message_bytes(result)
         if limit is None or size <= limit:
             return result
         return _error(
@@ -428,7 +424,7 @@ class _PortalTools:
             verdict,
             target=target,
             duration_ms=(time.monotonic() - started) * 1000,
-            result_bytes=(_result_size(result) if result else 0) + streamed,
+            result_bytes=(message_bytes(result) if result else 0) + streamed,
             is_error=error or bool(result.get("isError")),
         )
 

@@ -15,19 +15,20 @@ from typing import Any, Final
 MAX_RESULT_BYTES: Final = 1024 * 1024 - 32 * 1024  # the client's 1 MiB per event, less room for the envelope
 
 
-def _size(result: dict[str, Any]) -> int:
+def message_bytes(result: dict[str, Any]) -> int:
+    """A result's bytes as one JSON message carries it."""
     return len(json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def fit(tool: str, result: dict[str, Any], limit: int = MAX_RESULT_BYTES) -> dict[str, Any]:
     """``result`` as it is when it fits in ``limit`` bytes of JSON, else slimmed, else an error result."""
-    size = _size(result)
+    size = message_bytes(result)
     if size <= limit:
         return result
     if isinstance(result.get("structuredContent"), dict):
         note = f"[{tool}: a {size}-byte result; text copy dropped to fit one MCP message: read structuredContent]"
         slim = {**result, "content": [{"type": "text", "text": note}]}
-        if _size(slim) <= limit:
+        if message_bytes(slim) <= limit:
             return slim
     message = (
         f"{tool}: the result is {size} bytes, more than the {limit} bytes one MCP message carries; ask for less "
