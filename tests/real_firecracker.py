@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,19 @@ def ensure_real_firecracker(root: Path | None = None) -> RealFirecracker:
             shutil.rmtree(work, ignore_errors=True)
     _check(target)
     return RealFirecracker(VERSION, target / "firecracker", target / "jailer")
+
+
+def hlt_vmlinux() -> bytes:
+    """A "kernel" the real Firecracker loads and starts: a 64-bit x86 ELF whose one segment, at 16 MiB, is
+    ``hlt; jmp .-1``. Its vCPU halts at once and stays so (no CPU burnt); it never prints or powers off. Firecracker
+    enters an ELF without a PVH note in 64-bit mode at ``e_entry``, so these three bytes are all it runs."""
+    code = b"\xf4\xeb\xfd"
+    load = 0x1000000
+    offset = 64 + 56  # the ELF header, then one program header
+    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, little-endian, version 1, System V
+    header += struct.pack("<HHIQQQIHHHHHH", 2, 0x3E, 1, load, 64, 0, 0, 64, 56, 1, 0, 0, 0)  # EXEC, x86-64
+    segment = struct.pack("<IIQQQQQQ", 1, 5, offset, load, load, len(code), len(code), 0x1000)  # PT_LOAD, r-x
+    return header + segment + code
 
 
 def main() -> int:

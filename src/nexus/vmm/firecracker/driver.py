@@ -534,11 +534,12 @@ def _exit_status(exited: asyncio.Future[ExitStatus]) -> ExitStatus:
 def remove_cgroups(dirs: tuple[Path, ...]) -> None:
     """Remove the jailer's cgroups of one VM (empty once Firecracker is gone; the shared parent stays)."""
     for path in dirs:
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                path.rmdir()
-            except OSError as exc:
-                log.warning("cannot remove cgroup %s: %s", path, exc.strerror)
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove cgroup %s: %s", path, exc.strerror)
 
 
 def _recorded_cgroups(record: VmmRecord) -> tuple[Path, ...]:
