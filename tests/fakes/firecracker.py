@@ -36,13 +36,22 @@ from tests.helpers import REPO
 FAULTS_ENV = "NEXUS_FAKE_FC_FAULTS"
 ROOT_ENV = "NEXUS_FAKE_FC_ROOT"  # set by the fake jailer: the chroot this "firecracker" pretends to live in
 HEARTBEAT_S = 0.5
-KERNEL_OPEN = "The kernel file cannot be opened: No such file or directory (os error 2)"
+# Firecracker v1.12.1's wording (seen from the real binary); {err} is "<strerror> (os error <errno>)".
+KERNEL_OPEN = "Boot source error: The kernel file cannot be opened: {err}"
+INITRD_OPEN = "Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. {err}"
 NOT_ELF = (
-    "Start microvm error: Cannot load kernel due to invalid memory configuration or invalid kernel image: "
-    "Kernel Loader: failed to load ELF kernel image"
+    "Start microvm error: System configuration error: Cannot load kernel due to invalid memory configuration or "
+    "invalid kernel image: Kernel Loader: failed to load ELF kernel image: Kernel Loader: Invalid Elf magic number"
 )
-DRIVE_OPEN = "Unable to create the block device: BackingFile(Os { code: 2, kind: NotFound }, {path})"
-VSOCK_BIND = "Cannot create backend for vsock device: UnixBind(Os {{ code: 98, kind: AddrInUse }}) {path}"
+DRIVE_OPEN = (
+    "Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the "
+    "backing file: {err} {path}"
+)
+VSOCK_BIND = (
+    "Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: {err}"
+)
+LOGGER_OPEN = "Logger error: Failed to open target file: {err}"
+METRICS_OPEN = "Metrics error: Cannot initialize the metrics system due to bad user input: {err}"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -84,30 +93,53 @@ class GuestModel(FirecrackerModel):
         self.add_route("PUT", "/boot-source", self._check_boot_source, preboot_only=True)
         self.add_route("PUT", "/drives/{drive_id}", self._check_drive, preboot_only=True)
         self.add_route("PUT", "/vsock", self._bind_vsock, preboot_only=True)
+        self.add_route("PUT", "/logger", self._check_logger, preboot_only=True)
+        self.add_route("PUT", "/metrics", self._check_metrics, preboot_only=True)
 
     def host(self, path: str) -> str:
         """Where ``path``, as Firecracker was given it, is on the host (inside the chroot under the jailer)."""
         return str(resolve(self.root, path))
 
-    # Firecracker opens the kernel and the drive file, and binds the vsock socket, when they are configured.
+    # Like Firecracker, open every file when it is configured, as the uid this process runs as (the jailed one
+    # under the jailer): a file that uid cannot read, or write when it must, is refused here as it is for real.
     def _check_boot_source(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
-        if not Path(self.host(body["kernel_image_path"])).is_file():
-            return Reply.fault(KERNEL_OPEN)
+        problem = _open_error(self.host(body["kernel_image_path"]), os.O_RDONLY)
+        if problem is not None:
+            return Reply.fault(KERNEL_OPEN.format(err=problem))
+        if body.get("initrd_path") is not None:
+            problem = _open_error(self.host(body["initrd_path"]), os.O_RDONLY)
+            if problem is not None:
+                return Reply.fault(INITRD_OPEN.format(err=problem))
         return self._put_boot_source(body, params)
 
     def _check_drive(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
-        if not Path(self.host(body["path_on_host"])).exists():
-            return Reply.fault(DRIVE_OPEN.replace("{path}", repr(body["path_on_host"])))
+        flags = os.O_RDONLY if body.get("is_read_only") else os.O_RDWR
+        problem = _open_error(self.host(body["path_on_host"]), flags)
+        if problem is not None:
+            return Reply.fault(DRIVE_OPEN.format(err=problem, path=body["path_on_host"]))
         return self._put_drive(body, params)
+
+    def _check_logger(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
+        problem = _open_error(self.host(body["log_path"]), os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+        if problem is not None:  # no O_CREAT: the file (or named pipe) must exist
+            return Reply.fault(LOGGER_OPEN.format(err=problem))
+        return self._put_logger(body, params)
+
+    def _check_metrics(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
+        if self.metrics is None:  # a second PUT is refused by the model, before any file is opened
+            problem = _open_error(self.host(body["metrics_path"]), os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+            if problem is not None:
+                return Reply.fault(METRICS_OPEN.format(err=problem))
+        return self._put_metrics(body, params)
 
     def _bind_vsock(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(self.host(body["uds_path"]))
             sock.listen(16)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            return Reply.fault(VSOCK_BIND.format(path=body["uds_path"]))
+            return Reply.fault(VSOCK_BIND.format(err=_os_error(exc)))
         if self._vsock_sock is not None:
             self._vsock_sock.close()
         self._vsock_sock = sock
@@ -217,6 +249,19 @@ class GuestModel(FirecrackerModel):
         self.exited.set()
 
 
+def _os_error(exc: OSError) -> str:
+    """An OS error as Rust's io::Error prints it."""
+    return f"{os.strerror(exc.errno or 0)} (os error {exc.errno})"
+
+
+def _open_error(path: str, flags: int) -> str | None:
+    try:
+        os.close(os.open(path, flags))
+    except OSError as exc:
+        return _os_error(exc)
+    return None
+
+
 def faults_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> list[Fault]:
     """Faults to inject, from ``$NEXUS_FAKE_FC_FAULTS``: ``[{"method": ..., "path": ..., "fault_message": ...}]``."""
     raw = environ.get(FAULTS_ENV)
@@ -254,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-sock", type=Path, required=True)
     parser.add_argument("--id", default="anonymous-instance")
     parser.add_argument("--level", choices=["Error", "Warning", "Info", "Debug", "Trace", "Off"])
-    parser.add_argument("--start-time-us", type=int)  # the jailer passes these two
+    parser.add_argument("--start-time-us", type=int)  # the jailer passes these
     parser.add_argument("--start-time-cpu-us", type=int)
+    parser.add_argument("--parent-cpu-time-us", type=int)  # with --new-pid-ns
     args = parser.parse_args(argv)
     return asyncio.run(serve(args.api_sock, args.id))
 

@@ -33,7 +33,10 @@ NOT_BEFORE_START = "The requested operation is not supported before starting the
 NO_KERNEL = "Start microvm error: Cannot start microvm without kernel configuration."
 ID_MISMATCH = "The id from the path does not match the id from the body!"
 INVALID_ID = "API Resource IDs can only contain alphanumeric characters and underscores."
-METRICS_AGAIN = "Reinitialization of metrics not allowed."
+METRICS_AGAIN = (
+    "Metrics error: Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not "
+    "allowed."
+)
 DESERIALIZE = "An error occurred when deserializing the json body of a request: {}."
 _ID_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -306,8 +309,8 @@ class FirecrackerModel:
                 return Reply.fault(NOT_BEFORE_START)
             self.ctrl_alt_del_count += 1
             self.on_ctrl_alt_del()
-        elif action == "FlushMetrics" and self.metrics is None:
-            return Reply.fault("Metrics system not initialized.")  # wording not checked against Firecracker
+        elif action == "FlushMetrics" and not self.started:  # v1.12.1 refuses it before start, metrics or not
+            return Reply.fault(NOT_BEFORE_START)
         return NO_CONTENT
 
     def _patch_vm(self, body: dict[str, Any], _params: dict[str, str]) -> Reply:

@@ -16,6 +16,7 @@ from nexus.store import ImageRepo, SettingsRepo, open_database
 from tests.fakes.firecracker import write_fake_binary
 from tests.fakes.jailer import write_fake_jailer
 from tests.helpers import Daemon, start_daemon
+from tests.real_firecracker import hlt_vmlinux
 
 KERNEL_VERSION = "6.1.0-99-cloud-amd64"
 FAULT = "Start microvm error: fake fault injected by the test"
@@ -44,7 +45,7 @@ def stub_kernel(kernels_dir: Path) -> Path:
     (kdir / "modules" / "modules.dep").write_text("")
     (kdir / "config").write_text(STUB_CONFIG)
     (kdir / "vmlinuz").write_bytes(b"MZ stub bzImage")
-    (kdir / "vmlinux").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))
+    (kdir / "vmlinux").write_bytes(hlt_vmlinux())  # the fake reads its magic; the real Firecracker starts it
     meta = {
         "format": 1,
         "version": KERNEL_VERSION,

@@ -138,6 +138,9 @@ def test_settings_and_status(capsys: pytest.CaptureFixture[str], daemon: Daemon)
     assert run(capsys, daemon, "settings", "get", "default_vcpus")[1] == "4\n"
     assert run(capsys, daemon, "settings", "set", "vmm", "xen")[0] == 2
     assert run_json(capsys, daemon, "settings", "get", "vmm")["value"] == "auto"
+    out = run(capsys, daemon, "settings", "set", "vmm", "qemu")[1]  # applies at once, and says so
+    assert out.startswith("vmm = qemu\nVMs started from now on: none (qemu-system-x86_64 not found"), out
+    assert out.endswith("; running VMs keep theirs\n")
 
     health = run_json(capsys, daemon, "status")
     assert health["status"] == "ok"

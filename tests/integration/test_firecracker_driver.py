@@ -80,6 +80,11 @@ def test_lifecycle_through_nexusd(base: Path) -> None:
             assert api.pause_vm("fc-one")["state"] == "paused"
             assert api.resume_vm("fc-one")["state"] == "ready"
 
+            # The vmm setting applies at once to the VMs started from now on; this one keeps its Firecracker.
+            api.set_setting("vmm", "qemu")
+            assert api.health()["driver"]["name"] in ("qemu", None)  # None: no QEMU on this host
+            assert api.call_tool("fc-one", "run_command", {"command": ["true"]})["structuredContent"]["exit_code"] == 0
+
             stopped = api.stop_vm("fc-one")
             assert (stopped["state"], stopped["pid"]) == ("stopped", None)
             states = [h["to_state"] for h in api.vm_history("fc-one")]
@@ -91,8 +96,11 @@ def test_lifecycle_through_nexusd(base: Path) -> None:
             console = (daemon.state_dir / "vms" / vm["id"] / "console.log").read_text()
             assert "nexus.transport=vsock" in console and "vmlinux" in console
 
-            # Started again, then killed: crashed, and the fake's guest agent goes with it.
-            pid = api.start_vm("fc-one")["pid"]
+            # Started again (with Firecracker, chosen again), then killed: crashed, and the fake's agent goes with it.
+            api.set_setting("vmm", "firecracker")
+            assert api.health()["driver"]["name"] == "firecracker"
+            assert api.start_vm("fc-one")["vmm"] == "firecracker"
+            pid = api.get_vm("fc-one")["pid"]
             os.kill(pid, signal.SIGKILL)
             wait_until(lambda: api.get_vm("fc-one")["state"] == "crashed", 10, "crashed")
             assert "signal 9" in api.vm_history("fc-one")[-1]["reason"]

@@ -7,6 +7,7 @@ import pytest
 from nexus.cli.main import _hoist_global_flags
 from nexus.daemon.config import Config, load
 from nexus.domain import Invalid
+from nexus.vmm.firecracker import JailerOptions
 
 
 def test_defaults_without_file(tmp_path: Path) -> None:
@@ -142,6 +143,33 @@ def test_jailer_keys(tmp_path: Path) -> None:
     cfg.write_text('jailer_uid = "nobody"\n')
     with pytest.raises(Invalid, match="jailer_uid must be a non-negative integer"):
         load(cfg, {})
+
+
+def test_jailer_isolation_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "nexusd.toml"
+    cfg.write_text(
+        'jailer_binary = "/opt/fc/jailer"\njailer_uid = 123\njailer_gid = 100\njailer_cgroup_version = 1\n'
+        'jailer_cgroups = ["cpu.shares=512", "memory.limit_in_bytes=1G"]\njailer_parent_cgroup = "nexus"\n'
+        "jailer_new_pid_ns = true\n"
+    )
+    jailer = load(cfg, {}).jailer()
+    assert jailer is not None and jailer.new_pid_ns and jailer.parent_cgroup == "nexus"
+    assert (jailer.cgroup_version, jailer.cgroups) == (1, (("cpu.shares", "512"), ("memory.limit_in_bytes", "1G")))
+    assert Config(jailer_binary=Path("/j"), jailer_uid=1, jailer_gid=1).jailer() == JailerOptions(Path("/j"), 1, 1)
+    bad = {
+        'jailer_cgroups = ["memory.max"]': "must be 'controller.file=value'",
+        'jailer_cgroups = ["max=1"]': "must look like 'controller.file'",
+        "jailer_cgroup_version = 3": "must be 1 or 2",
+        'jailer_parent_cgroup = "/abs"': "must be a relative cgroup path",
+        'jailer_parent_cgroup = "a/../b"': "must be a relative cgroup path",
+        'jailer_new_pid_ns = "yes"': "must be true or false",
+    }
+    for line, needle in bad.items():
+        cfg.write_text(f'jailer_binary = "/opt/fc/jailer"\njailer_uid = 123\njailer_gid = 100\n{line}\n')
+        with pytest.raises(Invalid, match=needle):
+            load(cfg, {}).jailer()
+    with pytest.raises(Invalid, match="jailer_cgroups, jailer_new_pid_ns only apply with jailer_binary"):
+        Config(jailer_cgroups=("memory.max=1G",), jailer_new_pid_ns=True).jailer()
 
 
 def test_network_switch(tmp_path: Path) -> None:

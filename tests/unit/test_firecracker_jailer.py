@@ -19,6 +19,7 @@ from nexus.vmm.firecracker import (
     LogLevel,
     Placement,
     boot_args,
+    cgroup_dirs,
     chroot_layout,
     firecracker_argv,
     jailer_argv,
@@ -304,3 +305,38 @@ def test_jailer_options_refuse_bad_values(kw: dict[str, object], needle: str) ->
 def test_jailer_refuses_an_exec_file_without_firecracker_in_its_name() -> None:
     with pytest.raises(Invalid, match="whose name contains"):
         launch(exec_file=Path("/usr/bin/fc"))
+
+
+MOUNTS = """\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,relatime,cpu,cpuacct 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+"""
+
+
+def test_jailed_driver_passes_cgroups_and_a_pid_namespace(tmp_path: Path) -> None:
+    jailer = JailerOptions(
+        Path("/usr/bin/jailer"), 123, 100, cgroup_version=1, cgroups=(("cpu.shares", "512"),), new_pid_ns=True
+    )
+    argv = FirecrackerDriver("/usr/bin/firecracker", jailer=jailer).launch_argv(_spec(tmp_path))
+    options = argv[argv.index("--chroot-base-dir") + 2 : argv.index("--")]
+    # The parent cgroup is named even though it is the jailer's default, so the driver knows which dirs to remove.
+    expected = ["--cgroup-version", "1", "--cgroup", "cpu.shares=512", "--parent-cgroup", "firecracker"]
+    assert options == [*expected, "--new-pid-ns"]
+
+
+def test_cgroup_dirs_follow_the_hosts_hierarchy() -> None:
+    cg = (("cpu.shares", "512"), ("cpuacct.usage", "0"), ("memory.limit_in_bytes", "1G"))
+    v1 = launch(cgroup_version=1, cgroups=cg, parent_cgroup="nexus")
+    assert cgroup_dirs(v1, MOUNTS) == (
+        Path("/sys/fs/cgroup/cpu,cpuacct/nexus/vm-1"),  # one hierarchy for two controllers: one dir
+        Path("/sys/fs/cgroup/memory/nexus/vm-1"),
+    )
+    v2 = launch(cgroups=(("memory.max", "1G"),))
+    assert cgroup_dirs(v2, MOUNTS) == (Path("/sys/fs/cgroup/unified") / EXEC.name / "vm-1",)
+    assert cgroup_dirs(launch(), MOUNTS) == ()  # no cgroups asked: the jailer makes none
+    with pytest.raises(Invalid, match="no cgroup v1 hierarchy has the pids controller"):
+        cgroup_dirs(launch(cgroup_version=1, cgroups=(("pids.max", "10"),)), MOUNTS)
+    with pytest.raises(Invalid, match="no cgroup2 mount"):
+        cgroup_dirs(v2, MOUNTS.replace("cgroup2", "tmpfs"))

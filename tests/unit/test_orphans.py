@@ -1,11 +1,13 @@
 """Killing a VMM left running by a daemon that died: only the process whose argv names the VM's runtime dir or,
-for a jailed Firecracker (which only sees its chroot), carries the jailer's ``--id=<vm id>``."""
+for a jailed Firecracker (which only sees its chroot), carries the jailer's ``--id <vm id>``."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from nexus.vmm.process import kill_orphan
 from tests.helpers import wait_until
@@ -36,7 +38,8 @@ def test_kills_the_vms_own_vmm_and_removes_its_runtime_dir(tmp_path: Path) -> No
 def test_leaves_a_recycled_pid_alone(tmp_path: Path) -> None:
     runtime = tmp_path / "run" / "vms" / VM_ID
     runtime.mkdir(parents=True)
-    other = _sleeper("--api-sock", str(tmp_path / "run" / "vms" / "ffffffffffff" / "api.sock"), "--id=ffffffffffff")
+    other_runtime = str(tmp_path / "run" / "vms" / "ffffffffffff" / "api.sock")
+    other = _sleeper("--api-sock", other_runtime, "--id", "ffffffffffff", "--api-sock", VM_ID)
     try:
         assert not kill_orphan(other.pid, VM_ID, runtime)
         assert other.poll() is None
@@ -47,10 +50,17 @@ def test_leaves_a_recycled_pid_alone(tmp_path: Path) -> None:
     assert not kill_orphan(other.pid, VM_ID, runtime)  # gone: nothing to do
 
 
-def test_kills_a_jailed_firecracker_by_the_id_the_jailer_gave_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--id", VM_ID, "--start-time-us", "1", "--api-sock", "/api.sock"),  # as the real jailer v1.12.1 passes it
+        (f"--id={VM_ID}", "--start-time-us=1", "--api-sock", "/api.sock"),
+    ],
+)
+def test_kills_a_jailed_firecracker_by_the_id_the_jailer_gave_it(tmp_path: Path, argv: tuple[str, ...]) -> None:
     runtime = tmp_path / "run" / "vms" / VM_ID
     runtime.mkdir(parents=True)
-    orphan = _sleeper(f"--id={VM_ID}", "--start-time-us=1", "--api-sock", "/api.sock")
+    orphan = _sleeper(*argv)
     try:
         assert kill_orphan(orphan.pid, VM_ID, runtime)
         assert orphan.wait(timeout=5) == -9

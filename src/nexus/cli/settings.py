@@ -53,4 +53,11 @@ def set_(
         parsed = value
     with client(ctx) as c:
         result = plain(c.settings.set(key, parsed))
-    emit(ctx_of(ctx), result, lambda s: print(f"{s['key']} = {_show(s['value'])}"))
+        driver = plain(c.health())["driver"] if key == "vmm" else None
+
+    def show(s: dict[str, Any]) -> None:
+        print(f"{s['key']} = {_show(s['value'])}")
+        if driver is not None:  # the choice applies at once, to the VMs started from now on
+            print(f"VMs started from now on: {driver['name'] or 'none'} ({driver['reason']}); running VMs keep theirs")
+
+    emit(ctx_of(ctx), result, show)

@@ -10,7 +10,7 @@ from nexus.daemon.credentials import read_private_text
 from nexus.domain import Invalid, Layout
 from nexus.mcp.origin import OriginPolicy
 from nexus.services import RuntimeTimeouts
-from nexus.vmm.firecracker.jailer import DEFAULT_CHROOT_BASE, JailerOptions
+from nexus.vmm.firecracker.jailer import DEFAULT_CHROOT_BASE, JailerOptions, parse_cgroup_setting
 
 DEFAULT_CONFIG_FILE = Path("/etc/nexus/nexusd.toml")
 
@@ -32,6 +32,10 @@ class Config:
     jailer_uid: int | None = None
     jailer_gid: int | None = None
     jailer_chroot_base: Path = DEFAULT_CHROOT_BASE  # on the state dir's filesystem: drives are hard-linked in
+    jailer_cgroups: tuple[str, ...] = ()  # "memory.max=1G"...: each Firecracker in a cgroup of its own
+    jailer_cgroup_version: int = 2  # the host's cgroup hierarchy for jailer_cgroups (1 or 2)
+    jailer_parent_cgroup: str | None = None  # where those cgroups go (default: the firecracker file's name)
+    jailer_new_pid_ns: bool = False  # each Firecracker as pid 1 of a PID namespace of its own
     network: bool = True  # VMs get a NIC on nexusd's bridge by default; false: no bridge, TAP or rule is made
     ip_forward: bool = True  # turn IPv4 forwarding on when a VM needs a way out; false: the operator decides
     stop_vms_on_exit: bool = False  # on SIGTERM/SIGINT power VMs off; by default they run on (live restore)
@@ -56,12 +60,22 @@ class Config:
     def jailer(self) -> JailerOptions | None:
         """The jailer settings, or None when Firecracker runs directly."""
         if self.jailer_binary is None:
-            if self.jailer_uid is not None or self.jailer_gid is not None:
-                raise Invalid("jailer_uid and jailer_gid only apply with jailer_binary")
+            given = [k for k in _JAILER_KEYS if getattr(self, k) != getattr(_DEFAULTS, k)]
+            if given:
+                raise Invalid(f"{', '.join(given)} only apply with jailer_binary")
             return None
         if self.jailer_uid is None or self.jailer_gid is None:
             raise Invalid("jailer_binary needs jailer_uid and jailer_gid: the unprivileged ids Firecracker runs as")
-        return JailerOptions(self.jailer_binary, self.jailer_uid, self.jailer_gid, self.jailer_chroot_base)
+        return JailerOptions(
+            self.jailer_binary,
+            self.jailer_uid,
+            self.jailer_gid,
+            self.jailer_chroot_base,
+            cgroup_version=self.jailer_cgroup_version,
+            cgroups=tuple(parse_cgroup_setting(c) for c in self.jailer_cgroups),
+            parent_cgroup=self.jailer_parent_cgroup,
+            new_pid_ns=self.jailer_new_pid_ns,
+        )
 
     def tcp_address(self) -> tuple[str, int] | None:
         if self.listen is None:
@@ -112,9 +126,21 @@ _PATH_KEYS = {
     "tls_key",
     "egress_ca_file",
 }
-_ID_KEYS = {"jailer_uid", "jailer_gid", "egress_proxy_port"}
-_BOOL_KEYS = {"network", "ip_forward", "stop_vms_on_exit"}
-_LIST_KEYS = {"mcp_allowed_hosts", "mcp_allowed_origins"}
+_ID_KEYS = {"jailer_uid", "jailer_gid", "egress_proxy_port", "jailer_cgroup_version"}
+_BOOL_KEYS = {"network", "ip_forward", "stop_vms_on_exit", "jailer_new_pid_ns"}
+_LIST_KEYS = {"mcp_allowed_hosts", "mcp_allowed_origins", "jailer_cgroups"}
+_STR_KEYS = {"jailer_parent_cgroup"}
+_JAILER_KEYS = (
+    "jailer_uid",
+    "jailer_gid",
+    "jailer_cgroups",
+    "jailer_cgroup_version",
+    "jailer_parent_cgroup",
+    "jailer_new_pid_ns",
+)
+
+
+_DEFAULTS = Config()
 
 
 def load(path: Path | None, overrides: dict[str, object]) -> Config:
@@ -158,6 +184,10 @@ def load(path: Path | None, overrides: dict[str, object]) -> Config:
         elif key in _BOOL_KEYS:
             if not isinstance(value, bool):
                 raise Invalid(f"{key} must be true or false, got {value!r}")
+            typed[key] = value
+        elif key in _STR_KEYS:
+            if not isinstance(value, str) or not value:
+                raise Invalid(f"{key} must be a non-empty string, got {value!r}")
             typed[key] = value
         else:
             typed[key] = value

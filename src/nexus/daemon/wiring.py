@@ -10,6 +10,7 @@ from nexus.assets.firecracker import FirecrackerStore
 from nexus.channel import open_link
 from nexus.daemon.adapters import DebianKernels, RootfsImageBuilder
 from nexus.daemon.config import Config
+from nexus.daemon.drivers import choose_driver
 from nexus.domain import AgentLinks, Layout, StorageBackend, VmmDriver
 from nexus.egress import NexusCA, upstream_context
 from nexus.mcp.gateway import GatewayServer
@@ -146,6 +147,10 @@ def wire(
         runtime=runtime,
         layout=layout,
         locks=locks,
+    )
+    settings.watch(
+        ("vmm",),
+        lambda _key, vmm: vms.use_driver(*choose_driver(str(vmm), layout, config.firecracker_binary, config.jailer())),
     )
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     policy = PolicyService(PolicyRepo(conn), vm_store)

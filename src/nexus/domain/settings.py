@@ -103,7 +103,8 @@ SETTINGS: dict[str, SettingSpec] = {
         SettingSpec(
             "vmm",
             "auto",
-            "VMM to use: auto (Firecracker where it can run, else QEMU), firecracker, qemu",
+            "VMM for VMs started from now on (running VMs keep theirs): auto (Firecracker where it can run, else "
+            "QEMU), firecracker, qemu",
             _choice("vmm", VMM_CHOICES),
         ),
         SettingSpec(

@@ -107,6 +107,7 @@ def _build(kernel: Kernel, recipe: _Recipe, out: Path) -> Initramfs:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(blob)
+        os.chmod(tmp, 0o644)  # like the vmlinux: a jailed Firecracker (another uid) opens it too; nothing secret
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

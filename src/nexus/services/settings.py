@@ -11,11 +11,17 @@ class SettingsService:
     def __init__(self, repo: SettingsStore) -> None:
         self._repo = repo
         self._guards: dict[str, list[Callable[[str, SettingValue], None]]] = {}
+        self._watchers: dict[str, list[Callable[[str, SettingValue], None]]] = {}
 
     def guard(self, keys: Iterable[str], check: Callable[[str, SettingValue], None]) -> None:
         """Have ``check(key, new value)`` run before any of ``keys`` changes; it raises to refuse the change."""
         for key in keys:
             self._guards.setdefault(key, []).append(check)
+
+    def watch(self, keys: Iterable[str], changed: Callable[[str, SettingValue], None]) -> None:
+        """Have ``changed(key, new value)`` run once any of ``keys`` has changed (after it is stored)."""
+        for key in keys:
+            self._watchers.setdefault(key, []).append(changed)
 
     def all(self) -> list[Setting]:
         stored = self._repo.stored()
@@ -32,10 +38,14 @@ class SettingsService:
     def set(self, key: str, value: object) -> Setting:
         spec = spec_for(key)
         checked = spec.check(value)
-        if checked != self.get(key).value:
+        changed = checked != self.get(key).value
+        if changed:
             for check in self._guards.get(key, ()):
                 check(key, checked)
         self._repo.put(key, checked)
+        if changed:
+            for watcher in self._watchers.get(key, ()):
+                watcher(key, checked)
         return self.get(key)
 
     def str_value(self, key: str) -> str:

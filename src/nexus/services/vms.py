@@ -380,6 +380,15 @@ class VmService:
         self._repo.remove_tags(vm.id, tags)
         return self._repo.get(vm.id)
 
+    def use_driver(self, driver: VmmDriver | None, reason: str) -> None:
+        """Launch the VMs started from now on with ``driver`` (None: none can start, for ``reason``). Running VMs
+        keep the VMM they were launched with; a driver of the same kind stays the one that adopts them."""
+        self._driver = driver
+        self._no_driver_reason = reason
+        if driver is not None:
+            self._adopters.setdefault(driver.name, driver)
+        log.info("VMs started from now on: %s", reason)
+
     def driver_status(self) -> tuple[str | None, str]:
         """The VMM driver's name (None without one) and why it was chosen or why there is none."""
         if self._driver is None:

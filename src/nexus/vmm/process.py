@@ -65,14 +65,17 @@ def _zombie_status(stat: ProcStat | None) -> ExitStatus:
 
 def runs_vm(pid: int, vm_id: str, runtime_dir: Path) -> bool:
     """Whether ``pid``'s command line marks it as the VMM of ``vm_id``: a direct VMM names sockets in the VM's
-    runtime dir; a jailed Firecracker only sees its chroot, but the jailer passes it ``--id=<vm id>``."""
+    runtime dir; a jailed Firecracker only sees its chroot, but the jailer passes it ``--id <vm id>`` (two
+    arguments, as the real jailer v1.12 does; ``--id=<vm id>`` is taken too)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     marker = f"{runtime_dir}/".encode()
-    jailed_id = f"--id={vm_id}".encode()
-    return any(marker in arg or arg == jailed_id for arg in argv)
+    vm = vm_id.encode()
+    pairs = zip(argv, [*argv[1:], b""], strict=True)
+    jailed = any(arg == b"--id=" + vm or (arg == b"--id" and value == vm) for arg, value in pairs)
+    return jailed or any(marker in arg for arg in argv)
 
 
 def claim(record: VmmRecord, vm_id: str, runtime_dir: Path) -> int:

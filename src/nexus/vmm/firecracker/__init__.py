@@ -1,6 +1,7 @@
 """The Firecracker driver and its pieces: API bodies, the API client, and the argv of firecracker and its jailer.
 
-Targets Firecracker v1.16. Builders are pure; only :class:`FirecrackerApi` (the API socket) and
+Speaks the API subset Firecracker v1.12 to v1.16 share (tested against the real v1.12.1 binary and jailer, and the
+v1.16.1 spec). Builders are pure; only :class:`FirecrackerApi` (the API socket) and
 :func:`place_files` (hard links into the jailer's chroot) touch anything outside the process.
 """
 
@@ -44,6 +45,7 @@ from nexus.vmm.firecracker.jailer import (
     JailerOptions,
     PlacedFile,
     Placement,
+    cgroup_dirs,
     chroot_layout,
     jailer_argv,
     place_files,
@@ -78,6 +80,7 @@ __all__ = [
     "action_body",
     "boot_args",
     "boot_source_body",
+    "cgroup_dirs",
     "check_instance_id",
     "chroot_layout",
     "drive_body",

@@ -1,4 +1,4 @@
-"""Firecracker API request bodies (v1.16): frozen value objects and the pure builders that turn them into JSON.
+"""Firecracker API request bodies (v1.12 to v1.16): frozen value objects and the pure builders that turn them into JSON.
 
 Each ``*_body`` function returns exactly the dict the driver sends for one resource; nothing here talks to a
 socket or touches the filesystem (see :mod:`nexus.vmm.firecracker.api` for that). Field names follow the

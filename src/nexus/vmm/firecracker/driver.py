@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -50,12 +51,13 @@ from nexus.vmm.firecracker.jailer import (
     ChrootPlan,
     JailerLaunch,
     JailerOptions,
+    cgroup_dirs,
     chroot_layout,
     jailer_argv,
     place_files,
     plan_chroot,
 )
-from nexus.vmm.process import VmmProcess, child_exit, claim, kill_group, pidfd_exit, start_time
+from nexus.vmm.process import VmmProcess, child_exit, claim, kill_group, pidfd_exit, runs_vm, start_time
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ INNER_DIR_KEY = "inner_dir"
 CHROOT_KEY = "chroot"
 GATEWAY_KEY = "gateway"  # "1": a portal, whose agent dials the gateway port too
 OWNER_KEY = "owner"  # uid:gid the control listener belongs to (jailed)
+CGROUPS_KEY = "cgroups"  # the jailer's cgroup dirs for this VM, ":"-separated (removed once Firecracker is gone)
+PROC_MOUNTS = Path("/proc/mounts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +197,13 @@ class FirecrackerProcess(VmmProcess):
         listeners: Listeners,
         chroot: Path | None = None,
         connect_timeout_s: float = MCP_CONNECT_S,
+        cgroups: tuple[Path, ...] = (),
     ) -> None:
         self._files = files
         self._api = api
         self._listeners = listeners
         self._chroot = chroot
+        self._cgroups = cgroups
         self._connect_timeout_s = connect_timeout_s
         super().__init__(record, exited, files.runtime_dir)
 
@@ -244,6 +250,7 @@ class FirecrackerProcess(VmmProcess):
         await self._disconnect()
         if self._chroot is not None:  # only hard links (and Firecracker's own copy): the VM's drives stay
             shutil.rmtree(self._chroot, ignore_errors=True)
+        remove_cgroups(self._cgroups)
 
 
 class FirecrackerDriver:
@@ -284,19 +291,30 @@ class FirecrackerDriver:
 
     def launch_argv(self, spec: LaunchSpec) -> list[str]:
         """The argv for ``spec`` (pure; exposed for tests)."""
-        files = self.runtime_files(spec)
-        if self._jailer is None:
+        launch = self._jailer_launch(spec)
+        if launch is None:
+            files = self.runtime_files(spec)
             return firecracker_argv(api_sock=files.api_socket, vm_id=spec.vm_id, binary=self._binary)
-        return jailer_argv(
-            JailerLaunch(
-                vm_id=spec.vm_id,
-                exec_file=Path(self._binary),
-                uid=self._jailer.uid,
-                gid=self._jailer.gid,
-                chroot_base=self._jailer.chroot_base,
-                api_sock=files.inner(files.api_socket),
-                jailer_binary=self._jailer.binary,
-            )
+        return jailer_argv(launch)
+
+    def _jailer_launch(self, spec: LaunchSpec) -> JailerLaunch | None:
+        if self._jailer is None:
+            return None
+        files = self.runtime_files(spec)
+        jailer = self._jailer
+        return JailerLaunch(
+            vm_id=spec.vm_id,
+            exec_file=Path(self._binary),
+            uid=jailer.uid,
+            gid=jailer.gid,
+            chroot_base=jailer.chroot_base,
+            api_sock=files.inner(files.api_socket),
+            jailer_binary=jailer.binary,
+            cgroup_version=jailer.cgroup_version,
+            cgroups=jailer.cgroups,
+            # Named, not left to the jailer's default, so the dirs to remove afterwards are known for certain.
+            parent_cgroup=jailer.parent_cgroup or (Path(self._binary).name if jailer.cgroups else None),
+            new_pid_ns=jailer.new_pid_ns,
         )
 
     def forget(self, vm_id: str, record: VmmRecord | None) -> None:
@@ -304,6 +322,7 @@ class FirecrackerDriver:
             for key in (RUNTIME_DIR_KEY, CHROOT_KEY):
                 if record.detail.get(key):
                     shutil.rmtree(record.detail[key], ignore_errors=True)
+            remove_cgroups(_recorded_cgroups(record))
             return
         chroot = self.chroot(vm_id)  # recorded by pid alone, by an older nexusd: where this config puts it
         if chroot is not None:
@@ -332,7 +351,7 @@ class FirecrackerDriver:
             what = exc.message if isinstance(exc, NexusError) else str(exc)
             raise DriverError(f"cannot reattach to Firecracker pid {record.pid}: {what}") from exc
         log.info("vm %s: adopted firecracker pid %d", name, record.pid)
-        return FirecrackerProcess(record, exited, files, api, listeners, chroot)
+        return FirecrackerProcess(record, exited, files, api, listeners, chroot, cgroups=_recorded_cgroups(record))
 
     def _plan(self, spec: LaunchSpec) -> tuple[list[str], RuntimeFiles, MicroVmConfig, ChrootPlan | None]:
         files = self.runtime_files(spec)
@@ -344,9 +363,20 @@ class FirecrackerDriver:
         plan = plan_chroot(chroot, config.boot, config.drives)
         return argv, files, replace(config, boot=plan.boot, drives=plan.drives), plan
 
+    def _cgroups(self, spec: LaunchSpec) -> tuple[Path, ...]:
+        launch = self._jailer_launch(spec)
+        if launch is None or not launch.cgroups:
+            return ()
+        try:
+            mounts = PROC_MOUNTS.read_text()
+        except OSError as exc:
+            raise DriverError(f"cannot read {PROC_MOUNTS} to find the cgroup hierarchy: {exc.strerror}") from exc
+        return cgroup_dirs(launch, mounts)
+
     async def launch(self, spec: LaunchSpec, on_spawn: SpawnHook) -> FirecrackerProcess:
         try:
             argv, files, config, plan = self._plan(spec)
+            cgroups = self._cgroups(spec)
         except NexusError as exc:
             raise DriverError(f"cannot configure Firecracker for VM {spec.name}: {exc.message}") from exc
         if len(str(files.longest_socket()).encode()) > UNIX_PATH_MAX_BYTES:
@@ -362,6 +392,7 @@ class FirecrackerDriver:
             shutil.rmtree(spec.runtime_dir, ignore_errors=True)
             if chroot is not None:
                 shutil.rmtree(chroot, ignore_errors=True)
+            remove_cgroups(cgroups)
 
         discard()  # whatever a VMM of this VM that died with its daemon left behind
         listeners = Listeners(files.vsock_socket, gateway=spec.gateway)
@@ -394,26 +425,34 @@ class FirecrackerDriver:
             await listeners.close()
             discard()
             raise DriverError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
-        record = VmmRecord(
-            pid=proc.pid,
-            start_time=start_time(proc.pid),
-            driver=self.name,
-            accel=ACCEL,
-            detail={
-                RUNTIME_DIR_KEY: str(files.runtime_dir),
-                FILES_DIR_KEY: str(files.files_dir),
-                INNER_DIR_KEY: str(files.inner_dir),
-                CHROOT_KEY: str(chroot or ""),
-                OWNER_KEY: f"{self._jailer.uid}:{self._jailer.gid}" if self._jailer is not None else "",
-                GATEWAY_KEY: "1" if spec.gateway else "",
-            },
-        )
         api = FirecrackerApi(files.api_socket, timeout_s=API_TIMEOUT_S)
+        vmm: tuple[int, asyncio.Future[ExitStatus]] | None = None
         try:
+            vmm = await self._firecracker_of(proc, files, spec.vm_id)
+            pid, exited = vmm
+            record = VmmRecord(
+                pid=pid,
+                start_time=start_time(pid),
+                driver=self.name,
+                accel=ACCEL,
+                detail={
+                    RUNTIME_DIR_KEY: str(files.runtime_dir),
+                    FILES_DIR_KEY: str(files.files_dir),
+                    INNER_DIR_KEY: str(files.inner_dir),
+                    CHROOT_KEY: str(chroot or ""),
+                    OWNER_KEY: f"{self._jailer.uid}:{self._jailer.gid}" if self._jailer is not None else "",
+                    GATEWAY_KEY: "1" if spec.gateway else "",
+                    CGROUPS_KEY: ":".join(str(c) for c in cgroups),
+                },
+            )
             on_spawn(record)
-            await self._configure(proc, api, config)
+            await self._configure(exited, api, config)
         except BaseException as exc:
+            # The jailer's process group holds Firecracker too, even in a PID namespace of its own.
             kill_group(proc.pid)
+            if vmm is not None:
+                kill_group(vmm[0])
+                await asyncio.wait({vmm[1]})
             await proc.wait()
             await listeners.close()
             with contextlib.suppress(Exception):
@@ -423,32 +462,97 @@ class FirecrackerDriver:
             if not isinstance(exc, Exception) or (isinstance(exc, NexusError) and not isinstance(exc, DriverError)):
                 raise  # cancelled, or the store could not record the process: not Firecracker's fault
             what = exc.message if isinstance(exc, NexusError) else str(exc) or type(exc).__name__
+            status = _exit_status(vmm[1]) if vmm is not None else ExitStatus(proc.returncode)
             raise DriverError(
-                f"Firecracker did not start VM {spec.name} (exit status {proc.returncode}): {what}"
+                f"Firecracker did not start VM {spec.name} (exit {status}): {what}"
                 + (f"\nstderr: {tail}" if tail else "")
             ) from None
         jailed = "" if self._jailer is None else f", jailed as uid {self._jailer.uid}"
-        log.info("vm %s: firecracker pid %d (%d vCPU, %d MiB%s)", spec.name, proc.pid, spec.vcpus, spec.mem_mib, jailed)
-        return FirecrackerProcess(record, child_exit(proc), files, api, listeners, chroot)
+        log.info(
+            "vm %s: firecracker pid %d (%d vCPU, %d MiB%s)", spec.name, record.pid, spec.vcpus, spec.mem_mib, jailed
+        )
+        return FirecrackerProcess(record, exited, files, api, listeners, chroot, cgroups=cgroups)
+
+    async def _firecracker_of(
+        self, proc: asyncio.subprocess.Process, files: RuntimeFiles, vm_id: str
+    ) -> tuple[int, asyncio.Future[ExitStatus]]:
+        """The pid of the Firecracker process and its exit: ``proc`` itself (directly, or jailed: the jailer execs
+        Firecracker), except under ``--new-pid-ns``, where the jailer forks Firecracker into the new namespace,
+        writes its pid to ``<chroot>/<exec name>.pid`` and exits; nexusd then watches that pid through a pidfd."""
+        if self._jailer is None or not self._jailer.new_pid_ns:
+            return proc.pid, asyncio.ensure_future(child_exit(proc))
+        try:
+            status = await asyncio.wait_for(proc.wait(), STARTUP_TIMEOUT_S)
+        except TimeoutError:
+            raise DriverError(f"the jailer did not hand over to Firecracker in {STARTUP_TIMEOUT_S:.0f} s") from None
+        if status != 0:
+            raise DriverError(f"the jailer exited with {ExitStatus(status)}")
+        pid_file = files.files_dir / f"{Path(self._binary).name}.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            fd = os.pidfd_open(pid)
+        except (OSError, ValueError) as exc:
+            raise DriverError(f"cannot find the Firecracker the jailer started from {pid_file}: {exc}") from exc
+        if not runs_vm(pid, vm_id, files.runtime_dir):
+            os.close(fd)
+            raise DriverError(f"pid {pid} in {pid_file} is not this VM's Firecracker")
+        return pid, pidfd_exit(fd, pid)
 
     @staticmethod
-    async def _configure(proc: asyncio.subprocess.Process, api: FirecrackerApi, config: MicroVmConfig) -> None:
+    async def _configure(exited: asyncio.Future[ExitStatus], api: FirecrackerApi, config: MicroVmConfig) -> None:
         """Wait for the API socket to answer, send every pre-boot resource, then ``InstanceStart``."""
 
-        def exited() -> DriverError | None:
-            return DriverError("Firecracker exited before its API answered") if proc.returncode is not None else None
+        def gone() -> DriverError | None:
+            return DriverError("Firecracker exited before its API answered") if exited.done() else None
 
-        await retry(api.describe_instance, retry_on=DriverError, timeout_s=STARTUP_TIMEOUT_S, give_up=exited)
+        await retry(api.describe_instance, retry_on=DriverError, timeout_s=STARTUP_TIMEOUT_S, give_up=gone)
         for request in preboot_requests(config):
             await api.send(request)
         await api.instance_start()
 
 
 def _hand_over(jailer: JailerOptions, plan: ChrootPlan, files: RuntimeFiles, listeners: list[Path]) -> None:
-    """Give the jailed uid what Firecracker writes to: its drives, log, metrics and the listeners the agent dials."""
+    """Give the jailed uid what Firecracker writes to (its drives, log, metrics and the listeners the agent dials),
+    and let it read what it only reads (kernel, initrd, read-only drives): the real Firecracker opens each of them
+    as that uid when it is configured, and refuses the request when it cannot."""
     writable = [f.target for f in plan.files if f.writable]
     for path in (*writable, files.log_file, files.metrics_file, *listeners):
         os.chown(path, jailer.uid, jailer.gid)
+    for placed in plan.files:
+        if not placed.writable and not _readable_by(placed.target, jailer.uid, jailer.gid):
+            # A hard link shares the inode: group read for the jailer's gid, never write, never the world's read.
+            os.chown(placed.target, -1, jailer.gid)
+            os.chmod(placed.target, stat.S_IMODE(placed.target.stat().st_mode) | stat.S_IRGRP)
+
+
+def _exit_status(exited: asyncio.Future[ExitStatus]) -> ExitStatus:
+    if exited.done() and not exited.cancelled() and exited.exception() is None:
+        return exited.result()
+    return ExitStatus(None)
+
+
+def remove_cgroups(dirs: tuple[Path, ...]) -> None:
+    """Remove the jailer's cgroups of one VM (empty once Firecracker is gone; the shared parent stays)."""
+    for path in dirs:
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove cgroup %s: %s", path, exc.strerror)
+
+
+def _recorded_cgroups(record: VmmRecord) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in record.detail.get(CGROUPS_KEY, "").split(":") if p)
+
+
+def _readable_by(path: Path, uid: int, gid: int) -> bool:
+    st = path.stat()
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
 
 
 def _tail(path: Path) -> str:

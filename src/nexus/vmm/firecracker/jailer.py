@@ -6,7 +6,7 @@ which host file appears under which in-chroot name and rewrites the boot source 
 :func:`place_files` carries a plan out (hard link; a copy only where the source is on another filesystem, and
 never silently for a writable drive, whose writes would then miss the original). :class:`JailerOptions` is how
 nexusd is configured to use it. Nothing here runs the jailer, creates cgroups or network namespaces, or changes
-file ownership (the driver does that).
+file ownership (the driver does that); :func:`cgroup_dirs` only says where the jailer's cgroups will be.
 """
 
 from __future__ import annotations
@@ -35,12 +35,20 @@ INITRD_NAME = "initrd.img"
 @dataclass(frozen=True, slots=True)
 class JailerOptions:
     """How nexusd runs every Firecracker through the jailer (nexusd.toml ``jailer_*`` keys). The chroot base must be
-    on the filesystem of the state dir: VM drives are hard-linked into each chroot, never copied."""
+    on the filesystem of the state dir: VM drives are hard-linked into each chroot, never copied. ``cgroups``
+    (``("cpu.max", "50000 100000")``...) put each Firecracker in a cgroup of its own,
+    ``<cgroup mount>/<parent_cgroup>/<vm id>`` (parent: the Firecracker file's name, as the jailer's own default),
+    which the driver removes once Firecracker is gone; ``new_pid_ns`` runs it as pid 1 of a PID namespace of its
+    own."""
 
     binary: Path
     uid: int
     gid: int
     chroot_base: Path = DEFAULT_CHROOT_BASE
+    cgroup_version: int = 2
+    cgroups: tuple[tuple[str, str], ...] = ()
+    parent_cgroup: str | None = None
+    new_pid_ns: bool = False
 
     def __post_init__(self) -> None:
         if self.uid < 0 or self.gid < 0:
@@ -51,6 +59,28 @@ class JailerOptions:
             )
         if not self.chroot_base.is_absolute():
             raise Invalid(f"jailer_chroot_base must be an absolute path, not {self.chroot_base}")
+        if self.cgroup_version not in (1, 2):
+            raise Invalid(f"jailer_cgroup_version must be 1 or 2, not {self.cgroup_version}")
+        for key, _value in self.cgroups:
+            check_cgroup_file(key)
+        if self.parent_cgroup is not None:
+            parts = PurePosixPath(self.parent_cgroup).parts
+            if not parts or PurePosixPath(self.parent_cgroup).is_absolute() or ".." in parts:
+                raise Invalid(f"jailer_parent_cgroup {self.parent_cgroup!r} must be a relative cgroup path")
+
+
+def check_cgroup_file(key: str) -> str:
+    if not key or "=" in key or "/" in key or "." not in key:
+        raise Invalid(f"cgroup file {key!r} must look like 'controller.file' (cpu.max, memory.max...)")
+    return key
+
+
+def parse_cgroup_setting(text: str) -> tuple[str, str]:
+    """``"cpu.max=50000 100000"`` → ``("cpu.max", "50000 100000")`` (the jailer's ``--cgroup`` syntax)."""
+    key, sep, value = text.partition("=")
+    if not sep or not value:
+        raise Invalid(f"jailer_cgroups entry {text!r} must be 'controller.file=value', e.g. 'memory.max=1G'")
+    return check_cgroup_file(key.strip()), value
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +114,7 @@ class JailerLaunch:
         if self.netns is not None and (not self.netns or "/" in self.netns or self.netns in (".", "..")):
             raise Invalid(f"netns {self.netns!r} must be a namespace name, not a path")
         for key, _value in self.cgroups:
-            if not key or "=" in key or "/" in key or "." not in key:
-                raise Invalid(f"cgroup file {key!r} must look like 'controller.file' (cpu.max, memory.max...)")
+            check_cgroup_file(key)
         if not self.api_sock.is_absolute():
             raise Invalid(f"the in-chroot API socket path must be absolute, not {self.api_sock}")
 
@@ -121,6 +150,29 @@ def jailer_argv(launch: JailerLaunch) -> list[str]:
     argv.append("--")
     argv += firecracker_args(launch.api_sock, level=launch.level)
     return argv
+
+
+def cgroup_dirs(launch: JailerLaunch, mounts: str) -> tuple[Path, ...]:
+    """Pure: the cgroup dirs the jailer makes for ``launch`` (none without ``cgroups``), given ``/proc/mounts``:
+    ``<mount>/<parent cgroup>/<vm id>`` on the cgroup2 mount, or on the v1 mount of each controller named."""
+    if not launch.cgroups:
+        return ()
+    parent = launch.parent_cgroup or launch.exec_file.name
+    table = [line.split() for line in mounts.splitlines() if len(line.split()) >= 4]
+    if launch.cgroup_version == 2:
+        found = [Path(fields[1]) for fields in table if fields[2] == "cgroup2"]
+        if not found:
+            raise Invalid("jailer_cgroup_version is 2 but this host has no cgroup2 mount")
+        return (found[0] / parent / launch.vm_id,)
+    dirs: list[Path] = []
+    for key, _value in launch.cgroups:
+        controller = key.split(".", 1)[0]
+        mount = next((Path(f[1]) for f in table if f[2] == "cgroup" and controller in f[3].split(",")), None)
+        if mount is None:
+            raise Invalid(f"jailer_cgroup_version is 1 but no cgroup v1 hierarchy has the {controller} controller")
+        if mount / parent / launch.vm_id not in dirs:
+            dirs.append(mount / parent / launch.vm_id)
+    return tuple(dirs)
 
 
 # --- chroot layout ---------------------------------------------------------------------------------------------
