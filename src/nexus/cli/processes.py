@@ -30,7 +30,7 @@ def _status(process: dict[str, Any]) -> str:
         return f"killed ({process['signal']})"
     if process["exit_code"] is not None:
         return f"exited ({process['exit_code']})"
-    return process["state"]
+    return str(process["state"])
 
 
 def _table(processes: list[dict[str, Any]]) -> None:
