@@ -55,6 +55,7 @@ __all__ = [
     "ProcessConflict",
     "ProcessInfo",
     "ProcessTable",
+    "StartFailed",
     "UnknownProcess",
 ]
 
@@ -73,6 +74,10 @@ _PENDING_BYTES: Final = 64 * 1024
 
 class UnknownProcess(LookupError):
     """No process by that id or name."""
+
+
+class StartFailed(Exception):
+    """The command could not be started (the message says why); nothing of it is left."""
 
 
 class ProcessConflict(Exception):
@@ -197,8 +202,8 @@ class ProcessTable:
         name: str | None,
         log_bytes: int,
     ) -> ProcessInfo:
-        """Start ``argv`` under a supervisor; returns once it runs. ProcessConflict when ``name`` is taken; OSError
-        (the message says what) when it cannot start."""
+        """Start ``argv`` under a supervisor; returns once it runs. ProcessConflict when ``name`` is taken;
+        StartFailed when it cannot start."""
         with self._locked():
             infos = self.list()
             if name is not None:
@@ -215,7 +220,7 @@ class ProcessTable:
             )
         try:
             self._launch(directory, {"argv": argv, "cwd": cwd, "env": env, "segment_bytes": log_bytes // 2})
-        except OSError:
+        except (OSError, StartFailed):
             shutil.rmtree(directory, ignore_errors=True)
             raise
         return self._info(pid)
@@ -237,14 +242,14 @@ class ProcessTable:
             proc.kill()
             proc.communicate()
             self._kill_recorded(directory)
-            raise OSError(f"its supervisor did not answer within {START_TIMEOUT_S:g} s") from None
+            raise StartFailed(f"its supervisor did not answer within {START_TIMEOUT_S:g} s") from None
         try:
             answer = json.loads(out.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
             detail = err.decode(errors="replace").strip().splitlines()
-            raise OSError(f"its supervisor failed: {detail[-1] if detail else f'exit {proc.returncode}'}") from None
+            raise StartFailed(f"its supervisor failed: {detail[-1] if detail else f'exit {proc.returncode}'}") from None
         if "error" in answer:
-            raise OSError(str(answer["error"]))
+            raise StartFailed(str(answer["error"]))
 
     def _kill_recorded(self, directory: str) -> None:
         """Kill what a supervisor that never answered may have started, and the supervisor."""

@@ -65,7 +65,7 @@ def ps(ctx: typer.Context, ref: Ref) -> None:
 app.command("ls")(ps)
 
 
-@app.command("start", context_settings={"allow_interspersed_args": False})
+@app.command("start")
 def start(
     ctx: typer.Context,
     ref: Ref,
@@ -82,17 +82,14 @@ def start(
         float, typer.Option(min=0.001, max=600, help="seconds to wait for readiness; then it is killed")
     ] = 30.0,
 ) -> None:
-    """Start a command in the VM that keeps running; returns once it runs (or is ready)."""
+    """Start a command in the VM that keeps running; returns once it runs (or is ready). Put the command after --
+    (nexusctl vm proc start REF --name web -- python3 -m http.server)."""
     environment = {}
     for item in env or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"--env wants KEY=VALUE, got {item!r}")
         environment[key] = value
-    if command[:1] == ["--"]:  # click keeps the separator when interspersed args are off
-        command = command[1:]
-    if not command:
-        raise typer.BadParameter("no command given (nexusctl vm proc start REF -- CMD [ARGS...])")
     with client(ctx) as c:
         process = plain(
             c.vms.processes(ref).start(

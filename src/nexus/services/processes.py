@@ -14,8 +14,6 @@ from nexus.services.guest import TOOL_TIMEOUT_S, GuestService
 START_GRACE_S: Final = 60.0  # past the readiness timeout: the supervisor's start, the kill and reap of an unready one
 WAIT_GRACE_S: Final = 30.0
 
-_ERRORS: Final = {"not_found": NotFound, "conflict": Conflict}
-
 
 def _given(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
@@ -30,8 +28,11 @@ class ProcessService:
         content = result.get("structuredContent")
         if result.get("isError"):
             text = " ".join(c.get("text", "") for c in result.get("content", []) if isinstance(c, dict))
+            text = text.removeprefix(f"{tool}: ") or f"{tool} failed"
             code = content.get("code") if isinstance(content, dict) else None
-            raise _ERRORS.get(str(code), GuestError)(text or f"{tool} failed")
+            if code == "not_found":  # said for this edge: the tool's own words point a model at process_list
+                raise NotFound(f"no process {arguments.get('process')!r} in VM {ref!r}")
+            raise (Conflict if code == "conflict" else GuestError)(text)
         if not isinstance(content, dict):
             raise GuestError(f"{tool}: the agent sent no structured result")
         return content

@@ -23,6 +23,7 @@ from nexus.agent.processes import (
     ProcessConflict,
     ProcessInfo,
     ProcessTable,
+    StartFailed,
     UnknownProcess,
 )
 from nexus.agent.tools.base import (
@@ -118,8 +119,8 @@ class _Tools:
         env = _env(args.get("env")) or dict(os.environ)
         try:
             info = self.table.start(argv, command=args["command"], cwd=cwd, env=env, name=name, log_bytes=log_bytes)
-        except OSError as exc:
-            raise ToolError(f"cannot start it: {exc.strerror or exc}") from exc
+        except StartFailed as exc:
+            raise ToolError(str(exc)) from exc
         began = time.monotonic()
         if port is None and pattern is None:
             return ToolResult.ok(info.to_structured(), f"started {_line(info)}")
