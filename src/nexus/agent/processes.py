@@ -211,19 +211,26 @@ class ProcessTable:
                 if taken is not None:
                     raise ProcessConflict(f"name {name!r} is taken by running process {taken.id}")
             self._prune([p for p in infos if not p.running])
-            pid = self._next_id()
-            directory = os.path.join(self.root, pid)
+            ident = self._next_id()
+            directory = os.path.join(self.root, ident)
             os.mkdir(directory, 0o700)
             write_json(
                 os.path.join(directory, SPEC_FILE),
-                {"id": pid, "name": name, "command": command, "cwd": cwd, "started_at": _now(), "log_bytes": log_bytes},
+                {
+                    "id": ident,
+                    "name": name,
+                    "command": command,
+                    "cwd": cwd,
+                    "started_at": _now(),
+                    "log_bytes": log_bytes,
+                },
             )
         try:
             self._launch(directory, {"argv": argv, "cwd": cwd, "env": env, "segment_bytes": log_bytes // 2})
         except (OSError, StartFailed):
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        return self._info(pid)
+        return self._info(ident)
 
     def _launch(self, directory: str, spec: dict[str, Any]) -> None:
         """Run the supervisor for ``directory`` and wait for its word (see ``nexus.agent.supervise``)."""
@@ -239,9 +246,9 @@ class ProcessTable:
         try:
             out, err = proc.communicate(json.dumps(spec).encode(), timeout=START_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+            os.killpg(proc.pid, signal.SIGKILL)  # the supervisor too: it stays in this session (the command does not)
             self._kill_recorded(directory)
+            proc.communicate()
             raise StartFailed(f"its supervisor did not answer within {START_TIMEOUT_S:g} s") from None
         try:
             answer = json.loads(out.decode().strip().splitlines()[-1])
@@ -252,13 +259,11 @@ class ProcessTable:
             raise StartFailed(str(answer["error"]))
 
     def _kill_recorded(self, directory: str) -> None:
-        """Kill what a supervisor that never answered may have started, and the supervisor."""
+        """Kill the command a supervisor that never answered may have started."""
         pids = read_json(os.path.join(directory, PID_FILE)) or {}
-        with contextlib.suppress(OSError):
-            if _alive(pids, "pid", self._boot):
+        if _alive(pids, "pid", self._boot):
+            with contextlib.suppress(OSError):
                 os.killpg(pids["pid"], signal.SIGKILL)
-            if _alive(pids, "supervisor_pid", self._boot):
-                os.kill(pids["supervisor_pid"], signal.SIGKILL)
 
     def _prune(self, finished: list[ProcessInfo]) -> None:
         for old in sorted(finished, key=lambda p: int(p.id[1:]))[: max(0, len(finished) - KEEP_FINISHED + 1)]:
@@ -273,9 +278,9 @@ class ProcessTable:
         except FileNotFoundError:
             return []
         infos = []
-        for pid in sorted(names, key=lambda n: int(n[1:])):
+        for ident in sorted(names, key=lambda n: int(n[1:])):
             with contextlib.suppress(UnknownProcess):
-                infos.append(self._info(pid))
+                infos.append(self._info(ident))
         return infos
 
     def get(self, ref: str) -> ProcessInfo:
@@ -289,11 +294,11 @@ class ProcessTable:
                 return (running or named)[-1]
         raise UnknownProcess(f"no process {ref!r} in this VM (process_list shows them)")
 
-    def _info(self, pid: str) -> ProcessInfo:
-        directory = os.path.join(self.root, pid)
+    def _info(self, ident: str) -> ProcessInfo:
+        directory = os.path.join(self.root, ident)
         spec = read_json(os.path.join(directory, SPEC_FILE))
         if spec is None:
-            raise UnknownProcess(f"no process {pid!r} in this VM (process_list shows them)")
+            raise UnknownProcess(f"no process {ident!r} in this VM (process_list shows them)")
         pids = read_json(os.path.join(directory, PID_FILE)) or {}
         settle = time.monotonic() + SETTLE_S
         while True:
@@ -311,7 +316,7 @@ class ProcessTable:
         found = segments(directory)
         status = status or {}
         return ProcessInfo(
-            id=pid,
+            id=ident,
             name=spec.get("name"),
             command=spec.get("command", ""),
             cwd=spec.get("cwd", "/"),
@@ -344,7 +349,10 @@ class ProcessTable:
         info = self.get(ref)
         if not info.running or info.pid is None:
             raise ProcessConflict(f"process {info.id} is not running ({info.describe()})")
-        os.killpg(info.pid, signum)
+        try:
+            os.killpg(info.pid, signum)
+        except ProcessLookupError:
+            raise ProcessConflict(f"process {info.id} is not running (it has just ended)") from None
         return info
 
     def wait(self, ref: str, timeout_s: float, cancelled: threading.Event) -> ProcessInfo:
