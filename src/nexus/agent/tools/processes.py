@@ -187,9 +187,8 @@ class _Tools:
             notes.append(f"; the first {out.first} bytes were rotated away")
         if out.next_offset < out.total:
             notes.append(f"; more from offset {out.next_offset}")
-        return ToolResult.ok(
-            structured, f"{text}{'' if not text or text.endswith(chr(10)) else chr(10)}{''.join(notes)}]"
-        )
+        newline = "" if not text or text.endswith("\n") else "\n"
+        return ToolResult.ok(structured, f"{text}{newline}{''.join(notes)}]")
 
     def signal(self, args: dict[str, Any], _ctx: ToolContext) -> ToolResult:
         check_keys(args, ("process", "signal"))
