@@ -885,3 +885,61 @@ def parse(model: type[M], data: Mapping[str, Any]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise Invalid(describe_errors(exc.errors())) from exc
+
+
+# -- background processes (the agent's process_* tools; its limits, checked equal in tests/unit/test_processes.py) --
+
+PROCESS_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
+PROCESS_LOG_BYTES_RANGE = (64 * 1024, 256 * 1024 * 1024)
+PROCESS_READY_TIMEOUT_MAX_S = 600.0
+PROCESS_WAIT_MAX_S = 3600.0
+PROCESS_OUTPUT_LIMIT_MAX = 512 * 1024
+ProcessSignal = Literal["TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT"]
+
+
+class ProcessStartIn(Strict):
+    command: str | list[str] = Field(description="a string run by /bin/sh -c, or an argv run without a shell")
+    name: str | None = Field(default=None, pattern=PROCESS_NAME_PATTERN, description="unique among running ones")
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    ready_port: int | None = Field(default=None, strict=True, ge=1, le=65535, description="ready when it accepts")
+    ready_log: str | None = Field(default=None, description="ready when a line of output matches (regex)")
+    ready_timeout_s: float = Field(default=30.0, strict=True, gt=0, le=PROCESS_READY_TIMEOUT_MAX_S)
+    max_log_bytes: int | None = Field(
+        default=None, strict=True, ge=PROCESS_LOG_BYTES_RANGE[0], le=PROCESS_LOG_BYTES_RANGE[1]
+    )
+
+
+class ProcessOut(BaseModel):
+    id: str
+    name: str | None
+    command: str | list[str]
+    cwd: str
+    pid: int | None
+    state: Literal["running", "exited", "lost"]
+    running: bool
+    exit_code: int | None = Field(description="negative: killed by that signal")
+    signal: str | None
+    started_at: str
+    ended_at: str | None
+    output_bytes: int
+    reason: str | None = Field(description="why nexus stopped it (a readiness check that failed)")
+    ready_after_s: float | None = None
+    timed_out: bool | None = Field(default=None, description="wait: it still runs")
+
+
+class ProcessOutputOut(BaseModel):
+    process: str
+    text: str
+    offset: int
+    next_offset: int
+    total_bytes: int
+    dropped_bytes: int = Field(description="output rotated away (before the oldest byte kept)")
+    running: bool
+    state: Literal["running", "exited", "lost"]
+    exit_code: int | None
+    signal: str | None
+
+
+class ProcessSignalIn(Strict):
+    signal: ProcessSignal = "TERM"

@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -29,6 +30,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+from nexus.agent.procfiles import PID_FILE, proc_start_ticks, read_json
 from tests.fakes.firecracker_api import FakeFirecracker, Fault, FirecrackerModel, Reply
 from tests.fakes.firecracker_spec import SpecValidator, spec_validator
 from tests.helpers import REPO
@@ -58,6 +60,23 @@ _PR_SET_PDEATHSIG = 1
 def gateway_socket(uds: str) -> str:
     """Where the "guest" agent of the VM whose vsock socket is ``uds`` serves its gateway to local clients."""
     return f"{uds}.gw"
+
+
+def process_dir(uds: str) -> str:
+    """Where the "guest" agent of the VM whose vsock socket is ``uds`` keeps its background processes."""
+    return f"{uds}.procs"
+
+
+def stop_processes(directory: str) -> None:
+    """Kill the background processes (groups) and supervisors recorded in ``directory`` and remove it: in a real
+    guest they end with the VM, and its /run goes with them."""
+    for pids in filter(None, (read_json(str(p)) for p in Path(directory).glob(f"*/{PID_FILE}"))):
+        for key, kill in (("pid", os.killpg), ("supervisor_pid", os.kill)):
+            pid, ticks = pids.get(key), pids.get(key.replace("pid", "start_ticks"))
+            if isinstance(pid, int) and ticks is not None and proc_start_ticks(pid) == ticks:
+                with contextlib.suppress(OSError):
+                    kill(pid, signal.SIGKILL)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _die_with_parent() -> None:  # runs in the agent child before exec
@@ -191,6 +210,8 @@ class GuestModel(FirecrackerModel):
             gateway_socket(uds),
             "--gateway-http",
             "none",
+            "--process-dir",
+            process_dir(uds),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self.console,
             stderr=self.console,
@@ -210,6 +231,7 @@ class GuestModel(FirecrackerModel):
     def _remove_files(self) -> None:
         if self.vsock is not None:
             uds = self.host(self.vsock["uds_path"])
+            stop_processes(process_dir(uds))
             for leftover in (uds, f"{uds}.cmdline"):
                 Path(leftover).unlink(missing_ok=True)
 

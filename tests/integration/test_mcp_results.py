@@ -141,7 +141,7 @@ def test_silent_commands_send_heartbeat_progress(daemon: Daemon) -> None:  # noq
 def test_every_tool_has_a_title_and_annotations_and_the_vm_says_how_to_use_it(daemon: Daemon) -> None:  # noqa: F811
     async def scenario() -> None:
         async with mcp_client(daemon, "mcp-one") as client:
-            assert client.instructions is not None and "nohup" in client.instructions
+            assert client.instructions is not None and "process_start" in client.instructions
             tools = {t.name: t for t in (await client.list_tools()).tools}
         for name, tool in tools.items():
             assert tool.title and tool.annotations is not None, name

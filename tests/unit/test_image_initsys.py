@@ -83,6 +83,7 @@ def test_systemd_unit_enabled(tmp_path: Path) -> None:
     install_agent_service(tmp_path, LAUNCHER)
     unit = (tmp_path / "etc/systemd/system/nexus-agent.service").read_text()
     assert f"ExecStart={LAUNCHER}" in unit and "Restart=always" in unit and "WantedBy=multi-user.target" in unit
+    assert "\nKillMode=process\n" in unit  # a restarted agent leaves its background processes running
     wants = tmp_path / "etc/systemd/system/multi-user.target.wants/nexus-agent.service"
     assert os.readlink(wants) == "/etc/systemd/system/nexus-agent.service"
 

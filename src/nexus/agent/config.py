@@ -19,6 +19,8 @@ Flags (mostly for tests and debugging; a guest normally runs plain ``python3 -m 
                             when it exists, skipped (logged) when the VM has no such port
   ``--gateway-socket PATH`` the gateway's local Unix socket (default /run/nexus/gateway.sock, what nexus-mcp uses)
   ``--gateway-http A|none`` the gateway's MCP Streamable HTTP endpoint, HOST:PORT (default 127.0.0.1:7780)
+  ``--process-dir PATH``    where process_start keeps its processes' records and output (default
+                            /run/nexus/processes; ``nexus.agent.processes``)
   ``--transport T``         as ``nexus.transport`` (the flag wins)
   ``--vsock-unix PREFIX``   vsock emulated over Unix sockets (tests): dial host port P at ``PREFIX_<P>``,
                             listen on guest port P at ``PREFIX.guest_<P>``; implies ``--transport vsock``
@@ -58,6 +60,7 @@ DEFAULT_CMDLINE: Final = "/proc/cmdline"
 DEFAULT_MAX_WORKERS: Final = 32
 DEFAULT_GATEWAY_SOCKET: Final = "/run/nexus/gateway.sock"
 DEFAULT_GATEWAY_HTTP: Final = ("127.0.0.1", 7780)
+DEFAULT_PROCESS_DIR: Final = "/run/nexus/processes"
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 TRANSPORTS: Final = ("auto", "virtio-serial", "vsock")
 
@@ -85,6 +88,8 @@ class AgentConfig:
     gateway_socket: str = DEFAULT_GATEWAY_SOCKET
     gateway_http: tuple[str, int] | None = DEFAULT_GATEWAY_HTTP
     """Where the gateway's Streamable HTTP endpoint listens; None: not served."""
+    process_dir: str = DEFAULT_PROCESS_DIR
+    """The background processes' records and output (``nexus.agent.processes``)."""
 
 
 def parse_kernel_cmdline(text: str) -> dict[str, str]:
@@ -133,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the gateway's loopback Streamable HTTP endpoint, or 'none'",
     )
+    p.add_argument("--process-dir", default=DEFAULT_PROCESS_DIR, help="background processes' records and output")
     p.add_argument("--heartbeat-s", type=_positive_float, help="seconds between heartbeats")
     p.add_argument("--image-json", default=DEFAULT_IMAGE_JSON, help="image manifest (its 'id' is reported)")
     p.add_argument("--log-level", choices=_LOG_LEVELS)
@@ -204,4 +210,5 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
         gateway=ns.gateway,
         gateway_socket=ns.gateway_socket,
         gateway_http=ns.gateway_http,
+        process_dir=ns.process_dir,
     )

@@ -137,7 +137,7 @@ def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None
 
     freezer = Freezer(mount_drives(config.mounts)) if config.mounts is not None else None
     executor = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="tool")
-    mcp = McpService(Toolbox(image_id), executor)
+    mcp = McpService(Toolbox(image_id, config.process_dir), executor)
     runners: list[PortRunner] = []
     if control_ep is not None:
         control = ControlService(lambda: make_hello(image_id), config.heartbeat_s, stop, freezer)

@@ -1,4 +1,5 @@
-"""``nexusctl vm ...``: create, list, inspect, start, stop, remove, logs, history, tags."""
+"""``nexusctl vm ...``: create, list, inspect, start, stop, remove, logs, history, tags (background processes:
+``vm proc``/``vm ps``, in ``nexus.cli.processes``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nexus.cli import transfer
+from nexus.cli import processes, transfer
 from nexus.cli.common import client, ctx_of
 from nexus.cli.output import ago, console, emit, fields, plain, table
 from nexus.cli.progress import progress, stderr
@@ -17,6 +18,8 @@ app = typer.Typer(help="Manage microVMs.", no_args_is_help=True)
 tag_app = typer.Typer(help="Manage a VM's tags.", no_args_is_help=True)
 app.add_typer(tag_app, name="tag")
 app.command("clone")(vm_clone)  # lives with the other workspace commands
+app.add_typer(processes.app, name="proc")
+app.command("ps")(processes.ps)
 
 Ref = Annotated[str, typer.Argument(help="VM name or id (a unique id prefix works too)")]
 

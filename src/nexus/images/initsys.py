@@ -53,7 +53,8 @@ Type=simple
 ExecStart={launcher}
 Restart=always
 RestartSec=1
-KillMode=mixed
+# Only the agent: the background processes it started (process_start) outlive it, as under BusyBox or OpenRC.
+KillMode=process
 TimeoutStopSec=5
 
 [Install]

@@ -49,8 +49,9 @@ AGENT_INSTRUCTIONS: Final = (
     "commands run there as the agent's user. Results are sized for you: file_read returns 256 KiB unless you ask "
     "for more (page with offset until eof), list_dir pages with offset/limit, and run_command keeps the start and "
     "the end of long output (redirect to a file and file_read it for all of it). Use encoding base64 with "
-    "file_read/file_write for binary data. run_command waits for the command; a process meant to keep running "
-    "must be started in the background with its output redirected: nohup CMD > /tmp/CMD.log 2>&1 &"
+    "file_read/file_write for binary data. run_command waits for the command; start a process meant to keep "
+    "running (a server, a long build) with process_start (optionally waiting until a port accepts or a log line "
+    "appears), then read it with process_output and stop it with process_signal: it outlives the call."
 )
 
 INITIALIZE_METHOD: Final = "initialize"
@@ -74,7 +75,7 @@ def negotiate_protocol_version(requested: Any) -> str:
 
 BACKGROUND_NOTE: Final = (
     "note: a background process still holds the command's output; it keeps running, its further output is "
-    "discarded. Start long-running processes with their output redirected: nohup CMD > /tmp/CMD.log 2>&1 &"
+    "discarded. Start long-running processes with process_start, which keeps their output"
 )
 
 

@@ -12,7 +12,7 @@ Sync (``Nexus``) and async (``AsyncNexus``) alike; results are ``nexus.schemas``
 
 from nexus.client.client import DaemonUnreachable, Unauthorized
 from nexus.sdk.calls import ExecResult, FileChunk
-from nexus.sdk.client import AsyncFiles, AsyncNexus, AsyncVm, AsyncVms, Files, Nexus, Vm, Vms
+from nexus.sdk.client import AsyncFiles, AsyncNexus, AsyncVm, AsyncVms, Files, Nexus, Processes, Vm, Vms
 
 __all__ = [
     "AsyncFiles",
@@ -24,6 +24,7 @@ __all__ = [
     "FileChunk",
     "Files",
     "Nexus",
+    "Processes",
     "Unauthorized",
     "Vm",
     "Vms",

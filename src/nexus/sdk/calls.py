@@ -43,6 +43,8 @@ from nexus.schemas import (
     LogsOut,
     PolicyCreate,
     PolicyOut,
+    ProcessOut,
+    ProcessOutputOut,
     SecretOut,
     SettingOut,
     SetupFirewallOut,
@@ -484,6 +486,40 @@ def list_tags(ref: str) -> Call[list[str]]:
 
 def remove_tag(ref: str, tag: str) -> Call[None]:
     return Call("DELETE", _vm_path(ref, "tags", segment(tag)), _nothing)
+
+
+# -- background processes ---------------------------------------------------------------------------------------
+
+_PROCESS = _model(TypeAdapter(ProcessOut))
+
+
+def list_processes(vm: str) -> Call[list[ProcessOut]]:
+    return Call("GET", _vm_path(vm, "processes"), _model(TypeAdapter(list[ProcessOut])))
+
+
+def start_process(vm: str, fields: Mapping[str, Any]) -> Call[ProcessOut]:
+    return Call("POST", _vm_path(vm, "processes"), _PROCESS, json=_given(**fields))
+
+
+def get_process(vm: str, process: str) -> Call[ProcessOut]:
+    return Call("GET", _vm_path(vm, "processes", segment(process)), _PROCESS)
+
+
+def process_output(
+    vm: str, process: str, offset: int | None, limit: int | None, tail: int | None
+) -> Call[ProcessOutputOut]:
+    params = _given(offset=offset, limit=limit, tail=tail)
+    path = _vm_path(vm, "processes", segment(process), "output")
+    return Call("GET", path, _model(TypeAdapter(ProcessOutputOut)), params=params)
+
+
+def signal_process(vm: str, process: str, signal: str) -> Call[ProcessOut]:
+    return Call("POST", _vm_path(vm, "processes", segment(process), "signal"), _PROCESS, json={"signal": signal})
+
+
+def wait_process(vm: str, process: str, timeout_s: float) -> Call[ProcessOut]:
+    path = _vm_path(vm, "processes", segment(process), "wait")
+    return Call("GET", path, _PROCESS, params={"timeout_s": timeout_s})
 
 
 def check(response: httpx.Response) -> httpx.Response:

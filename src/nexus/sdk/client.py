@@ -32,6 +32,8 @@ from nexus.schemas import (
     LogsOut,
     PolicyCreate,
     PolicyOut,
+    ProcessOut,
+    ProcessOutputOut,
     SecretOut,
     SettingOut,
     SetupFirewallOut,
@@ -240,6 +242,9 @@ class Vms(_Resource):
     def files(self, ref: str) -> Files:
         return Files(self._nexus, ref)
 
+    def processes(self, ref: str) -> Processes:
+        return Processes(self._nexus, ref)
+
     def handle(self, ref: str) -> Vm:
         """Work inside an existing VM."""
         return Vm(self._nexus, self.get(ref))
@@ -262,6 +267,7 @@ class Vm:
         self._nexus = nexus
         self.info = info
         self.files = Files(nexus, info.id)
+        self.processes = Processes(nexus, info.id)
 
     @property
     def id(self) -> str:
@@ -321,6 +327,74 @@ class Files:
 
     def write(self, path: str, data: bytes | str, *, mode: str | None = None) -> WriteOut:
         return self.write_chunks(path, _chunks(data.encode() if isinstance(data, str) else data), mode=mode)
+
+
+class Processes:
+    """A VM's background processes: commands that outlive the call that started them (and nexusd's restarts).
+    A process is named by its id (``p1``...) or its name."""
+
+    def __init__(self, nexus: Nexus, vm: str) -> None:
+        self._nexus = nexus
+        self._vm = vm
+
+    def list(self) -> list[ProcessOut]:
+        return self._nexus.send(calls.list_processes(self._vm))
+
+    def start(
+        self,
+        command: Command,
+        *,
+        name: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        ready_port: int | None = None,
+        ready_log: str | None = None,
+        ready_timeout_s: float | None = None,
+        max_log_bytes: int | None = None,
+    ) -> ProcessOut:
+        """Start ``command``; with ``ready_port`` (accepts on 127.0.0.1) or ``ready_log`` (a regex matching a line
+        of its output) return once it is ready. Not ready in time: ``GuestError`` with its last output (it was
+        killed)."""
+        fields = {
+            "command": command,
+            "name": name,
+            "cwd": cwd,
+            "env": env,
+            "ready_port": ready_port,
+            "ready_log": ready_log,
+            "ready_timeout_s": ready_timeout_s,
+            "max_log_bytes": max_log_bytes,
+        }
+        return self._nexus.send(calls.start_process(self._vm, fields))
+
+    def get(self, process: str) -> ProcessOut:
+        return self._nexus.send(calls.get_process(self._vm, process))
+
+    def output(
+        self, process: str, *, offset: int | None = None, limit: int | None = None, tail: int | None = None
+    ) -> ProcessOutputOut:
+        """Bytes from ``offset`` (at most ``limit``), or the last ``tail`` lines (the last 100 when neither)."""
+        return self._nexus.send(calls.process_output(self._vm, process, offset, limit, tail))
+
+    def follow(self, process: str, *, offset: int = 0, poll_s: float = 0.5) -> Iterator[ProcessOutputOut]:
+        """Its output from ``offset`` as it is written, until it has ended and all of it was read."""
+        while True:
+            out = self.output(process, offset=offset)
+            if out.text:
+                yield out
+            offset = out.next_offset
+            if offset < out.total_bytes:
+                continue
+            if not out.running:
+                return
+            self.wait(process, timeout_s=poll_s)  # the pause between looks, cut short when it ends
+
+    def signal(self, process: str, signal: str = "TERM") -> ProcessOut:
+        return self._nexus.send(calls.signal_process(self._vm, process, signal))
+
+    def wait(self, process: str, *, timeout_s: float = 30.0) -> ProcessOut:
+        """Once it has ended (its exit status), or after ``timeout_s`` with ``timed_out`` true."""
+        return self._nexus.send(calls.wait_process(self._vm, process, timeout_s))
 
 
 class Drives(_Resource):

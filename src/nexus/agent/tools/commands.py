@@ -359,8 +359,8 @@ COMMAND_TOOLS: Final = (
             "longer output is replaced by a '[… N bytes omitted …]' line (truncated: true; stdout_bytes and "
             "stderr_bytes give the full sizes). For more, redirect to a file and read it with file_read. On "
             f"timeout (default {DEFAULT_TIMEOUT_S:g} s) the whole process group is killed (timed_out: true, "
-            "exit_code -9). A process left running in the background must redirect its output, e.g. "
-            "`nohup server > /tmp/server.log 2>&1 &`. With a progressToken, output is streamed as "
+            "exit_code -9). For a process that keeps running (a server, a long build) use process_start. "
+            "With a progressToken, output is streamed as "
             "notifications/progress (message = the chunk, _meta.nexus/stream = stdout|stderr)."
         ),
         input_schema={
