@@ -470,6 +470,14 @@ def rollback(vm: str, name: str, restart: bool) -> Call[VmOut]:
     return Call("POST", _vm_path(vm, "snapshots", segment(name), "rollback"), _VM, params=params)
 
 
+def create_checkpoint(vm: str, name: str | None) -> Call[SnapshotOut]:
+    return Call("POST", _vm_path(vm, "checkpoints"), _SNAPSHOT, json={"name": name})
+
+
+def restore(vm: str, name: str) -> Call[VmOut]:
+    return Call("POST", _vm_path(vm, "snapshots", segment(name), "restore"), _VM)
+
+
 def remove_snapshot(vm: str, name: str) -> Call[None]:
     return Call("DELETE", _vm_path(vm, "snapshots", segment(name)), _nothing)
 

@@ -356,6 +356,14 @@ class Snapshots(_Resource):
     def rollback(self, vm: str, name: str, *, restart: bool = False) -> VmOut:
         return self._nexus.send(calls.rollback(vm, name, restart))
 
+    def checkpoint(self, vm: str, name: str | None = None) -> SnapshotOut:
+        """Save the running VM's memory with its drives (a snapshot that can be restored running)."""
+        return self._nexus.send(calls.create_checkpoint(vm, name))
+
+    def restore(self, vm: str, name: str) -> VmOut:
+        """Bring the VM back running from checkpoint ``name`` (what runs now is thrown away)."""
+        return self._nexus.send(calls.restore(vm, name))
+
     def remove(self, vm: str, name: str) -> None:
         self._nexus.send(calls.remove_snapshot(vm, name))
 
@@ -733,6 +741,12 @@ class AsyncSnapshots(_AsyncResource):
 
     async def rollback(self, vm: str, name: str, *, restart: bool = False) -> VmOut:
         return await self._nexus.send(calls.rollback(vm, name, restart))
+
+    async def checkpoint(self, vm: str, name: str | None = None) -> SnapshotOut:
+        return await self._nexus.send(calls.create_checkpoint(vm, name))
+
+    async def restore(self, vm: str, name: str) -> VmOut:
+        return await self._nexus.send(calls.restore(vm, name))
 
     async def remove(self, vm: str, name: str) -> None:
         await self._nexus.send(calls.remove_snapshot(vm, name))

@@ -168,19 +168,42 @@ class VmRuntime:
         run = self._require(vm_id)
         await asyncio.shield(run.ready)
 
-    async def stop(self, vm_id: str) -> None:
-        """Power the VM off (graceful, then kill) and return once its process is reaped and recorded."""
+    async def stop(self, vm_id: str, kill: bool = False, reason: str = "stop requested") -> None:
+        """Power the VM off (graceful, then kill; at once with ``kill``) and return once its process is reaped and
+        recorded."""
         run = self._running.get(vm_id)
         if run is None:
             return
         run.stop_requested = True
         was_paused = self._store.get(vm_id).state is VmState.PAUSED
-        self._transition(run, VmState.STOPPING, "stop requested")
-        if was_paused:  # a frozen guest cannot answer the power button
-            with contextlib.suppress(DriverError):
-                await run.process.resume()
-        await run.process.shutdown(self._timeouts.stop_s)
+        self._transition(run, VmState.STOPPING, reason)
+        if kill:
+            await run.process.kill()
+        else:
+            if was_paused:  # a frozen guest cannot answer the power button
+                with contextlib.suppress(DriverError):
+                    await run.process.resume()
+            await run.process.shutdown(self._timeouts.stop_s)
         await run.done.wait()
+
+    async def save_state(self, vm_id: str, directory: Path, reason: str) -> bool:
+        """Pause the VM and have its VMM save its memory and device state into ``directory``; the VM stays paused.
+        True when it was ready (the caller resumes it once its drives are copied), False when it was paused."""
+        run = self._require(vm_id)
+        state = self._store.get(vm_id).state
+        if state is VmState.READY:
+            if not self._transition(run, VmState.PAUSED, reason):
+                raise InvalidState(f"VM {run.name} is {self._store.get(vm_id).state}; it cannot be checkpointed now")
+        elif state is not VmState.PAUSED:
+            raise InvalidState(f"VM {run.name} is {state}; only a ready or paused VM can be checkpointed")
+        try:
+            await run.process.checkpoint(directory)
+        except DriverError:
+            if state is VmState.READY:
+                with contextlib.suppress(DriverError):
+                    await self.resume(vm_id, f"{reason} failed")
+            raise
+        return state is VmState.READY
 
     async def pause(self, vm_id: str) -> None:
         run = self._require(vm_id)
@@ -192,13 +215,13 @@ class VmRuntime:
             self._transition(run, VmState.READY, "pause failed")
             raise
 
-    async def resume(self, vm_id: str) -> None:
+    async def resume(self, vm_id: str, reason: str = "resumed") -> None:
         run = self._require(vm_id)
         if self._store.get(vm_id).state is not VmState.PAUSED:
             raise InvalidState(f"VM {run.name} is not paused")
         await run.process.resume()
         run.last_seen = time.monotonic()  # heartbeats were frozen, not missed
-        self._transition(run, VmState.READY, "resumed")
+        self._transition(run, VmState.READY, reason)
 
     def _require(self, vm_id: str) -> _Running:
         run = self._running.get(vm_id)
