@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 STABLE_LINK_S = 5.0  # an MCP link that lived this long starts its reconnect backoff afresh
 GATEWAY_INBOX = 1024  # gateway messages waiting to be served before the portal counts as flooding its link
-EXIT_RECORD_WAIT_S = 2.0  # how long a VMM's exit waits for the store before the VM is released regardless
+EXIT_RECORD_WAIT_S = 2.0
+HELLO_ASK_S = 5.0  # how long a VMM's exit waits for the store before the VM is released regardless
 VmHook = Callable[[str], Awaitable[None]]
 ReadyHook = Callable[[str, AgentLinks], Awaitable[None]]
 
@@ -83,6 +84,8 @@ class _Running:
     mcp: GuestLink | None = None
     reachable: asyncio.Event = field(default_factory=asyncio.Event)  # set by hello/heartbeats, cleared by silence
     stop_requested: bool = False
+    kill_requested: bool = False
+    resumed: bool = False  # from a saved state: its agent never saw the host go, so it must be asked to say hello
     silence: str | None = None  # why the agent counts as unreachable, until it is heard from again
     failure: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -147,11 +150,12 @@ class VmRuntime:
         """The ids of the VMs whose VMM this runtime watches."""
         return list(self._running)
 
-    def watch(self, vm: Vm, process: VmProcess, console_log: Path) -> None:
-        """Take ownership of ``process`` for ``vm``: a VMM just launched (``vm`` is ``starting``), or one adopted
-        from an earlier nexusd (its links are reopened; it is ready again once its agent answers; a boot timeout
-        counts from here)."""
+    def watch(self, vm: Vm, process: VmProcess, console_log: Path, resumed: bool = False) -> None:
+        """Take ownership of ``process`` for ``vm``: a VMM just launched (``vm`` is ``starting``; ``resumed``: from
+        a saved state), or one adopted from an earlier nexusd (its links are reopened; it is ready again once its
+        agent answers; a boot timeout counts from here)."""
         run = _Running(vm.id, vm.name, process, console_log, asyncio.get_running_loop().create_future())
+        run.resumed = resumed
         run.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # never "unretrieved"
         self._running[vm.id] = run
         run.tasks = [
@@ -175,6 +179,7 @@ class VmRuntime:
         if run is None:
             return
         run.stop_requested = True
+        run.kill_requested = kill
         was_paused = self._store.get(vm_id).state is VmState.PAUSED
         self._transition(run, VmState.STOPPING, reason)
         if kill:
@@ -309,6 +314,8 @@ class VmRuntime:
         if run.failure is not None and not (run.stop_requested or state is VmState.STOPPING):
             return VmState.FAILED, run.failure
         if run.stop_requested or state is VmState.STOPPING:
+            if run.kill_requested:
+                return VmState.STOPPED, f"killed as asked (VMM exit {status})"
             if status.code is not None and status.code < 0:  # killed: it did not power off when asked
                 return VmState.STOPPED, f"stopped by force (VMM exit {status}): the guest did not power off in time"
             return VmState.STOPPED, f"powered off (VMM exit {status})"
@@ -371,7 +378,19 @@ class VmRuntime:
                     await backoff.sleep()
                 continue
             backoff.reset()
+            if run.resumed:
+                run.resumed = False
+                run.tasks.append(asyncio.create_task(self._ask_hello(run, run.control, on_message)))
             await run.control.wait_closed()
+
+    @staticmethod
+    async def _ask_hello(run: _Running, link: GuestLink, on_message: Callable[[str, Any], None]) -> None:
+        """A guest resumed from a saved state kept its connection as it was when saved: it does not know a new host
+        side is there, so it says hello only when asked (else its next heartbeat would do, seconds later)."""
+        try:
+            on_message(HELLO_METHOD, await link.call(HELLO_METHOD, timeout_s=HELLO_ASK_S))
+        except NexusError as exc:
+            log.info("vm %s: asked for hello: %s (its heartbeats will do)", run.name, exc.message)
 
     async def _gateway_link(self, run: _Running, gateway: GatewayHost) -> None:
         """A portal's gateway: keep its link open and let ``gateway`` serve what the agent tunnels over it. An

@@ -242,7 +242,7 @@ class VmService:
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise Unavailable(f"VM {vm.name} could not be started: no space left ({exc})") from exc
                 raise DriverError(f"VM {vm.name} could not be started: {exc}") from exc
-            self._runtime.watch(vm, process, self._layout.console_log(vm.id))
+            self._runtime.watch(vm, process, self._layout.console_log(vm.id), resumed=resume is not None)
         launched = time.monotonic()
         if wait:
             await self._runtime.wait_ready(vm.id)
