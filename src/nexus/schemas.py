@@ -528,6 +528,13 @@ class SnapshotOut(BaseModel):
         )
 
 
+class VmFork(Strict):
+    name: Name = Field(description="the new VM's name")
+    checkpoint: str | None = Field(
+        default=None, description="fork at this checkpoint (default: one taken now, and removed once the fork runs)"
+    )
+
+
 class VmClone(Strict):
     name: Name = Field(description="the new VM's name")
     snapshot: str | None = Field(default=None, description="clone this snapshot instead of the current drives")

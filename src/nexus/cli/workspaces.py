@@ -183,6 +183,19 @@ def vm_restore(ctx: typer.Context, ref: Ref, name: Annotated[str, typer.Argument
     emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} restored from {name} ({v['state']})"))
 
 
+def vm_fork(
+    ctx: typer.Context,
+    ref: Ref,
+    new: Annotated[str, typer.Argument(help="the new VM's name")],
+    checkpoint: Annotated[str | None, typer.Option(help="fork at this checkpoint (default: one taken now)")] = None,
+) -> None:
+    """Start a new VM running on from a checkpoint of a running VM: same processes and files, its own name, machine
+    id and address, its own copies of the drives. Both run on."""
+    with client(ctx) as c:
+        vm = plain(c.vms.fork(ref, new, checkpoint=checkpoint))
+    emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} forked from {ref} ({v['state']})"))
+
+
 def vm_clone(
     ctx: typer.Context,
     ref: Ref,

@@ -105,7 +105,7 @@ def wire(
         port=proxy_port,
     )
 
-    identity = IdentityService(vm_store)
+    identity = IdentityService(vm_store, net.info)
 
     async def on_ready(vm_id: str, links: AgentLinks) -> None:  # egress first: it is what the guest must know
         await egress.configure_guest(vm_id, links)

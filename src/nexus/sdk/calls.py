@@ -478,6 +478,10 @@ def restore(vm: str, name: str) -> Call[VmOut]:
     return Call("POST", _vm_path(vm, "snapshots", segment(name), "restore"), _VM)
 
 
+def fork_vm(vm: str, name: str, checkpoint: str | None) -> Call[VmOut]:
+    return Call("POST", _vm_path(vm, "fork"), _VM, json={"name": name, "checkpoint": checkpoint})
+
+
 def remove_snapshot(vm: str, name: str) -> Call[None]:
     return Call("DELETE", _vm_path(vm, "snapshots", segment(name)), _nothing)
 

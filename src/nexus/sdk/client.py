@@ -218,6 +218,10 @@ class Vms(_Resource):
     def remove_tag(self, ref: str, tag: str) -> None:
         self._nexus.send(calls.remove_tag(ref, tag))
 
+    def fork(self, ref: str, name: str, *, checkpoint: str | None = None) -> VmOut:
+        """A new VM running on from a checkpoint of ``ref`` (one taken now unless named); both run on."""
+        return self._nexus.send(calls.fork_vm(ref, name, checkpoint))
+
     def clone(self, ref: str, name: str, *, snapshot: str | None = None) -> VmOut:
         return self._nexus.send(calls.clone_vm(ref, name, snapshot))
 
@@ -623,6 +627,9 @@ class AsyncVms(_AsyncResource):
 
     async def logs(self, ref: str, *, tail: int | None = None) -> LogsOut:
         return await self._nexus.send(calls.logs(ref, tail))
+
+    async def fork(self, ref: str, name: str, *, checkpoint: str | None = None) -> VmOut:
+        return await self._nexus.send(calls.fork_vm(ref, name, checkpoint))
 
     async def clone(self, ref: str, name: str, *, snapshot: str | None = None) -> VmOut:
         return await self._nexus.send(calls.clone_vm(ref, name, snapshot))

@@ -12,6 +12,7 @@ the VMM from the saved state. The guest's clock is set right when its agent says
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -88,11 +89,8 @@ class CheckpointService:
 
     async def _create(self, vm: Vm, name: str | None) -> Snapshot:
         name = check_name(name) if name is not None else utcnow().strftime("ckpt-%Y%m%d-%H%M%S-%f")
-        try:
+        with contextlib.suppress(NotFound):
             self._snapshot_store.get(vm.id, name)
-        except NotFound:
-            pass
-        else:
             raise Conflict(f"VM {vm.name} already has a snapshot named {name!r}")
         record = self._vm_store.runtime_record(vm.id)
         if not self._runtime.is_running(vm.id) or record is None:
@@ -166,6 +164,37 @@ class CheckpointService:
         vm = await self._vms.start(vm.id, resume=resume)
         log.info("vm %s: restored checkpoint %s", vm.name, name)
         return vm
+
+    async def fork(self, ref: str, new_name: str, checkpoint: str | None = None) -> Vm:
+        """A new VM running on from a checkpoint of ``ref`` (one taken now when none is named, and removed once the
+        fork runs), with copies of the checkpoint's drives and an identity of its own; both VMs run on."""
+        vm = self._vm_store.get(ref)
+        check_name(new_name)
+        with contextlib.suppress(NotFound):
+            self._vm_store.get(new_name)
+            raise Conflict(f"a VM named {new_name!r} already exists")
+        if checkpoint is None:
+            snapshot = await self.create(vm.id, utcnow().strftime(f"fork-{new_name}-%Y%m%d-%H%M%S")[:63])
+        else:
+            snapshot = self._snapshot_store.get(vm.id, checkpoint)
+        try:
+            state = snapshot.state
+            if state is None:
+                raise InvalidState(f"snapshot {snapshot.name} of VM {vm.name} holds no memory; clone it instead")
+            state_dir = self._layout.snapshot_state_dir(snapshot.id)
+            await asyncio.to_thread(self._verify, vm, snapshot.name, state_dir, state)
+            fork = await self._snapshots.clone(vm.id, new_name, snapshot.name)
+            try:
+                resume = Resume(state_dir, state, f"forked from {vm.name} at checkpoint {snapshot.name}")
+                fork = await self._vms.start(fork.id, resume=resume)
+            except BaseException:
+                await self._vms.remove(fork.id, force=True)
+                raise
+        finally:
+            if checkpoint is None:
+                await self._snapshots.remove(vm.id, snapshot.name)
+        log.info("vm %s: forked to %s at checkpoint %s", vm.name, new_name, snapshot.name)
+        return fork
 
     @staticmethod
     def _verify(vm: Vm, name: str, state_dir: Path, state: SavedState) -> None:

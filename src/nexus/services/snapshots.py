@@ -206,6 +206,9 @@ class SnapshotService:
             image=vm.image,
             kernel=vm.kernel,
             tags=vm.tags,
+            network=vm.network,  # a fork resumes the source's memory: its devices must be the same
+            egress=vm.egress,
+            allow=self._vm_store.allow_list(vm.id),
         )
         clone = self._vms.create(spec)
         try:

@@ -14,6 +14,7 @@ from nexus.schemas import (
     SnapshotCreate,
     SnapshotOut,
     VmClone,
+    VmFork,
     VmOut,
 )
 
@@ -99,6 +100,14 @@ async def restore_checkpoint(ref: str, name: str, checkpoints: Checkpoints, net:
     no saved memory, the VM's shape differs from the checkpoint's, or the saved state is damaged; nothing changes
     then."""
     vm = await checkpoints.restore(ref, name)
+    return VmOut.of(vm, net.info(vm.id))
+
+
+@router.post("/v1/vms/{ref}/fork", status_code=status.HTTP_201_CREATED)
+async def fork_vm(ref: str, body: VmFork, checkpoint_service: Checkpoints, net: Network) -> VmOut:
+    """A new VM running on from a checkpoint of this one (taken now unless named), with copies of its drives and
+    an identity of its own (name, machine id, address); both run on."""
+    vm = await checkpoint_service.fork(ref, body.name, body.checkpoint)
     return VmOut.of(vm, net.info(vm.id))
 
 
