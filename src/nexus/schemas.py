@@ -879,6 +879,10 @@ class VmCloneArgs(VmClone):
     vm: VmRef
 
 
+class VmForkArgs(VmFork):
+    vm: VmRef
+
+
 class WorkspaceRollbackArgs(Strict):
     name: SnapshotName
 

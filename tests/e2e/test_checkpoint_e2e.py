@@ -134,3 +134,37 @@ def test_checkpoint_of_a_stopped_vm_is_refused(e2e_daemon: Daemon) -> None:
         assert refused.returncode == 5 and b"only a running VM" in refused.stderr
     finally:
         nexusctl(e2e_daemon, "vm", "rm", "e2e-ckpt-off", check=False)
+
+
+def test_fork_runs_beside_its_parent_with_an_identity_of_its_own(e2e_daemon: Daemon, api: NexusClient) -> None:
+    parent, child = "e2e-fork-a", "e2e-fork-b"
+    nexusctl_json(e2e_daemon, "vm", "run", parent, "--mem", "512")
+    try:
+
+        def sh(vm: str, script: str) -> str:
+            return nexusctl(e2e_daemon, "vm", "exec", "-s", vm, "--", script).stdout.decode().strip()
+
+        sh(parent, "echo before > /root/shared; sleep 600 > /dev/null 2>&1 & echo $! > /root/sleeper")
+        parent_id = sh(parent, "cat /etc/machine-id")
+        forked = nexusctl_json(e2e_daemon, "vm", "fork", parent, child)
+        assert forked["state"] == "ready" and forked["name"] == child
+        assert api.get_vm(parent)["state"] == "ready"  # the parent ran on
+        assert [s["name"] for s in api.list_snapshots(parent)] == []  # the checkpoint taken for it is gone
+
+        assert sh(child, "hostname") == child and sh(parent, "hostname") == parent
+        assert sh(child, "cat /etc/machine-id") != parent_id
+        # The process running at the fork runs in both, and the file written before it is in both.
+        assert sh(child, "kill -0 $(cat /root/sleeper) && cat /root/shared") == "before"
+        assert sh(parent, "kill -0 $(cat /root/sleeper) && cat /root/shared") == "before"
+        # After it, each writes its own.
+        sh(child, "echo child > /root/only-child")
+        sh(parent, "echo parent > /root/only-parent")
+        assert sh(parent, "ls /root/only-child 2>&1 || true").endswith("No such file or directory")
+        assert sh(child, "ls /root/only-parent 2>&1 || true").endswith("No such file or directory")
+        reasons = [h["reason"] for h in api.vm_history(child)]
+        assert any(r.startswith(f"forked from {parent} at checkpoint fork-{child}") for r in reasons)
+        refused = nexusctl(e2e_daemon, "vm", "fork", parent, child, check=False)
+        assert refused.returncode != 0 and b"already exists" in refused.stderr
+    finally:
+        nexusctl(e2e_daemon, "vm", "rm", "--force", child, check=False)
+        nexusctl(e2e_daemon, "vm", "rm", "--force", parent, check=False)
