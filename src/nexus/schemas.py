@@ -8,6 +8,7 @@ domain's own pattern and range (``nexus.domain.validation``), so the OpenAPI sch
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -490,12 +491,27 @@ class SnapshotDriveOut(BaseModel):
     mount_path: str | None
 
 
+class SavedStateOut(BaseModel):
+    """A checkpoint's saved memory and device state, and what a VM must match to resume from it."""
+
+    vmm: str
+    accel: str
+    kernel: str
+    vcpus: int
+    mem_mib: int
+    size_bytes: int
+    sha256: str
+
+
 class SnapshotOut(BaseModel):
     id: str
     vm_id: str
     name: str
     created_at: datetime
     drives: list[SnapshotDriveOut]
+    state: SavedStateOut | None = Field(
+        description="a checkpoint's saved memory (restore it running); null: drives only"
+    )
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> SnapshotOut:
@@ -508,7 +524,15 @@ class SnapshotOut(BaseModel):
                 SnapshotDriveOut(drive_id=d.drive_id, drive_name=d.drive_name, kind=d.kind, mount_path=d.mount_path)
                 for d in snapshot.drives
             ],
+            state=SavedStateOut(**dataclasses.asdict(snapshot.state)) if snapshot.state is not None else None,
         )
+
+
+class VmFork(Strict):
+    name: Name = Field(description="the new VM's name")
+    checkpoint: str | None = Field(
+        default=None, description="fork at this checkpoint (default: one taken now, and removed once the fork runs)"
+    )
 
 
 class VmClone(Strict):
@@ -852,6 +876,10 @@ class SnapshotRollbackArgs(SnapshotArgs):
 
 
 class VmCloneArgs(VmClone):
+    vm: VmRef
+
+
+class VmForkArgs(VmFork):
     vm: VmRef
 
 

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nexus.domain import (
@@ -111,6 +112,11 @@ class FakeVmProcess:
     async def resume(self) -> None:
         self._require_running("resume")
         self.events.append("resume")
+
+    async def checkpoint(self, directory: Path) -> None:
+        self._require_running("checkpoint")
+        self.events.append("checkpoint")
+        (directory / "fake.vmstate").write_bytes(f"the state of pid {self.pid}".encode())
 
     async def detach(self) -> None:
         self.events.append("detach")

@@ -38,6 +38,9 @@ WORKSPACE_TOOLS = {
     "snapshot_rollback",
     "snapshot_rm",
     "vm_clone",
+    "vm_checkpoint",
+    "vm_restore",
+    "vm_fork",
 }
 POLICY_TOOLS = {"policy_allow", "policy_list", "policy_remove"}
 

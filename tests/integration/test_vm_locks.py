@@ -97,6 +97,9 @@ class StandInProcess:
     async def resume(self) -> None:
         pass
 
+    async def checkpoint(self, directory: Path) -> None:
+        pass
+
     async def detach(self) -> None:
         pass
 

@@ -136,6 +136,20 @@ SEED: dict[int, list[str]] = {
         "INSERT INTO egress_allow VALUES ('a1b2c3d4e5f6', 'api.anthropic.com')",
         "INSERT INTO egress_allow VALUES ('a1b2c3d4e5f6', '*.pypi.org:443')",
     ],
+    11: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
+        "INSERT INTO drives VALUES ('d00000000001', 'web.root', 'root', 1024, 'a1b2c3d4e5f6', NULL,"
+        " 'debian-bookworm', '2026-01-01T00:00:01+00:00')",
+        "INSERT INTO snapshots VALUES ('s00000000001', 'a1b2c3d4e5f6', 'warm', '2026-01-01T00:00:03+00:00')",
+        "INSERT INTO snapshot_drives VALUES ('s00000000001', 'd00000000001', 'root', NULL)",
+        "INSERT INTO snapshot_states VALUES ('s00000000001', 'qemu', 'tcg', '6.1.0-1', 2, 512, 98000000,"
+        " 'aa00000000000000000000000000000000000000000000000000000000000000')",
+    ],
 }
 
 

@@ -155,3 +155,9 @@ def test_argv_is_pure_strings() -> None:
     assert all(isinstance(arg, str) for arg in argv)
     assert argv[-1] == "-S"
     assert value_after(argv, "-name") == ["guest=vm1,process=qemu-vm1"]
+
+
+def test_incoming_waits_for_a_saved_state_instead_of_booting() -> None:
+    assert "-incoming" not in qemu_argv(spec())
+    argv = qemu_argv(spec(incoming=True))
+    assert argv[argv.index("-incoming") + 1] == "defer"  # the state comes later, over QMP, as a passed fd

@@ -81,6 +81,9 @@ class FakeProcess:
     async def resume(self) -> None:
         self.paused = False
 
+    async def checkpoint(self, directory: Path) -> None:
+        self.paused = True
+
     async def kill(self) -> ExitStatus:
         self.killed = True
         self.exit(-9)

@@ -5,8 +5,8 @@ the host's buffer) and ``nexus/hello``, then ``nexus/heartbeat`` every ``heartbe
 that cannot be written drops the connection; the runner then waits for the host and says hello again.
 Requests: ``nexus/hello`` (the hello params again), ``nexus/ping`` (``{"uptime_s"}``), ``nexus/echo``
 (params unchanged), ``nexus/environment`` (``nexus.protocol.environment``), ``nexus/freeze`` and ``nexus/thaw``
-(``nexus.protocol.drives``; only in a VM nexusd launched); anything else is -32601. Notifications from the host
-are ignored.
+(``nexus.protocol.drives``) and ``nexus/identity`` (``nexus.protocol.identity``), these three only in a VM nexusd
+launched; anything else is -32601. Notifications from the host are ignored.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from nexus.agent.drives import Freezer
 from nexus.agent.environment import apply_environment
 from nexus.agent.identity import uptime_s
+from nexus.agent.reidentify import apply_identity
 from nexus.agent.session import Connection, RpcService
 from nexus.protocol import (
     ECHO_METHOD,
@@ -26,6 +27,7 @@ from nexus.protocol import (
     FREEZE_METHOD,
     HEARTBEAT_METHOD,
     HELLO_METHOD,
+    IDENTITY_METHOD,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
@@ -78,6 +80,8 @@ class ControlService(RpcService):
             self.reply(conn, req, self._hello().to_params())
         elif req.method == ENVIRONMENT_METHOD:
             self.reply(conn, req, apply_environment(req.params))
+        elif req.method == IDENTITY_METHOD and self._freezer is not None:  # only in a VM nexusd launched
+            self.reply(conn, req, apply_identity(req.params))
         elif req.method in (FREEZE_METHOD, THAW_METHOD) and self._freezer is not None:
             self._freeze_or_thaw(conn, req, self._freezer)
         else:

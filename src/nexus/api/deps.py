@@ -12,6 +12,7 @@ from nexus.api.cache import ResponseCache
 from nexus.domain import Transport
 from nexus.services import AssetService, DriveService, NetworkService, SettingsService, SnapshotService, VmService
 from nexus.services.audit import AuditService
+from nexus.services.checkpoints import CheckpointService
 from nexus.services.egress import EgressService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
@@ -30,6 +31,7 @@ class Services:
     network: NetworkService
     drives: DriveService
     snapshots: SnapshotService
+    checkpoints: CheckpointService
     tokens: TokenService
     policy: PolicyService
     audit: AuditService
@@ -72,6 +74,7 @@ Firecracker = Annotated[FirecrackerService, Depends(_one("firecracker"))]
 Network = Annotated[NetworkService, Depends(_one("network"))]
 Drives = Annotated[DriveService, Depends(_one("drives"))]
 Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]
+Checkpoints = Annotated[CheckpointService, Depends(_one("checkpoints"))]
 Tokens = Annotated[TokenService, Depends(_one("tokens"))]
 Policies = Annotated[PolicyService, Depends(_one("policy"))]
 Audit = Annotated[AuditService, Depends(_one("audit"))]

@@ -12,12 +12,15 @@ from nexus.cli import processes, transfer
 from nexus.cli.common import client, ctx_of
 from nexus.cli.output import ago, console, emit, fields, plain, table
 from nexus.cli.progress import progress, stderr
-from nexus.cli.workspaces import vm_clone
+from nexus.cli.workspaces import vm_checkpoint, vm_clone, vm_fork, vm_restore
 
 app = typer.Typer(help="Manage microVMs.", no_args_is_help=True)
 tag_app = typer.Typer(help="Manage a VM's tags.", no_args_is_help=True)
 app.add_typer(tag_app, name="tag")
 app.command("clone")(vm_clone)  # lives with the other workspace commands
+app.command("checkpoint")(vm_checkpoint)
+app.command("restore")(vm_restore)
+app.command("fork")(vm_fork)
 app.add_typer(processes.app, name="proc")
 app.command("ps")(processes.ps)
 

@@ -123,8 +123,17 @@ def snapshot_ls(ctx: typer.Context, ref: Ref) -> None:
         ctx_of(ctx),
         snaps,
         lambda ss: table(
-            ["ID", "NAME", "DRIVES", "CREATED"],
-            [(s["id"], s["name"], ", ".join(d["drive_name"] for d in s["drives"]), ago(s["created_at"])) for s in ss],
+            ["ID", "NAME", "DRIVES", "MEMORY", "CREATED"],
+            [
+                (
+                    s["id"],
+                    s["name"],
+                    ", ".join(d["drive_name"] for d in s["drives"]),
+                    f"{s['state']['size_bytes'] / 2**20:.0f} MiB" if s["state"] else "-",
+                    ago(s["created_at"]),
+                )
+                for s in ss
+            ],
         ),
     )
 
@@ -148,6 +157,43 @@ def snapshot_rm(ctx: typer.Context, ref: Ref, name: Annotated[str, typer.Argumen
     with client(ctx) as c:
         c.snapshots.remove(ref, name)
     emit(ctx_of(ctx), {"removed": name}, lambda _: console.print(f"removed snapshot {name}"))
+
+
+def vm_checkpoint(
+    ctx: typer.Context,
+    ref: Ref,
+    name: Annotated[str | None, typer.Option(help="checkpoint name (default: ckpt-<UTC time>)")] = None,
+) -> None:
+    """Save a running VM's memory with its drives: `vm restore` brings it back running from this moment. The guest
+    is paused while it is taken; listed with the VM's snapshots."""
+    with client(ctx) as c:
+        snap = plain(c.snapshots.checkpoint(ref, name))
+    emit(
+        ctx_of(ctx),
+        snap,
+        lambda s: console.print(f"checkpoint {s['name']} of {ref} ({s['state']['size_bytes'] / 2**20:.0f} MiB memory)"),
+    )
+
+
+def vm_restore(ctx: typer.Context, ref: Ref, name: Annotated[str, typer.Argument(help="checkpoint name")]) -> None:
+    """Bring a VM back running from a checkpoint: processes, files and connections as they were then. Whatever
+    runs in it now is thrown away. Refuses (exit 5) when the VM's vCPUs, memory, kernel or VMM differ."""
+    with client(ctx) as c:
+        vm = plain(c.snapshots.restore(ref, name))
+    emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} restored from {name} ({v['state']})"))
+
+
+def vm_fork(
+    ctx: typer.Context,
+    ref: Ref,
+    new: Annotated[str, typer.Argument(help="the new VM's name")],
+    checkpoint: Annotated[str | None, typer.Option(help="fork at this checkpoint (default: one taken now)")] = None,
+) -> None:
+    """Start a new VM running on from a checkpoint of a running VM: same processes and files, its own name, machine
+    id and address, its own copies of the drives. Both run on."""
+    with client(ctx) as c:
+        vm = plain(c.vms.fork(ref, new, checkpoint=checkpoint))
+    emit(ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} forked from {ref} ({v['state']})"))
 
 
 def vm_clone(

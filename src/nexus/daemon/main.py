@@ -18,7 +18,7 @@ from nexus.daemon.drivers import choose_driver
 from nexus.daemon.statelock import state_dir_lock
 from nexus.daemon.wiring import wire
 from nexus.domain import NexusError
-from nexus.mcp import McpEndpoints
+from nexus.mcp import McpEndpoints, Workspaces
 from nexus.services import SettingsService
 from nexus.store import SettingsRepo, open_database
 from nexus.workspaces import probe_backend
@@ -74,7 +74,7 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
             services.guest,
             services.network,
             services.drives,
-            services.snapshots,
+            Workspaces(services.snapshots, services.checkpoints),
             portal_policy=services.policy,
             policy=config.origin_policy(),
             session_idle_timeout_s=config.mcp_session_idle_timeout_s,

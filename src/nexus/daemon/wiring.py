@@ -33,9 +33,11 @@ from nexus.services import (
     VmService,
 )
 from nexus.services.audit import AuditService
+from nexus.services.checkpoints import CheckpointService
 from nexus.services.egress import EgressService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
+from nexus.services.identity import IdentityService
 from nexus.services.locks import VmLocks
 from nexus.services.policy import PolicyService
 from nexus.services.secrets import SecretService
@@ -104,9 +106,12 @@ def wire(
         port=proxy_port,
     )
 
+    identity = IdentityService(vm_store, net.info)
+
     async def on_ready(vm_id: str, links: AgentLinks) -> None:  # egress first: it is what the guest must know
         await egress.configure_guest(vm_id, links)
         await net.configure_guest(vm_id, links)
+        await identity.configure_guest(vm_id, links)  # last: an agent from before it refuses it
 
     runtime = VmRuntime(vm_store, connect=open_link, timeouts=config.timeouts, on_ready=on_ready, on_exit=net.detach)
     guest = GuestService(vm_store, runtime)
@@ -152,6 +157,17 @@ def wire(
         ("vmm",),
         lambda _key, vmm: vms.use_driver(*choose_driver(str(vmm), layout, config.firecracker_binary, config.jailer())),
     )
+    checkpoints = CheckpointService(
+        vms=vms,
+        snapshots=snapshots,
+        drives=drives,
+        drive_store=drive_store,
+        vm_store=vm_store,
+        snapshot_store=snapshot_store,
+        runtime=runtime,
+        layout=layout,
+        locks=locks,
+    )
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     policy = PolicyService(PolicyRepo(conn), vm_store)
     gateway = GatewayServer(vms=vms, guest=guest, policy=policy, network=net, snapshots=snapshots, audit=audit)
@@ -165,6 +181,7 @@ def wire(
         network=net,
         drives=drives,
         snapshots=snapshots,
+        checkpoints=checkpoints,
         tokens=TokenService(TokenRepo(conn), vm_store),
         policy=policy,
         audit=audit,

@@ -70,5 +70,9 @@ class Layout:
         """A plain directory with one read-only volume per drive of the snapshot."""
         return self.snapshots_dir / snapshot_id
 
+    def snapshot_state_dir(self, snapshot_id: str) -> Path:
+        """A checkpoint's VMM state (the driver's own files), beside the snapshot's volumes."""
+        return self.snapshot_dir(snapshot_id) / "vmm"
+
     def snapshot_volume(self, snapshot_id: str, drive_id: str) -> Path:
         return self.snapshot_dir(snapshot_id) / drive_id

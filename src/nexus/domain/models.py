@@ -160,11 +160,28 @@ class SnapshotDrive:
 
 
 @dataclass(frozen=True, slots=True)
+class SavedState:
+    """What makes a snapshot a checkpoint: the running VM's memory and device state, saved by its VMM while the
+    guest was paused for the drive copies, and what a VM must match to resume from it (same VMM, accelerator,
+    kernel, vCPUs and memory). ``sha256`` covers the state file, so a damaged one is refused before anything
+    changes."""
+
+    vmm: str
+    accel: str
+    kernel: str
+    vcpus: int
+    mem_mib: int
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A point-in-time copy of every drive a VM had, taken together."""
+    """A point-in-time copy of every drive a VM had, taken together; a checkpoint when it also holds ``state``."""
 
     id: str
     vm_id: str
     name: str
     created_at: datetime
     drives: tuple[SnapshotDrive, ...] = ()
+    state: SavedState | None = None

@@ -133,6 +133,7 @@ class LaunchSpec:
     data_drives: tuple[DataDrive, ...] = ()
     net: NetLease | None = None  # a virtio-net NIC on this lease's TAP (which exists already); None: no network
     gateway: bool = False  # a portal: its agent gets the gateway port (GuestPort.GATEWAY); no other VM has one
+    resume_from: Path | None = None  # a checkpoint's VMM state dir: load it and run on from there instead of booting
 
     @property
     def kernel_args(self) -> tuple[str, ...]:
@@ -219,6 +220,12 @@ class VmProcess(Protocol):
 
     async def resume(self) -> None:
         """Let a paused guest run again. Raises DriverError."""
+        ...
+
+    async def checkpoint(self, directory: Path) -> None:
+        """Pause the guest and save its memory and device state into ``directory`` (the driver's own files, which a
+        launch with ``LaunchSpec.resume_from = directory`` loads). The guest stays paused, so its drives can be
+        copied consistently with that state; ``resume`` lets it go on. Raises DriverError."""
         ...
 
     async def detach(self) -> None:

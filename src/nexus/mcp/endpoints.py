@@ -24,8 +24,9 @@ from nexus.mcp.guest import guest_server
 from nexus.mcp.manage import manage_server
 from nexus.mcp.origin import OriginPolicy
 from nexus.mcp.policy import policy_tools
+from nexus.mcp.workspace import Workspaces
 from nexus.protocol import INTERNAL_ERROR, INVALID_REQUEST
-from nexus.services import DriveService, NetworkService, SnapshotService, VmService
+from nexus.services import DriveService, NetworkService, VmService
 from nexus.services.audit import AuditService
 from nexus.services.guest import GuestService
 from nexus.services.policy import PolicyService
@@ -151,7 +152,7 @@ class McpEndpoints:
         guest: GuestService,
         network: NetworkService,
         drives: DriveService,
-        snapshots: SnapshotService,
+        workspaces: Workspaces,
         *,
         portal_policy: PolicyService,
         policy: OriginPolicy | None = None,
@@ -159,9 +160,9 @@ class McpEndpoints:
         audit: AuditService | None = None,
     ) -> None:
         policy = policy or OriginPolicy.build()
-        vm_server = guest_server(guest, snapshots, vms.get, audit)
+        vm_server = guest_server(guest, workspaces, vms.get, audit)
         self.vm = _Endpoint(_manager(vm_server, session_idle_timeout_s), policy)
-        tools = {**workspace.manage_tools(drives, snapshots, network.info), **policy_tools(portal_policy)}
+        tools = {**workspace.manage_tools(drives, workspaces, network.info), **policy_tools(portal_policy)}
         manage = manage_server(vms, guest, network, tools, audit)
         self.manage = _Endpoint(_manager(manage, session_idle_timeout_s), policy)
         self._stopping = asyncio.Event()

@@ -25,9 +25,8 @@ from nexus.mcp.audit import audited, path_ref
 from nexus.mcp.errors import to_mcp_error
 from nexus.mcp.progress import Report, wants_progress, with_progress
 from nexus.mcp.sizing import fit
-from nexus.mcp.workspace import VM_TOOLS, call_vm_tool, is_vm_tool
+from nexus.mcp.workspace import VM_TOOLS, Workspaces, call_vm_tool, is_vm_tool
 from nexus.protocol import AGENT_INSTRUCTIONS, INVALID_REQUEST
-from nexus.services import SnapshotService
 from nexus.services.audit import AuditService
 from nexus.services.guest import GuestService
 
@@ -75,14 +74,14 @@ def explained(exc: NexusError, ref: str, lookup: Callable[[str], Vm] | None) -> 
 
 def guest_server(
     guest: GuestService,
-    snapshots: SnapshotService | None = None,
+    workspaces: Workspaces | None = None,
     lookup: Callable[[str], Vm] | None = None,
     audit: AuditService | None = None,
 ) -> Server[Any]:
-    """With ``snapshots``, nexusd serves its own ``workspace_*`` tools beside the agent's (``nexus.mcp.workspace``).
+    """With ``workspaces``, nexusd serves its own ``workspace_*`` tools beside the agent's (``nexus.mcp.workspace``).
     ``lookup`` (VM by ref) lets errors say what state a VM is in and what to do about it. Each call is recorded in
     ``audit`` when given (``nexus.mcp.audit``)."""
-    host_tools = list(VM_TOOLS) if snapshots is not None else []
+    host_tools = list(VM_TOOLS) if workspaces is not None else []
 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         ref = _vm_ref(ctx)
@@ -95,8 +94,8 @@ def guest_server(
     async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
         ref = _vm_ref(ctx)
         arguments = dict(params.arguments or {})
-        if snapshots is not None and is_vm_tool(params.name):
-            return await call_vm_tool(snapshots, ref, params.name, arguments)
+        if workspaces is not None and is_vm_tool(params.name):
+            return await call_vm_tool(workspaces, ref, params.name, arguments)
         try:
             if not wants_progress(ctx):
                 result = await guest.call_tool(ref, params.name, arguments)

@@ -1,16 +1,17 @@
-"""Workspace tools over MCP: drives, snapshots and clones on the management endpoint (``/mcp``), and
-``workspace_snapshot`` / ``workspace_rollback`` on a VM's own endpoint (``/v1/vms/{ref}/mcp``), served by nexusd
-beside the tools the VM's agent serves, so an agent can checkpoint its own computer and roll it back.
+"""Workspace tools over MCP: drives, snapshots, checkpoints, clones and forks on the management endpoint (``/mcp``),
+and ``workspace_*`` tools on a VM's own endpoint (``/v1/vms/{ref}/mcp``), served by nexusd beside the tools the
+VM's agent serves, so an agent can snapshot or checkpoint its own computer, go back, and branch it.
 
-Each tool is one call to ``DriveService`` or ``SnapshotService``; a refusal (bad arguments, wrong state, a
-referenced drive) is an ``isError`` result carrying the domain code, as on the management endpoint. This module
-only builds tools; ``nexus.mcp.manage`` and ``nexus.mcp.guest`` serve them.
+Each tool is one call to ``DriveService``, ``SnapshotService`` or ``CheckpointService``; a refusal (bad arguments,
+wrong state, a referenced drive) is an ``isError`` result carrying the domain code, as on the management endpoint.
+This module only builds tools; ``nexus.mcp.manage`` and ``nexus.mcp.guest`` serve them.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
@@ -31,10 +32,19 @@ from nexus.schemas import (
     SnapshotRollbackArgs,
     VmArgs,
     VmCloneArgs,
+    VmFork,
+    VmForkArgs,
     WorkspaceRollbackArgs,
     parse,
 )
 from nexus.services import DriveService, SnapshotService
+from nexus.services.checkpoints import CheckpointService
+
+
+@dataclass(frozen=True, slots=True)
+class Workspaces:
+    snapshots: SnapshotService
+    checkpoints: CheckpointService
 
 
 def drive_dict(drive: Drive) -> dict[str, Any]:
@@ -45,8 +55,10 @@ def snapshot_dict(snapshot: Snapshot) -> dict[str, Any]:
     return SnapshotOut.of(snapshot).model_dump(mode="json")
 
 
-def manage_tools(drives: DriveService, snapshots: SnapshotService, net_info: Callable[[str], NetInfo | None]) -> Tools:
-    """The management endpoint's drive, snapshot and clone tools; ``net_info`` completes the VMs they return."""
+def manage_tools(drives: DriveService, workspaces: Workspaces, net_info: Callable[[str], NetInfo | None]) -> Tools:
+    """The management endpoint's drive, snapshot, checkpoint, clone and fork tools; ``net_info`` completes the VMs
+    they return."""
+    snapshots, checkpoints = workspaces.snapshots, workspaces.checkpoints
 
     async def drive_list(ctx: Ctx, args: NoArgs) -> dict[str, Any]:
         return {"drives": [drive_dict(d) for d in drives.find()]}
@@ -84,6 +96,17 @@ def manage_tools(drives: DriveService, snapshots: SnapshotService, net_info: Cal
 
     async def vm_clone(ctx: Ctx, args: VmCloneArgs) -> dict[str, Any]:
         vm = await snapshots.clone(args.vm, args.name, args.snapshot)
+        return vm_dict(vm, net_info(vm.id))
+
+    async def vm_checkpoint(ctx: Ctx, args: SnapshotCreateArgs) -> dict[str, Any]:
+        return snapshot_dict(await checkpoints.create(args.vm, args.name))
+
+    async def vm_restore(ctx: Ctx, args: SnapshotArgs) -> dict[str, Any]:
+        vm = await checkpoints.restore(args.vm, args.snapshot)
+        return vm_dict(vm, net_info(vm.id))
+
+    async def vm_fork(ctx: Ctx, args: VmForkArgs) -> dict[str, Any]:
+        vm = await checkpoints.fork(args.vm, args.name, args.checkpoint)
         return vm_dict(vm, net_info(vm.id))
 
     return {
@@ -139,6 +162,30 @@ def manage_tools(drives: DriveService, snapshots: SnapshotService, net_info: Cal
             vm_clone,
             SETS,
         ),
+        "vm_checkpoint": _Tool(
+            "Checkpoint VM",
+            "Save a running VM's memory with its drives (the guest pauses meanwhile); vm_restore brings it back "
+            "running from that moment. Listed with its snapshots.",
+            SnapshotCreateArgs,
+            vm_checkpoint,
+            ADDS,
+        ),
+        "vm_restore": _Tool(
+            "Restore VM",
+            "Bring a VM back running from a checkpoint: processes, files and connections as they were then. "
+            "Whatever runs in it now is lost.",
+            SnapshotArgs,
+            vm_restore,
+            DESTROYS,
+        ),
+        "vm_fork": _Tool(
+            "Fork VM",
+            "Start a new VM running on from a checkpoint of a running VM (one taken now unless checkpoint is "
+            "given): same processes and files, its own name, machine id, address and drives. Both run on.",
+            VmForkArgs,
+            vm_fork,
+            SETS,
+        ),
     }
 
 
@@ -165,6 +212,39 @@ VM_TOOLS = (
         ),
         input_schema=WorkspaceRollbackArgs.model_json_schema(),
     ),
+    types.Tool(
+        name="workspace_checkpoint",
+        title="Checkpoint this computer",
+        annotations=ADDS.annotations("Checkpoint this computer"),
+        description=(
+            "Save this computer's memory with its drives: every running process, open file and connection. The "
+            "computer pauses while it is taken (about a second). Go back to it with workspace_restore, or branch "
+            "it with workspace_fork."
+        ),
+        input_schema=SnapshotCreate.model_json_schema(),
+    ),
+    types.Tool(
+        name="workspace_restore",
+        title="Restore this computer",
+        annotations=DESTROYS.annotations("Restore this computer"),
+        description=(
+            "Bring this computer back to a checkpoint made by workspace_checkpoint: processes, files and "
+            "connections as they were then, running. Everything done since is lost. Tools work again once the "
+            "call returns."
+        ),
+        input_schema=WorkspaceRollbackArgs.model_json_schema(),
+    ),
+    types.Tool(
+        name="workspace_fork",
+        title="Fork this computer",
+        annotations=ADDS.annotations("Fork this computer"),
+        description=(
+            "Start a second computer running on from this one's current state (or from a checkpoint): same "
+            "processes and files, its own name and drives. This computer runs on unchanged. Returns the new VM; "
+            "reach it through its own MCP endpoint."
+        ),
+        input_schema=VmFork.model_json_schema(),
+    ),
 )
 
 
@@ -172,14 +252,23 @@ def is_vm_tool(name: str) -> bool:
     return any(tool.name == name for tool in VM_TOOLS)
 
 
-async def call_vm_tool(snapshots: SnapshotService, ref: str, name: str, args: dict[str, Any]) -> types.CallToolResult:
-    """Run ``workspace_snapshot`` or ``workspace_rollback`` for VM ``ref``; refusals are ``isError`` results."""
+async def call_vm_tool(workspaces: Workspaces, ref: str, name: str, args: dict[str, Any]) -> types.CallToolResult:
+    """Run one of ``VM_TOOLS`` for VM ``ref``; refusals are ``isError`` results."""
     try:
-        if name == "workspace_snapshot":
+        if name in ("workspace_snapshot", "workspace_checkpoint"):
             wanted = parse(SnapshotCreate, args)
-            return _result(snapshot_dict(await snapshots.create(ref, wanted.name)), error=False)
+            take = workspaces.snapshots.create if name == "workspace_snapshot" else workspaces.checkpoints.create
+            return _result(snapshot_dict(await take(ref, wanted.name)), error=False)
+        if name == "workspace_fork":
+            fork = parse(VmFork, args)
+            vm = await workspaces.checkpoints.fork(ref, fork.name, fork.checkpoint)
+            return _result({"forked": {"id": vm.id, "name": vm.name, "state": str(vm.state)}}, error=False)
         back = parse(WorkspaceRollbackArgs, args)
-        vm = await snapshots.rollback(ref, back.name, restart=True)
+        if name == "workspace_restore":
+            vm = await workspaces.checkpoints.restore(ref, back.name)
+            summary = {"id": vm.id, "name": vm.name, "state": str(vm.state)}
+            return _result({"restored": back.name, "vm": summary}, error=False)
+        vm = await workspaces.snapshots.rollback(ref, back.name, restart=True)
         summary = {"id": vm.id, "name": vm.name, "state": str(vm.state)}
         return _result({"rolled_back_to": back.name, "vm": summary, "restarted": True}, error=False)
     except NexusError as exc:

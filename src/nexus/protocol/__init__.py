@@ -9,6 +9,7 @@ from __future__ import annotations
 from nexus.protocol.drives import FREEZE_METHOD, MOUNTS_ARG, THAW_METHOD, decode_mounts, encode_mounts
 from nexus.protocol.environment import CA_BUNDLE, CA_FILE, ENVIRONMENT_METHOD, PROFILE_SCRIPT
 from nexus.protocol.gateway import GATEWAY_CLOSE, GATEWAY_MESSAGE
+from nexus.protocol.identity import IDENTITY_METHOD, GuestNet, Identity
 from nexus.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -87,6 +88,7 @@ __all__ = [
     "HEARTBEAT_METHOD",
     "HELLO_METHOD",
     "HOST_CID",
+    "IDENTITY_METHOD",
     "INITIALIZED_NOTIFICATION",
     "INITIALIZE_METHOD",
     "INTERNAL_ERROR",
@@ -112,8 +114,10 @@ __all__ = [
     "TOOLS_LIST_METHOD",
     "ErrorObject",
     "FrameTooLarge",
+    "GuestNet",
     "Heartbeat",
     "Hello",
+    "Identity",
     "InvalidMessage",
     "JsonRpcError",
     "LineBuffer",

@@ -472,6 +472,18 @@ def rollback(vm: str, name: str, restart: bool) -> Call[VmOut]:
     return Call("POST", _vm_path(vm, "snapshots", segment(name), "rollback"), _VM, params=params)
 
 
+def create_checkpoint(vm: str, name: str | None) -> Call[SnapshotOut]:
+    return Call("POST", _vm_path(vm, "checkpoints"), _SNAPSHOT, json={"name": name})
+
+
+def restore(vm: str, name: str) -> Call[VmOut]:
+    return Call("POST", _vm_path(vm, "snapshots", segment(name), "restore"), _VM)
+
+
+def fork_vm(vm: str, name: str, checkpoint: str | None) -> Call[VmOut]:
+    return Call("POST", _vm_path(vm, "fork"), _VM, json={"name": name, "checkpoint": checkpoint})
+
+
 def remove_snapshot(vm: str, name: str) -> Call[None]:
     return Call("DELETE", _vm_path(vm, "snapshots", segment(name)), _nothing)
 

@@ -220,6 +220,10 @@ class Vms(_Resource):
     def remove_tag(self, ref: str, tag: str) -> None:
         self._nexus.send(calls.remove_tag(ref, tag))
 
+    def fork(self, ref: str, name: str, *, checkpoint: str | None = None) -> VmOut:
+        """A new VM running on from a checkpoint of ``ref`` (one taken now unless named); both run on."""
+        return self._nexus.send(calls.fork_vm(ref, name, checkpoint))
+
     def clone(self, ref: str, name: str, *, snapshot: str | None = None) -> VmOut:
         return self._nexus.send(calls.clone_vm(ref, name, snapshot))
 
@@ -429,6 +433,14 @@ class Snapshots(_Resource):
 
     def rollback(self, vm: str, name: str, *, restart: bool = False) -> VmOut:
         return self._nexus.send(calls.rollback(vm, name, restart))
+
+    def checkpoint(self, vm: str, name: str | None = None) -> SnapshotOut:
+        """Save the running VM's memory with its drives (a snapshot that can be restored running)."""
+        return self._nexus.send(calls.create_checkpoint(vm, name))
+
+    def restore(self, vm: str, name: str) -> VmOut:
+        """Bring the VM back running from checkpoint ``name`` (what runs now is thrown away)."""
+        return self._nexus.send(calls.restore(vm, name))
 
     def remove(self, vm: str, name: str) -> None:
         self._nexus.send(calls.remove_snapshot(vm, name))
@@ -690,6 +702,9 @@ class AsyncVms(_AsyncResource):
     async def logs(self, ref: str, *, tail: int | None = None) -> LogsOut:
         return await self._nexus.send(calls.logs(ref, tail))
 
+    async def fork(self, ref: str, name: str, *, checkpoint: str | None = None) -> VmOut:
+        return await self._nexus.send(calls.fork_vm(ref, name, checkpoint))
+
     async def clone(self, ref: str, name: str, *, snapshot: str | None = None) -> VmOut:
         return await self._nexus.send(calls.clone_vm(ref, name, snapshot))
 
@@ -807,6 +822,12 @@ class AsyncSnapshots(_AsyncResource):
 
     async def rollback(self, vm: str, name: str, *, restart: bool = False) -> VmOut:
         return await self._nexus.send(calls.rollback(vm, name, restart))
+
+    async def checkpoint(self, vm: str, name: str | None = None) -> SnapshotOut:
+        return await self._nexus.send(calls.create_checkpoint(vm, name))
+
+    async def restore(self, vm: str, name: str) -> VmOut:
+        return await self._nexus.send(calls.restore(vm, name))
 
     async def remove(self, vm: str, name: str) -> None:
         await self._nexus.send(calls.remove_snapshot(vm, name))

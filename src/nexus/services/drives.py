@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,7 @@ class DriveService:
         """Remove a snapshot's volumes and directory (worker thread)."""
         for item in snapshot.drives:
             self.backend.delete_volume(self._layout.snapshot_volume(snapshot.id, item.drive_id))
+        shutil.rmtree(self._layout.snapshot_state_dir(snapshot.id), ignore_errors=True)  # a checkpoint's memory
         directory = self._layout.snapshot_dir(snapshot.id)
         if directory.exists():
             for leftover in directory.iterdir():  # a half-made volume of a snapshot that failed

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 STABLE_LINK_S = 5.0  # an MCP link that lived this long starts its reconnect backoff afresh
 GATEWAY_INBOX = 1024  # gateway messages waiting to be served before the portal counts as flooding its link
-EXIT_RECORD_WAIT_S = 2.0  # how long a VMM's exit waits for the store before the VM is released regardless
+EXIT_RECORD_WAIT_S = 2.0
+HELLO_ASK_S = 5.0  # how long a VMM's exit waits for the store before the VM is released regardless
 VmHook = Callable[[str], Awaitable[None]]
 ReadyHook = Callable[[str, AgentLinks], Awaitable[None]]
 
@@ -83,6 +84,8 @@ class _Running:
     mcp: GuestLink | None = None
     reachable: asyncio.Event = field(default_factory=asyncio.Event)  # set by hello/heartbeats, cleared by silence
     stop_requested: bool = False
+    kill_requested: bool = False
+    resumed: bool = False  # from a saved state: its agent never saw the host go, so it must be asked to say hello
     silence: str | None = None  # why the agent counts as unreachable, until it is heard from again
     failure: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -147,11 +150,12 @@ class VmRuntime:
         """The ids of the VMs whose VMM this runtime watches."""
         return list(self._running)
 
-    def watch(self, vm: Vm, process: VmProcess, console_log: Path) -> None:
-        """Take ownership of ``process`` for ``vm``: a VMM just launched (``vm`` is ``starting``), or one adopted
-        from an earlier nexusd (its links are reopened; it is ready again once its agent answers; a boot timeout
-        counts from here)."""
+    def watch(self, vm: Vm, process: VmProcess, console_log: Path, resumed: bool = False) -> None:
+        """Take ownership of ``process`` for ``vm``: a VMM just launched (``vm`` is ``starting``; ``resumed``: from
+        a saved state), or one adopted from an earlier nexusd (its links are reopened; it is ready again once its
+        agent answers; a boot timeout counts from here)."""
         run = _Running(vm.id, vm.name, process, console_log, asyncio.get_running_loop().create_future())
+        run.resumed = resumed
         run.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # never "unretrieved"
         self._running[vm.id] = run
         run.tasks = [
@@ -168,19 +172,43 @@ class VmRuntime:
         run = self._require(vm_id)
         await asyncio.shield(run.ready)
 
-    async def stop(self, vm_id: str) -> None:
-        """Power the VM off (graceful, then kill) and return once its process is reaped and recorded."""
+    async def stop(self, vm_id: str, kill: bool = False, reason: str = "stop requested") -> None:
+        """Power the VM off (graceful, then kill; at once with ``kill``) and return once its process is reaped and
+        recorded."""
         run = self._running.get(vm_id)
         if run is None:
             return
         run.stop_requested = True
+        run.kill_requested = kill
         was_paused = self._store.get(vm_id).state is VmState.PAUSED
-        self._transition(run, VmState.STOPPING, "stop requested")
-        if was_paused:  # a frozen guest cannot answer the power button
-            with contextlib.suppress(DriverError):
-                await run.process.resume()
-        await run.process.shutdown(self._timeouts.stop_s)
+        self._transition(run, VmState.STOPPING, reason)
+        if kill:
+            await run.process.kill()
+        else:
+            if was_paused:  # a frozen guest cannot answer the power button
+                with contextlib.suppress(DriverError):
+                    await run.process.resume()
+            await run.process.shutdown(self._timeouts.stop_s)
         await run.done.wait()
+
+    async def save_state(self, vm_id: str, directory: Path, reason: str) -> bool:
+        """Pause the VM and have its VMM save its memory and device state into ``directory``; the VM stays paused.
+        True when it was ready (the caller resumes it once its drives are copied), False when it was paused."""
+        run = self._require(vm_id)
+        state = self._store.get(vm_id).state
+        if state is VmState.READY:
+            if not self._transition(run, VmState.PAUSED, reason):
+                raise InvalidState(f"VM {run.name} is {self._store.get(vm_id).state}; it cannot be checkpointed now")
+        elif state is not VmState.PAUSED:
+            raise InvalidState(f"VM {run.name} is {state}; only a ready or paused VM can be checkpointed")
+        try:
+            await run.process.checkpoint(directory)
+        except DriverError:
+            if state is VmState.READY:
+                with contextlib.suppress(DriverError):
+                    await self.resume(vm_id, f"{reason} failed")
+            raise
+        return state is VmState.READY
 
     async def pause(self, vm_id: str) -> None:
         run = self._require(vm_id)
@@ -192,13 +220,13 @@ class VmRuntime:
             self._transition(run, VmState.READY, "pause failed")
             raise
 
-    async def resume(self, vm_id: str) -> None:
+    async def resume(self, vm_id: str, reason: str = "resumed") -> None:
         run = self._require(vm_id)
         if self._store.get(vm_id).state is not VmState.PAUSED:
             raise InvalidState(f"VM {run.name} is not paused")
         await run.process.resume()
         run.last_seen = time.monotonic()  # heartbeats were frozen, not missed
-        self._transition(run, VmState.READY, "resumed")
+        self._transition(run, VmState.READY, reason)
 
     def _require(self, vm_id: str) -> _Running:
         run = self._running.get(vm_id)
@@ -286,6 +314,8 @@ class VmRuntime:
         if run.failure is not None and not (run.stop_requested or state is VmState.STOPPING):
             return VmState.FAILED, run.failure
         if run.stop_requested or state is VmState.STOPPING:
+            if run.kill_requested:
+                return VmState.STOPPED, f"killed as asked (VMM exit {status})"
             if status.code is not None and status.code < 0:  # killed: it did not power off when asked
                 return VmState.STOPPED, f"stopped by force (VMM exit {status}): the guest did not power off in time"
             return VmState.STOPPED, f"powered off (VMM exit {status})"
@@ -348,7 +378,19 @@ class VmRuntime:
                     await backoff.sleep()
                 continue
             backoff.reset()
+            if run.resumed:
+                run.resumed = False
+                run.tasks.append(asyncio.create_task(self._ask_hello(run, run.control, on_message)))
             await run.control.wait_closed()
+
+    @staticmethod
+    async def _ask_hello(run: _Running, link: GuestLink, on_message: Callable[[str, Any], None]) -> None:
+        """A guest resumed from a saved state kept its connection as it was when saved: it does not know a new host
+        side is there, so it says hello only when asked (else its next heartbeat would do, seconds later)."""
+        try:
+            on_message(HELLO_METHOD, await link.call(HELLO_METHOD, timeout_s=HELLO_ASK_S))
+        except NexusError as exc:
+            log.info("vm %s: asked for hello: %s (its heartbeats will do)", run.name, exc.message)
 
     async def _gateway_link(self, run: _Running, gateway: GatewayHost) -> None:
         """A portal's gateway: keep its link open and let ``gateway`` serve what the agent tunnels over it. An

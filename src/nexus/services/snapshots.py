@@ -100,7 +100,7 @@ class SnapshotService:
             started = time.perf_counter()
             async with self._frozen(vm):
                 copy_started = time.perf_counter()
-                await asyncio.to_thread(self._copy_drives, snapshot)
+                await asyncio.to_thread(self.copy_drives, snapshot)
                 copy_ms = (time.perf_counter() - copy_started) * 1000
             took_ms = (time.perf_counter() - started) * 1000
             try:
@@ -118,9 +118,10 @@ class SnapshotService:
         )
         return self._snapshots.get(vm.id, name)
 
-    def _copy_drives(self, snapshot: Snapshot) -> None:
+    def copy_drives(self, snapshot: Snapshot) -> None:
+        """Copy the drives into the snapshot's directory (worker thread); on failure nothing of it is left."""
         directory = self._layout.snapshot_dir(snapshot.id)
-        directory.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=True)  # a checkpoint's saved state may be in it already
         try:
             for item in snapshot.drives:
                 self._drives.backend.clone_volume(
@@ -139,24 +140,29 @@ class SnapshotService:
 
     async def _rollback(self, vm: Vm, name: str, restart: bool) -> Vm:
         snapshot = self._snapshots.get(vm.id, name)
-        for item in snapshot.drives:  # a data drive since moved to another VM is that VM's now
-            owner = self._drive_store.get(item.drive_id).vm_id
-            if owner is not None and owner != vm.id:
-                other = self._vm_store.get(owner).name
-                raise Conflict(f"drive {item.drive_name} is attached to VM {other} now; detach it to roll it back")
+        self.check_drives_owned(vm, snapshot)
         running = vm.state.has_process
         if running and not restart:
             raise InvalidState(f"VM {vm.name} is {vm.state}; stop it first, or roll back with restart")
         if running:
             await self._vms.stop(vm.id)
         async with self._drives.lock:
-            await asyncio.to_thread(self._restore, snapshot)
+            await asyncio.to_thread(self.restore_drives, snapshot)
         log.info("vm %s: rolled back to snapshot %s", vm.name, name)
         if running:
             return await self._vms.start(vm.id)
         return self._vm_store.get(vm.id)
 
-    def _restore(self, snapshot: Snapshot) -> None:
+    def check_drives_owned(self, vm: Vm, snapshot: Snapshot) -> None:
+        """Conflict when a data drive of the snapshot has since moved to another VM: it is that VM's now."""
+        for item in snapshot.drives:
+            owner = self._drive_store.get(item.drive_id).vm_id
+            if owner is not None and owner != vm.id:
+                other = self._vm_store.get(owner).name
+                raise Conflict(f"drive {item.drive_name} is attached to VM {other} now; detach it to roll it back")
+
+    def restore_drives(self, snapshot: Snapshot) -> None:
+        """Replace each drive's volume by a writable clone of the snapshot's (worker thread; the VM is stopped)."""
         backend = self._drives.backend
         for item in snapshot.drives:
             volume = self._layout.drive_volume(item.drive_id)
@@ -200,6 +206,9 @@ class SnapshotService:
             image=vm.image,
             kernel=vm.kernel,
             tags=vm.tags,
+            network=vm.network,  # a fork resumes the source's memory: its devices must be the same
+            egress=vm.egress,
+            allow=self._vm_store.allow_list(vm.id),
         )
         clone = self._vms.create(spec)
         try:

@@ -13,10 +13,12 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from nexus.domain import (
+    Conflict,
     DriverError,
     Invalid,
     InvalidState,
@@ -25,6 +27,7 @@ from nexus.domain import (
     NexusError,
     Progress,
     Role,
+    SavedState,
     StateChange,
     Unavailable,
     Vm,
@@ -49,6 +52,30 @@ from nexus.services.runtime import VmRuntime
 from nexus.services.settings import SettingsService
 
 log = logging.getLogger(__name__)
+
+KERNEL_KEY = "kernel"  # in a VMM record's detail: the kernel version it booted, which a checkpoint must match
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Start a VM by resuming a checkpoint's saved state instead of booting."""
+
+    directory: Path  # the driver's state files
+    state: SavedState
+    reason: str  # for the history: "restoring checkpoint X"
+
+
+def check_resumable(vm: Vm, driver: str, kernel: str, state: SavedState, what: str) -> None:
+    """Conflict unless ``vm``, booting ``kernel`` under ``driver``, has the shape ``state`` was saved from."""
+    wanted = (
+        ("VMM", state.vmm, driver),
+        ("kernel", state.kernel, kernel),
+        ("vCPUs", str(state.vcpus), str(vm.vcpus)),
+        ("memory (MiB)", str(state.mem_mib), str(vm.mem_mib)),
+    )
+    for item, saved, now in wanted:
+        if saved != now:
+            raise Conflict(f"{what} was saved with {item} {saved}; VM {vm.name} has {now}")
 
 
 def new_vm_id() -> str:
@@ -188,19 +215,22 @@ class VmService:
         self._require_driver()  # no point fetching what nothing can boot
         return await self._assets.boot_files(self._repo.get(ref), progress)
 
-    async def start(self, ref: str, wait: bool = True) -> Vm:
-        """Boot the VM; with ``wait``, return once its agent said hello (else once the VMM runs). The VM's lock is
-        held until its VMM runs and is watched; the wait for the agent is outside it (a stop may end the boot)."""
+    async def start(self, ref: str, wait: bool = True, resume: Resume | None = None) -> Vm:
+        """Boot the VM (or, with ``resume``, bring it back running from a checkpoint); with ``wait``, return once its
+        agent said hello (else once the VMM runs). The VM's lock is held until its VMM runs and is watched; the wait
+        for the agent is outside it (a stop may end the boot)."""
         vm = self._repo.get(ref)
         with self._locks.hold(vm.id, vm.name, "starting"):
             vm = self._repo.get(vm.id)
             if vm.state.has_process:
                 raise InvalidState(f"VM {vm.name} is already {vm.state}")
             driver = self._require_driver()
-            transition(self._repo, vm.id, vm.state, VmState.STARTING, "start requested")
+            if resume is not None:
+                await self.check_resume(vm, resume)
+            transition(self._repo, vm.id, vm.state, VmState.STARTING, resume.reason if resume else "start requested")
             started = time.monotonic()
             try:
-                process = await self._launch(vm, driver)
+                process = await self._launch(vm, driver, resume.directory if resume else None)
             except NexusError as exc:
                 self._launch_failed(vm, exc.message)
                 raise
@@ -212,7 +242,7 @@ class VmService:
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise Unavailable(f"VM {vm.name} could not be started: no space left ({exc})") from exc
                 raise DriverError(f"VM {vm.name} could not be started: {exc}") from exc
-            self._runtime.watch(vm, process, self._layout.console_log(vm.id))
+            self._runtime.watch(vm, process, self._layout.console_log(vm.id), resumed=resume is not None)
         launched = time.monotonic()
         if wait:
             await self._runtime.wait_ready(vm.id)
@@ -221,11 +251,17 @@ class VmService:
             )
         return self._repo.get(vm.id)
 
+    async def check_resume(self, vm: Vm, resume: Resume) -> None:
+        """Conflict unless ``vm`` would boot the VMM and kernel the state was saved with, in its shape."""
+        driver = self._require_driver()
+        files = await self._assets.boot_files(vm)
+        check_resumable(vm, driver.name, files.kernel.version, resume.state, resume.reason.capitalize())
+
     def _launch_failed(self, vm: Vm, why: str) -> None:
         transition(self._repo, vm.id, VmState.STARTING, VmState.FAILED, f"start failed: {why}")
         self._repo.set_runtime(vm.id, None)  # the driver killed what it had spawned
 
-    async def _launch(self, vm: Vm, driver: VmmDriver) -> VmProcess:
+    async def _launch(self, vm: Vm, driver: VmmDriver, resume_from: Path | None) -> VmProcess:
         files = await self._assets.boot_files(vm)
         drives = await self._drives.boot_drives(vm, files.image)
         net = await self._net.attach(vm.id, vm.egress) if vm.network else None
@@ -248,21 +284,25 @@ class VmService:
                     data_drives=drives.data,
                     net=net,
                     gateway=vm.role is Role.PORTAL,
+                    resume_from=resume_from,
                 ),
-                on_spawn=lambda record: self._repo.set_runtime(vm.id, record),
+                on_spawn=lambda record: self._repo.set_runtime(
+                    vm.id, replace(record, detail={**record.detail, KERNEL_KEY: files.kernel.version})
+                ),
             )
         except BaseException:
             await self._net.detach(vm.id)
             raise
 
-    async def stop(self, ref: str) -> Vm:
+    async def stop(self, ref: str, kill: bool = False, reason: str = "stop requested") -> Vm:
+        """Power the VM off (``kill``: at once, when what runs in it is to be thrown away)."""
         vm = self._repo.get(ref)
         with self._locks.hold(vm.id, vm.name, "stopping"):
             vm = self._repo.get(vm.id)
             if not vm.state.has_process:
                 raise InvalidState(f"VM {vm.name} is {vm.state}; there is nothing to stop")
             if self._runtime.is_running(vm.id):
-                await self._runtime.stop(vm.id)
+                await self._runtime.stop(vm.id, kill=kill, reason=reason)
             else:  # its VMM is gone and the store had not taken that yet (it was busy)
                 if vm.state is not VmState.STOPPING:
                     transition(self._repo, vm.id, vm.state, VmState.STOPPING, "stop requested")

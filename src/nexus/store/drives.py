@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from nexus.domain import Conflict, Drive, DriveKind, NotFound, Snapshot, SnapshotDrive
+from nexus.domain import Conflict, Drive, DriveKind, NotFound, SavedState, Snapshot, SnapshotDrive
 from nexus.store.vms import transaction
 
 
@@ -102,6 +102,21 @@ class SnapshotRepo:
                     "INSERT INTO snapshot_drives (snapshot_id, drive_id, kind, mount_path) VALUES (?, ?, ?, ?)",
                     [(snapshot.id, d.drive_id, d.kind.value, d.mount_path) for d in snapshot.drives],
                 )
+                if (state := snapshot.state) is not None:
+                    self._conn.execute(
+                        "INSERT INTO snapshot_states (snapshot_id, vmm, accel, kernel, vcpus, mem_mib, size_bytes,"
+                        " sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            snapshot.id,
+                            state.vmm,
+                            state.accel,
+                            state.kernel,
+                            state.vcpus,
+                            state.mem_mib,
+                            state.size_bytes,
+                            state.sha256,
+                        ),
+                    )
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"the VM already has a snapshot named {snapshot.name!r}") from exc
 
@@ -127,10 +142,15 @@ class SnapshotRepo:
             " WHERE d.snapshot_id = ? ORDER BY d.kind = 'data', v.name",
             (row["id"],),
         )
+        state = self._conn.execute(
+            "SELECT vmm, accel, kernel, vcpus, mem_mib, size_bytes, sha256 FROM snapshot_states WHERE snapshot_id = ?",
+            (row["id"],),
+        ).fetchone()
         return Snapshot(
             id=row["id"],
             vm_id=row["vm_id"],
             name=row["name"],
             created_at=datetime.fromisoformat(row["created_at"]),
             drives=tuple(SnapshotDrive(r[0], r[1], DriveKind(r[2]), r[3]) for r in drives),
+            state=SavedState(*state) if state is not None else None,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from nexus.api.deps import Drives, Network, Snapshots
+from nexus.api.deps import Checkpoints, Drives, Network, Snapshots
 from nexus.schemas import (
     DriveAttach,
     DriveCreate,
@@ -14,6 +14,7 @@ from nexus.schemas import (
     SnapshotCreate,
     SnapshotOut,
     VmClone,
+    VmFork,
     VmOut,
 )
 
@@ -83,6 +84,30 @@ async def delete_snapshot(ref: str, name: str, snapshots: Snapshots) -> Response
 async def rollback_snapshot(ref: str, name: str, snapshots: Snapshots, net: Network, restart: bool = False) -> VmOut:
     """Needs the VM stopped (409 otherwise), or ``restart=true``: stop, roll back, start."""
     vm = await snapshots.rollback(ref, name, restart=restart)
+    return VmOut.of(vm, net.info(vm.id))
+
+
+@router.post("/v1/vms/{ref}/checkpoints", status_code=status.HTTP_201_CREATED)
+async def create_checkpoint(ref: str, body: SnapshotCreate, checkpoints: Checkpoints) -> SnapshotOut:
+    """The running VM's memory and device state with its drives, taken while the guest is paused; listed with its
+    snapshots. 409 unless it is ready or paused."""
+    return SnapshotOut.of(await checkpoints.create(ref, body.name))
+
+
+@router.post("/v1/vms/{ref}/snapshots/{name}/restore")
+async def restore_checkpoint(ref: str, name: str, checkpoints: Checkpoints, net: Network) -> VmOut:
+    """Bring the VM back running from a checkpoint (whatever runs now is thrown away). 409 when the snapshot has
+    no saved memory, the VM's shape differs from the checkpoint's, or the saved state is damaged; nothing changes
+    then."""
+    vm = await checkpoints.restore(ref, name)
+    return VmOut.of(vm, net.info(vm.id))
+
+
+@router.post("/v1/vms/{ref}/fork", status_code=status.HTTP_201_CREATED)
+async def fork_vm(ref: str, body: VmFork, checkpoint_service: Checkpoints, net: Network) -> VmOut:
+    """A new VM running on from a checkpoint of this one (taken now unless named), with copies of its drives and
+    an identity of its own (name, machine id, address); both run on."""
+    vm = await checkpoint_service.fork(ref, body.name, body.checkpoint)
     return VmOut.of(vm, net.info(vm.id))
 
 

@@ -90,6 +90,7 @@ class QemuLaunch:
     cpu: str | None = None  # override the per-accelerator default
     data_drives: tuple[DataDrive, ...] = ()
     binary: str = QEMU_BINARY
+    incoming: bool = False  # wait for a saved state (QMP migrate-incoming) instead of booting the kernel
     extra_args: tuple[str, ...] = field(default=())
 
 
@@ -203,4 +204,6 @@ def qemu_argv(spec: QemuLaunch) -> list[str]:
         ]
     if spec.pidfile is not None:
         argv += ["-pidfile", str(spec.pidfile)]
+    if spec.incoming:
+        argv += ["-incoming", "defer"]
     return argv + list(spec.extra_args)

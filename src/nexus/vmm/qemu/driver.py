@@ -24,6 +24,7 @@ from nexus.protocol import CONTROL_PORT_NAME, GATEWAY_PORT_NAME, MCP_PORT_NAME
 from nexus.vmm.process import VmmProcess, child_exit, claim, pidfd_exit, start_time
 from nexus.vmm.qemu.accel import AccelChoice, choose_accel
 from nexus.vmm.qemu.argv import QEMU_BINARY, Accel, NetIface, QemuLaunch, SerialPort, qemu_argv
+from nexus.vmm.qemu.migration import load_state, save_state
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs every connection attempt and end-of-file on its own; the driver reports what matters.
@@ -76,6 +77,13 @@ class QemuProcess(VmmProcess):
 
     async def resume(self) -> None:
         await self._qmp_command("cont")
+
+    async def checkpoint(self, directory: Path) -> None:
+        try:
+            size = await save_state(await self._client(), directory)
+        except (QMPError, OSError) as exc:
+            raise DriverError(f"QEMU pid {self.pid} could not save its state: {exc}") from exc
+        log.info("vm %s: state saved (%d MiB)", self._name, size // 2**20)
 
     async def _client(self) -> QMPClient:
         async with self._qmp_lock:
@@ -164,6 +172,7 @@ class QemuDriver:
                 net=NetIface(spec.net.tap, spec.net.mac) if spec.net is not None else None,
                 binary=self._binary,
                 data_drives=spec.data_drives,
+                incoming=spec.resume_from is not None,
             )
         )
 
@@ -208,15 +217,21 @@ class QemuDriver:
         try:
             on_spawn(record)
             await self._connect_qmp(proc, qmp, spec.runtime_dir / QMP_SOCKET)
+            if spec.resume_from is not None:
+                await load_state(qmp, spec.resume_from)
+                await qmp.execute("cont")
         except BaseException as exc:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+            with contextlib.suppress(Exception):  # a QEMU that died under QMP leaves the client's reader failed
+                await qmp.disconnect()
             tail = _tail(stderr_path)
             shutil.rmtree(spec.runtime_dir, ignore_errors=True)
             if not isinstance(exc, Exception) or (isinstance(exc, NexusError) and not isinstance(exc, DriverError)):
                 raise  # cancelled, or the store could not record the process: not QEMU's fault
-            raise DriverError(f"QEMU did not start (exit status {proc.returncode}): {tail}") from None
+            what = "resume from its saved state" if spec.resume_from is not None else "start"
+            raise DriverError(f"QEMU did not {what} (exit status {proc.returncode}): {tail}") from None
         log.info("vm %s: qemu pid %d (%s, %d vCPU, %d MiB)", spec.name, proc.pid, accel.value, spec.vcpus, spec.mem_mib)
         return QemuProcess(record, child_exit(proc), spec.runtime_dir, spec.name, qmp)
 
