@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import api_latency, cli_start, db_busy, egress, gateway, mcp_latency, soak, vm_boot, workspaces
+from bench import api_latency, cli_start, db_busy, egress, gateway, instant, mcp_latency, soak, vm_boot, workspaces
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "api": lambda _: api_latency.run(),
@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "db": lambda _: db_busy.run(),
     "vm": lambda _: vm_boot.run(),
     "workspaces": lambda _: workspaces.run(),
+    "instant": lambda _: instant.run(),
     "mcp": mcp_latency.run,
     "gateway": gateway.run,
     "egress": egress.run,

@@ -1,4 +1,5 @@
-"""What benchmarks share: a real nexusd in a temp dir, percentiles, and table printing."""
+"""What benchmarks share: a real nexusd in a temp dir, an image with this checkout's agent, percentiles, and table
+printing."""
 
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from nexus.domain import Image
+from nexus.store import ImageRepo, open_database
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +142,38 @@ def link_cache(shared_cache: Path, cache: Path) -> None:
                 (mine / item.name).symlink_to(item)
     if (shared_cache / "accel.json").exists():
         shutil.copy2(shared_cache / "accel.json", cache / "accel.json")
+
+
+def uds_client(socket: Path) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://nexusd", timeout=600)
+
+
+def agent_image(shared_state: Path, name: str) -> dict[str, Any]:
+    """Kernel pulled and image ``name`` (re)built with this checkout's agent, in the shared bench state."""
+    with nexusd(state_dir=shared_state) as daemon, uds_client(daemon.socket) as api:
+        with api.stream("POST", "/v1/kernels/pull", json={"version": None}) as r:
+            r.read()
+        if api.get(f"/v1/images/{name}").status_code == 200:
+            api.delete(f"/v1/images/{name}").raise_for_status()
+        with api.stream("POST", "/v1/images", json={"base": "debian-bookworm", "name": name}) as r:
+            r.read()
+        image: dict[str, Any] = api.get(f"/v1/images/{name}").raise_for_status().json()
+        return image
+
+
+def seed_state(state: Path, shared_state: Path, image: dict[str, Any]) -> None:
+    """A new state dir with the shared kernel cache and ``image`` as its default image (a copy and a row)."""
+    (state / "cache").mkdir(parents=True)
+    shutil.copytree(shared_state / "cache" / "kernels", state / "cache" / "kernels", symlinks=True)
+    if (shared_state / "cache" / "accel.json").exists():
+        shutil.copy2(shared_state / "cache" / "accel.json", state / "cache" / "accel.json")
+    (state / "images").mkdir()
+    target = state / "images" / "debian-bookworm.ext4"
+    subprocess.run(["cp", "--sparse=always", image["path"], str(target)], check=True)
+    conn = open_database(state / "nexus.db")
+    try:
+        fields = {k: image[k] for k in ("id", "base", "size_mib", "sha256", "init_system", "agent_version")}
+        built = datetime.fromisoformat(image["built_at"])
+        ImageRepo(conn).insert(Image(name="debian-bookworm", path=target, built_at=built, **fields))
+    finally:
+        conn.close()

@@ -18,20 +18,16 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import loop_btrfs, nexusd, percentile, print_table
-from nexus.domain import Image
-from nexus.store import ImageRepo, open_database
+from bench.common import agent_image, loop_btrfs, nexusd, percentile, print_table, seed_state, uds_client
 from nexus.workspaces import BtrfsBackend, CopyBackend
 
 STATE = Path(os.environ.get("NEXUS_BENCH_STATE", "/var/tmp/nexus-bench"))
@@ -40,40 +36,6 @@ SNAPSHOTS = 10
 CLONES = 3
 SIZES_MIB = {"64 MiB": 64, "4 GiB": 4096}
 CHUNK = 64 << 20
-
-
-def _fresh_image() -> dict[str, Any]:
-    """Kernel pulled and an image with this checkout's agent built, in the shared bench state."""
-    with nexusd(state_dir=STATE) as daemon, _client(daemon.socket) as api:
-        with api.stream("POST", "/v1/kernels/pull", json={"version": None}) as r:
-            r.read()
-        if api.get(f"/v1/images/{IMAGE}").status_code == 200:
-            api.delete(f"/v1/images/{IMAGE}").raise_for_status()
-        with api.stream("POST", "/v1/images", json={"base": "debian-bookworm", "name": IMAGE}) as r:
-            r.read()
-        image: dict[str, Any] = api.get(f"/v1/images/{IMAGE}").raise_for_status().json()
-        return image
-
-
-def _seed(state: Path, image: dict[str, Any]) -> None:
-    (state / "cache").mkdir(parents=True)
-    shutil.copytree(STATE / "cache" / "kernels", state / "cache" / "kernels", symlinks=True)
-    if (STATE / "cache" / "accel.json").exists():
-        shutil.copy2(STATE / "cache" / "accel.json", state / "cache" / "accel.json")
-    (state / "images").mkdir()
-    target = state / "images" / "debian-bookworm.ext4"
-    subprocess.run(["cp", "--sparse=always", image["path"], str(target)], check=True)
-    conn = open_database(state / "nexus.db")
-    try:
-        fields = {k: image[k] for k in ("id", "base", "size_mib", "sha256", "init_system", "agent_version")}
-        built = datetime.fromisoformat(image["built_at"])
-        ImageRepo(conn).insert(Image(name="debian-bookworm", path=target, built_at=built, **fields))
-    finally:
-        conn.close()
-
-
-def _client(socket: Path) -> httpx.Client:
-    return httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://nexusd", timeout=600)
 
 
 def _fill(path: Path, size_mib: int) -> None:
@@ -126,13 +88,13 @@ def _copy_contrast(work: Path) -> list[object]:
 
 
 def run() -> None:
-    image = _fresh_image()
+    image = agent_image(STATE, IMAGE)
     base = Path(tempfile.mkdtemp(prefix="nexus-bench-ws-", dir="/var/tmp"))
     try:
         with loop_btrfs(base, "12G") as mnt:
             state = mnt / "state"
-            _seed(state, image)
-            with nexusd(state_dir=state) as daemon, _client(daemon.socket) as api:
+            seed_state(state, STATE, image)
+            with nexusd(state_dir=state) as daemon, uds_client(daemon.socket) as api:
                 storage = api.get("/v1/health").json()["storage"]
                 if storage["name"] != "btrfs":
                     raise RuntimeError(f"expected the btrfs backend, got {storage}")
