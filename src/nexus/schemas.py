@@ -21,10 +21,12 @@ from nexus.domain import (
     CleanupReport,
     Drive,
     DriveKind,
+    ExpiryAction,
     FirecrackerBinary,
     Image,
     Invalid,
     Kernel,
+    Lifetime,
     NetInfo,
     PublishedPort,
     Role,
@@ -53,11 +55,13 @@ from nexus.domain.settings import SETTINGS, VMM_CHOICES
 from nexus.domain.validation import (
     DRIVE_SIZE_MIB_RANGE,
     FIRECRACKER_VERSION_RE,
+    IDLE_SUSPEND_S_RANGE,
     IMAGE_SIZE_MIB_RANGE,
     KERNEL_REF_RE,
     MEM_MIB_RANGE,
     NAME_RE,
     TAG_RE,
+    TTL_S_RANGE,
     VCPUS_RANGE,
     check_mem_mib,
     check_name,
@@ -101,6 +105,10 @@ Name = Annotated[str, _documented(pattern=NAME_RE.pattern), _domain_check(check_
 Tag = Annotated[str, _documented(pattern=TAG_RE.pattern), _domain_check(check_tag)]
 Vcpus = Annotated[
     int, Field(strict=True), _documented(minimum=VCPUS_RANGE[0], maximum=VCPUS_RANGE[1]), _domain_check(check_vcpus)
+]
+TtlS = Annotated[int, Field(strict=True), _documented(minimum=TTL_S_RANGE[0], maximum=TTL_S_RANGE[1])]
+IdleSuspendS = Annotated[
+    int, Field(strict=True), _documented(minimum=IDLE_SUSPEND_S_RANGE[0], maximum=IDLE_SUSPEND_S_RANGE[1])
 ]
 MemMib = Annotated[
     int,
@@ -146,6 +154,12 @@ class VmCreate(Strict):
     allow: list[str] = Field(
         default_factory=list, description="hosts its egress proxy lets through: HOST or *.DOMAIN, optional :PORT[,PORT]"
     )
+    ttl_s: TtlS | None = Field(default=None, description="seconds after its creation at which it expires")
+    on_expiry: ExpiryAction = Field(default=ExpiryAction.STOP, description="stop it, or rm it, when it expires")
+    idle_suspend_s: IdleSuspendS | None = Field(
+        default=None,
+        description="suspend it (checkpoint, stop) after this many seconds unused; its next use resumes it",
+    )
 
     def spec(self) -> VmSpec:
         """The VM this asks for (Invalid for a malformed port or host pattern)."""
@@ -161,7 +175,16 @@ class VmCreate(Strict):
             publish=tuple(PublishedPort.parse(p) for p in self.publish),
             egress=self.egress,
             allow=tuple(HostPattern.parse(p) for p in self.allow),
+            lifetime=Lifetime(self.ttl_s, self.on_expiry, self.idle_suspend_s),
         )
+
+
+class LifetimeOut(BaseModel):
+    ttl_s: int | None
+    on_expiry: ExpiryAction
+    idle_suspend_s: int | None
+    expires_at: datetime | None = Field(description="when it is stopped (or removed); null: never")
+    suspended: bool = Field(description="suspended when idle: its next use (or a start) resumes it where it was")
 
 
 class NetOut(BaseModel):
@@ -201,6 +224,7 @@ class VmOut(BaseModel):
     accel: str | None
     network: NetOut | None = Field(description="its address and published ports; null without a NIC")
     egress: EgressMode = Field(description="open (NAT), none, or proxy (only allowed hosts, via nexusd)")
+    lifetime: LifetimeOut
 
     @classmethod
     def of(cls, vm: Vm, net: NetInfo | None) -> VmOut:
@@ -221,6 +245,13 @@ class VmOut(BaseModel):
             accel=vm.accel,
             network=NetOut.of(net) if net is not None else None,
             egress=vm.egress,
+            lifetime=LifetimeOut(
+                ttl_s=vm.lifetime.ttl_s,
+                on_expiry=vm.lifetime.on_expiry,
+                idle_suspend_s=vm.lifetime.idle_suspend_s,
+                expires_at=vm.expires_at,
+                suspended=vm.suspended,
+            ),
         )
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.api_client import NexusClient
 from tests.e2e.conftest import STATE, nexusctl, nexusctl_json
-from tests.helpers import Daemon
+from tests.helpers import Daemon, wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -168,3 +169,45 @@ def test_fork_runs_beside_its_parent_with_an_identity_of_its_own(e2e_daemon: Dae
     finally:
         nexusctl(e2e_daemon, "vm", "rm", "--force", child, check=False)
         nexusctl(e2e_daemon, "vm", "rm", "--force", parent, check=False)
+
+
+def test_idle_suspend_frees_the_vmm_and_the_next_use_resumes_it_and_ttl_expires(
+    e2e_daemon: Daemon, api: NexusClient
+) -> None:
+    idle, short = "e2e-idle", "e2e-ttl"
+    try:
+        created = nexusctl_json(e2e_daemon, "vm", "create", short, "--ttl", "30s")
+        assert created["lifetime"]["ttl_s"] == 30 and created["lifetime"]["expires_at"] is not None
+        nexusctl(e2e_daemon, "vm", "start", short)
+        vm = nexusctl_json(e2e_daemon, "vm", "run", idle, "--idle-suspend", "8s")
+        pid = vm["pid"]
+        nexusctl(e2e_daemon, "vm", "exec", "-s", idle, "--", "echo kept > /root/mark; sleep 900 & echo $! > /root/pid")
+
+        suspended = wait_until(
+            lambda: (v := api.get_vm(idle))["lifetime"]["suspended"] and v, 60, "the idle VM to be suspended"
+        )
+        assert (suspended["state"], suspended["pid"]) == ("stopped", None)
+        assert not Path(f"/proc/{pid}").exists()  # its VMM is gone, and its memory with it
+        assert any(h["reason"].startswith("suspended: unused for 8s") for h in api.vm_history(idle))
+
+        # The next use resumes it where it was: the file and the process are there.
+        out = nexusctl(
+            e2e_daemon, "vm", "exec", "-s", idle, "--", "cat /root/mark; kill -0 $(cat /root/pid) && echo alive"
+        )
+        assert out.stdout.decode().split() == ["kept", "alive"]
+        woken = api.get_vm(idle)
+        assert woken["state"] == "ready" and not woken["lifetime"]["suspended"]
+        assert "resumed from idle suspend" in [h["reason"] for h in api.vm_history(idle)]
+        assert [s["name"] for s in api.list_snapshots(idle)] == []  # the suspend checkpoint went once used
+
+        expires = datetime.fromisoformat(created["lifetime"]["expires_at"]).timestamp()
+        stopped = wait_until(
+            lambda: api.get_vm(short)["state"] == "stopped", max(5.0, expires - time.time() + 10), "the TTL"
+        )
+        assert stopped and time.time() >= expires - 1  # on time: not before it expired, and within the wait
+        assert any(h["reason"].startswith("expired: its ttl of 30s") for h in api.vm_history(short))
+        refused = nexusctl(e2e_daemon, "vm", "start", short, check=False)
+        assert refused.returncode == 5 and b"expired" in refused.stderr
+    finally:
+        nexusctl(e2e_daemon, "vm", "rm", "--force", idle, check=False)
+        nexusctl(e2e_daemon, "vm", "rm", "--force", short, check=False)

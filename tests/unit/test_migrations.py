@@ -150,6 +150,14 @@ SEED: dict[int, list[str]] = {
         "INSERT INTO snapshot_states VALUES ('s00000000001', 'qemu', 'tcg', '6.1.0-1', 2, 512, 98000000,"
         " 'aa00000000000000000000000000000000000000000000000000000000000000')",
     ],
+    12: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at, ttl_s,"
+        " on_expiry, idle_suspend_s, suspended) VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm',"
+        " 'cloud-amd64', 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 7200, 'rm', 600, 1)",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
+    ],
 }
 
 

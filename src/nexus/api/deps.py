@@ -16,6 +16,7 @@ from nexus.services.checkpoints import CheckpointService
 from nexus.services.egress import EgressService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
+from nexus.services.lifetimes import LifetimeService
 from nexus.services.policy import PolicyService
 from nexus.services.secrets import SecretService
 from nexus.services.tokens import TokenService
@@ -32,6 +33,7 @@ class Services:
     drives: DriveService
     snapshots: SnapshotService
     checkpoints: CheckpointService
+    lifetimes: LifetimeService
     tokens: TokenService
     policy: PolicyService
     audit: AuditService

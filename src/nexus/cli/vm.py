@@ -13,6 +13,7 @@ from nexus.cli.common import client, ctx_of
 from nexus.cli.output import ago, console, emit, fields, plain, table
 from nexus.cli.progress import progress, stderr
 from nexus.cli.workspaces import vm_checkpoint, vm_clone, vm_fork, vm_restore
+from nexus.domain import parse_lifetime
 
 app = typer.Typer(help="Manage microVMs.", no_args_is_help=True)
 tag_app = typer.Typer(help="Manage a VM's tags.", no_args_is_help=True)
@@ -85,6 +86,29 @@ Allow = Annotated[
 ]
 
 
+Ttl = Annotated[
+    str | None, typer.Option("--ttl", metavar="DURATION", help="expire this long after creation: 90s, 30m, 2h, 7d")
+]
+TtlAction = Annotated[str, typer.Option("--ttl-action", metavar="ACTION", help="on expiry: stop, or rm")]
+IdleSuspend = Annotated[
+    str | None,
+    typer.Option(
+        "--idle-suspend",
+        metavar="DURATION",
+        help="suspend it (memory saved, VMM stopped) after this long unused; the next use resumes it",
+    ),
+]
+
+
+def _lifetime(ttl: str | None, ttl_action: str, idle_suspend: str | None) -> dict[str, Any]:
+    """The create fields of ``--ttl``, ``--ttl-action`` and ``--idle-suspend`` (durations in seconds)."""
+    seconds = {
+        "ttl_s": int(parse_lifetime(ttl, "--ttl").total_seconds()) if ttl else None,
+        "idle_suspend_s": int(parse_lifetime(idle_suspend, "--idle-suspend").total_seconds()) if idle_suspend else None,
+    }
+    return {**seconds, "on_expiry": ttl_action}
+
+
 def _vm_fields(vm: dict[str, Any]) -> None:
     fields((key, _show(value)) for key, value in vm.items())
 
@@ -103,6 +127,9 @@ def create(
     no_network: NoNetwork = False,
     egress: Egress = None,
     allow: Allow = None,
+    ttl: Ttl = None,
+    ttl_action: TtlAction = "stop",
+    idle_suspend: IdleSuspend = None,
 ) -> None:
     """Create a VM (it is not started)."""
     with client(ctx) as c:
@@ -118,6 +145,7 @@ def create(
             network=False if no_network else None,
             egress=egress,
             allow=allow or None,
+            **_lifetime(ttl, ttl_action, idle_suspend),
         )
     emit(ctx_of(ctx), plain(vm), lambda v: console.print(f"created {v['name']} ({v['id']})"))
 
@@ -204,6 +232,9 @@ def run(
     no_network: NoNetwork = False,
     egress: Egress = None,
     allow: Allow = None,
+    ttl: Ttl = None,
+    ttl_action: TtlAction = "stop",
+    idle_suspend: IdleSuspend = None,
 ) -> None:
     """Create a VM, start it, and wait until its agent is ready."""
     with client(ctx) as c:
@@ -217,6 +248,7 @@ def run(
             network=False if no_network else None,
             egress=egress,
             allow=allow or None,
+            **_lifetime(ttl, ttl_action, idle_suspend),
         )
     vm = _boot(ctx, created.id, wait=True)
     emit(

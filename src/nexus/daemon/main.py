@@ -99,13 +99,17 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
                 mcp.stop()
                 services.audit.close()
 
-            retention = asyncio.create_task(services.audit.retain(), name="audit-retention")
+            background = {
+                asyncio.create_task(services.audit.retain(), name="audit-retention"),
+                asyncio.create_task(services.lifetimes.run(), name="lifetimes"),  # expiry and idle suspend
+            }
             try:
                 async with mcp.running():  # the MCP sessions' task group: up before serving, closed at shutdown
                     await server.serve(app, sockets, on_exit=on_exit, tls=tls)
             finally:
-                retention.cancel()
-                await asyncio.wait({retention})
+                for task in background:
+                    task.cancel()
+                await asyncio.wait(background)
         finally:
             for sock in sockets:
                 sock.close()

@@ -38,6 +38,7 @@ from nexus.services.egress import EgressService
 from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.identity import IdentityService
+from nexus.services.lifetimes import LifetimeService
 from nexus.services.locks import VmLocks
 from nexus.services.policy import PolicyService
 from nexus.services.secrets import SecretService
@@ -168,6 +169,9 @@ def wire(
         layout=layout,
         locks=locks,
     )
+    lifetimes = LifetimeService(vms=vms, checkpoints=checkpoints, snapshots=snapshots, vm_store=vm_store)
+    guest.report_use(lifetimes)
+    vms.resume_suspended_with(lifetimes.wake)
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
     policy = PolicyService(PolicyRepo(conn), vm_store)
     gateway = GatewayServer(vms=vms, guest=guest, policy=policy, network=net, snapshots=snapshots, audit=audit)
@@ -182,6 +186,7 @@ def wire(
         drives=drives,
         snapshots=snapshots,
         checkpoints=checkpoints,
+        lifetimes=lifetimes,
         tokens=TokenService(TokenRepo(conn), vm_store),
         policy=policy,
         audit=audit,

@@ -103,14 +103,14 @@ def secret_matches(secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(secret).encode(), stored_hash.encode())
 
 
-def parse_lifetime(text: str) -> timedelta:
+def parse_lifetime(text: str, what: str = "a token lifetime") -> timedelta:
     """``90s``, ``30m``, ``1h``, ``7d``, ``2w`` → a positive duration of at most ten years."""
     match = _DURATION_RE.fullmatch(text.strip().lower())
     if match is None:
-        raise Invalid(f"a token lifetime looks like 30m, 1h, 7d or 2w, got {text!r}")
+        raise Invalid(f"{what} looks like 30m, 1h, 7d or 2w, got {text!r}")
     lifetime = timedelta(seconds=int(match[1]) * _UNIT_S[match[2]])
     if not timedelta(0) < lifetime <= MAX_LIFETIME:
-        raise Invalid(f"a token lifetime must be more than 0 and at most {MAX_LIFETIME.days} days, got {text!r}")
+        raise Invalid(f"{what} must be more than 0 and at most {MAX_LIFETIME.days} days, got {text!r}")
     return lifetime
 
 

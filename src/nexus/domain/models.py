@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
@@ -20,6 +20,22 @@ class Role(StrEnum):
     WORK = "work"
     PORTAL = "portal"
     SERVICE = "service"
+
+
+class ExpiryAction(StrEnum):
+    STOP = "stop"
+    REMOVE = "rm"
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """When a VM ends or sleeps on its own: ``ttl_s`` after its creation it is stopped (or removed), and a ready VM
+    that nothing used for ``idle_suspend_s`` (no tool call, command, file or process request) is suspended: its
+    memory and drives are checkpointed and its VMM stopped, until the next use resumes it."""
+
+    ttl_s: int | None = None
+    on_expiry: ExpiryAction = ExpiryAction.STOP
+    idle_suspend_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +57,12 @@ class Vm:
     network: bool = True  # on the bridge with an address (leased at create), or no NIC at all
     created_by: str | None = None  # the portal VM that created it through its gateway (None: the host)
     egress: EgressMode = EgressMode.OPEN  # how it reaches the outside when it has a NIC
+    lifetime: Lifetime = field(default=Lifetime())
+    suspended: bool = False  # stopped by idle suspend: its next use resumes it from its suspend checkpoint
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return None if self.lifetime.ttl_s is None else self.created_at + timedelta(seconds=self.lifetime.ttl_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +134,7 @@ class VmSpec:
     created_by: str | None = None  # a portal creating it through its gateway
     egress: EgressMode | None = None  # None: the default_egress setting
     allow: tuple[HostPattern, ...] = ()  # hosts its egress proxy lets through
+    lifetime: Lifetime = field(default=Lifetime())
 
 
 @dataclass(frozen=True, slots=True)

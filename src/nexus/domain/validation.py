@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from nexus.domain.errors import Invalid, NotFound
+from nexus.domain.models import Lifetime
 
 T = TypeVar("T")
 
@@ -27,6 +28,8 @@ VCPUS_RANGE = (1, 32)
 MEM_MIB_RANGE = (64, 65536)
 DRIVE_SIZE_MIB_RANGE = (16, 1024 * 1024)  # a data drive (empty ext4, or grown to)
 IMAGE_SIZE_MIB_RANGE = (128, 1024 * 1024)  # a built image's ext4
+TTL_S_RANGE = (1, 10 * 365 * 86400)
+IDLE_SUSPEND_S_RANGE = (5, 365 * 86400)  # below a few seconds it would suspend between two calls of one task
 
 
 def check_name(name: str) -> str:
@@ -56,6 +59,14 @@ def check_vcpus(vcpus: int) -> int:
 
 def check_mem_mib(mem_mib: int) -> int:
     return check_range("mem_mib", mem_mib, MEM_MIB_RANGE)
+
+
+def check_lifetime(lifetime: Lifetime) -> Lifetime:
+    if lifetime.ttl_s is not None:
+        check_range("ttl_s", lifetime.ttl_s, TTL_S_RANGE)
+    if lifetime.idle_suspend_s is not None:
+        check_range("idle_suspend_s", lifetime.idle_suspend_s, IDLE_SUSPEND_S_RANGE)
+    return lifetime
 
 
 def referenced(lookup: Callable[[], T]) -> T:

@@ -142,12 +142,13 @@ class CheckpointService:
         drives = self._drive_store.find(vm.id)
         return tuple(SnapshotDrive(d.id, d.name, d.kind, d.mount_path) for d in drives)
 
-    async def restore(self, ref: str, name: str) -> Vm:
+    async def restore(self, ref: str, name: str, reason: str | None = None) -> Vm:
+        """``reason`` for the history (default: "restoring checkpoint NAME")."""
         vm = self._vm_store.get(ref)
         with self._locks.hold(vm.id, vm.name, "restoring a checkpoint"):
-            return await self._restore(self._vm_store.get(vm.id), name)
+            return await self._restore(self._vm_store.get(vm.id), name, reason or f"restoring checkpoint {name}")
 
-    async def _restore(self, vm: Vm, name: str) -> Vm:
+    async def _restore(self, vm: Vm, name: str, reason: str) -> Vm:
         snapshot = self._snapshot_store.get(vm.id, name)
         state = snapshot.state
         if state is None:
@@ -155,7 +156,7 @@ class CheckpointService:
         self._snapshots.check_drives_owned(vm, snapshot)
         state_dir = self._layout.snapshot_state_dir(snapshot.id)
         await asyncio.to_thread(self._verify, vm, name, state_dir, state)
-        resume = Resume(state_dir, state, f"restoring checkpoint {name}")
+        resume = Resume(state_dir, state, reason)
         await self._vms.check_resume(vm, resume)
         if vm.state.has_process:
             await self._vms.stop(vm.id, kill=True, reason=f"{resume.reason}: what ran is thrown away")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from nexus.domain import GuestError, GuestLink, Invalid, VmStore
 from nexus.protocol import FILE_CHUNK_BYTES, STREAM_META_KEY
@@ -55,10 +55,29 @@ def structured(name: str, result: dict[str, Any]) -> dict[str, Any]:
     return content
 
 
+class GuestUse(Protocol):
+    """Who hears of each use of a guest (idle suspend): ``touch`` on every use, ``wake`` before it."""
+
+    def touch(self, vm_id: str) -> None: ...
+    async def wake(self, vm_id: str) -> None: ...
+
+
 class GuestService:
     def __init__(self, store: VmStore, runtime: VmRuntime) -> None:
         self._store = store
         self._runtime = runtime
+        self._use: GuestUse | None = None
+
+    def report_use(self, use: GuestUse) -> None:
+        """Tell ``use`` of every use (set at wiring: the lifetime service is built on services built on this)."""
+        self._use = use
+
+    async def _link(self, ref: str) -> GuestLink:
+        vm_id = self._store.get(ref).id
+        if self._use is not None:
+            self._use.touch(vm_id)
+            await self._use.wake(vm_id)
+        return self._runtime.mcp(vm_id)
 
     async def call_tool(
         self,
@@ -69,11 +88,10 @@ class GuestService:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """One ``tools/call``; the MCP result as the agent gave it (``isError`` results included)."""
-        return await call_tool(self._runtime.mcp(self._store.get(ref).id), name, arguments, timeout_s, on_progress)
+        return await call_tool(await self._link(ref), name, arguments, timeout_s, on_progress)
 
     async def list_tools(self, ref: str) -> list[dict[str, Any]]:
-        vm = self._store.get(ref)
-        result = await self._runtime.mcp(vm.id).call("tools/list", {})
+        result = await (await self._link(ref)).call("tools/list", {})
         tools: list[dict[str, Any]] = result.get("tools", []) if isinstance(result, dict) else []
         return tools
 

@@ -41,7 +41,7 @@ from nexus.domain import (
     utcnow,
 )
 from nexus.domain.egress import EgressMode, HostPattern
-from nexus.domain.validation import check_mem_mib, check_name, check_tag, check_vcpus
+from nexus.domain.validation import check_lifetime, check_mem_mib, check_name, check_tag, check_vcpus
 from nexus.protocol import encode_mounts
 from nexus.services.assets import AssetService, BootFiles
 from nexus.services.drives import DriveService
@@ -119,6 +119,11 @@ class VmService:
         if driver is not None:
             self._adopters.setdefault(driver.name, driver)
         self._tasks: set[asyncio.Task[None]] = set()  # stops that an earlier nexusd began and this one finishes
+        self._waker: Callable[[str], Awaitable[None]] | None = None
+
+    def resume_suspended_with(self, waker: Callable[[str], Awaitable[None]]) -> None:
+        """How a start of an idle-suspended VM resumes it (set at wiring: the lifetime service is built on this)."""
+        self._waker = waker
 
     def create(self, spec: VmSpec, admit: Callable[[Vm], None] | None = None) -> Vm:
         """Store a new VM. ``admit`` sees it with every default resolved before it is stored, and may refuse it by
@@ -149,6 +154,7 @@ class VmService:
             network=network,
             created_by=spec.created_by,
             egress=egress,
+            lifetime=check_lifetime(spec.lifetime),
         )
         if admit is not None:
             admit(vm)
@@ -224,6 +230,14 @@ class VmService:
             vm = self._repo.get(vm.id)
             if vm.state.has_process:
                 raise InvalidState(f"VM {vm.name} is already {vm.state}")
+            expires = vm.expires_at
+            if expires is not None and utcnow() >= expires:
+                raise InvalidState(
+                    f"VM {vm.name} expired at {expires:%Y-%m-%d %H:%M:%S} UTC (its ttl); it stays stopped"
+                )
+            if vm.suspended and resume is None and self._waker is not None:
+                await self._waker(vm.id)  # resumes it where it was, through a checkpoint restore (and this start)
+                return self._repo.get(vm.id)
             driver = self._require_driver()
             if resume is not None:
                 await self.check_resume(vm, resume)

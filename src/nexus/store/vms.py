@@ -7,7 +7,19 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
 
-from nexus.domain import Conflict, NotFound, Role, StateChange, Vm, VmFilter, VmmRecord, VmState, utcnow
+from nexus.domain import (
+    Conflict,
+    ExpiryAction,
+    Lifetime,
+    NotFound,
+    Role,
+    StateChange,
+    Vm,
+    VmFilter,
+    VmmRecord,
+    VmState,
+    utcnow,
+)
 from nexus.domain.egress import EgressMode, HostPattern
 
 
@@ -28,8 +40,9 @@ class VmRepo:
         try:
             with self._transaction():
                 self._conn.execute(
-                    "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at,"
-                    " updated_at, network, created_by, egress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at,"
+                    " network, created_by, egress, ttl_s, on_expiry, idle_suspend_s)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         vm.id,
                         vm.name,
@@ -44,6 +57,9 @@ class VmRepo:
                         int(vm.network),
                         vm.created_by,
                         vm.egress.value,
+                        vm.lifetime.ttl_s,
+                        vm.lifetime.on_expiry.value,
+                        vm.lifetime.idle_suspend_s,
                     ),
                 )
                 self._conn.executemany("INSERT INTO vm_tags (vm_id, tag) VALUES (?, ?)", [(vm.id, t) for t in vm.tags])
@@ -116,6 +132,9 @@ class VmRepo:
         self._conn.execute(
             "UPDATE vms SET pid = ?, vmm = ?, accel = ?, pid_start = ?, vmm_detail = ? WHERE id = ?", (*values, vm_id)
         )
+
+    def set_suspended(self, vm_id: str, suspended: bool) -> None:
+        self._conn.execute("UPDATE vms SET suspended = ? WHERE id = ?", (int(suspended), vm_id))
 
     def runtime_record(self, vm_id: str) -> VmmRecord | None:
         row = self._conn.execute(
@@ -209,6 +228,8 @@ class VmRepo:
             network=bool(row["network"]),
             created_by=row["created_by"],
             egress=EgressMode(row["egress"]),
+            lifetime=Lifetime(row["ttl_s"], ExpiryAction(row["on_expiry"]), row["idle_suspend_s"]),
+            suspended=bool(row["suspended"]),
         )
 
 
