@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from nexus.agent.tools.archives import ARCHIVE_TOOLS
 from nexus.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
 from nexus.agent.tools.commands import COMMAND_TOOLS, DEFAULT_OUTPUT_BYTES, MAX_OUTPUT_BYTES
 from nexus.agent.tools.files import FILE_TOOLS, MAX_READ_BYTES
@@ -35,7 +36,7 @@ class Toolbox:
     """The fixed set of tools of one agent."""
 
     def __init__(self, image_id: str | None = None) -> None:
-        tools = (*FILE_TOOLS, *COMMAND_TOOLS, system_info_tool(image_id))
+        tools = (*FILE_TOOLS, *ARCHIVE_TOOLS, *COMMAND_TOOLS, system_info_tool(image_id))
         self.tools: dict[str, Tool] = {tool.name: tool for tool in tools}
 
     def list(self) -> list[dict[str, Any]]:
