@@ -63,14 +63,14 @@ class UnpackStats:
         }
 
 
-def member_parts(name: str, what: str = "member") -> tuple[str, ...]:
+def member_parts(name: str) -> tuple[str, ...]:
     """The components of a member's name (``.`` and empty ones dropped); ArchiveError for an absolute name or
     one with ``..``. The archive's own ``./`` entry gives ``()``."""
     if name.startswith("/"):
-        raise ArchiveError(f"archive {what} {name!r} refused: it is an absolute path")
+        raise ArchiveError(f"archive member {name!r} refused: it is an absolute path")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
-        raise ArchiveError(f"archive {what} {name!r} refused: it climbs out with '..'")
+        raise ArchiveError(f"archive member {name!r} refused: it climbs out with '..'")
     return parts
 
 
@@ -189,8 +189,8 @@ class Unpacker:
 
     # --- one member --------------------------------------------------------------------------------------------
 
-    def _parts(self, name: str, what: str = "member") -> tuple[str, ...]:
-        parts = member_parts(name, what)
+    def _parts(self, name: str) -> tuple[str, ...]:
+        parts = member_parts(name)
         return self._rename(parts, name) if self._rename is not None else parts
 
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
@@ -243,9 +243,14 @@ class Unpacker:
 
     def _hardlink(self, member: tarfile.TarInfo, leaf: str, parent: int) -> None:
         name = member.name
-        target = self._parts(member.linkname, "hard link target")
+        try:
+            target = self._parts(member.linkname)
+        except ArchiveError:
+            target = ()
         if not target:
-            raise ArchiveError(f"archive member {name!r} refused: a hard link to the destination itself")
+            raise ArchiveError(
+                f"archive member {name!r} refused: its hard link target {member.linkname!r} is outside the destination"
+            ) from None
         # A descriptor of its own: opening the target's directory may replace the cached one, that is ``parent``.
         here = os.dup(parent)
         try:
