@@ -88,10 +88,10 @@ def _make_tree(root: Path) -> None:
     (root / "link-to-file").symlink_to("dir00/inner/file001.txt")
     (root / "dangling").symlink_to("/nonexistent/elsewhere")
     os.link(root / "dir01" / "inner" / "file002.txt", root / "hardlink")
-    block = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB, varied bytes
-    with (root / "big.bin").open("wb") as f:
+    block = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB
+    with (root / "big.bin").open("wb") as big:
         for i in range(BIG_BYTES // len(block)):
-            f.write(block[i % 256 :] + block[: i % 256])
+            big.write(i.to_bytes(8, "big") + block[8:])  # each MiB its own: a chunk out of place shows
     os.utime(root / "big.bin", (1_600_000_000, 1_600_000_000))
 
 
