@@ -146,6 +146,7 @@ def test_a_file_that_shrinks_while_packed_is_an_error(tmp_path: Path) -> None:
         ([("fifo", tarfile.FIFOTYPE, "", b"")], "fifo", "FIFO"),
         ([_file("f"), _file("f/under")], "f/under", "not a directory"),
         ([("d", tarfile.DIRTYPE, "", b""), _file("d")], "d", "a directory is there"),
+        ([_file("f"), ("f", tarfile.DIRTYPE, "", b"")], "f", "a file is there"),
     ],
 )
 def test_escapes_are_refused_and_nothing_lands_outside(
@@ -175,10 +176,13 @@ def test_existing_links_in_the_destination_are_replaced_not_followed(tmp_path: P
     (dest / "sym").symlink_to(victim)
     os.link(victim, dest / "hard")
     (dest / "dirlink").symlink_to(tmp_path)
-    _unpack(dest, _tar(_file("sym", b"new\n"), _file("hard", b"new\n"), ("dirlink", tarfile.DIRTYPE, "", b"")))
+    _unpack(dest, _tar(_file("sym", b"new\n"), _file("hard", b"new\n")))
     assert victim.read_text() == "victim\n"
     assert (dest / "sym").read_text() == (dest / "hard").read_text() == "new\n"
-    assert not (dest / "sym").is_symlink() and (dest / "dirlink").is_dir() and not (dest / "dirlink").is_symlink()
+    assert not (dest / "sym").is_symlink()
+    with pytest.raises(ArchiveError, match="a symbolic link is there, it is not made a directory"):
+        _unpack(dest, _tar(("dirlink", tarfile.DIRTYPE, "", b""), _file("dirlink/x")))
+    assert (dest / "dirlink").is_symlink() and not (tmp_path / "x").exists()
 
 
 def test_an_existing_symlink_on_the_way_is_refused(tmp_path: Path) -> None:

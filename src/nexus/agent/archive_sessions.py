@@ -147,7 +147,7 @@ class _Session:
     def run(self, work: Callable[[], dict[str, Any]], on_end: Callable[[_Session], None]) -> None:
         try:
             self.result = work()
-        except BaseException as exc:
+        except Exception as exc:
             self.error = _rpc_error(exc)
             self.pipe.fail(self.error.message)  # wakes a call waiting on the pipe, which then reports the error
             if not isinstance(exc, ArchiveError | OSError | PipeFailed):

@@ -74,7 +74,7 @@ class McpService(RpcService):
     def __init__(self, toolbox: Toolbox, executor: Executor, archives: ArchiveSessions | None = None) -> None:
         self._toolbox = toolbox
         self._executor = executor
-        self.archives = archives or ArchiveSessions()
+        self._archives = archives or ArchiveSessions()
         self._inflight: dict[tuple[int, RequestId], threading.Event] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -82,7 +82,7 @@ class McpService(RpcService):
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def closed(self, conn: Connection) -> None:
-        self.archives.drop(conn.id)
+        self._archives.drop(conn.id)
         with self._lock:
             events = [event for (conn_id, _), event in self._inflight.items() if conn_id == conn.id]
         for event in events:
@@ -130,7 +130,7 @@ class McpService(RpcService):
             self.reply(conn, req, req.params)
         elif method in ARCHIVE_METHODS:
             try:
-                self._executor.submit(self.archives.serve, conn, req)
+                self._executor.submit(self._archives.serve, conn, req)
             except RuntimeError as exc:  # the pool is shut down: the agent is stopping
                 raise JsonRpcError(INTERNAL_ERROR, f"agent is shutting down: {exc}") from exc
         else:

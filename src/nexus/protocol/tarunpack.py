@@ -8,12 +8,12 @@ it, so a symbolic link - planted by an earlier member or already there - is neve
 in between. The rules, each a refusal (``ArchiveError`` naming the member) that stops the unpacking:
 - no absolute names, no ``..`` in a name;
 - nothing below a symbolic link or a non-directory (``a`` is a link, then ``a/x`` comes);
-- hard links only to a regular file already unpacked in the destination (no ``..``, not absolute);
+- hard links only to a regular file already in the destination (no ``..``, not absolute);
 - no device nodes, FIFOs or other special members;
-- a directory already in the destination is never replaced by anything else.
-An existing file or link where a member lands is replaced (unlinked first, so a hard link or a symbolic link
-there is never written through). Symbolic links themselves may point anywhere: they are data, and nothing is
-written through them. Modes and mtimes are kept; uid/gid only with ``keep_owner`` when running as root -
+- a directory already in the destination is never replaced by anything else, nor anything else by a directory.
+An existing file or link where a file or link member lands is replaced (unlinked first, so a hard link or a
+symbolic link there is never written through). Symbolic links themselves may point anywhere: they are data, and
+nothing is written through them. Modes and mtimes are kept; uid/gid only with ``keep_owner`` when running as root -
 otherwise setuid/setgid bits are dropped too, as they would name the wrong owner. Directories get their
 attributes last, deepest first, so a read-only directory still receives its members.
 
@@ -209,8 +209,8 @@ class Unpacker:
             existing = None
         if member.isdir():
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
-                os.unlink(leaf, dir_fd=parent)
-                existing = None
+                kind = "a symbolic link" if stat.S_ISLNK(existing.st_mode) else "a file"
+                raise ArchiveError(f"archive member {name!r} refused: {kind} is there, it is not made a directory")
             if existing is None:
                 os.mkdir(leaf, 0o700, dir_fd=parent)  # its own mode comes last, with its other attributes
             self._dirs.pending.append((parts, member))
