@@ -196,7 +196,12 @@ def _escapes(outside: Path) -> dict[str, tuple[bytes, str]]:
 
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "through-symlink", "hardlink-out", "device", "fifo"])
 def test_escaping_tars_are_refused_everywhere(
-    daemon: Daemon, http: httpx.Client, tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+    daemon: Daemon,
+    http: httpx.Client,
+    tmp_path: Path,
+    case: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -222,8 +227,11 @@ def test_escaping_tars_are_refused_everywhere(
 
     # The CLI: a tar on stdin, exit 2 with one line naming the member.
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+    capsys.readouterr()
     code = _cli(daemon, "vm", "cp", "-r", "-", f"{VM}:{tmp_path / 'cli'}")
+    err = capsys.readouterr().err
     assert code == 2
+    assert err.count("\n") == 1 and err.startswith("nexusctl: ") and repr(member) in err, err
 
     assert list(outside.iterdir()) == []
     assert (tmp_path / "victim").read_text() == "victim\n"
