@@ -302,3 +302,14 @@ def test_a_client_gone_mid_stream_leaves_no_session(daemon: Daemon, tmp_path: Pa
     ):
         client.put(f"/v1/vms/{VM}/archive", params={"path": str(tmp_path / "up")}, content=body())
     wait_until(lambda: _archive_threads(agent) == 0, 15, "the upload session to end")
+
+
+def test_a_tar_on_stdout(daemon: Daemon, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "f").write_bytes(b"\x00\xffbinary")
+    assert _cli(daemon, "vm", "cp", "-r", f"{VM}:{tmp_path / 't'}", "-") == 0
+    out = capsysbinary.readouterr().out
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        assert tar.getnames() == ["t", "t/f"]
+        data = tar.extractfile("t/f")
+        assert data is not None and data.read() == b"\x00\xffbinary"
