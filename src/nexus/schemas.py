@@ -458,6 +458,17 @@ class WriteOut(BaseModel):
     size: int
 
 
+class ArchiveOut(BaseModel):
+    """What a tar stream unpacked into a VM held."""
+
+    path: str = Field(description="the guest path the upload named")
+    files: int
+    dirs: int
+    symlinks: int
+    hardlinks: int
+    bytes: int = Field(description="file data unpacked")
+
+
 class CleanupOut(BaseModel):
     links: list[str] = Field(description="TAPs and bridges removed")
     table: bool = Field(description="the nftables table was removed")

@@ -1,6 +1,8 @@
 """Schemathesis hooks for the API fuzz test (``test_api_fuzz.py``), loaded by the schemathesis CLI through
 ``SCHEMATHESIS_HOOKS``.
 
+A tar body (``PUT /v1/vms/{ref}/archive``) is sent as the raw bytes it is drawn as, like any binary body.
+
 One hook, ``before_call``, and it keeps every request what it was (valid stays valid, invalid stays invalid):
 
 - A valid name of something to create gets a unique suffix. Hypothesis draws the same few short names over and
@@ -32,6 +34,8 @@ NAMED = {
     ("POST", "/v1/vms/{ref}/snapshots"),
 }
 _serial = itertools.count()
+
+schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
 
 
 @schemathesis.hook

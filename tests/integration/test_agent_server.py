@@ -276,8 +276,8 @@ def test_every_tool_over_the_wire(mcp: Peer, tmp_path: Path) -> None:
     assert mcp.call("ping") == {}
     tools = mcp.call("tools/list")["tools"]
     assert {t["name"] for t in tools} == {
-        "file_read", "file_write", "file_delete", "list_dir", "run_command", "system_info",
-        "process_start", "process_list", "process_output", "process_signal", "process_wait",
+        "file_read", "file_write", "file_delete", "list_dir", "archive_create", "archive_extract", "run_command",
+        "system_info", "process_start", "process_list", "process_output", "process_signal", "process_wait",
     }  # fmt: skip
     for t in tools:
         assert isinstance(t["description"], str) and t["inputSchema"]["type"] == "object"

@@ -49,8 +49,8 @@ def _alive(pid: int) -> bool:
 def test_tools_list_has_mcp_shapes() -> None:
     tools = {t["name"]: t for t in TOOLS.list()}
     assert set(tools) == {
-        "file_read", "file_write", "file_delete", "list_dir", "run_command", "system_info",
-        "process_start", "process_list", "process_output", "process_signal", "process_wait",
+        "file_read", "file_write", "file_delete", "list_dir", "archive_create", "archive_extract", "run_command",
+        "system_info", "process_start", "process_list", "process_output", "process_signal", "process_wait",
     }  # fmt: skip
     for tool in tools.values():
         assert tool["description"]

@@ -1,16 +1,18 @@
 """The MCP port: MCP JSON-RPC 2.0 (handshake era, 2024-11-05 … 2025-11-25) over newline-delimited JSON.
 
 Methods: ``initialize`` (answers the client's protocolVersion when supported, else the latest),
-``ping``, ``tools/list``, ``tools/call`` and ``nexus/echo`` (params back, the benchmarks' raw-channel
-baseline). Notifications get no reply: ``notifications/initialized`` is noted, ``notifications/cancelled``
+``ping``, ``tools/list``, ``tools/call``, ``nexus/echo`` (params back, the benchmarks' raw-channel
+baseline) and the archive sessions' ``nexus/archive/*`` (``nexus.agent.archive_sessions``, on the pool).
+Notifications get no reply: ``notifications/initialized`` is noted, ``notifications/cancelled``
 cancels the named in-flight call (its response is then never sent), the rest are ignored. Unknown
 methods - including the SDK's ``server/discover`` probe - are -32601. Requests are accepted before
 ``initialize`` too: the host may use the port without a handshake.
 
 Concurrency: ``tools/call`` runs on a bounded thread pool, so a long ``run_command`` never holds up a
-``file_read``; every other method is answered inline on the reader thread. Responses and progress
-notifications go through the connection's write lock. When a connection ends, its in-flight calls are
-cancelled (their results could not be delivered anyway).
+``file_read``; so do the archive methods, which may wait for a chunk. Every other method is answered inline
+on the reader thread. Responses and progress notifications go through the connection's write lock. When a
+connection ends, its in-flight calls are cancelled (their results could not be delivered anyway), and its
+archive sessions end.
 
 Errors: params of ``tools/call`` that are not an object, lack a string ``name``, have non-object
 ``arguments`` or name no tool of this agent → -32602 (the MCP spec's protocol errors); everything that goes
@@ -26,6 +28,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from nexus import __version__
+from nexus.agent.archive_sessions import ArchiveSessions
 from nexus.agent.session import Connection, RpcService
 from nexus.agent.tools import Toolbox, ToolContext
 from nexus.agent.tools.base import ProgressFn
@@ -52,6 +55,7 @@ from nexus.protocol import (
     notification,
     result_response,
 )
+from nexus.protocol.archive import ARCHIVE_METHODS
 
 __all__ = ["McpService"]
 
@@ -67,9 +71,10 @@ def _progress_token(params: dict[str, Any]) -> str | int | None:
 
 
 class McpService(RpcService):
-    def __init__(self, toolbox: Toolbox, executor: Executor) -> None:
+    def __init__(self, toolbox: Toolbox, executor: Executor, archives: ArchiveSessions | None = None) -> None:
         self._toolbox = toolbox
         self._executor = executor
+        self._archives = archives or ArchiveSessions()
         self._inflight: dict[tuple[int, RequestId], threading.Event] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -77,6 +82,7 @@ class McpService(RpcService):
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def closed(self, conn: Connection) -> None:
+        self._archives.drop(conn.id)
         with self._lock:
             events = [event for (conn_id, _), event in self._inflight.items() if conn_id == conn.id]
         for event in events:
@@ -122,6 +128,11 @@ class McpService(RpcService):
             self.reply(conn, req, {"tools": self._toolbox.list()})
         elif method == ECHO_METHOD:
             self.reply(conn, req, req.params)
+        elif method in ARCHIVE_METHODS:
+            try:
+                self._executor.submit(self._archives.serve, conn, req)
+            except RuntimeError as exc:  # the pool is shut down: the agent is stopping
+                raise JsonRpcError(INTERNAL_ERROR, f"agent is shutting down: {exc}") from exc
         else:
             raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {method}")
 

@@ -11,9 +11,10 @@ from nexus.api import errors, links
 from nexus.api.audit import AuditTrail
 from nexus.api.cache import ResponseCache
 from nexus.api.deps import Services
-from nexus.api.middleware import Access, BodyLimit, is_mcp_path
+from nexus.api.middleware import Access, BodyLimit, is_archive_path, is_mcp_path
 from nexus.api.routers import (
     admin,
+    archive,
     assets,
     audit,
     egress,
@@ -61,6 +62,7 @@ def create_app(
         health,
         vms,
         guest,
+        archive,
         processes,
         assets,
         firecracker,
@@ -77,7 +79,7 @@ def create_app(
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
         if endpoint is not None:
             app.router.routes.append(Route(path, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False))
-    app.add_middleware(BodyLimit, exempt=is_mcp_path)
+    app.add_middleware(BodyLimit, exempt=lambda path: is_mcp_path(path) or is_archive_path(path))
     app.add_middleware(Access, admin_token=tcp_token, tokens=services.tokens)  # before any body is read
     app.add_middleware(AuditTrail, audit=services.audit, api=app)  # outside Access: sees its refusals
     app.add_middleware(errors.Unexpected)  # last added is outermost: it also catches what the others raise

@@ -32,7 +32,8 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
 
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes, by Content-Length or by counting while reading. Paths for which
-    ``exempt`` is true pass untouched (the MCP endpoints: their session managers enforce a cap of their own).
+    ``exempt`` is true pass untouched (the MCP endpoints: their session managers enforce a cap of their own; the
+    archive endpoint: its body is streamed, never held).
 
     The body is read here first (it is small: JSON requests) and replayed to the app, so an oversized
     streamed body becomes a clean 413 instead of a parse error deep in a handler.
@@ -140,6 +141,14 @@ VM_MCP_PATH = re.compile(r"/v1/vms/([^/]+)/mcp")
 def is_mcp_path(path: str) -> bool:
     """The MCP endpoints, ``/mcp`` and ``/v1/vms/{ref}/mcp``, and nothing else: not any path ending in /mcp."""
     return path == "/mcp" or VM_MCP_PATH.fullmatch(path) is not None
+
+
+# A VM's tar stream endpoint, whose PUT body is a whole tree, streamed to the agent as it arrives.
+ARCHIVE_PATH = re.compile(r"/v1/vms/[^/]+/archive")
+
+
+def is_archive_path(path: str) -> bool:
+    return ARCHIVE_PATH.fullmatch(path) is not None
 
 
 def bearer(header: bytes) -> str | None:

@@ -14,7 +14,7 @@ from typing import BinaryIO
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from nexus.cli.progress import stderr
-from nexus.domain import Invalid
+from nexus.domain import GuestError, Invalid
 from nexus.protocol import FILE_CHUNK_BYTES
 from nexus.sdk import Nexus
 
@@ -23,7 +23,7 @@ BAR_ABOVE_BYTES = 8 * CHUNK_BYTES
 
 
 @contextmanager
-def _bar(total: int | None, title: str) -> Iterator[Progress]:
+def progress_bar(total: int | None, title: str) -> Iterator[Progress]:
     show = stderr.is_terminal and (total is None or total > BAR_ABOVE_BYTES)
     with Progress(
         BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=stderr, disable=not show, transient=True
@@ -47,8 +47,13 @@ def download(client: Nexus, ref: str, path: str, dst: str) -> int:
     offset = 0
     try:
         chunks = client.vms.files(ref).chunks(path)
-        first = next(chunks)
-        with _bar(first.size, path) as bar:
+        try:
+            first = next(chunks)
+        except GuestError as exc:
+            if f"{path} is a directory" in exc.message:  # file_read's own words
+                raise Invalid(f"{path} is a directory in the VM: copy it with -r") from exc
+            raise
+        with progress_bar(first.size, path) as bar:
             for chunk in itertools.chain((first,), chunks):
                 out.write(chunk.data)
                 offset += len(chunk.data)
@@ -74,6 +79,8 @@ def upload(client: Nexus, src: str, ref: str, path: str) -> int:
             info = os.stat(src)
         except OSError as exc:
             raise Invalid(f"cannot read {src}: {exc.strerror}") from exc
+        if stat.S_ISDIR(info.st_mode):
+            raise Invalid(f"{src} is a directory: copy it with -r")
         if not stat.S_ISREG(info.st_mode):
             raise Invalid(f"{src} is not a regular file")
         mode, total = f"{stat.S_IMODE(info.st_mode):04o}", info.st_size
@@ -82,7 +89,7 @@ def upload(client: Nexus, src: str, ref: str, path: str) -> int:
     sent = 0
     with ExitStack() as stack:
         source = sys.stdin.buffer if src == "-" else stack.enter_context(Path(src).open("rb"))
-        bar = stack.enter_context(_bar(total, path))
+        bar = stack.enter_context(progress_bar(total, path))
 
         def chunks() -> Iterator[bytes]:
             nonlocal sent

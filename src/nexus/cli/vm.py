@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nexus.cli import processes, transfer
+from nexus.cli import processes, transfer, treecopy
 from nexus.cli.common import client, ctx_of
 from nexus.cli.output import ago, console, emit, fields, plain, table
 from nexus.cli.progress import progress, stderr
@@ -308,20 +308,37 @@ def cp(
     ctx: typer.Context,
     src: Annotated[str, typer.Argument(help="REF:/path in a VM, or a local path ('-' for stdin)")],
     dst: Annotated[str, typer.Argument(help="REF:/path in a VM, or a local path ('-' for stdout)")],
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="copy a directory tree (as a streamed tar; '-' is a tar)")
+    ] = False,
 ) -> None:
-    """Copy a file into or out of a VM, in chunks (binary safe)."""
+    """Copy a file into or out of a VM, in chunks (binary safe); with -r, a directory tree."""
     remote_src, remote_dst = _split_remote(src), _split_remote(dst)
+    if (remote_src is None) == (remote_dst is None):
+        raise typer.BadParameter("exactly one of SRC and DST must be REF:/absolute/path")
     with client(ctx) as c:
-        if remote_src is not None and remote_dst is None:
+        if recursive:
+            if remote_src is not None:
+                counts = treecopy.download_tree(c, *remote_src, dst)
+            elif remote_dst is not None:
+                counts = treecopy.upload_tree(c, src, *remote_dst)
+            emit(ctx_of(ctx), {"src": src, "dst": dst, **counts}, _copied_tree if dst != "-" else lambda _: None)
+            return
+        if remote_src is not None:
             size = transfer.download(c, *remote_src, dst)
-        elif remote_dst is not None and remote_src is None:
+        elif remote_dst is not None:
             size = transfer.upload(c, src, *remote_dst)
-        else:
-            raise typer.BadParameter("exactly one of SRC and DST must be REF:/absolute/path")
     emit(
         ctx_of(ctx),
         {"src": src, "dst": dst, "bytes": size},
         lambda r: stderr.print(f"copied {r['bytes']} bytes") if dst != "-" else None,
+    )
+
+
+def _copied_tree(r: dict[str, Any]) -> None:
+    stderr.print(
+        f"copied {r.get('files', 0)} files, {r.get('dirs', 0)} directories, {r.get('symlinks', 0)} symlinks "
+        f"({r.get('bytes', 0)} bytes)"
     )
 
 

@@ -1,11 +1,26 @@
 """Wire protocol shared by the host (``nexus.channel``) and the guest agent (``nexus.agent``).
 
 Standard library only: the agent imports this package inside the guest. It defines names, numbers,
-framing and message shapes; it opens nothing and sends nothing.
+framing and message shapes; it opens nothing and sends nothing - except the tar stream's two ends
+(``tarpack``, ``tarunpack``), which read and write files: host and guest must apply the same rules to it.
 """
 
 from __future__ import annotations
 
+from nexus.protocol.archive import (
+    ARCHIVE_CHUNK_BYTES,
+    ARCHIVE_CLOSE_METHOD,
+    ARCHIVE_FAILED,
+    ARCHIVE_FINISH_METHOD,
+    ARCHIVE_IDLE_S,
+    ARCHIVE_METHODS,
+    ARCHIVE_PACK_METHOD,
+    ARCHIVE_READ_METHOD,
+    ARCHIVE_UNPACK_METHOD,
+    ARCHIVE_WRITE_METHOD,
+    ArchiveError,
+    cp_destination,
+)
 from nexus.protocol.drives import FREEZE_METHOD, MOUNTS_ARG, THAW_METHOD, decode_mounts, encode_mounts
 from nexus.protocol.environment import CA_BUNDLE, CA_FILE, ENVIRONMENT_METHOD, PROFILE_SCRIPT
 from nexus.protocol.gateway import GATEWAY_CLOSE, GATEWAY_MESSAGE
@@ -72,6 +87,16 @@ from nexus.protocol.ports import (
 
 __all__ = [
     "AGENT_INSTRUCTIONS",
+    "ARCHIVE_CHUNK_BYTES",
+    "ARCHIVE_CLOSE_METHOD",
+    "ARCHIVE_FAILED",
+    "ARCHIVE_FINISH_METHOD",
+    "ARCHIVE_IDLE_S",
+    "ARCHIVE_METHODS",
+    "ARCHIVE_PACK_METHOD",
+    "ARCHIVE_READ_METHOD",
+    "ARCHIVE_UNPACK_METHOD",
+    "ARCHIVE_WRITE_METHOD",
     "CANCELLED_NOTIFICATION",
     "CA_BUNDLE",
     "CA_FILE",
@@ -112,6 +137,7 @@ __all__ = [
     "THAW_METHOD",
     "TOOLS_CALL_METHOD",
     "TOOLS_LIST_METHOD",
+    "ArchiveError",
     "ErrorObject",
     "FrameTooLarge",
     "GuestNet",
@@ -126,6 +152,7 @@ __all__ = [
     "RequestId",
     "Response",
     "command_text",
+    "cp_destination",
     "decode_message",
     "decode_mounts",
     "encode_message",

@@ -8,7 +8,7 @@ Results are the API's own models (``nexus.schemas``); failures are the domain's 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -31,6 +31,7 @@ __all__ = [
 ]
 from nexus.domain import ERRORS_BY_CODE, NexusError
 from nexus.schemas import (
+    ArchiveOut,
     AuditEntryOut,
     AuditPage,
     BindingOut,
@@ -67,7 +68,7 @@ class Call(Generic[T]):
     parse: Callable[[httpx.Response], T]
     params: Mapping[str, Any] | None = None
     json: Any = None
-    content: bytes | None = None
+    content: bytes | Iterable[bytes] | AsyncIterable[bytes] | None = None  # the iterables are streamed
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def request(self) -> dict[str, Any]:
@@ -94,6 +95,7 @@ _HISTORY = _model(TypeAdapter(list[StateChangeOut]))
 _LOGS = _model(TypeAdapter(LogsOut))
 _HEALTH = _model(TypeAdapter(HealthOut))
 _WRITE = _model(TypeAdapter(WriteOut))
+_ARCHIVE = _model(TypeAdapter(ArchiveOut))
 _TAGS = _model(TypeAdapter(list[str]))
 
 
@@ -171,6 +173,15 @@ def write_file(ref: str, path: str, data: bytes, append: bool, mode: str | None)
         params["mode"] = mode
     headers = {"content-type": "application/octet-stream"}
     return Call("PUT", _vm_path(ref, "files"), _WRITE, params=params, content=data, headers=headers)
+
+
+def archive_path(ref: str) -> str:
+    return _vm_path(ref, "archive")
+
+
+def write_archive(ref: str, path: str, chunks: Iterable[bytes] | AsyncIterable[bytes], cp: bool) -> Call[ArchiveOut]:
+    headers = {"content-type": "application/x-tar"}
+    return Call("PUT", archive_path(ref), _ARCHIVE, params={"path": path, "cp": cp}, content=chunks, headers=headers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ errors (``NotFound``, ``Conflict``, ``Invalid``, ...; ``DaemonUnreachable`` when
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,8 +18,10 @@ import httpx
 
 from nexus.client.client import DaemonUnreachable, unreachable
 from nexus.client.connection import Connection
+from nexus.domain import Unavailable
 from nexus.protocol import FILE_CHUNK_BYTES
 from nexus.schemas import (
+    ArchiveOut,
     AuditEntryOut,
     AuditPage,
     BindingOut,
@@ -57,6 +59,7 @@ Command = str | list[str]  # a shell string, or an argv run without a shell
 
 _TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, FileNotFoundError, PermissionError)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=None)  # a start waits for the guest; a command runs as long as it needs
+_BROKE_OFF = "the archive stream of {} broke off before its end (nexusd's log says why)"
 
 
 @contextlib.contextmanager
@@ -331,6 +334,28 @@ class Files:
 
     def write(self, path: str, data: bytes | str, *, mode: str | None = None) -> WriteOut:
         return self.write_chunks(path, _chunks(data.encode() if isinstance(data, str) else data), mode=mode)
+
+    def read_archive(self, path: str) -> Generator[bytes, None, None]:
+        """The tar stream of the VM's file or tree at ``path`` (one top-level entry named after it), as it comes;
+        closing the iterator early ends the transfer."""
+        nexus = self._nexus
+        with (
+            _reaching(nexus.connection.where),
+            nexus._http.stream("GET", calls.archive_path(self._vm), params={"path": path}) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                calls.check(response)
+            try:
+                yield from response.iter_bytes()
+            except httpx.RemoteProtocolError as exc:
+                raise Unavailable(_BROKE_OFF.format(path)) from exc
+
+    def write_archive(self, path: str, chunks: Iterable[bytes], *, cp: bool = False) -> ArchiveOut:
+        """Unpack a tar stream (plain or compressed), sent as ``chunks`` come, into the VM's directory ``path``
+        (made if missing); ``cp``: ``cp -r`` placement (the archive's one top entry becomes ``path`` unless that is
+        an existing directory). A member that would land outside is refused (``Invalid``), naming it."""
+        return self._nexus.send(calls.write_archive(self._vm, path, chunks, cp))
 
 
 class Processes:
@@ -788,6 +813,24 @@ class AsyncFiles:
             written = await self._nexus.send(calls.write_file(self._vm, path, chunk, i > 0, mode if i == 0 else None))
         assert written is not None  # _chunks yields at least one
         return written
+
+    async def read_archive(self, path: str) -> AsyncIterator[bytes]:
+        """As ``Files.read_archive``."""
+        nexus = self._nexus
+        with _reaching(nexus.connection.where):
+            async with nexus._http.stream("GET", calls.archive_path(self._vm), params={"path": path}) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    calls.check(response)
+                try:
+                    async for data in response.aiter_bytes():
+                        yield data
+                except httpx.RemoteProtocolError as exc:
+                    raise Unavailable(_BROKE_OFF.format(path)) from exc
+
+    async def write_archive(self, path: str, chunks: AsyncIterable[bytes], *, cp: bool = False) -> ArchiveOut:
+        """As ``Files.write_archive``."""
+        return await self._nexus.send(calls.write_archive(self._vm, path, chunks, cp))
 
 
 class AsyncDrives(_AsyncResource):

@@ -4,12 +4,13 @@ file transfer in chunks. The link's failures arrive as domain errors (``nexus.ch
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nexus.domain import GuestError, GuestLink, Invalid, VmStore
 from nexus.protocol import FILE_CHUNK_BYTES, STREAM_META_KEY
+from nexus.services import archive
 from nexus.services.runtime import VmRuntime
 
 CHUNK_BYTES = FILE_CHUNK_BYTES  # one file_read/file_write message carries at most this much data
@@ -157,3 +158,11 @@ class GuestService:
             args["mode"] = mode
         out = await self._structured(ref, "file_write", args)
         return int(out["size"])
+
+    async def read_archive(self, ref: str, path: str) -> AsyncIterator[bytes]:
+        """The tar stream of the guest's ``path`` (``services.archive.download``)."""
+        return await archive.download(await self._link(ref), path)
+
+    async def write_archive(self, ref: str, path: str, body: AsyncIterable[bytes], cp: bool) -> dict[str, Any]:
+        """Unpack the tar stream ``body`` into the guest's ``path`` (``services.archive.upload``)."""
+        return await archive.upload(await self._link(ref), path, body, cp)

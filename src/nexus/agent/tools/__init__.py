@@ -14,6 +14,7 @@ from typing import Any
 
 from nexus.agent.config import DEFAULT_PROCESS_DIR
 from nexus.agent.processes import ProcessTable
+from nexus.agent.tools.archives import ARCHIVE_TOOLS
 from nexus.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
 from nexus.agent.tools.commands import COMMAND_TOOLS, DEFAULT_OUTPUT_BYTES, MAX_OUTPUT_BYTES
 from nexus.agent.tools.files import FILE_TOOLS, MAX_READ_BYTES
@@ -38,7 +39,13 @@ class Toolbox:
     """The fixed set of tools of one agent."""
 
     def __init__(self, image_id: str | None = None, process_dir: str = DEFAULT_PROCESS_DIR) -> None:
-        tools = (*FILE_TOOLS, *COMMAND_TOOLS, *process_tools(ProcessTable(process_dir)), system_info_tool(image_id))
+        tools = (
+            *FILE_TOOLS,
+            *ARCHIVE_TOOLS,
+            *COMMAND_TOOLS,
+            *process_tools(ProcessTable(process_dir)),
+            system_info_tool(image_id),
+        )
         self.tools: dict[str, Tool] = {tool.name: tool for tool in tools}
 
     def list(self) -> list[dict[str, Any]]:
