@@ -58,12 +58,15 @@ def cat(image: Path, path: str) -> bytes | None:
 
 
 def parse_ls(directory: str, output: str) -> list[Entry]:
-    """The entries of ``debugfs -R "ls -p DIR"`` (``/inode/mode/uid/gid/name/size/`` lines), without . and .."""
+    """The entries of ``debugfs -R "ls -p DIR"`` (``/inode/mode/uid/gid/name/size/`` lines), without . and ..;
+    Invalid on a line of another shape (a name holding a newline splits its line in two)."""
     entries = []
     for line in output.splitlines():
+        if not line.strip():
+            continue
         fields = line.split("/")
         if len(fields) != 8 or fields[0] or fields[7]:
-            continue
+            raise Invalid(f"unexpected file name in the image, in {directory}: {line!r}")
         name = fields[5]
         if name in (".", "..") or not name:
             continue
