@@ -63,7 +63,7 @@ def seal_copy(
     sidecar. ``copy`` is moved there, or removed when anything fails."""
     report = progress or _no_progress
     final = out_dir / f"{name}{manifest.IMAGE_SUFFIX}"
-    work = Path(tempfile.mkdtemp(prefix=f".seal-{name}-", dir=out_dir))
+    work = Path(tempfile.mkdtemp(prefix=f".seal-{name}-", suffix=".part", dir=out_dir))  # ".part": see recover
     try:
         check_request(name, None)
         if final.exists():

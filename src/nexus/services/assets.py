@@ -153,17 +153,21 @@ class AssetService:
                 if root is None:
                     raise InvalidState(f"VM {vm.name} has no root drive yet: it is made at its first start")
                 images_dir = self._layout.images_dir
-                copy = images_dir / f".{name}.from-vm.part"  # a crash leaves a ".part": removed at the next start
+                work = images_dir / f".from-vm-{name}.part"  # a crash leaves a ".part" dir: removed at start
+                copy = work / "drive.ext4"
 
                 def copy_drive() -> str:
-                    images_dir.mkdir(parents=True, exist_ok=True)
-                    copy.unlink(missing_ok=True)
+                    self._storage.delete_volume(work)
+                    work.mkdir(parents=True, mode=0o700)
                     return self._storage.copy_file(self._layout.drive_file(root.id), copy)
 
-                progress("copy root drive", 0.0)
-                method = await asyncio.to_thread(copy_drive)
-                origin = ImageOrigin(vm_id=vm.id, vm_name=vm.name, image=vm.image)
-                image = await asyncio.to_thread(self._builder.seal_copy, copy, name, origin, images_dir, progress)
+                try:
+                    progress("copy root drive", 0.0)
+                    method = await asyncio.to_thread(copy_drive)
+                    origin = ImageOrigin(vm_id=vm.id, vm_name=vm.name, image=vm.image)
+                    image = await asyncio.to_thread(self._builder.seal_copy, copy, name, origin, images_dir, progress)
+                finally:
+                    await asyncio.to_thread(self._storage.delete_volume, work)
                 image = await self._seal_and_record(image)
         log.info("image %s saved from VM %s's root drive (%s, %d MiB)", image.name, vm.name, method, image.size_mib)
         return image
