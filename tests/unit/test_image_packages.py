@@ -141,22 +141,35 @@ def test_guest_names_that_could_smuggle_a_debugfs_command_are_refused(path: str)
 def test_replace_commands_remove_the_old_then_write_the_new(tmp_path: Path) -> None:
     stage = tmp_path / "stage"
     (stage / "opt" / "lib").mkdir(parents=True)
+    (stage / "usr" / "bin").mkdir(parents=True)
     new = stage / "opt" / "lib" / "new.py"
-    new.write_text("x = 1\n")
-    os.chmod(new, 0o644)
-    os.utime(new, (1_700_000_000, 1_700_000_000))
+    launcher = stage / "usr" / "bin" / "tool"
+    for path, mode in ((new, 0o644), (launcher, 0o755)):
+        path.write_text("x = 1\n")
+        os.chmod(path, mode)
+        os.utime(path, (1_700_000_000, 1_700_000_000))
     old = [
         ext4edit.Entry("/opt/lib/agent", 0o040755, 4096),
         ext4edit.Entry("/opt/lib/agent/old.py", 0o100644, 3),
     ]
-    commands = ext4edit.replace_commands(old, stage)
-    assert commands[:2] == ["rm /opt/lib/agent/old.py", "rmdir /opt/lib/agent"]
-    assert commands[2:4] == ["mkdir /opt", "mkdir /opt/lib"]
-    assert commands[4:] == [
-        "rm /opt/lib/new.py",
+    # /opt exists, /opt/lib is a link the writes follow, /usr/bin/tool is there already, the rest is new
+    kinds = {"/opt": "directory", "/opt/lib": "symlink", "/usr": "directory", "/usr/bin/tool": "regular"}
+    commands = ext4edit.replace_commands(old, stage, {**kinds, "/usr/bin": None, "/opt/lib/new.py": None})
+    assert commands[:3] == ["rm /opt/lib/agent/old.py", "rmdir /opt/lib/agent", "mkdir /usr/bin"]
+    assert commands[3:] == [
         f"write {new} /opt/lib/new.py",
         "sif /opt/lib/new.py mode 0100644",
         "sif /opt/lib/new.py uid 0",
         "sif /opt/lib/new.py gid 0",
         "sif /opt/lib/new.py mtime @1700000000",
+        "rm /usr/bin/tool",
+        f"write {launcher} /usr/bin/tool",
+        "sif /usr/bin/tool mode 0100755",
+        "sif /usr/bin/tool uid 0",
+        "sif /usr/bin/tool gid 0",
+        "sif /usr/bin/tool mtime @1700000000",
     ]
+    with pytest.raises(Invalid, match="/usr/bin is a regular file in the image"):
+        ext4edit.replace_commands([], stage, {**kinds, "/usr/bin": "regular"})
+    with pytest.raises(Invalid, match="/usr/bin/tool is a directory in the image"):
+        ext4edit.replace_commands([], stage, {**kinds, "/usr/bin/tool": "directory"})

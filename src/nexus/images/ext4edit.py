@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from nexus.assets.tools import run_tool
 from nexus.domain.errors import Invalid, Unavailable
 
 SAFE_PATH = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")
@@ -93,31 +92,60 @@ def listing(image: Path, directory: str) -> list[Entry] | None:
     return found
 
 
-def replace_commands(old: list[Entry], stage: Path) -> list[str]:
-    """debugfs commands that remove the entries ``old`` and then put every file of the host tree ``stage`` at the
-    same path in the image, owned by root, with its mode and mtime. Directories the image lacks are made (0755,
-    root's); ``mkdir`` of one that exists fails harmlessly and leaves it as it was."""
-    commands = [f"rm {e.path}" for e in reversed(old) if not e.is_dir]
-    commands += [f"rmdir {e.path}" for e in reversed(old) if e.is_dir]
+def kind(image: Path, path: str) -> str | None:
+    """What ``path`` is in ``image`` ("directory", "regular", "symlink", ...; a final symlink is not followed);
+    None when there is nothing there."""
+    done = _debugfs(image, "-R", f"stat {safe(path)}")
+    found = re.search(rb"Type: (\w+)", done.stdout) if done.returncode == 0 else None
+    return found[1].decode() if found else None
+
+
+def _stage(stage: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+    """The guest paths of the directories of the host tree ``stage`` (parents first) and its (file, guest path)s."""
+    dirs: list[str] = []
+    files: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(stage):
         dirnames.sort()
         guest_dir = "/" + Path(dirpath).relative_to(stage).as_posix() if Path(dirpath) != stage else "/"
         if guest_dir != "/":
-            commands.append(f"mkdir {safe(guest_dir)}")
+            dirs.append(safe(guest_dir))
         for name in sorted(filenames):
             host = Path(dirpath, name)
-            st = os.lstat(host)
-            if st.st_mode & S_IFMT != S_IFREG:
+            if os.lstat(host).st_mode & S_IFMT != S_IFREG:
                 raise Invalid(f"{host} is not a regular file")
-            guest = safe(str(PurePosixPath(guest_dir, name)))
-            commands += [
-                f"rm {guest}",
-                f"write {host} {guest}",
-                f"sif {guest} mode 0{S_IFREG | (st.st_mode & 0o7777):o}",
-                f"sif {guest} uid 0",
-                f"sif {guest} gid 0",
-                f"sif {guest} mtime @{int(st.st_mtime)}",
-            ]
+            files.append((host, safe(str(PurePosixPath(guest_dir, name)))))
+    return dirs, files
+
+
+def replace_commands(old: list[Entry], stage: Path, kinds: dict[str, str | None]) -> list[str]:
+    """debugfs commands that remove the entries ``old`` and then put every file of the host tree ``stage`` at the
+    same path in the image, owned by root, with its mode and mtime. ``kinds`` tells what each staged path is in
+    the image now (:func:`kind`; for the paths of ``old``, what remains once they are removed): a directory the
+    image lacks is made (0755, root's) and only then, as ``mkdir`` of an existing directory leaks an inode in
+    e2fsprogs 1.47; a file there is removed before it is written again. Invalid when a staged directory is a
+    file in the image, or a staged file a directory."""
+    commands = [f"rm {e.path}" for e in reversed(old) if not e.is_dir]
+    commands += [f"rmdir {e.path}" for e in reversed(old) if e.is_dir]
+    dirs, files = _stage(stage)
+    for guest_dir in dirs:
+        found = kinds.get(guest_dir)
+        if found is None:
+            commands.append(f"mkdir {guest_dir}")
+        elif found not in ("directory", "symlink"):  # a symlink is followed by the writes beneath it
+            raise Invalid(f"{guest_dir} is a {found} file in the image, not a directory")
+    for host, guest in files:
+        found = kinds.get(guest)
+        if found == "directory":
+            raise Invalid(f"{guest} is a directory in the image, not a file")
+        st = os.lstat(host)
+        commands += ["rm " + guest] if found is not None else []
+        commands += [
+            f"write {host} {guest}",
+            f"sif {guest} mode 0{S_IFREG | (st.st_mode & 0o7777):o}",
+            f"sif {guest} uid 0",
+            f"sif {guest} gid 0",
+            f"sif {guest} mtime @{int(st.st_mtime)}",
+        ]
     return commands
 
 
@@ -126,8 +154,11 @@ def replace_files(image: Path, stage: Path, old_root: str) -> None:
     if not str(stage).isprintable() or any(c in str(stage) for c in " \"'\\"):
         raise Invalid(f"stage directory {stage} has a name debugfs cannot take")
     old = listing(image, old_root) or []
+    removed = {e.path for e in old}
+    dirs, files = _stage(stage)
+    kinds = {path: None if path in removed else kind(image, path) for path in [*dirs, *(g for _, g in files)]}
     with tempfile.NamedTemporaryFile("w", prefix=".debugfs-", suffix=".cmd", dir=stage.parent) as script:
-        script.write("\n".join(replace_commands(old, stage)) + "\n")
+        script.write("\n".join(replace_commands(old, stage, kinds)) + "\n")
         script.flush()
         done = _debugfs(image, "-w", "-f", script.name)
     if done.returncode != 0:
@@ -144,5 +175,8 @@ def fsck_repair(image: Path) -> None:
 
 
 def fsck_check(image: Path) -> None:
-    """``e2fsck -fn``: Unavailable unless the filesystem is clean."""
-    run_tool(["e2fsck", "-fn", str(image)], what=f"check the filesystem of {image.name}", timeout_s=_TIMEOUT_S)
+    """``e2fsck -fn``: Unavailable (with what it found) unless the filesystem is clean."""
+    done = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True, timeout=_TIMEOUT_S)
+    if done.returncode != 0:
+        found = [line for line in done.stdout.splitlines() if line and not line.startswith("Pass ")]
+        raise Unavailable(f"{image.name} is not clean after the agent went in: {' / '.join(found)[-400:]}")
