@@ -3,12 +3,15 @@ boots or builds): every refusal is one line on stderr with its exit code, and no
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nexus.cli.main import main
+from nexus.domain import Image, ImageOrigin, utcnow
+from nexus.store import ImageRepo, open_database
 from tests.helpers import Daemon, start_daemon
 
 
@@ -55,3 +58,35 @@ def test_refusals_are_one_line_and_change_nothing(
         if (daemon.state_dir / "images").exists()
         else True
     )
+
+
+def test_inspect_shows_packages_and_origin(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
+    conn = open_database(daemon.state_dir / "nexus.db")
+    try:
+        ImageRepo(conn).insert(
+            Image(
+                id="img-saved",
+                name="saved",
+                base="debian-bookworm",
+                path=daemon.state_dir / "saved.ext4",
+                size_mib=1536,
+                sha256="0" * 64,
+                init_system="busybox",
+                agent_version="0.1.0",
+                built_at=utcnow(),
+                packages=("git", "jq"),
+                origin=ImageOrigin(vm_id="a1b2c3d4e5f6", vm_name="web", image="debian-bookworm"),
+            )
+        )
+    finally:
+        conn.close()
+    try:
+        assert main(["--socket", str(daemon.socket), "image", "inspect", "saved"]) == 0
+        out = capsys.readouterr().out
+        assert "git, jq" in out and "VM web (a1b2c3d4e5f6), made from image debian-bookworm" in out
+        assert main(["--socket", str(daemon.socket), "--json", "image", "inspect", "saved"]) == 0
+        image = json.loads(capsys.readouterr().out)
+        assert image["packages"] == ["git", "jq"]
+        assert image["origin"] == {"vm_id": "a1b2c3d4e5f6", "vm_name": "web", "image": "debian-bookworm"}
+    finally:
+        assert main(["--socket", str(daemon.socket), "image", "rm", "saved"]) == 0

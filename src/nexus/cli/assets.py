@@ -130,7 +130,17 @@ def image_inspect(ctx: typer.Context, ref: str) -> None:
     """Show one image."""
     with client(ctx) as c:
         image = plain(c.images.get(ref))
-    emit(ctx_of(ctx), image, lambda i: fields(i.items()))
+    emit(ctx_of(ctx), image, lambda i: fields(_readable(i).items()))
+
+
+def _readable(image: dict[str, Any]) -> dict[str, Any]:
+    """The packages as a list of names, the origin as a sentence."""
+    origin = image["origin"]
+    return {
+        **image,
+        "packages": ", ".join(image["packages"]) or None,
+        "origin": f"VM {origin['vm_name']} ({origin['vm_id']}), made from image {origin['image']}" if origin else None,
+    }
 
 
 @image_app.command("rm")
