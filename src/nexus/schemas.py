@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    model_validator,
+)
 
 from nexus.domain import (
     AgentToken,
@@ -49,6 +58,7 @@ from nexus.domain.egress import (
     placeholder,
 )
 from nexus.domain.network import DNS_SERVERS_MAX, IFNAME_RE, SUBNET_PREFIX_RANGE
+from nexus.domain.packages import MAX_PACKAGES, PACKAGE_RE, PROFILES, check_package, check_profile
 from nexus.domain.policy import Limits, Management, Rule, RuleSpec, Selector
 from nexus.domain.secrets import BindingRecord, SecretInfo, check_bound_host
 from nexus.domain.settings import SETTINGS, VMM_CHOICES
@@ -129,6 +139,8 @@ ImageSizeMib = Annotated[
     _domain_check(_sized("size_mib", IMAGE_SIZE_MIB_RANGE)),
 ]
 StrictBool = Annotated[bool, Field(strict=True)]
+PackageName = Annotated[str, _documented(pattern=PACKAGE_RE.pattern), _domain_check(check_package)]
+ProfileName = Annotated[str, _documented(enum=sorted(PROFILES)), _domain_check(check_profile)]
 # No domain function checks these two up front (the asset stores parse them), so pydantic enforces the pattern.
 KernelRef = Annotated[
     str, Field(pattern=KERNEL_REF_RE.pattern, description="6.1.0-56-cloud-amd64, 6.1.0-56 or cloud-amd64")
@@ -421,10 +433,38 @@ class KernelOut(BaseModel):
 
 
 class ImageBuildIn(Strict):
-    name: Name | None = Field(default=None, description="default: the base's name (debian-bookworm) or file stem")
+    name: Name | None = Field(
+        default=None, description="default: the base's name (debian-bookworm) or file stem; the VM's name for from_vm"
+    )
     base: str = Field(default="debian-bookworm", description="debian-bookworm, a rootfs tarball path, or a URL")
     sha256: str | None = Field(default=None, description="required for a tarball or URL base")
-    size_mib: ImageSizeMib = 1024
+    size_mib: ImageSizeMib | None = Field(
+        default=None, description="default: twice what the files take (free room as large), at least 1024"
+    )
+    packages: list[PackageName] = Field(
+        default=[], max_length=MAX_PACKAGES, description="Debian packages to install (a debian-<suite> base only)"
+    )
+    profiles: list[ProfileName] = Field(default=[], description="documented package sets added to packages: dev")
+    from_vm: str | None = Field(
+        default=None,
+        min_length=1,
+        description="instead of building: save this stopped VM's root drive (name or id) as the image, with the "
+        "current agent; then only name may be given besides",
+    )
+
+    @model_validator(mode="after")
+    def _from_vm_alone(self) -> ImageBuildIn:
+        if self.from_vm is not None:
+            extra = sorted(self.model_fields_set - {"name", "from_vm"})
+            if extra:
+                raise ValueError(f"from_vm saves a VM's drive as it is: {', '.join(extra)} cannot go with it")
+        return self
+
+
+class ImageOriginOut(BaseModel):
+    vm_id: str
+    vm_name: str = Field(description="its name then (the VM may be removed or renamed since)")
+    image: str = Field(description="the image that VM was created from")
 
 
 class ImageOut(BaseModel):
@@ -437,6 +477,8 @@ class ImageOut(BaseModel):
     init_system: str
     agent_version: str
     built_at: datetime
+    packages: list[str] = Field(description="Debian packages installed on top of the base (profiles expanded)")
+    origin: ImageOriginOut | None = Field(description="the VM it was saved from (from_vm); null when built")
 
     @classmethod
     def of(cls, image: Image) -> ImageOut:
@@ -450,6 +492,8 @@ class ImageOut(BaseModel):
             init_system=image.init_system,
             agent_version=image.agent_version,
             built_at=image.built_at,
+            packages=list(image.packages),
+            origin=(ImageOriginOut(vm_id=o.vm_id, vm_name=o.vm_name, image=o.image) if (o := image.origin) else None),
         )
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nexus.domain import Unavailable
-from nexus.store import connect, latest_version, migrate, migrations, open_database, schema_version
+from nexus.domain import ImageOrigin, Unavailable
+from nexus.store import ImageRepo, connect, latest_version, migrate, migrations, open_database, schema_version
 
 # Rows written at each schema version, in SQL valid at that version. When a migration is added, add the
 # rows a database at the new version holds; the test below requires an entry for every version.
@@ -158,6 +158,21 @@ SEED: dict[int, list[str]] = {
         " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'alpine', '6.1.0-1',"
         " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
     ],
+    13: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'dev', 'cloud-amd64',"
+        " 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'service', 1, 256, 'web-saved', '6.1.0-1',"
+        " 'created', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00')",
+        "INSERT INTO images (id, name, base, path, size_mib, sha256, init_system, agent_version, built_at, packages)"
+        " VALUES ('img-1', 'dev', 'debian-bookworm', 'images/dev.ext4', 1536, '" + "a" * 64 + "', 'busybox',"
+        " '0.1.0', '2026-01-01T00:00:00+00:00', '[\"build-essential\", \"git\"]')",
+        "INSERT INTO images (id, name, base, path, size_mib, sha256, init_system, agent_version, built_at, packages,"
+        " origin_vm_id, origin_vm_name, origin_image) VALUES ('img-2', 'web-saved', 'debian-bookworm',"
+        " 'images/web-saved.ext4', 1536, '" + "b" * 64 + "', 'busybox', '0.1.0', '2026-01-02T00:00:00+00:00',"
+        " '[\"git\"]', 'a1b2c3d4e5f6', 'web', 'dev')",
+    ],
 }
 
 
@@ -241,3 +256,21 @@ def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
         migrate(conn)
     assert schema_version(conn) == len(shipped)
     assert "x" not in _tables(conn)
+
+
+def test_images_of_before_packages_read_as_built_without_any(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "nexus.db")
+    migrate(conn, target=12)
+    conn.execute(
+        "INSERT INTO images VALUES ('img-0', 'old', 'debian-bookworm', 'images/old.ext4', 1024, '" + "a" * 64 + "',"
+        " 'busybox', '0.1.0', '2026-01-01T00:00:00+00:00')"
+    )
+    migrate(conn)
+    image = ImageRepo(conn, tmp_path).get("old")
+    assert (image.packages, image.origin, image.path) == ((), None, tmp_path / "images" / "old.ext4")
+    for sql in SEED[13][2:]:
+        conn.execute(sql)
+    saved = ImageRepo(conn, tmp_path).get("web-saved")
+    assert saved.packages == ("git",)
+    assert saved.origin == ImageOrigin(vm_id="a1b2c3d4e5f6", vm_name="web", image="dev")
+    assert ImageRepo(conn, tmp_path).get("dev").packages == ("build-essential", "git")

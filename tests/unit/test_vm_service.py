@@ -25,6 +25,7 @@ from nexus.domain import (
     ExitStatus,
     GuestGuard,
     Image,
+    ImageOrigin,
     ImageRequest,
     InvalidState,
     Kernel,
@@ -32,6 +33,7 @@ from nexus.domain import (
     NotFound,
     OwnedLink,
     PortForward,
+    Progress,
     Unavailable,
     Vm,
     VmFilter,
@@ -89,6 +91,9 @@ class FakeKernels:
 class NoBuilder:
     def build(self, request: ImageRequest, out_dir: Path, progress: Callable[[str, float], None]) -> Image:
         raise AssertionError("unit tests build no image")
+
+    def seal_copy(self, copy: Path, name: str, origin: ImageOrigin, out_dir: Path, progress: Progress) -> Image:
+        raise AssertionError("unit tests seal no image")
 
 
 class FakeLinks:
@@ -258,6 +263,8 @@ async def world(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterat
         vms=repo,
         layout=layout,
         storage=backend,
+        drives=DriveRepo(conn),
+        locks=locks,
     )
     driver = FakeVmmDriver()
 

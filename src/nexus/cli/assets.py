@@ -66,21 +66,55 @@ def _image_rows(images: list[dict[str, Any]]) -> None:
     )
 
 
+def _names(values: list[str] | None) -> list[str] | None:
+    """``--packages a,b --packages c`` as [a, b, c]; None when none were given."""
+    names = [n.strip() for value in values or [] for n in value.split(",") if n.strip()]
+    return names or None
+
+
 @image_app.command("build")
 def image_build(
     ctx: typer.Context,
-    base: Annotated[str, typer.Option(help="debian-bookworm, a rootfs tarball path, or a URL")] = "debian-bookworm",
-    name: Annotated[str | None, typer.Option(help="image name (default: from the base)")] = None,
-    size: Annotated[int, typer.Option(help="ext4 size in MiB")] = 1024,
+    base: Annotated[
+        str | None, typer.Option(help="debian-bookworm (the default), a rootfs tarball path, or a URL")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="image name (default: from the base, or the VM's name)")] = None,
+    size: Annotated[
+        int | None, typer.Option(help="ext4 size in MiB (default: twice what the files take, at least 1024)")
+    ] = None,
     sha256: Annotated[str | None, typer.Option(help="sha256 of a tarball or URL base")] = None,
+    packages: Annotated[
+        list[str] | None,
+        typer.Option(help="Debian packages to install, comma-separated (repeatable): git,python3-pip"),
+    ] = None,
+    profile: Annotated[list[str] | None, typer.Option(help="a documented package set (repeatable): dev")] = None,
+    from_vm: Annotated[
+        str | None, typer.Option("--from-vm", help="save this stopped VM's root drive as the image instead")
+    ] = None,
 ) -> None:
-    """Build a bootable ext4 image from a base, with the guest agent and init config."""
+    """Build a bootable ext4 image from a base, with Debian packages, the guest agent and init config; or save a
+    stopped VM's root drive as an image (--from-vm, with the current agent put in)."""
     opts = ctx_of(ctx)
     with client(ctx) as c:
         with progress("image", show=not opts.json) as on_progress:
-            built = c.images.build(base=base, name=name, size_mib=size, sha256=sha256, on_progress=on_progress)
+            built = c.images.build(
+                base=base,
+                name=name,
+                size_mib=size,
+                sha256=sha256,
+                packages=_names(packages),
+                profiles=_names(profile),
+                from_vm=from_vm,
+                on_progress=on_progress,
+            )
         image = plain(built)
-    emit(opts, image, lambda i: console.print(f"image {i['name']} ({i['init_system']}, {i['size_mib']} MiB)"))
+
+    def show(i: dict[str, Any]) -> None:
+        extra = f", {len(i['packages'])} packages" if i["packages"] else ""
+        source = f", from VM {i['origin']['vm_name']}" if i["origin"] else ""
+        console.print(f"image {i['name']} ({i['init_system']}, {i['size_mib']} MiB{extra}{source})")
+
+    emit(opts, image, show)
 
 
 @image_app.command("list")
@@ -96,7 +130,17 @@ def image_inspect(ctx: typer.Context, ref: str) -> None:
     """Show one image."""
     with client(ctx) as c:
         image = plain(c.images.get(ref))
-    emit(ctx_of(ctx), image, lambda i: fields(i.items()))
+    emit(ctx_of(ctx), image, lambda i: fields(_readable(i).items()))
+
+
+def _readable(image: dict[str, Any]) -> dict[str, Any]:
+    """The packages as a list of names, the origin as a sentence."""
+    origin = image["origin"]
+    return {
+        **image,
+        "packages": ", ".join(image["packages"]) or None,
+        "origin": f"VM {origin['vm_name']} ({origin['vm_id']}), made from image {origin['image']}" if origin else None,
+    }
 
 
 @image_app.command("rm")

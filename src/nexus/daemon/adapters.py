@@ -6,8 +6,10 @@ from pathlib import Path
 
 import nexus
 from nexus.assets import KernelStore
-from nexus.domain import Image, ImageRequest, Kernel, Progress
+from nexus.domain import Image, ImageOrigin, ImageRequest, Kernel, Progress
+from nexus.images import manifest
 from nexus.images.builder import build_image
+from nexus.images.fromdrive import seal_copy
 from nexus.images.initramfs import ensure_initramfs
 
 AGENT_SRC = Path(nexus.__file__).resolve().parent  # the package whose agent/ and protocol/ go into images
@@ -41,7 +43,8 @@ class DebianKernels:
 
 
 class RootfsImageBuilder:
-    """ImageBuilder: debootstrap or a rootfs tarball, plus the agent, made into an ext4 file."""
+    """ImageBuilder: debootstrap or a rootfs tarball, plus packages and the agent, made into an ext4 file; or a
+    copy of a VM's root drive with the agent renewed."""
 
     def __init__(self, cache_dir: Path) -> None:
         self._cache_dir = cache_dir
@@ -56,15 +59,25 @@ class RootfsImageBuilder:
             progress,
             sha256=request.sha256,
             cache_dir=self._cache_dir,
+            packages=request.packages,
         )
-        return Image(
-            id=built.id,
-            name=built.name,
-            base=built.base,
-            path=built.path,
-            size_mib=built.size_mib,
-            sha256=built.sha256,
-            init_system=built.init_system,
-            agent_version=built.agent_version,
-            built_at=built.built_at,
-        )
+        return _image(built)
+
+    def seal_copy(self, copy: Path, name: str, origin: ImageOrigin, out_dir: Path, progress: Progress) -> Image:
+        return _image(seal_copy(copy, name, origin, out_dir, AGENT_SRC, progress))
+
+
+def _image(built: manifest.Image) -> Image:
+    return Image(
+        id=built.id,
+        name=built.name,
+        base=built.base,
+        path=built.path,
+        size_mib=built.size_mib,
+        sha256=built.sha256,
+        init_system=built.init_system,
+        agent_version=built.agent_version,
+        built_at=built.built_at,
+        packages=built.packages,
+        origin=built.origin,
+    )

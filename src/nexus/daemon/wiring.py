@@ -74,6 +74,7 @@ def wire(
     proxy_port = config.egress_proxy_port or None
     images, drive_store, snapshot_store = ImageRepo(conn, layout.state_dir), DriveRepo(conn), SnapshotRepo(conn)
     settings = SettingsService(SettingsRepo(conn))
+    locks = VmLocks()  # one per VM, shared by every service that touches a VM's process or drives
     assets = AssetService(
         kernels=DebianKernels(layout.cache_dir),
         builder=RootfsImageBuilder(layout.cache_dir),
@@ -81,6 +82,8 @@ def wire(
         vms=vm_store,
         layout=layout,
         storage=storage,
+        drives=drive_store,
+        locks=locks,
     )
     net = NetworkService(
         store=NetRepo(conn),
@@ -116,7 +119,6 @@ def wire(
 
     runtime = VmRuntime(vm_store, connect=open_link, timeouts=config.timeouts, on_ready=on_ready, on_exit=net.detach)
     guest = GuestService(vm_store, runtime)
-    locks = VmLocks()  # one per VM, shared by every service that touches a VM's process or drives
     drives = DriveService(
         drives=drive_store,
         snapshots=snapshot_store,

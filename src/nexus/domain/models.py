@@ -78,6 +78,17 @@ class Image:
     init_system: str
     agent_version: str
     built_at: datetime
+    packages: tuple[str, ...] = ()  # Debian packages installed on top of the base (profiles expanded)
+    origin: ImageOrigin | None = None  # the VM whose root drive it was saved from; None when built
+
+
+@dataclass(frozen=True, slots=True)
+class ImageOrigin:
+    """Where an image saved from a VM came from (kept as text: the VM may be removed since)."""
+
+    vm_id: str
+    vm_name: str
+    image: str  # the image that VM was created from
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from nexus.domain.models import (
     Drive,
     FirecrackerBinary,
     Image,
+    ImageOrigin,
     Kernel,
     Snapshot,
     StateChange,
@@ -316,12 +317,15 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True, slots=True)
 class ImageRequest:
-    """What to build: ``base`` is a known base name, a rootfs tarball path, or a URL (then ``sha256`` is due)."""
+    """What to build: ``base`` is a known base name, a rootfs tarball path, or a URL (then ``sha256`` is due);
+    ``packages`` (checked, sorted: see ``domain.packages``) go on top of a ``debian-<suite>`` base. No
+    ``size_mib``: twice what the files take, at least the default."""
 
     name: str
     base: str
-    size_mib: int
+    size_mib: int | None
     sha256: str | None = None
+    packages: tuple[str, ...] = ()
 
 
 class KernelSource(Protocol):
@@ -342,6 +346,12 @@ class KernelSource(Protocol):
 class ImageBuilder(Protocol):
     def build(self, request: ImageRequest, out_dir: Path, progress: Progress) -> Image:
         """Build a bootable ext4 image under ``out_dir``. Raises Invalid/Unavailable, leaving nothing behind."""
+        ...
+
+    def seal_copy(self, copy: Path, name: str, origin: ImageOrigin, out_dir: Path, progress: Progress) -> Image:
+        """Make ``copy`` (a copy of a stopped VM's root drive, in ``out_dir``, not used by anything else) the image
+        ``name`` beside it: the current agent installed, a new manifest, checked and hashed like a built one.
+        ``copy`` is consumed (moved, or removed on failure: Invalid/Unavailable)."""
         ...
 
 

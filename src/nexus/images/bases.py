@@ -3,7 +3,8 @@
 - ``debian-<suite>`` (``debian-bookworm``): ``debootstrap --variant=minbase`` with python3, from the host's own
   Debian mirror (read from its apt sources; default http://deb.debian.org/debian). The result is trimmed (apt
   caches and lists) and cached as an uncompressed tarball ``<cache>/bases/debian-<suite>-<key>.tar`` keyed by
-  the recipe, so a rebuild only unpacks it.
+  the recipe, so a rebuild only unpacks it. With packages, they are installed by apt-get on top of that plain
+  base (:mod:`nexus.images.aptlayer`) and the result cached the same way under a key that includes them.
 - a tarball path or http(s) URL: its SHA-256 must match the one given (required for URLs); downloads are
   cached by digest under ``<cache>/bases/downloads``. Unpacking goes through :mod:`nexus.images.tarsafe`.
 This module does not add the agent or configure init (see :mod:`nexus.images.builder`).
@@ -11,6 +12,7 @@ This module does not add the agent or configure init (see :mod:`nexus.images.bui
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -28,6 +30,7 @@ from nexus.assets.digest import sha256_file
 from nexus.assets.tools import require_tool, stream_tool
 from nexus.domain.access import names_host_file
 from nexus.domain.errors import Invalid, NotFound, Unavailable
+from nexus.images.aptlayer import install_packages
 from nexus.images.tarsafe import extract_rootfs
 
 Progress = Callable[[str, float], None]
@@ -61,11 +64,18 @@ class DebootstrapRecipe:
     mirror: str
     include: tuple[str, ...]
     variant: str = "minbase"
+    packages: tuple[str, ...] = ()  # installed by apt-get on top of the debootstrapped base
 
     @property
     def key(self) -> str:
-        text = "\n".join((RECIPE_VERSION, self.suite, self.mirror, self.variant, *self.include))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        parts = [RECIPE_VERSION, self.suite, self.mirror, self.variant, *self.include]
+        if self.packages:  # absent for a plain base, so its key (and cached tarball) stays what it was
+            parts += ["packages", *self.packages]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    @property
+    def plain(self) -> DebootstrapRecipe:
+        return dataclasses.replace(self, packages=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +84,7 @@ class BaseInfo:
 
     label: str  # "debian-bookworm" or the tarball's name
     digest: str  # the recipe key or the tarball's sha256
+    packages: tuple[str, ...] = ()
 
 
 def parse_one_line_sources(text: str) -> list[AptSource]:
@@ -151,33 +162,67 @@ class BaseMaker:
     def __init__(self, cache_dir: Path) -> None:
         self._root = Path(cache_dir) / "bases"
 
-    def recipe(self, base: str) -> DebootstrapRecipe:
+    def recipe(self, base: str, packages: tuple[str, ...] = ()) -> DebootstrapRecipe:
         suite = base.removeprefix("debian-")
         if suite not in DEBIAN_SUITES:
             raise NotFound(
                 f"unknown base {base!r}; known: {', '.join(f'debian-{s}' for s in DEBIAN_SUITES)}, "
                 "or a tarball path/URL with its sha256"
             )
-        return DebootstrapRecipe(suite, host_mirror(suite), DEBIAN_SUITES[suite])
+        return DebootstrapRecipe(suite, host_mirror(suite), DEBIAN_SUITES[suite], packages=packages)
 
-    def make(self, base: str, dest: Path, sha256: str | None = None, progress: Progress | None = None) -> BaseInfo:
-        """Fill the empty directory ``dest`` with the base tree."""
+    def make(
+        self,
+        base: str,
+        dest: Path,
+        sha256: str | None = None,
+        progress: Progress | None = None,
+        packages: tuple[str, ...] = (),
+    ) -> BaseInfo:
+        """Fill the empty directory ``dest`` with the base tree (with ``packages``: checked, sorted names)."""
         report = progress or (lambda _s, _f: None)
         if not is_url(base) and not names_host_file(base):  # the rule nexusd's edge checks host access by
-            recipe = self.recipe(base)
-            tarball = self.debootstrap_tarball(recipe, report)
+            recipe = self.recipe(base, packages)
+            tarball = self.packages_tarball(recipe, report) if packages else self.debootstrap_tarball(recipe, report)
             report("unpack base", 0.0)
             extract_rootfs(tarball, dest)
-            return BaseInfo(base, recipe.key)
+            return BaseInfo(base, recipe.key, packages)
+        if packages:
+            raise Invalid(f"packages go on a debian-<suite> base only, not on {base} (its apt would run on the host)")
         tarball = self._fetch(base, sha256, report)
         report("unpack base", 0.0)
         extract_rootfs(tarball, dest)
         name = base.rstrip("/").rsplit("/", 1)[-1]
         return BaseInfo(name, sha256_file(tarball) if sha256 is None else sha256.lower())
 
+    def _cached(self, recipe: DebootstrapRecipe) -> Path:
+        return self._root / f"debian-{recipe.suite}-{recipe.key}.tar"
+
+    def packages_tarball(self, recipe: DebootstrapRecipe, report: Progress) -> Path:
+        """The cached tarball of ``recipe`` with its packages: its plain base (cached too) unpacked, the packages
+        installed with apt-get, trimmed and packed again."""
+        cached = self._cached(recipe)
+        if cached.is_file():
+            report("packages (cached)", 1.0)
+            return cached
+        plain = self.debootstrap_tarball(recipe.plain, report)
+        work = Path(tempfile.mkdtemp(prefix=".packages-", dir=self._root))
+        try:
+            tree = work / "root"
+            tree.mkdir(mode=0o755)
+            report("unpack base", 0.0)
+            extract_rootfs(plain, tree)
+            install_packages(tree, recipe.packages, recipe.suite, report)
+            _cache_tree(tree, work, cached, report)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return cached
+
     def debootstrap_tarball(self, recipe: DebootstrapRecipe, report: Progress, refresh: bool = False) -> Path:
-        """The cached tarball of ``recipe``, debootstrapping it first when missing (or ``refresh``)."""
-        cached = self._root / f"debian-{recipe.suite}-{recipe.key}.tar"
+        """The cached tarball of ``recipe`` (without its packages), debootstrapping it first when missing (or
+        ``refresh``)."""
+        recipe = recipe.plain
+        cached = self._cached(recipe)
         if cached.is_file() and not refresh:
             report("debootstrap (cached)", 1.0)
             return cached
@@ -202,13 +247,7 @@ class BaseMaker:
                 on_line=on_line,
                 timeout_s=3600,
             )
-            for rel in _TRIM:
-                _empty_dir(tree / rel)
-            report("cache base", 0.0)
-            partial = work / "base.tar"
-            with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
-                archive.add(tree, arcname=".", recursive=True)
-            os.replace(partial, cached)
+            _cache_tree(tree, work, cached, report)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         report("debootstrap", 1.0)
@@ -240,6 +279,17 @@ class BaseMaker:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return cached
+
+
+def _cache_tree(tree: Path, work: Path, cached: Path, report: Progress) -> None:
+    """Trim ``tree`` (apt caches and lists) and pack it as ``cached``, built in ``work`` and renamed in."""
+    for rel in _TRIM:
+        _empty_dir(tree / rel)
+    report("cache base", 0.0)
+    partial = work / "base.tar"
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
+        archive.add(tree, arcname=".", recursive=True)
+    os.replace(partial, cached)
 
 
 def _download(url: str, out: BinaryIO, report: Progress) -> None:

@@ -12,6 +12,9 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from nexus.domain.models import ImageOrigin
 
 GUEST_MANIFEST = "/etc/nexus/image.json"
 SIDECAR_SUFFIX = ".json"
@@ -31,6 +34,8 @@ class Image:
     built_at: datetime
     agent_version: str = ""
     python_version: str = ""
+    packages: tuple[str, ...] = ()
+    origin: ImageOrigin | None = None
 
 
 def image_id(name: str, base_digest: str, agent_version: str, built_at: datetime) -> str:
@@ -52,6 +57,8 @@ def guest_manifest(image: Image, builder_version: str) -> str:
                 "agent_version": image.agent_version,
                 "python_version": image.python_version,
                 "builder_version": builder_version,
+                "packages": list(image.packages),
+                "origin": origin_fields(image.origin),
             },
             indent=2,
         )
@@ -74,11 +81,24 @@ def sidecar(image: Image) -> str:
                 "built_at": image.built_at.isoformat(),
                 "agent_version": image.agent_version,
                 "python_version": image.python_version,
+                "packages": list(image.packages),
+                "origin": origin_fields(image.origin),
             },
             indent=2,
         )
         + "\n"
     )
+
+
+def origin_fields(origin: ImageOrigin | None) -> dict[str, str] | None:
+    return None if origin is None else {"vm_id": origin.vm_id, "vm_name": origin.vm_name, "image": origin.image}
+
+
+def origin_of(data: Any) -> ImageOrigin | None:
+    """The origin ``origin_fields`` wrote (None for a built image, or one written before origins were)."""
+    if not isinstance(data, dict):
+        return None
+    return ImageOrigin(str(data["vm_id"]), str(data["vm_name"]), str(data.get("image", "")))
 
 
 def read_sidecar(path: Path) -> Image | None:
@@ -96,6 +116,8 @@ def read_sidecar(path: Path) -> Image | None:
             built_at=datetime.fromisoformat(str(data["built_at"])),
             agent_version=str(data.get("agent_version", "")),
             python_version=str(data.get("python_version", "")),
+            packages=tuple(str(p) for p in data.get("packages", [])),
+            origin=origin_of(data.get("origin")),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -9,7 +9,7 @@ errors (``NotFound``, ``Conflict``, ``Invalid``, ...; ``DaemonUnreachable`` when
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -485,9 +485,22 @@ class Images(_Resource):
         name: str | None = None,
         size_mib: int | None = None,
         sha256: str | None = None,
+        packages: Sequence[str] | None = None,
+        profiles: Sequence[str] | None = None,
+        from_vm: str | None = None,
         on_progress: OnProgress | None = None,
     ) -> ImageOut:
-        fields = {"base": base, "name": name, "size_mib": size_mib, "sha256": sha256}
+        """Build an image (``packages`` and ``profiles`` on a debian base), or with ``from_vm`` save that stopped
+        VM's root drive as one (then give only ``name``)."""
+        fields = {
+            "base": base,
+            "name": name,
+            "size_mib": size_mib,
+            "sha256": sha256,
+            "packages": list(packages) if packages is not None else None,
+            "profiles": list(profiles) if profiles is not None else None,
+            "from_vm": from_vm,
+        }
         return self._nexus.stream(calls.build_image(fields), on_progress)
 
     def remove(self, ref: str) -> None:

@@ -1,5 +1,6 @@
-"""Kernel and image use cases: list, pull or build, inspect, remove (refusing while a VM uses one), and
-resolving what a VM boots with — pulling the default kernel or building the default image on first need.
+"""Kernel and image use cases: list, pull or build (with Debian packages and profiles, or from a stopped VM's
+root drive), inspect, remove (refusing while a VM uses one), and resolving what a VM boots with — pulling the
+default kernel or building the default image on first need.
 
 Long work (apt downloads, debootstrap, mke2fs) runs in a worker thread; the database is only touched back on
 the event loop thread.
@@ -15,11 +16,15 @@ from pathlib import Path
 
 from nexus.domain import (
     Conflict,
+    DriveKind,
+    DriveStore,
     Image,
     ImageBuilder,
+    ImageOrigin,
     ImageRequest,
     ImageStore,
     Invalid,
+    InvalidState,
     Kernel,
     KernelSource,
     Layout,
@@ -30,7 +35,9 @@ from nexus.domain import (
     VmFilter,
     VmStore,
 )
+from nexus.domain.packages import expand_packages
 from nexus.domain.validation import IMAGE_SIZE_MIB_RANGE, check_name
+from nexus.services.locks import VmLocks
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,8 @@ class AssetService:
         vms: VmStore,
         layout: Layout,
         storage: StorageBackend,
+        drives: DriveStore,
+        locks: VmLocks,
     ) -> None:
         self._kernels = kernels
         self._builder = builder
@@ -66,6 +75,8 @@ class AssetService:
         self._vms = vms
         self._layout = layout
         self._storage = storage
+        self._drives = drives
+        self._locks = locks
         self._kernel_lock = asyncio.Lock()  # one apt pull at a time
         self._image_lock = asyncio.Lock()
 
@@ -105,31 +116,82 @@ class AssetService:
     def image(self, ref: str) -> Image:
         return self._images.get(ref)
 
-    async def build_image(self, request: ImageRequest, progress: Progress = no_progress) -> Image:
+    async def build_image(
+        self, request: ImageRequest, progress: Progress = no_progress, profiles: tuple[str, ...] = ()
+    ) -> Image:
+        """Build ``request``; its packages and those of ``profiles`` (see ``domain.packages``) are installed."""
         check_name(request.name)
         low, high = IMAGE_SIZE_MIB_RANGE
-        if not low <= request.size_mib <= high:
+        if request.size_mib is not None and not low <= request.size_mib <= high:
             raise Invalid(f"image size must be {low}..{high} MiB, got {request.size_mib}")
-        try:
-            self._images.get(request.name)
-        except NotFound:
-            pass
-        else:
-            raise Conflict(f"an image named {request.name!r} already exists; remove it first")
+        request = dataclasses.replace(request, packages=expand_packages(profiles, request.packages))
+        self._require_free_name(request.name)
         async with self._image_lock:
             image = await asyncio.to_thread(self._builder.build, request, self._layout.images_dir, progress)
-            try:
-                sealed = await asyncio.to_thread(self._storage.seal_image, image.path)
-            except BaseException:
-                image.path.unlink(missing_ok=True)
-                raise
-            image = dataclasses.replace(image, path=sealed)
+            image = await self._seal_and_record(image)
+        log.info(
+            "image %s built (%d MiB, %s, %d package(s))",
+            image.name,
+            image.size_mib,
+            image.init_system,
+            len(image.packages),
+        )
+        return image
+
+    async def image_from_vm(self, name: str | None, vm_ref: str, progress: Progress = no_progress) -> Image:
+        """Save the root drive of the stopped VM ``vm_ref`` as the image ``name`` (default: the VM's name), with
+        the current agent (see ``images.fromdrive``). The VM's lock is held while its drive is copied and sealed."""
+        vm = self._vms.get(vm_ref)
+        name = check_name(name if name is not None else vm.name)
+        self._require_free_name(name)
+        async with self._image_lock:
+            with self._locks.hold(vm.id, vm.name, "saving its root drive as an image"):
+                vm = self._vms.get(vm.id)
+                if vm.state.has_process:
+                    raise InvalidState(f"VM {vm.name} is {vm.state}; stop it to save its root drive as an image")
+                root = next((d for d in self._drives.find(vm.id) if d.kind is DriveKind.ROOT), None)
+                if root is None:
+                    raise InvalidState(f"VM {vm.name} has no root drive yet: it is made at its first start")
+                images_dir = self._layout.images_dir
+                work = images_dir / f".from-vm-{name}.part"  # a crash leaves a ".part" dir: removed at start
+                copy = work / "drive.ext4"
+
+                def copy_drive() -> str:
+                    self._storage.delete_volume(work)
+                    work.mkdir(parents=True, mode=0o700)
+                    return self._storage.copy_file(self._layout.drive_file(root.id), copy)
+
+                try:
+                    progress("copy root drive", 0.0)
+                    method = await asyncio.to_thread(copy_drive)
+                    origin = ImageOrigin(vm_id=vm.id, vm_name=vm.name, image=vm.image)
+                    image = await asyncio.to_thread(self._builder.seal_copy, copy, name, origin, images_dir, progress)
+                finally:
+                    await asyncio.to_thread(self._storage.delete_volume, work)
+                image = await self._seal_and_record(image)
+        log.info("image %s saved from VM %s's root drive (%s, %d MiB)", image.name, vm.name, method, image.size_mib)
+        return image
+
+    def _require_free_name(self, name: str) -> None:
+        try:
+            self._images.get(name)
+        except NotFound:
+            return
+        raise Conflict(f"an image named {name!r} already exists; remove it first")
+
+    async def _seal_and_record(self, image: Image) -> Image:
+        """Make a freshly made image file read-only (the storage backend's way) and record it."""
+        try:
+            sealed = await asyncio.to_thread(self._storage.seal_image, image.path)
+        except BaseException:
+            image.path.unlink(missing_ok=True)
+            raise
+        image = dataclasses.replace(image, path=sealed)
         try:
             self._images.insert(image)
         except Conflict:
             self._storage.remove_image(image.path)
             raise
-        log.info("image %s built (%d MiB, %s)", image.name, image.size_mib, image.init_system)
         return image
 
     def remove_image(self, ref: str) -> None:

@@ -5,11 +5,12 @@ keeps its images; one elsewhere (or rows written before this) by its absolute pa
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime
 from pathlib import Path
 
-from nexus.domain import Conflict, Image, NotFound
+from nexus.domain import Conflict, Image, ImageOrigin, NotFound
 
 
 class ImageRepo:
@@ -20,8 +21,8 @@ class ImageRepo:
     def insert(self, image: Image) -> None:
         try:
             self._conn.execute(
-                "INSERT INTO images (id, name, base, path, size_mib, sha256, init_system, agent_version, built_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO images (id, name, base, path, size_mib, sha256, init_system, agent_version, built_at,"
+                " packages, origin_vm_id, origin_vm_name, origin_image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     image.id,
                     image.name,
@@ -32,6 +33,10 @@ class ImageRepo:
                     image.init_system,
                     image.agent_version,
                     image.built_at.isoformat(),
+                    json.dumps(list(image.packages)),
+                    origin.vm_id if (origin := image.origin) else None,
+                    origin.vm_name if origin else None,
+                    origin.image if origin else None,
                 ),
             )
         except sqlite3.IntegrityError as exc:
@@ -71,4 +76,10 @@ class ImageRepo:
             init_system=row["init_system"],
             agent_version=row["agent_version"],
             built_at=datetime.fromisoformat(row["built_at"]),
+            packages=tuple(json.loads(row["packages"])),
+            origin=(
+                ImageOrigin(row["origin_vm_id"], row["origin_vm_name"], row["origin_image"] or "")
+                if row["origin_vm_id"] is not None
+                else None
+            ),
         )

@@ -60,18 +60,31 @@ def _default_name(base: str) -> str:
 
 @router.post("/v1/images", response_class=StreamingResponse, responses=_NDJSON)
 async def build_image(request: Request, body: ImageBuildIn, assets: Assets, via: Via) -> StreamingResponse:
-    """Build an image: NDJSON progress events, then the image. A tarball base on the host: Unix socket only."""
+    """Build an image (with Debian packages and profiles), or save a stopped VM's root drive as one (``from_vm``):
+    NDJSON progress events, then the image. A tarball base on the host: Unix socket only."""
+    from_vm = body.from_vm
+    if from_vm is not None:
+
+        async def work(emit: Emit) -> object:
+            image = await assets.image_from_vm(body.name, from_vm, progress_emitter(emit))
+            return ImageOut.of(image).model_dump(mode="json")
+
+        return await ndjson(request, work)
     if names_host_file(body.base):
         require_host_access(via, f"building an image from the host file {body.base}")
     wanted = ImageRequest(
-        name=body.name or _default_name(body.base), base=body.base, size_mib=body.size_mib, sha256=body.sha256
+        name=body.name or _default_name(body.base),
+        base=body.base,
+        size_mib=body.size_mib,
+        sha256=body.sha256,
+        packages=tuple(body.packages),
     )
 
-    async def work(emit: Emit) -> object:
-        image = await assets.build_image(wanted, progress_emitter(emit))
+    async def build(emit: Emit) -> object:
+        image = await assets.build_image(wanted, progress_emitter(emit), tuple(body.profiles))
         return ImageOut.of(image).model_dump(mode="json")
 
-    return await ndjson(request, work)
+    return await ndjson(request, build)
 
 
 @router.delete("/v1/images/{ref}", status_code=status.HTTP_204_NO_CONTENT)
