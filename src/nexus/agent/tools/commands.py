@@ -47,6 +47,8 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "MAX_OUTPUT_BYTES",
     "CommandOutcome",
+    "command_argv",
+    "command_env",
     "execute",
 ]
 
@@ -294,7 +296,8 @@ def execute(
     )
 
 
-def _argv(value: Any) -> list[str]:
+def command_argv(value: Any) -> list[str]:
+    """A tool's ``command`` argument: a shell string (run by /bin/sh -c) or an argv array."""
     if isinstance(value, str):
         if not value.strip():
             raise ToolError("argument 'command' must not be empty")
@@ -304,7 +307,8 @@ def _argv(value: Any) -> list[str]:
     raise ToolError("argument 'command' must be a string (run by /bin/sh -c) or a non-empty array of strings")
 
 
-def _env(value: Any) -> dict[str, str] | None:
+def command_env(value: Any) -> dict[str, str] | None:
+    """A tool's ``env`` argument merged over the agent's environment (null unsets); None when not given."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -324,7 +328,7 @@ def run_command(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
     check_keys(args, ("command", "cwd", "env", "stdin", "timeout_s", "max_output_bytes"))
     if args.get("command") is None:
         raise ToolError("missing required argument 'command'")
-    argv = _argv(args["command"])
+    argv = command_argv(args["command"])
     cwd: str | None = arg_str(args, "cwd", None)
     if cwd is not None and not os.path.isdir(cwd):
         raise ToolError(f"cwd {cwd!r} does not exist or is not a directory")
@@ -336,7 +340,7 @@ def run_command(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
     outcome = execute(
         argv,
         cwd=cwd,
-        env=_env(args.get("env")),
+        env=command_env(args.get("env")),
         stdin=stdin.encode("utf-8") if stdin is not None else None,
         timeout_s=timeout_s,
         ctx=ctx,

@@ -37,7 +37,7 @@ from nexus.agent.tools.base import (
     arg_str,
     check_keys,
 )
-from nexus.agent.tools.commands import _argv, _env
+from nexus.agent.tools.commands import command_argv, command_env
 from nexus.protocol import FILE_CHUNK_BYTES
 
 __all__ = ["DEFAULT_OUTPUT_LIMIT", "SIGNALS", "process_tools"]
@@ -95,7 +95,7 @@ class _Tools:
         )
         if args.get("command") is None:
             raise ToolError("missing required argument 'command'")
-        argv = _argv(args["command"])
+        argv = command_argv(args["command"])
         name: str | None = arg_str(args, "name", None)
         if name is not None and (not NAME_RE.fullmatch(name) or re.fullmatch(r"p[0-9]+", name)):
             raise ToolError(f"name {name!r} must be a letter then up to 62 letters, digits, '_', '.', '-', not p<N>")
@@ -116,7 +116,7 @@ class _Tools:
         log_bytes: int = arg_int(args, "max_log_bytes", DEFAULT_LOG_BYTES, minimum=MIN_LOG_BYTES)
         if log_bytes > MAX_LOG_BYTES:
             raise ToolError(f"argument 'max_log_bytes' must be <= {MAX_LOG_BYTES}, got {log_bytes}")
-        env = _env(args.get("env")) or dict(os.environ)
+        env = command_env(args.get("env")) or dict(os.environ)
         try:
             info = self.table.start(argv, command=args["command"], cwd=cwd, env=env, name=name, log_bytes=log_bytes)
         except StartFailed as exc:
