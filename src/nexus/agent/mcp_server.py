@@ -1,11 +1,12 @@
 """The MCP port: MCP JSON-RPC 2.0 (handshake era, 2024-11-05 … 2025-11-25) over newline-delimited JSON.
 
 Methods: ``initialize`` (answers the client's protocolVersion when supported, else the latest),
-``ping``, ``tools/list``, ``tools/call`` and ``nexus/echo`` (params back, the benchmarks' raw-channel
-baseline). Notifications get no reply: ``notifications/initialized`` is noted, ``notifications/cancelled``
-cancels the named in-flight call (its response is then never sent), the rest are ignored. Unknown
-methods - including the SDK's ``server/discover`` probe - are -32601. Requests are accepted before
-``initialize`` too: the host may use the port without a handshake.
+``ping``, ``tools/list``, ``tools/call``, ``nexus/echo`` (params back, the benchmarks' raw-channel
+baseline) and the terminals' ``nexus/pty_*`` (``nexus.agent.pty_rpc``). Notifications get no reply:
+``notifications/initialized`` is noted, ``notifications/cancelled`` cancels the named in-flight call (its
+response is then never sent), the rest are ignored. Unknown methods - including the SDK's ``server/discover``
+probe - are -32601. Requests are accepted before ``initialize`` too: the host may use the port without a
+handshake.
 
 Concurrency: ``tools/call`` runs on a bounded thread pool, so a long ``run_command`` never holds up a
 ``file_read``; every other method is answered inline on the reader thread. Responses and progress
@@ -26,6 +27,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from nexus import __version__
+from nexus.agent.pty_rpc import PTY_METHODS, PtyMethods
 from nexus.agent.session import Connection, RpcService
 from nexus.agent.tools import Toolbox, ToolContext
 from nexus.agent.tools.base import ProgressFn
@@ -70,6 +72,7 @@ class McpService(RpcService):
     def __init__(self, toolbox: Toolbox, executor: Executor) -> None:
         self._toolbox = toolbox
         self._executor = executor
+        self._pty = PtyMethods(toolbox.terminals)
         self._inflight: dict[tuple[int, RequestId], threading.Event] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -77,6 +80,7 @@ class McpService(RpcService):
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def closed(self, conn: Connection) -> None:
+        self._pty.connection_closed(conn)
         with self._lock:
             events = [event for (conn_id, _), event in self._inflight.items() if conn_id == conn.id]
         for event in events:
@@ -122,6 +126,8 @@ class McpService(RpcService):
             self.reply(conn, req, {"tools": self._toolbox.list()})
         elif method == ECHO_METHOD:
             self.reply(conn, req, req.params)
+        elif method in PTY_METHODS:
+            self._pty.on_request(conn, req)
         else:
             raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {method}")
 
