@@ -24,6 +24,7 @@ from nexus.api.routers import (
     processes,
     secrets,
     settings,
+    terminals,
     tokens,
     vms,
     workspaces,
@@ -72,6 +73,7 @@ def create_app(
         secrets,
         audit,
         egress,
+        terminals,
     ):
         app.include_router(module.router)
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):
