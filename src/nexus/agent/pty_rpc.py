@@ -96,7 +96,7 @@ class PtyMethods:
             return
         try:
             if req.method == PTY_WRITE:
-                session.write(_data(params))
+                session.write(_data(params), strict=False)
             elif req.method == PTY_RESIZE:
                 session.resize(_int(params, "rows", None, 1, MAX_ROWS), _int(params, "cols", None, 1, MAX_COLS))
             else:

@@ -219,12 +219,14 @@ class PtySession:
             offset = self.cursor if offset is None else offset
             while not self._ready(offset) and (left := deadline - time.monotonic()) > 0:
                 self._changed.wait(left)
-            end = self._base + len(self._buf)
-            while settle_s > 0 and end > offset and not self._ended and (left := deadline - time.monotonic()) > 0:
-                self._changed.wait(min(settle_s, left))
-                if self._base + len(self._buf) == end:
+            end, quiet_since = self._base + len(self._buf), time.monotonic()
+            while settle_s > 0 and end > offset and not self._ended:
+                left = min(deadline, quiet_since + settle_s) - time.monotonic()
+                if left <= 0:
                     break
-                end = self._base + len(self._buf)
+                self._changed.wait(left)
+                if self._base + len(self._buf) > end:
+                    end, quiet_since = self._base + len(self._buf), time.monotonic()
             self._touch()
             result = self._take(offset, max_bytes)
             if advance:
@@ -258,10 +260,14 @@ class PtySession:
         else:
             answer(result)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, strict: bool = True) -> None:
+        """Queue ``data`` for the terminal's input. Once the terminal has ended: PtyError, or with ``strict``
+        False the data is dropped, as a hung-up terminal drops it (a client's keys may cross the program's end)."""
         with self._lock:
             self._touch()
             if self._eof:
+                if not strict:
+                    return
                 raise PtyError(f"session {self.id} has ended (exit code {self.exit_code}); nothing reads input")
             if len(self._input) + len(data) > INPUT_BYTES:
                 raise PtyError(f"session {self.id}: {INPUT_BYTES} bytes of input wait for the program; try later")

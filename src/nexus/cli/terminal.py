@@ -43,7 +43,7 @@ def raw_terminal(fd: int) -> Iterator[None]:
     """``fd``'s terminal in raw mode for the block, restored however it ends."""
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSADRAIN)  # not TCSAFLUSH: keys typed while connecting still go
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)

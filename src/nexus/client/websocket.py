@@ -28,6 +28,8 @@ def ws_url(base: str, path: str, query: list[tuple[str, str]]) -> str:
 
 
 def open_websocket(connection: Connection, path: str, query: list[tuple[str, str]]) -> ClientConnection:
+    """An open WebSocket; its caller closes it (``legacy=True``: websockets' way to say "a connection, not a
+    context manager or a reconnecting iterator")."""
     from websockets.exceptions import InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect, unix_connect
 
@@ -35,12 +37,14 @@ def open_websocket(connection: Connection, path: str, query: list[tuple[str, str
         if connection.url is None:
             socket = str(connection.socket or DEFAULT_SOCKET)
             url = ws_url("http://nexusd", path, query)
-            return unix_connect(socket, url, open_timeout=OPEN_TIMEOUT_S, compression=None)
+            return unix_connect(socket, url, open_timeout=OPEN_TIMEOUT_S, compression=None, legacy=True)
         headers = {"Authorization": f"Bearer {connection.token}"} if connection.token else {}
         verify = tls_verify(connection.ca_file) if connection.url.startswith("https://") else None
         context = verify if isinstance(verify, ssl.SSLContext) else None  # True: websockets' default context
         url = ws_url(connection.url, path, query)
-        return connect(url, additional_headers=headers, ssl=context, open_timeout=OPEN_TIMEOUT_S, compression=None)
+        return connect(
+            url, additional_headers=headers, ssl=context, open_timeout=OPEN_TIMEOUT_S, compression=None, legacy=True
+        )
     except InvalidStatus as exc:
         raise error_from_body(exc.response.status_code, bytes(exc.response.body or b"")) from exc
     except (OSError, TimeoutError, InvalidHandshake) as exc:

@@ -99,6 +99,13 @@ def _new_output(result: ReadResult, max_bytes: int) -> tuple[str, int]:
     return text, omitted
 
 
+def _wait_s(args: dict[str, Any], default: float) -> float:
+    value = args.get("wait_s")
+    if value is None or (value == 0 and not isinstance(value, bool)):
+        return default if value is None else 0.0
+    return arg_number(args, "wait_s", default, 0.0, MAX_WAIT_S)
+
+
 def _text(data: bytes) -> str:
     return strip_controls(data.decode("utf-8", errors="replace"))
 
@@ -111,8 +118,9 @@ def _ending(result: ReadResult) -> str:
 
 def shell_tools(sessions: PtySessions) -> tuple[Tool, ...]:
     def shell_open(args: dict[str, Any], _ctx: ToolContext) -> ToolResult:
-        check_keys(args, ("command", "rows", "cols", "cwd", "env", "idle_timeout_s"))
+        check_keys(args, ("command", "rows", "cols", "cwd", "env", "idle_timeout_s", "wait_s"))
         rows, cols = _size(args)
+        wait_s = _wait_s(args, OPEN_WAIT_S)
         idle_s = arg_number(args, "idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S, 0.0, MAX_IDLE_TIMEOUT_S)
         try:
             session = sessions.open(
@@ -126,7 +134,7 @@ def shell_tools(sessions: PtySessions) -> tuple[Tool, ...]:
             )
         except PtyError as exc:
             raise ToolError(str(exc)) from exc
-        result = session.wait_read(None, RING_BYTES, OPEN_WAIT_S, SETTLE_S)
+        result = session.wait_read(None, RING_BYTES, wait_s, SETTLE_S if wait_s > 0 else 0.0)
         output, _ = _new_output(result, DEFAULT_READ_BYTES)
         structured = {
             "session": session.id,
@@ -163,7 +171,7 @@ def shell_tools(sessions: PtySessions) -> tuple[Tool, ...]:
         check_keys(args, ("session", "mode", "wait_s", "max_bytes"))
         session = _session(sessions, args)
         mode = arg_choice(args, "mode", ("new", "screen"), "new")
-        wait_s = 0.0 if args.get("wait_s") in (None, 0) else arg_number(args, "wait_s", 0.0, 0.0, MAX_WAIT_S)
+        wait_s = _wait_s(args, 0.0)
         max_bytes: int = arg_int(args, "max_bytes", DEFAULT_READ_BYTES, minimum=256)
         if max_bytes > MAX_READ_BYTES:
             raise ToolError(f"argument 'max_bytes' must be <= {MAX_READ_BYTES}, got {max_bytes}")
@@ -229,6 +237,13 @@ def shell_tools(sessions: PtySessions) -> tuple[Tool, ...]:
                         "maximum": MAX_IDLE_TIMEOUT_S,
                         "default": DEFAULT_IDLE_TIMEOUT_S,
                         "description": "Seconds without a shell_* call on it before the session is closed.",
+                    },
+                    "wait_s": {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": MAX_WAIT_S,
+                        "default": OPEN_WAIT_S,
+                        "description": "Wait up to this long for the first output (a prompt) to come and pause.",
                     },
                 },
                 "additionalProperties": False,
