@@ -13,14 +13,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
-import os
-import re
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -43,6 +38,7 @@ from tests.api_client import NexusClient
 from tests.fakes.firecracker_host import firecracker_daemon
 from tests.helpers import Daemon, free_port, wait_until
 from tests.integration.test_mcp_vm import mcp_client, pytestmark  # noqa: F401  (pytestmark: the same skips)
+from tests.pty_terminal import Terminal
 
 ADMIN = "admin-token-for-the-terminals-0123456789"
 VM = "term"
@@ -163,50 +159,6 @@ def test_shell_tool_refusals_the_cap_and_the_idle_timeout(setup: Setup) -> None:
 
 
 # --- nexusctl vm shell under a real terminal -------------------------------------------------------------------
-
-
-class Terminal:
-    """A program on a pseudo-terminal of this host (the user's terminal, as nexusctl sees it)."""
-
-    def __init__(self, argv: list[str], rows: int, cols: int) -> None:
-        self.master, self.slave = os.openpty()
-        self.resize(rows, cols)
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=self.slave,
-            stdout=self.slave,
-            stderr=self.slave,
-            start_new_session=True,
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-        )
-        self.seen = b""
-
-    def resize(self, rows: int, cols: int) -> None:  # the kernel sends SIGWINCH to the terminal's foreground job
-        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-    def send(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def expect(self, pattern: bytes, timeout_s: float = 15.0) -> re.Match[bytes]:
-        deadline = time.monotonic() + timeout_s
-        while (found := re.search(pattern, self.seen)) is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {pattern!r} in {self.seen[-2000:]!r}")
-            if select.select([self.master], [], [], left)[0]:
-                try:
-                    self.seen += os.read(self.master, 65536)
-                except OSError:
-                    raise AssertionError(f"terminal closed; no {pattern!r} in {self.seen[-2000:]!r}") from None
-        self.seen = self.seen[found.end() :]
-        return found
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self.master)
-        os.close(self.slave)
 
 
 def nexusctl(*args: str) -> list[str]:

@@ -202,16 +202,10 @@ class PtySession:
         with self._lock:
             return self._base + len(self._buf)
 
-    def read(self, offset: int, max_bytes: int) -> ReadResult:
-        """What is there from ``offset`` now (perhaps nothing)."""
-        with self._lock:
-            self._touch()
-            return self._take(offset, max_bytes)
-
     def wait_read(self, offset: int | None, max_bytes: int, wait_s: float, settle_s: float = 0.0) -> ReadResult:
-        """As ``read``, waiting up to ``wait_s`` for output past ``offset`` (then up to ``settle_s`` more until
-        the output pauses that long, so a reader gets whole lines rather than the first bytes of them). ``offset``
-        None: from the tools' cursor, which moves past what is returned."""
+        """The output from ``offset`` (``lost``: how much of it the buffer dropped), waiting up to ``wait_s`` for
+        some to come, then up to ``settle_s`` more until it pauses that long (whole lines rather than the first
+        bytes of them). ``offset`` None: from the tools' cursor, which moves past what is returned."""
         deadline = time.monotonic() + wait_s
         with self._changed:
             self._touch()

@@ -283,7 +283,8 @@ def shell_tools(sessions: PtySessions) -> tuple[Tool, ...]:
                 "Read a shell_open session. mode 'new' (default): the output since the last read, escape "
                 "sequences removed; more than max_bytes keeps its first quarter and last three quarters around a "
                 "'[… N bytes omitted …]' line. mode 'screen': the terminal's screen as a person would see it "
-                "(for full-screen programs: editors, top, less). wait_s: wait up to that long for output to come "
+                "with the cursor's 0-based row and col (for full-screen programs: editors, top, less). wait_s: wait "
+                "up to that long for output to come "
                 f"and pause (at most {MAX_WAIT_S:g} s; default 0, no wait). exited and exit_code tell whether the "
                 "program ended."
             ),
