@@ -28,8 +28,9 @@ from typing import Any
 
 import anyio
 import pytest
-from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import unix_connect
+from websockets.typing import Origin
 
 from nexus.client.client import Unauthorized
 from nexus.domain import Forbidden, Invalid, InvalidState, NotFound
@@ -237,6 +238,7 @@ def test_vm_exec_tty_from_a_pipe(setup: Setup) -> None:
 _VANISHING_CLIENT = """
 import sys
 from websockets.sync.client import unix_connect
+from websockets.typing import Origin
 ws = unix_connect(sys.argv[1], "ws://nexusd/v1/vms/term/shell?command=/bin/sh&command=-c&command=echo+pid=$$;+exec+sleep+600")
 print(ws.recv(10).decode().strip(), flush=True)
 sys.stdin.read()
@@ -276,6 +278,15 @@ def test_websocket_frames_exit_codes_and_refusals(setup: Setup) -> None:
         with pytest.raises(ConnectionClosedError) as closed:
             ws.recv(10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1003
+
+    # a browser page: only from an origin nexusd allows (the MCP endpoints' rule against DNS rebinding)
+    for origin, allowed in (("http://evil.example", False), ("http://localhost:8080", True)):
+        try:
+            with unix_connect(str(setup.daemon.socket), url + "?command=true", origin=Origin(origin)) as ws:
+                assert allowed and json.loads(ws.recv(10))["type"] == "exit"
+        except InvalidStatus as exc:
+            assert not allowed and exc.response.status_code == 403
+            assert b"mcp_allowed_origins" in (exc.response.body or b"")
 
     with Nexus(setup.daemon.socket) as nx:
         with pytest.raises(NotFound, match="nope"):

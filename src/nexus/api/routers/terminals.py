@@ -24,7 +24,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from nexus.api.deps import Services
 from nexus.api.errors import error_response, status_for
-from nexus.domain import Invalid, NexusError
+from nexus.domain import Forbidden, Invalid, NexusError
 from nexus.services.terminals import Terminal, TerminalOutput, TerminalSpec
 
 router = APIRouter(tags=["terminals"])
@@ -78,10 +78,23 @@ async def refuse(websocket: WebSocket, exc: NexusError) -> None:
         await websocket.close(CLOSE_POLICY, exc.message[:120])
 
 
+def check_browser(websocket: WebSocket) -> None:
+    """Forbidden for a browser page nexusd does not serve (a WebSocket has no CORS: a page that rebinds its name to
+    a forwarder in front of the Unix socket would open a shell), by the MCP endpoints' Host/Origin rule."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return  # not a browser
+    check = websocket.app.state.browser_check
+    refusal = check(websocket.headers.get("host"), origin) if check is not None else "no browser page is allowed"
+    if refusal is not None:
+        raise Forbidden(f"a terminal cannot be opened from this page: {refusal}")
+
+
 @router.websocket("/v1/vms/{ref}/shell")
 async def shell(websocket: WebSocket, ref: str) -> None:
     services: Services = websocket.app.state.services
     try:
+        check_browser(websocket)
         terminal = await services.guest.open_terminal(ref, options(websocket.query_params))
     except NexusError as exc:
         await refuse(websocket, exc)
