@@ -1,5 +1,6 @@
 """``nexusctl vm ...``: create, list, inspect, start, stop, remove, logs, history, tags (background processes:
-``vm proc``/``vm ps``, in ``nexus.cli.processes``; terminals: ``vm shell``, ``vm exec -t``, in ``nexus.cli.terminal``)."""
+``vm proc``/``vm ps``, in ``nexus.cli.processes``; terminals: ``vm shell``, ``vm exec -t``, in
+``nexus.cli.terminal``)."""
 
 from __future__ import annotations
 
