@@ -278,6 +278,7 @@ def test_every_tool_over_the_wire(mcp: Peer, tmp_path: Path) -> None:
     assert {t["name"] for t in tools} == {
         "file_read", "file_write", "file_delete", "list_dir", "archive_create", "archive_extract", "run_command",
         "system_info", "process_start", "process_list", "process_output", "process_signal", "process_wait",
+        "shell_open", "shell_write", "shell_read", "shell_close",
     }  # fmt: skip
     for t in tools:
         assert isinstance(t["description"], str) and t["inputSchema"]["type"] == "object"

@@ -51,6 +51,7 @@ def test_tools_list_has_mcp_shapes() -> None:
     assert set(tools) == {
         "file_read", "file_write", "file_delete", "list_dir", "archive_create", "archive_extract", "run_command",
         "system_info", "process_start", "process_list", "process_output", "process_signal", "process_wait",
+        "shell_open", "shell_write", "shell_read", "shell_close",
     }  # fmt: skip
     for tool in tools.values():
         assert tool["description"]

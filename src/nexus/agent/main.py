@@ -137,7 +137,8 @@ def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None
 
     freezer = Freezer(mount_drives(config.mounts)) if config.mounts is not None else None
     executor = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="tool")
-    mcp = McpService(Toolbox(image_id, config.process_dir), executor)
+    toolbox = Toolbox(image_id, config.process_dir)
+    mcp = McpService(toolbox, executor)
     runners: list[PortRunner] = []
     if control_ep is not None:
         control = ControlService(lambda: make_hello(image_id), config.heartbeat_s, stop, freezer)
@@ -166,6 +167,7 @@ def run(config: AgentConfig, stop: threading.Event, wake: threading.Event | None
     finally:
         stop.set()
         mcp.cancel_all()
+        toolbox.terminals.close_all()
         executor.shutdown(wait=False, cancel_futures=True)
         for thread in [*runners, *gateway]:
             thread.join(_JOIN_S)

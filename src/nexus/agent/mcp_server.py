@@ -2,10 +2,10 @@
 
 Methods: ``initialize`` (answers the client's protocolVersion when supported, else the latest),
 ``ping``, ``tools/list``, ``tools/call``, ``nexus/echo`` (params back, the benchmarks' raw-channel
-baseline) and the archive sessions' ``nexus/archive/*`` (``nexus.agent.archive_sessions``, on the pool).
-Notifications get no reply: ``notifications/initialized`` is noted, ``notifications/cancelled``
-cancels the named in-flight call (its response is then never sent), the rest are ignored. Unknown
-methods - including the SDK's ``server/discover`` probe - are -32601. Requests are accepted before
+baseline), the archive sessions' ``nexus/archive/*`` (``nexus.agent.archive_sessions``, on the pool) and the
+terminals' ``nexus/pty_*`` (``nexus.agent.pty_rpc``). Notifications get no reply: ``notifications/initialized`` is
+noted, ``notifications/cancelled`` cancels the named in-flight call (its response is then never sent), the rest are
+ignored. Unknown methods - including the SDK's ``server/discover`` probe - are -32601. Requests are accepted before
 ``initialize`` too: the host may use the port without a handshake.
 
 Concurrency: ``tools/call`` runs on a bounded thread pool, so a long ``run_command`` never holds up a
@@ -29,6 +29,7 @@ from typing import Any
 
 from nexus import __version__
 from nexus.agent.archive_sessions import ArchiveSessions
+from nexus.agent.pty_rpc import PTY_METHODS, PtyMethods
 from nexus.agent.session import Connection, RpcService
 from nexus.agent.tools import Toolbox, ToolContext
 from nexus.agent.tools.base import ProgressFn
@@ -75,6 +76,7 @@ class McpService(RpcService):
         self._toolbox = toolbox
         self._executor = executor
         self._archives = archives or ArchiveSessions()
+        self._pty = PtyMethods(toolbox.terminals)
         self._inflight: dict[tuple[int, RequestId], threading.Event] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -83,6 +85,7 @@ class McpService(RpcService):
 
     def closed(self, conn: Connection) -> None:
         self._archives.drop(conn.id)
+        self._pty.connection_closed(conn)
         with self._lock:
             events = [event for (conn_id, _), event in self._inflight.items() if conn_id == conn.id]
         for event in events:
@@ -133,6 +136,8 @@ class McpService(RpcService):
                 self._executor.submit(self._archives.serve, conn, req)
             except RuntimeError as exc:  # the pool is shut down: the agent is stopping
                 raise JsonRpcError(INTERNAL_ERROR, f"agent is shutting down: {exc}") from exc
+        elif method in PTY_METHODS:
+            self._pty.on_request(conn, req)
         else:
             raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {method}")
 

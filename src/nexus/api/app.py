@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -25,6 +27,7 @@ from nexus.api.routers import (
     processes,
     secrets,
     settings,
+    terminals,
     tokens,
     vms,
     workspaces,
@@ -43,11 +46,13 @@ def create_app(
     tcp_token: str | None = None,
     vm_mcp: ASGIApp | None = None,
     manage_mcp: ASGIApp | None = None,
+    browser_check: Callable[[str | None, str | None], str | None] | None = None,
 ) -> FastAPI:
     """The API app. Over TCP a request needs ``tcp_token`` (the admin token: everything but host paths) or an agent
     token (its VM's MCP endpoint only), see ``api.middleware.Access``. The MCP endpoints (ASGI apps, see
     ``nexus.mcp``) are mounted behind the same check: ``vm_mcp`` at ``/v1/vms/{ref}/mcp``, ``manage_mcp`` at
-    ``/mcp``; they cap request bodies themselves (a tool call carries a whole file)."""
+    ``/mcp``; they cap request bodies themselves (a tool call carries a whole file). ``browser_check(host,
+    origin)`` says why a browser page may not open a WebSocket (a terminal), or None (None: no page may)."""
     app = FastAPI(
         title="nexusd",
         version=__version__,
@@ -56,6 +61,7 @@ def create_app(
     )
     app.state.services = services
     app.state.listings = ResponseCache()
+    app.state.browser_check = browser_check
     errors.install(app)
     links.install(app)
     for module in (
@@ -74,6 +80,7 @@ def create_app(
         secrets,
         audit,
         egress,
+        terminals,
     ):
         app.include_router(module.router)
     for path, endpoint in (("/v1/vms/{ref}/mcp", vm_mcp), ("/mcp", manage_mcp)):

@@ -8,6 +8,10 @@ removed VM is still named). Of the request body it keeps only the digest and siz
 JSON, sha256 of the bytes otherwise; below /v1/secrets only the size, :data:`UNDIGESTED`); of the response only
 its size, counted as it is sent, so a stream is never buffered. Allowed calls on the MCP endpoints are recorded
 per tool call by ``nexus.mcp.audit`` instead.
+
+A WebSocket (a terminal, ``/v1/vms/{ref}/shell``) is recorded once, when its handshake is decided, as
+``WS <template>``: allowed when accepted, denied when Access refuses it, an error for any other refusal (the
+denial response's status); the query (the command) is kept as a digest.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -95,10 +100,14 @@ class _Answer:
         return self.status in REFUSED
 
     def reason(self) -> str:
-        try:
-            return str(json.loads(self._refusal)["error"]["message"])
-        except (ValueError, KeyError, TypeError):
-            return f"HTTP {self.status}"
+        return _error_message(bytes(self._refusal), self.status)
+
+
+def _error_message(body: bytes, status: int) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {status}"
 
 
 class RouteTemplates:
@@ -133,7 +142,8 @@ def _pattern(template: str) -> re.Pattern[str]:
 
 def templates_of(app: FastAPI) -> RouteTemplates:
     paths = {path: list(operations) for path, operations in app.openapi()["paths"].items()}
-    return RouteTemplates({**paths, "/mcp": ["POST"], "/v1/vms/{ref}/mcp": ["POST"]})
+    websockets = {"/v1/vms/{ref}/shell": ["GET"]}  # the handshake is a GET; OpenAPI has no WebSockets
+    return RouteTemplates({**paths, **websockets, "/mcp": ["POST"], "/v1/vms/{ref}/mcp": ["POST"]})
 
 
 class AuditTrail:
@@ -149,6 +159,9 @@ class AuditTrail:
         return self._templates.match(scope["method"], scope["path"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         mutation = scope["type"] == "http" and scope["method"] in MUTATIONS
         if not mutation and (scope["type"] != "http" or not over_tcp(scope)):  # reads over the Unix socket
             await self.app(scope, receive, send)  # are never refused, so never recorded
@@ -190,3 +203,53 @@ class AuditTrail:
                         is_error=answer.status >= 400,
                     )
                 )
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Record the handshake's outcome as soon as it is decided (a terminal may stay open for hours)."""
+        at, started = utcnow(), time.monotonic()
+        if self._templates is None:
+            self._templates = templates_of(self.api)
+        route = self._templates.match("GET", scope["path"])
+        ref = route[1].get("ref") if route is not None else None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        status: int | None = None
+        denial = bytearray()
+
+        def record(status: int) -> None:
+            target = self.audit.target(ref) if isinstance(ref, str) else (None, None)
+            args_digest, args_bytes = digest(query) if query else (None, 0)
+            refused = status in REFUSED
+            self.audit.record(
+                AuditEntry(
+                    at=at,
+                    caller=str(scope.get("state", {}).get("caller", ANONYMOUS_CALLER)),
+                    via=Via.REST,
+                    action=f"WS {route[0] if route is not None else scope['path'][:200]}",
+                    decision=Decision.DENY if refused else Decision.ALLOW,
+                    target_id=target[0],
+                    target=target[1],
+                    reason=_error_message(bytes(denial), status) if status >= 400 else "",
+                    args_digest=args_digest,
+                    args_bytes=args_bytes,
+                    duration_ms=(time.monotonic() - started) * 1000,
+                    result_bytes=len(denial),
+                    is_error=status >= 400,
+                )
+            )
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if status is None and kind in ("websocket.accept", "websocket.close"):
+                status = 101 if kind == "websocket.accept" else 403  # a close before accepting is ASGI's 403
+                record(status)
+            elif status is None and kind == "websocket.http.response.start":
+                status = message["status"]
+            elif kind == "websocket.http.response.body" and status is not None:
+                if len(denial) < _REFUSAL_BODY_MAX:
+                    denial.extend(message.get("body", b"")[: _REFUSAL_BODY_MAX - len(denial)])
+                if not message.get("more_body", False):
+                    record(status)
+            await send(message)
+
+        await self.app(scope, receive, tracking_send)

@@ -21,13 +21,15 @@ from nexus.services.tokens import TokenService
 MAX_BODY_BYTES = 1024 * 1024
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+async def _send_error(send: Send, status: int, code: str, message: str, websocket: bool = False) -> None:
+    """The error answer; to a WebSocket handshake, as its denial response (ASGI's extension)."""
+    prefix = "websocket.http.response" if websocket else "http.response"
     body = json.dumps(error_body(code, message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{prefix}.start", "status": status, "headers": headers})
+    await send({"type": f"{prefix}.body", "body": body})
 
 
 class BodyLimit:
@@ -107,10 +109,10 @@ class Access:
             refusal = self._refusal(scope, state)
             if refusal is not None:
                 status, code, message = refusal
-                if scope["type"] == "websocket":  # no route takes one; closing is the only answer there is
-                    await send({"type": "websocket.close", "code": 1008})
+                if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+                    await send({"type": "websocket.close", "code": 1008})  # a server that cannot answer in HTTP
                     return
-                await _send_error(send, status, code, message)
+                await _send_error(send, status, code, message, websocket=scope["type"] == "websocket")
                 return
         await self.app(scope, receive, send)
 

@@ -1,5 +1,6 @@
 """``nexusctl vm ...``: create, list, inspect, start, stop, remove, logs, history, tags (background processes:
-``vm proc``/``vm ps``, in ``nexus.cli.processes``)."""
+``vm proc``/``vm ps``, in ``nexus.cli.processes``; terminals: ``vm shell``, ``vm exec -t``, in
+``nexus.cli.terminal``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nexus.cli import processes, transfer, treecopy
+from nexus.cli import processes, terminal, transfer, treecopy
 from nexus.cli.common import client, ctx_of
 from nexus.cli.output import ago, console, emit, fields, plain, table
 from nexus.cli.progress import progress, stderr
@@ -24,6 +25,7 @@ app.command("restore")(vm_restore)
 app.command("fork")(vm_fork)
 app.add_typer(processes.app, name="proc")
 app.command("ps")(processes.ps)
+app.command("shell")(terminal.shell)
 
 Ref = Annotated[str, typer.Argument(help="VM name or id (a unique id prefix works too)")]
 
@@ -264,9 +266,14 @@ def exec_(
     shell: Annotated[bool, typer.Option("--shell", "-s", help="run the words as one /bin/sh -c script")] = False,
     workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="working directory in the guest")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds before the command is killed")] = 600.0,
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds before the command is killed [default: 600; not with -t]")
+    ] = None,
+    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="send stdin to the command")] = False,
+    tty: Annotated[bool, typer.Option("--tty", "-t", help="run it on a terminal (PTY), as `vm shell` does")] = False,
 ) -> None:
-    """Run a command in the VM, streaming its stdout and stderr; exits with the command's exit code."""
+    """Run a command in the VM, streaming its stdout and stderr; exits with the command's exit code. With -t it runs
+    on a terminal (stdout and stderr as one), with -i it gets stdin (-it: an interactive program)."""
     environment = {}
     for item in env or []:
         key, sep, value = item.partition("=")
@@ -278,6 +285,15 @@ def exec_(
     if not command:
         raise typer.BadParameter("no command given (nexusctl vm exec REF -- CMD [ARGS...])")
     argv: str | list[str] = " ".join(command) if shell else command
+    if tty:
+        if timeout is not None:
+            raise typer.BadParameter("--timeout does not apply to a terminal (-t): it runs until it ends")
+        words = ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv
+        raise typer.Exit(
+            terminal.run_terminal(ctx, ref, words, cwd=workdir, env=environment, forward_input=interactive)
+        )
+    stdin = sys.stdin.read() if interactive else None
+    timeout = 600.0 if timeout is None else timeout
 
     def write(stream: str, text: str) -> None:
         out = sys.stderr if stream == "stderr" else sys.stdout
@@ -285,7 +301,9 @@ def exec_(
         out.flush()
 
     with client(ctx) as c:
-        result = c.vms.exec(ref, argv, cwd=workdir, env=environment or None, timeout_s=timeout, on_output=write)
+        result = c.vms.exec(
+            ref, argv, cwd=workdir, env=environment or None, stdin=stdin, timeout_s=timeout, on_output=write
+        )
     if result.timed_out:
         stderr.print(f"nexusctl: the command timed out after {timeout:g}s and was killed")
         raise typer.Exit(124)

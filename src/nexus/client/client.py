@@ -4,6 +4,8 @@ nexusd that does not answer, and the check that a reference is one URL path segm
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from nexus.domain import ERRORS_BY_CODE, Invalid, NexusError
@@ -26,11 +28,16 @@ _EDGE_ERRORS: dict[str, type[NexusError]] = {
 
 
 def error_from_response(response: httpx.Response) -> NexusError:
+    return error_from_body(response.status_code, response.content)
+
+
+def error_from_body(status: int, body: bytes) -> NexusError:
+    """The error an answer's body describes (any answer: an HTTP response, a WebSocket handshake's refusal)."""
     try:
-        detail = response.json()["error"]
+        detail = json.loads(body)["error"]
         code, message = str(detail["code"]), str(detail["message"])
     except (ValueError, KeyError, TypeError):
-        return NexusError(f"HTTP {response.status_code}: {response.text[:200]}")
+        return NexusError(f"HTTP {status}: {body[:200].decode('utf-8', errors='replace')}")
     cls = ERRORS_BY_CODE.get(code) or _EDGE_ERRORS.get(code) or NexusError
     return cls(message)
 

@@ -80,7 +80,13 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
             session_idle_timeout_s=config.mcp_session_idle_timeout_s,
             audit=services.audit,
         )
-        app = create_app(services, tcp_token=token, vm_mcp=mcp.vm, manage_mcp=mcp.manage)
+        app = create_app(
+            services,
+            tcp_token=token,
+            vm_mcp=mcp.vm,
+            manage_mcp=mcp.manage,
+            browser_check=config.origin_policy().refusal,  # the MCP endpoints' DNS-rebinding rule, for terminals
+        )
         sockets = [server.bind_unix(config.socket, config.socket_mode)]
         try:
             if tcp is not None:

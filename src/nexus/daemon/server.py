@@ -78,6 +78,7 @@ def _config(app: FastAPI, tls: ssl.SSLContext | None) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        ws="websockets-sansio",  # the terminals' WebSockets (api/routers/terminals.py); "auto" takes the legacy one
         ssl_context_factory=(lambda _config, _default: tls) if tls is not None else None,
     )
 

@@ -51,7 +51,10 @@ AGENT_INSTRUCTIONS: Final = (
     "the end of long output (redirect to a file and file_read it for all of it). Use encoding base64 with "
     "file_read/file_write for binary data. run_command waits for the command; start a process meant to keep "
     "running (a server, a long build) with process_start (optionally waiting until a port accepts or a log line "
-    "appears), then read it with process_output and stop it with process_signal: it outlives the call."
+    "appears), then read it with process_output and stop it with process_signal: it outlives the call. For an "
+    "interactive program (a REPL, a debugger, an editor, a command that asks questions) open a terminal with "
+    "shell_open, type with shell_write (text and keys such as Enter or C-c), read with shell_read (mode screen "
+    "for full-screen programs) and end it with shell_close."
 )
 
 INITIALIZE_METHOD: Final = "initialize"

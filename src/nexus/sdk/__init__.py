@@ -13,6 +13,7 @@ Sync (``Nexus``) and async (``AsyncNexus``) alike; results are ``nexus.schemas``
 from nexus.client.client import DaemonUnreachable, Unauthorized
 from nexus.sdk.calls import ExecResult, FileChunk
 from nexus.sdk.client import AsyncFiles, AsyncNexus, AsyncVm, AsyncVms, Files, Nexus, Processes, Vm, Vms
+from nexus.sdk.terminal import Shell
 
 __all__ = [
     "AsyncFiles",
@@ -25,6 +26,7 @@ __all__ = [
     "Files",
     "Nexus",
     "Processes",
+    "Shell",
     "Unauthorized",
     "Vm",
     "Vms",

@@ -49,6 +49,7 @@ from nexus.schemas import (
 )
 from nexus.sdk import calls
 from nexus.sdk.calls import Call, ExecResult, FileChunk, OnOutput, OnProgress, Stream, StreamReader
+from nexus.sdk.terminal import Shell, open_shell
 
 T = TypeVar("T")
 # Module-level names for what resource classes return: inside them, ``list`` is a method.
@@ -56,6 +57,7 @@ VmList = list[VmOut]
 History = list[StateChangeOut]
 Tags = list[str]
 Command = str | list[str]  # a shell string, or an argv run without a shell
+Argv = list[str]
 
 _TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, FileNotFoundError, PermissionError)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=None)  # a start waits for the guest; a command runs as long as it needs
@@ -251,6 +253,19 @@ class Vms(_Resource):
 
     def processes(self, ref: str) -> Processes:
         return Processes(self._nexus, ref)
+
+    def shell(
+        self,
+        ref: str,
+        command: Argv | None = None,
+        *,
+        rows: int = 24,
+        cols: int = 80,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Shell:
+        """A terminal in VM ``ref``: ``command`` (an argv; None: the login shell) on a PTY (``nexus.sdk.terminal``)."""
+        return open_shell(self._nexus.connection, ref, command, rows=rows, cols=cols, cwd=cwd, env=env)
 
     def handle(self, ref: str) -> Vm:
         """Work inside an existing VM."""

@@ -12,6 +12,7 @@ from nexus.domain import GuestError, GuestLink, Invalid, VmStore
 from nexus.protocol import FILE_CHUNK_BYTES, STREAM_META_KEY
 from nexus.services import archive
 from nexus.services.runtime import VmRuntime
+from nexus.services.terminals import Terminal, TerminalSpec, open_terminal
 
 CHUNK_BYTES = FILE_CHUNK_BYTES  # one file_read/file_write message carries at most this much data
 TOOL_TIMEOUT_S = 120.0
@@ -90,6 +91,10 @@ class GuestService:
     ) -> dict[str, Any]:
         """One ``tools/call``; the MCP result as the agent gave it (``isError`` results included)."""
         return await call_tool(await self._link(ref), name, arguments, timeout_s, on_progress)
+
+    async def open_terminal(self, ref: str, spec: TerminalSpec) -> Terminal:
+        """A new PTY session in the VM (``services.terminals``); the caller closes it."""
+        return await open_terminal(self._runtime.mcp(self._store.get(ref).id), spec)
 
     async def list_tools(self, ref: str) -> list[dict[str, Any]]:
         result = await (await self._link(ref)).call("tools/list", {})

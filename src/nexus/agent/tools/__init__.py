@@ -14,11 +14,13 @@ from typing import Any
 
 from nexus.agent.config import DEFAULT_PROCESS_DIR
 from nexus.agent.processes import ProcessTable
+from nexus.agent.pty_sessions import PtySessions
 from nexus.agent.tools.archives import ARCHIVE_TOOLS
 from nexus.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
 from nexus.agent.tools.commands import COMMAND_TOOLS, DEFAULT_OUTPUT_BYTES, MAX_OUTPUT_BYTES
 from nexus.agent.tools.files import FILE_TOOLS, MAX_READ_BYTES
 from nexus.agent.tools.processes import process_tools
+from nexus.agent.tools.shells import shell_tools
 from nexus.agent.tools.system import system_info_tool
 
 __all__ = [
@@ -36,14 +38,16 @@ log = logging.getLogger("nexus.agent")
 
 
 class Toolbox:
-    """The fixed set of tools of one agent."""
+    """The fixed set of tools of one agent, and the terminal sessions its shell tools and nexusd share."""
 
     def __init__(self, image_id: str | None = None, process_dir: str = DEFAULT_PROCESS_DIR) -> None:
+        self.terminals = PtySessions()
         tools = (
             *FILE_TOOLS,
             *ARCHIVE_TOOLS,
             *COMMAND_TOOLS,
             *process_tools(ProcessTable(process_dir)),
+            *shell_tools(self.terminals),
             system_info_tool(image_id),
         )
         self.tools: dict[str, Tool] = {tool.name: tool for tool in tools}
