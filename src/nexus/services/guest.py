@@ -94,7 +94,9 @@ class GuestService:
 
     async def open_terminal(self, ref: str, spec: TerminalSpec) -> Terminal:
         """A new PTY session in the VM (``services.terminals``); the caller closes it."""
-        return await open_terminal(self._runtime.mcp(self._store.get(ref).id), spec)
+        link = await self._link(ref)
+        use, vm_id = self._use, self._store.get(ref).id
+        return await open_terminal(link, spec, on_input=(lambda: use.touch(vm_id)) if use is not None else None)
 
     async def list_tools(self, ref: str) -> list[dict[str, Any]]:
         result = await (await self._link(ref)).call("tools/list", {})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +55,10 @@ def check_size(rows: int, cols: int) -> None:
 class Terminal:
     """One open guest PTY session; reads are long-polls, one at a time."""
 
-    def __init__(self, link: GuestLink, session_id: str, pid: int) -> None:
+    def __init__(self, link: GuestLink, session_id: str, pid: int, on_input: Callable[[], None] | None = None) -> None:
+        """``on_input`` hears of each write: someone typing counts as using the VM (idle suspend)."""
         self._link = link
+        self._on_input = on_input
         self.id = session_id
         self.pid = pid
         self._offset = 0
@@ -73,6 +76,8 @@ class Terminal:
         return TerminalOutput(data, int(exit_code) if exit_code is not None else None)
 
     async def write(self, data: bytes) -> None:
+        if self._on_input is not None:
+            self._on_input()
         for start in range(0, len(data), PTY_WRITE_BYTES):
             chunk = data[start : start + PTY_WRITE_BYTES]
             await self._call(PTY_WRITE, {"data": base64.b64encode(chunk).decode("ascii")})
@@ -98,7 +103,7 @@ class Terminal:
         return result
 
 
-async def open_terminal(link: GuestLink, spec: TerminalSpec) -> Terminal:
+async def open_terminal(link: GuestLink, spec: TerminalSpec, on_input: Callable[[], None] | None = None) -> Terminal:
     """Start ``spec``'s program on a new PTY in the guest."""
     check_size(spec.rows, spec.cols)
     if spec.command is not None and (not spec.command or not all(spec.command)):
@@ -111,4 +116,4 @@ async def open_terminal(link: GuestLink, spec: TerminalSpec) -> Terminal:
     result = await link.call(PTY_OPEN, params)
     if not isinstance(result, dict) or not isinstance(result.get("id"), str):
         raise GuestError(f"{PTY_OPEN}: the agent sent a malformed answer")
-    return Terminal(link, result["id"], int(result.get("pid") or 0))
+    return Terminal(link, result["id"], int(result.get("pid") or 0), on_input)
