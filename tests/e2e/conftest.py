@@ -7,11 +7,14 @@ interrupted run are removed when the session starts."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,3 +118,38 @@ def linked_state(base: Path, vmm: str) -> Path:
         shared_conn.close()
         conn.close()
     return layout.state_dir
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture
+def restart_base(e2e_daemon: Daemon) -> Iterator[Path]:
+    """A short base dir (Unix socket paths) for a test's own nexusd, which the test kills and restarts while its VMs
+    run on: a state dir linked to the session's assets, and this process made the subreaper of the VMMs a killed
+    nexusd leaves behind (so ``reap`` can collect them)."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.fail(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+    path = Path(tempfile.mkdtemp(prefix="nxrs-"))
+    (path / "nexusd.toml").write_text("boot_timeout_s = 60\nheartbeat_timeout_s = 4\nstop_timeout_s = 10\n")
+    linked_state(path, vmm="qemu")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def restartable_daemon(base: Path) -> Daemon:
+    """A nexusd on ``restart_base`` that leaves its VMs running when it stops."""
+    return start_daemon(base, "--config", str(base / "nexusd.toml"), state_dir=base / "state", stop_vms_on_exit=False)
+
+
+def reap(pid: int, timeout_s: float = 15) -> int:
+    """Reap ``pid`` (our child once nexusd died: we are its subreaper); its exit code, as subprocess gives it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} did not exit within {timeout_s}s")

@@ -9,63 +9,28 @@ status 0) and that nothing is left unreaped.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.api_client import NexusClient
-from tests.e2e.conftest import linked_state
-from tests.helpers import Daemon, start_daemon, wait_until
+from tests.e2e.conftest import reap, restartable_daemon
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.vm
 
-PR_SET_CHILD_SUBREAPER = 36
 TICKER = "setsid sh -c 'while :; do date +%s >> /root/ticks; sleep 0.2; done' </dev/null >/dev/null 2>&1 &"
-
-
-@pytest.fixture
-def base(e2e_daemon: Daemon) -> Iterator[Path]:
-    """A short base dir (Unix socket paths) with a state dir linked to the session's assets."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        pytest.fail(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
-    path = Path(tempfile.mkdtemp(prefix="nxlr-"))
-    (path / "nexusd.toml").write_text("boot_timeout_s = 60\nheartbeat_timeout_s = 4\nstop_timeout_s = 10\n")
-    linked_state(path, vmm="qemu")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _daemon(base: Path) -> Daemon:
-    return start_daemon(base, "--config", str(base / "nexusd.toml"), state_dir=base / "state", stop_vms_on_exit=False)
 
 
 def _ticks(api: NexusClient, name: str) -> int:
     out = api.call_tool(name, "run_command", {"command": ["wc", "-l", "/root/ticks"]})
     return int(out["structuredContent"]["stdout"].split()[0])
-
-
-def _reap(pid: int, timeout_s: float = 15) -> int:
-    """Reap ``pid`` (our child once nexusd died: we are its subreaper); its exit code, as subprocess gives it."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    raise AssertionError(f"pid {pid} did not exit within {timeout_s}s")
 
 
 def _ready_within(api: NexusClient, names: list[str], timeout_s: float) -> float:
@@ -76,8 +41,8 @@ def _ready_within(api: NexusClient, names: list[str], timeout_s: float) -> float
     return time.monotonic() - started
 
 
-def test_vms_outlive_nexusd_killed_or_stopped(base: Path) -> None:
-    daemon = _daemon(base)
+def test_vms_outlive_nexusd_killed_or_stopped(restart_base: Path) -> None:
+    daemon = restartable_daemon(restart_base)
     pids: dict[str, int] = {}
     sleeper: subprocess.Popen[bytes] | None = None
     try:
@@ -93,7 +58,7 @@ def test_vms_outlive_nexusd_killed_or_stopped(base: Path) -> None:
         daemon.proc.kill()
         daemon.proc.wait()
         time.sleep(1.0)  # the writer goes on with nobody watching
-        daemon = _daemon(base)
+        daemon = restartable_daemon(restart_base)
         with NexusClient(daemon.socket, timeout_s=120) as api:
             took = _ready_within(api, list(pids), 10)
             print(f"both VMs ready {took:.2f}s after nexusd answered")
@@ -107,12 +72,12 @@ def test_vms_outlive_nexusd_killed_or_stopped(base: Path) -> None:
             # An adopted VM stops gracefully: the guest powers off and QEMU exits 0 (not killed at the timeout).
             assert api.stop_vm("e2e-lr-b")["state"] == "stopped"
             assert api.vm_history("e2e-lr-b")[-1]["reason"] == "powered off (VMM exit status 0)"
-        assert _reap(pids["e2e-lr-b"]) == 0
+        assert reap(pids["e2e-lr-b"]) == 0
 
         # 2. SIGTERM: nexusd exits at once, says what it left running, and the next one adopts it again.
         assert daemon.stop() == 0
         assert "left 1 VM(s) running for the next nexusd: e2e-lr-a" in daemon.log_text()
-        daemon = _daemon(base)
+        daemon = restartable_daemon(restart_base)
         with NexusClient(daemon.socket, timeout_s=120) as api:
             _ready_within(api, ["e2e-lr-a"], 10)
             assert api.get_vm("e2e-lr-a")["pid"] == pids["e2e-lr-a"]
@@ -125,14 +90,14 @@ def test_vms_outlive_nexusd_killed_or_stopped(base: Path) -> None:
         #    VM's runtime dir in its argv: that process is neither adopted nor killed; the VM is crashed.
         runtime = daemon.runtime_dir / "vms" / vm_id
         os.kill(pids["e2e-lr-a"], signal.SIGKILL)
-        assert _reap(pids["e2e-lr-a"]) == -signal.SIGKILL
+        assert reap(pids["e2e-lr-a"]) == -signal.SIGKILL
         sleeper = subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(120)", "-qmp", f"unix:{runtime}/qmp.sock"],
             start_new_session=True,
         )
-        with sqlite3.connect(base / "state" / "nexus.db") as db:
+        with sqlite3.connect(restart_base / "state" / "nexus.db") as db:
             db.execute("UPDATE vms SET pid = ? WHERE id = ?", (sleeper.pid, vm_id))
-        daemon = _daemon(base)
+        daemon = restartable_daemon(restart_base)
         with NexusClient(daemon.socket, timeout_s=120) as api:
             after = api.get_vm("e2e-lr-a")
             assert (after["state"], after["pid"]) == ("crashed", None)
@@ -148,7 +113,7 @@ def test_vms_outlive_nexusd_killed_or_stopped(base: Path) -> None:
         for pid in pids.values():  # whatever a failed run left
             try:
                 os.kill(pid, signal.SIGKILL)
-                _reap(pid, 5)
+                reap(pid, 5)
             except (ProcessLookupError, ChildProcessError, AssertionError):
                 pass
         assert daemon.stop() == 0, daemon.log_text()[-3000:]

@@ -3,62 +3,30 @@ answers a request from inside the VM, is still listed and serving after nexusd i
 again, has its request log in its output, and stops with a signal whose exit status process_wait reports.
 
 This test's nexusd has a state dir of its own (it is killed), linked to the session's kernel and image, and the
-test process is a child subreaper, as in ``test_live_restore``: the VMM the killed nexusd leaves is reaped here.
+test process is a child subreaper (``restart_base``): the VMM the killed nexusd leaves is reaped here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
-import shutil
 import signal
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nexus.domain import NexusError
 from nexus.sdk import Nexus
-from tests.e2e.conftest import linked_state
-from tests.helpers import Daemon, start_daemon, wait_until
+from tests.e2e.conftest import reap, restartable_daemon
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.vm
 
-PR_SET_CHILD_SUBREAPER = 36
 PORT = 8080
 FETCH = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{PORT}/').status)"
 
 
-@pytest.fixture
-def base(e2e_daemon: Daemon) -> Iterator[Path]:
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        pytest.fail(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
-    path = Path(tempfile.mkdtemp(prefix="nxpe-"))
-    (path / "nexusd.toml").write_text("boot_timeout_s = 60\nheartbeat_timeout_s = 4\nstop_timeout_s = 10\n")
-    linked_state(path, vmm="qemu")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _daemon(base: Path) -> Daemon:
-    return start_daemon(base, "--config", str(base / "nexusd.toml"), state_dir=base / "state", stop_vms_on_exit=False)
-
-
-def _reap(pid: int, timeout_s: float = 15) -> None:
-    """Reap the VMM the killed nexusd left us (we are its subreaper); nothing when it is not our child."""
-    deadline = time.monotonic() + timeout_s
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(pid, os.WNOHANG)[0] != pid and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-def test_a_server_outlives_nexusd(base: Path) -> None:
-    daemon = _daemon(base)
+def test_a_server_outlives_nexusd(restart_base: Path) -> None:
+    daemon = restartable_daemon(restart_base)
     vmm: int | None = None
     try:
         with Nexus(daemon.socket) as nx:
@@ -73,7 +41,7 @@ def test_a_server_outlives_nexusd(base: Path) -> None:
 
         daemon.proc.kill()  # SIGKILL: the VM and its processes run on with nobody watching
         daemon.proc.wait()
-        daemon = _daemon(base)
+        daemon = restartable_daemon(restart_base)
         with Nexus(daemon.socket) as nx:
             wait_until(lambda: nx.vms.get("e2e-procs").state == "ready", 20, "the VM ready again")
             procs = nx.vms.processes("e2e-procs")
@@ -90,4 +58,5 @@ def test_a_server_outlives_nexusd(base: Path) -> None:
             nx.vms.remove("e2e-procs", force=True)
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
         if vmm is not None:
-            _reap(vmm)
+            with contextlib.suppress(ChildProcessError):  # not ours when nexusd was never killed
+                reap(vmm)
