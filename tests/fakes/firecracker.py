@@ -334,7 +334,8 @@ def write_fake_binary(directory: Path, *, world_runnable: bool = False) -> Path:
     path = directory / "firecracker"
     python, pythonpath = sys.executable, str(REPO)
     if world_runnable and not _world_runnable(Path(sys.executable)):
-        python, pythonpath = SYSTEM_PYTHON, f"{REPO}:{sysconfig.get_paths()['purelib']}"
+        # PYTHONPATH entries' .pth files are not read, so the editable install's src/ is named too
+        python, pythonpath = SYSTEM_PYTHON, f"{REPO}:{REPO / 'src'}:{sysconfig.get_paths()['purelib']}"
     path.write_text(f'#!/bin/sh\nPYTHONPATH={pythonpath} exec {python} -m tests.fakes.firecracker "$@"\n')
     path.chmod(0o755)
     return path
