@@ -192,13 +192,14 @@ class GuestModel(FirecrackerModel):
             "network_interfaces": self.network_interfaces,
             "vsock": self.vsock,
         }
-        for path, write in (
-            (body["snapshot_path"], lambda fh: fh.write(json.dumps(state).encode())),
-            (body["mem_file_path"], lambda fh: fh.truncate(self.machine_config["mem_size_mib"] << 20)),
-        ):
+        # The state as JSON; the memory as a sparse file of the guest's memory size (the real one writes it all).
+        contents = ((body["snapshot_path"], json.dumps(state).encode()), (body["mem_file_path"], b""))
+        for path, data in contents:
             try:  # as Firecracker opens them: created, or truncated when they exist
                 with open(self.host(path), "wb") as fh:
-                    write(fh)
+                    fh.write(data)
+                    if not data:
+                        fh.truncate(self.machine_config["mem_size_mib"] << 20)
             except OSError as exc:
                 return Reply.fault(CREATE_OPEN.format(err=_os_error(exc)))
         self._say(f"snapshot written to {body['snapshot_path']}")

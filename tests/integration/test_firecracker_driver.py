@@ -18,8 +18,9 @@ import platform
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,9 @@ def test_jailed_lifecycle_through_nexusd(base: Path) -> None:
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
 
 
-def _checkpoint_restore_fork(api: NexusClient, daemon_state: Path, runtime_dir: Path, name: str) -> list[int]:
+def _checkpoint_restore_fork(
+    api: NexusClient, daemon_state: Path, runtime_dir: Callable[[str], Path], name: str
+) -> list[int]:
     """Checkpoint ``name`` (running), restore it (a new Firecracker loads the snapshot) and fork it (another VM's
     Firecracker loads it, with that VM's own drive and sockets); both answer tool calls. Returns every pid seen."""
     vm = api.get_vm(name)
@@ -198,10 +201,14 @@ def test_checkpoint_restore_and_fork_through_nexusd(base: Path) -> None:
             for name in ("fc-ck", "fc-ck-f"):
                 assert api.stop_vm(name)["state"] == "stopped"
         for pid in pids:
-            wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 5, "every Firecracker to be reaped")
+            wait_until(partial(_gone, pid), 5, "every Firecracker to be reaped")
         assert processes_mentioning(str(daemon.runtime_dir / "vms")) == []
     finally:
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
 
 
 def test_jailed_checkpoint_restore_and_fork_through_nexusd(base: Path) -> None:

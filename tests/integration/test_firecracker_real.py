@@ -357,6 +357,11 @@ def _open_files(pid: int) -> set[tuple[int, int]]:
     return found
 
 
+def _with_own_drive_ids(spec: LaunchSpec) -> LaunchSpec:
+    """A fork's data drives are copies with ids of their own (the snapshot holds its parent's)."""
+    return replace(spec, data_drives=tuple(replace(d, drive_id=f"{d.drive_id}_fork") for d in spec.data_drives))
+
+
 def _inodes(*paths: Path) -> set[tuple[int, int]]:
     return {(p.stat().st_dev, p.stat().st_ino) for p in paths}
 
@@ -378,7 +383,7 @@ def test_snapshot_create_and_load_into_a_new_process(
         return NetLease(vm_id, IPv4Address("10.77.0.2"), IPv4Network("10.77.0.0/24"), tap, "02:00:00:00:00:02")
 
     parent = _spec(base, "vm1", net=lease("vm1", "nxfstap0"))
-    fork = _spec(base, "vm2", net=lease("vm2", "nxfstap1"))
+    fork = _with_own_drive_ids(_spec(base, "vm2", net=lease("vm2", "nxfstap1")))
     checkpoint = base / "checkpoint"
     checkpoint.mkdir()
     driver = FirecrackerDriver(str(wrapper))
@@ -436,7 +441,7 @@ def test_snapshot_of_a_jailed_firecracker_loads_into_a_new_jail(
     neither the checkpoint nor anything of either jail is left to the jailed uid."""
     jailer = JailerOptions(real.jailer, JAILED_UID, JAILED_UID, base / "jail", new_pid_ns=True)
     driver = FirecrackerDriver(str(real.firecracker), jailer=jailer)
-    parent, fork = _spec(base, "vm1"), _spec(base, "vm2")
+    parent, fork = _spec(base, "vm1"), _with_own_drive_ids(_spec(base, "vm2"))
     checkpoint = base / "checkpoint"
     checkpoint.mkdir()
 
