@@ -1,4 +1,5 @@
-"""The Firecracker driver and its pieces: API bodies, the API client, and the argv of firecracker and its jailer.
+"""The Firecracker driver and its pieces: API bodies (snapshots too), the API client, and the argv of firecracker and
+its jailer.
 
 Speaks the API subset Firecracker v1.12 to v1.16 share (tested against the real v1.12.1 binary and jailer, and the
 v1.16.1 spec). Builders are pure; only :class:`FirecrackerApi` (the API socket) and

@@ -7,7 +7,11 @@ the agent's control and gateway streams dial (``<runtime>/vsock.sock_1024`` and 
 boots). The guest link is Firecracker's hybrid vsock: control and gateway are guest-initiated (accepted on the
 listeners), MCP host-initiated
 (``CONNECT 1025``). A graceful stop is ``SendCtrlAltDel``: the guest's init reboots and, with ``reboot=k`` on the
-kernel command line, Firecracker exits on the guest's reboot. With :class:`JailerOptions` Firecracker runs through
+kernel command line, Firecracker exits on the guest's reboot. A checkpoint is ``PUT /snapshot/create`` into the
+checkpoint dir; a launch with ``resume_from`` loads it into a new Firecracker instead of configuring and booting one
+(:mod:`nexus.vmm.firecracker.snapshot`). Every name Firecracker is given is the same for every VM (relative to the
+runtime dir it runs in, or in-chroot), so a snapshot names the files of whichever VM loads it. With
+:class:`JailerOptions` Firecracker runs through
 the jailer: kernel, initrd and drives are hard-linked into ``<chroot_base>/<binary name>/<vm id>/root``, the
 writable ones and Firecracker's log, metrics and the listeners are handed to the jailed uid, every path sent
 over the API is the in-chroot one, and the chroot is removed once Firecracker is reaped. It does not decide
