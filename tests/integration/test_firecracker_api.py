@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from nexus.domain import DriverError
+from nexus.domain import DriverError, ExitStatus, VmmRecord
 from nexus.vmm.firecracker import (
     BootSource,
     Drive,
     FirecrackerApi,
+    FirecrackerProcess,
     Logger,
     MachineConfig,
     Metrics,
     MicroVmConfig,
     NetworkInterface,
+    RuntimeFiles,
     SnapshotFiles,
     SnapshotLoad,
     Vsock,
@@ -26,6 +30,7 @@ from nexus.vmm.firecracker import (
     restore_requests,
     root_drive,
 )
+from nexus.vmm.firecracker.driver import Listeners
 from tests.fakes.firecracker_api import (
     CREATE_RUNNING,
     LOAD_AFTER_CONFIG,
@@ -252,3 +257,19 @@ async def test_snapshot_load_refusals(rig: Rig) -> None:
     with pytest.raises(DriverError, match=LOAD_AFTER_CONFIG):
         await rig.api.load_snapshot(SnapshotLoad(SNAP), timeout_s=2)
     assert (await rig.api.describe_instance()).state == "Not started"
+
+
+async def test_a_firecracker_given_absolute_paths_refuses_to_checkpoint(rig: Rig, tmp_path: Path) -> None:
+    """An older nexusd gave a direct Firecracker absolute paths: its snapshot would name that VM's own drives, so a
+    fork would open them. It is refused before the guest is even paused."""
+    await preboot(rig.api, config())
+    await rig.api.instance_start()
+    exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+    old = RuntimeFiles(tmp_path, tmp_path, PurePosixPath(tmp_path))
+    record = VmmRecord(pid=os.getpid(), start_time=0, driver="firecracker", accel="kvm")
+    process = FirecrackerProcess(record, exited, old, rig.api, Listeners(old.vsock_socket, gateway=False))
+    with pytest.raises(DriverError, match="started by an older nexusd"):
+        await process.checkpoint(tmp_path / "ckpt")
+    assert (await rig.api.describe_instance()).state == "Running"
+    exited.set_result(ExitStatus(0))
+    await process.wait()

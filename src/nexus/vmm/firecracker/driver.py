@@ -245,6 +245,11 @@ class FirecrackerProcess(VmmProcess):
         await self._vm_state("resume", self._api.resume)
 
     async def checkpoint(self, directory: Path) -> None:
+        if self._chroot is None and self._files.inner_dir.is_absolute():
+            # Launched by an older nexusd with absolute paths: its snapshot would name this VM's own drives.
+            raise DriverError(
+                f"Firecracker pid {self.pid} was started by an older nexusd; restart the VM to checkpoint it"
+            )
         await self.pause()
         staged = self._stage_snapshot()
         target = (
@@ -262,7 +267,7 @@ class FirecrackerProcess(VmmProcess):
         finally:
             if staged is not None:
                 snapshot.discard(staged)
-        log.info("vm %s: snapshot taken (%d MiB)", self._files.runtime_dir.name, size // 2**20)
+        log.info("firecracker pid %d: snapshot taken (%d MiB)", self.pid, size // 2**20)
 
     def _stage_snapshot(self) -> SnapshotFiles | None:
         """Jailed (an owner on record): the files in the chroot that Firecracker writes its snapshot into."""
