@@ -395,6 +395,7 @@ def test_snapshot_create_and_load_into_a_new_process(
             assert (await process._api.describe_instance()).state == "Paused"  # the caller resumes
             assert sorted(p.name for p in checkpoint.iterdir()) == ["firecracker.mem", "firecracker.vmstate"]
             assert (checkpoint / "firecracker.mem").stat().st_size == parent.mem_mib << 20
+            assert {stat.S_IMODE(p.stat().st_mode) for p in checkpoint.iterdir()} == {0o600}  # the guest's memory
             assert (checkpoint / "firecracker.vmstate").stat().st_size > 0
             await process.resume()
             forked = await driver.launch(replace(fork, resume_from=checkpoint), lambda _record: None)

@@ -261,7 +261,7 @@ class FirecrackerProcess(VmmProcess):
             await self._api.create_snapshot(target, timeout_s=SNAPSHOT_TIMEOUT_S)
             if staged is not None:
                 snapshot.collect(staged, directory)
-            size = await asyncio.to_thread(snapshot.sync, directory)
+            size = await asyncio.to_thread(snapshot.seal, directory)
         except OSError as exc:
             raise DriverError(f"cannot keep the snapshot of Firecracker pid {self.pid}: {exc}") from exc
         finally:

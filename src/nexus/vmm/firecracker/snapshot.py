@@ -59,15 +59,16 @@ def collect(staged: SnapshotFiles, directory: Path) -> None:
                 "base must be on the state dir's filesystem)"
             ) from exc
         os.chown(target, 0, 0)
-        os.chmod(target, 0o600)
 
 
-def sync(directory: Path) -> int:
-    """fsync the snapshot in ``directory`` (a checkpoint that said it was taken survives a host crash); its size."""
+def seal(directory: Path) -> int:
+    """Make the snapshot in ``directory`` readable by its owner only (Firecracker creates the guest's memory 0644)
+    and durable (a checkpoint that said it was taken survives a host crash); returns its size."""
     size = 0
     for name in NAMES:
         fd = os.open(directory / name, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            os.fchmod(fd, 0o600)
             os.fsync(fd)
             size += os.fstat(fd).st_size
         finally:
