@@ -8,8 +8,12 @@ Firecracker's hybrid vsock muxer on ``uds_path`` (``CONNECT <port>\n`` → the a
 would for a guest-initiated connection. ``SendCtrlAltDel`` stops the agent and exits 0 (a guest reboot ends
 Firecracker). Faults come from ``$NEXUS_FAKE_FC_FAULTS`` (a JSON list of :class:`Fault` fields). Under the fake
 jailer (:mod:`tests.fakes.jailer`), ``$NEXUS_FAKE_FC_ROOT`` names the chroot: every absolute path Firecracker is
-given (API socket, kernel, drives, vsock, log, metrics) is resolved inside it, as a chrooted Firecracker would. It
-never boots a kernel.
+given (API socket, kernel, drives, vsock, log, metrics) is resolved inside it, as a chrooted Firecracker would;
+without it, a relative path is relative to its working dir, as for real. ``PUT /snapshot/create`` (paused) writes
+the model's configuration as JSON to ``snapshot_path`` and a sparse ``mem_file_path`` of the guest's memory size;
+``PUT /snapshot/load`` into a fresh process reads it back, applies ``network_overrides`` and ``vsock_override``,
+reopens the drives, binds the vsock socket and "boots" a new agent (the guest's processes are not carried over; a
+failed load ends the process with status 1, as for real). It never boots a kernel.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus.agent.procfiles import PID_FILE, proc_start_ticks, read_json
-from tests.fakes.firecracker_api import FakeFirecracker, Fault, FirecrackerModel, Reply
+from tests.fakes.firecracker_api import NO_CONTENT, FakeFirecracker, Fault, FirecrackerModel, Reply
 from tests.fakes.firecracker_spec import SpecValidator, spec_validator
 from tests.helpers import REPO
 
@@ -54,6 +58,16 @@ VSOCK_BIND = (
 )
 LOGGER_OPEN = "Logger error: Failed to open target file: {err}"
 METRICS_OPEN = "Metrics error: Cannot initialize the metrics system due to bad user input: {err}"
+CREATE_OPEN = "Create snapshot error: Cannot perform open on the snapshot backing file: {err}"
+LOAD_OPEN = (
+    "Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Failed to open "
+    "snapshot file: {err}"
+)
+# The fake's own words, where the real wording was not seen (each load failure ends the process, as for real).
+MEMORY_OPEN = "Load snapshot error: Failed to restore from snapshot: Failed to open the memory file: {err}"
+NOT_A_SNAPSHOT = "Load snapshot error: Failed to restore from snapshot: {path} is not a snapshot of this fake"
+NO_SUCH_IFACE = "Load snapshot error: Failed to restore from snapshot: network override for unknown iface {iface}"
+SNAPSHOT_FORMAT = "nexus-fake-firecracker-snapshot/1"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -116,8 +130,9 @@ class GuestModel(FirecrackerModel):
         self.add_route("PUT", "/metrics", self._check_metrics, preboot_only=True)
 
     def host(self, path: str) -> str:
-        """Where ``path``, as Firecracker was given it, is on the host (inside the chroot under the jailer)."""
-        return str(resolve(self.root, path))
+        """Where ``path``, as Firecracker was given it, is on the host (inside the chroot under the jailer): absolute,
+        so the agent's command line names the VM's runtime dir."""
+        return str(resolve(self.root, path).absolute())
 
     # Like Firecracker, open every file when it is configured, as the uid this process runs as (the jailed one
     # under the jailer): a file that uid cannot read, or write when it must, is refused here as it is for real.
@@ -152,17 +167,87 @@ class GuestModel(FirecrackerModel):
         return self._put_metrics(body, params)
 
     def _bind_vsock(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
+        problem = self._listen_vsock(body["uds_path"])
+        return Reply.fault(VSOCK_BIND.format(err=problem)) if problem else self._put_vsock(body, params)
+
+    def _listen_vsock(self, uds_path: str) -> str | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(self.host(body["uds_path"]))
+            sock.bind(self.host(uds_path))
             sock.listen(16)
         except OSError as exc:
             sock.close()
-            return Reply.fault(VSOCK_BIND.format(err=_os_error(exc)))
+            return _os_error(exc)
         if self._vsock_sock is not None:
             self._vsock_sock.close()
         self._vsock_sock = sock
-        return self._put_vsock(body, params)
+        return None
+
+    def on_snapshot_create(self, body: dict[str, Any]) -> Reply:
+        state = {
+            "format": SNAPSHOT_FORMAT,
+            "machine_config": self.machine_config,
+            "boot_source": self.boot_source,
+            "drives": self.drives,
+            "network_interfaces": self.network_interfaces,
+            "vsock": self.vsock,
+        }
+        # The state as JSON; the memory as a sparse file of the guest's memory size (the real one writes it all).
+        contents = ((body["snapshot_path"], json.dumps(state).encode()), (body["mem_file_path"], b""))
+        for path, data in contents:
+            try:  # as Firecracker opens them: created, or truncated when they exist
+                with open(self.host(path), "wb") as fh:
+                    fh.write(data)
+                    if not data:
+                        fh.truncate(self.machine_config["mem_size_mib"] << 20)
+            except OSError as exc:
+                return Reply.fault(CREATE_OPEN.format(err=_os_error(exc)))
+        self._say(f"snapshot written to {body['snapshot_path']}")
+        return NO_CONTENT
+
+    def on_snapshot_load(self, body: dict[str, Any]) -> Reply:
+        reply = self._restore(body)
+        if reply is not NO_CONTENT:
+            self._spawn(self.power_off(1))  # a failed load leaves a Firecracker that cannot run anything: it exits
+        return reply
+
+    def _restore(self, body: dict[str, Any]) -> Reply:
+        mem = body["mem_backend"]["backend_path"] if "mem_backend" in body else body["mem_file_path"]
+        try:
+            state = json.loads(Path(self.host(body["snapshot_path"])).read_bytes())
+        except OSError as exc:
+            return Reply.fault(LOAD_OPEN.format(err=_os_error(exc)))
+        except ValueError:
+            state = None
+        if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
+            return Reply.fault(NOT_A_SNAPSHOT.format(path=body["snapshot_path"]))
+        problem = _open_error(self.host(mem), os.O_RDONLY)
+        if problem is not None:
+            return Reply.fault(MEMORY_OPEN.format(err=problem))
+        ifaces: dict[str, dict[str, Any]] = state["network_interfaces"]
+        for override in body.get("network_overrides", []):
+            if override["iface_id"] not in ifaces:
+                return Reply.fault(NO_SUCH_IFACE.format(iface=override["iface_id"]))
+            ifaces[override["iface_id"]]["host_dev_name"] = override["host_dev_name"]
+        for drive in state["drives"].values():
+            problem = _open_error(self.host(drive["path_on_host"]), os.O_RDONLY if drive["is_read_only"] else os.O_RDWR)
+            if problem is not None:
+                return Reply.fault(DRIVE_OPEN.format(err=problem, path=drive["path_on_host"]))
+        vsock = state["vsock"]
+        if vsock is not None:
+            vsock["uds_path"] = body.get("vsock_override", {}).get("uds_path", vsock["uds_path"])
+            problem = self._listen_vsock(vsock["uds_path"])
+            if problem is not None:
+                return Reply.fault(VSOCK_BIND.format(err=problem))
+        self.machine_config, self.boot_source, self.drives = (
+            state["machine_config"],
+            state["boot_source"],
+            state["drives"],
+        )
+        self.network_interfaces, self.vsock = ifaces, vsock
+        self._say(f"restored from {body['snapshot_path']}")
+        self.on_instance_start()  # the fake's guest is its agent: a new one, linked to this VM's sockets
+        return NO_CONTENT
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

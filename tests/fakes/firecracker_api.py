@@ -4,9 +4,10 @@
   validates every body against the spec's definition for that operation (Draft 4; with ``deny_unknown_fields``,
   the default, unknown properties are refused as Firecracker's serde structs do, though the spec does not say so),
   enforces Firecracker's ordering rules (pre-boot resources and ``InstanceStart`` refused after start,
-  ``InstanceStart`` needs a boot source, ``PATCH /vm`` and ``SendCtrlAltDel`` only after start), records every
+  ``InstanceStart`` needs a boot source, ``PATCH /vm`` and ``SendCtrlAltDel`` only after start, a snapshot is
+  created only while paused and loaded only into a process given nothing but a logger and metrics), records every
   request, and lets a test inject faults. Subclasses can hook ``on_vsock``, ``on_instance_start``,
-  ``on_ctrl_alt_del`` and ``on_vm_state``.
+  ``on_ctrl_alt_del``, ``on_vm_state``, ``on_snapshot_create`` and ``on_snapshot_load``.
 - :class:`FakeFirecracker` serves a model on a Unix socket with asyncio (keep-alive, Content-Length bodies).
 
 Refusals are ``400 {"fault_message": ...}`` with Firecracker's wording where it is known. The stand-in for the
@@ -38,6 +39,19 @@ METRICS_AGAIN = (
     "allowed."
 )
 DESERIALIZE = "An error occurred when deserializing the json body of a request: {}."
+# Snapshots, in v1.12.1's wording (seen from the real binary).
+CREATE_RUNNING = (
+    "Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while "
+    "running"
+)
+DIFF_UNTRACKED = (
+    "The requested operation is not supported: Diff snapshots are not allowed on uVMs with dirty page tracking "
+    "disabled."
+)
+LOAD_AFTER_CONFIG = (
+    "Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources."
+)
+ONE_MEM_SOURCE = "Exactly one of mem_file_path or mem_backend must be given."  # the fake's words (spec: "exactly one")
 _ID_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 NOT_STARTED, RUNNING, PAUSED = "Not started", "Running", "Paused"
@@ -117,6 +131,7 @@ class FirecrackerModel:
     logger: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     ctrl_alt_del_count: int = 0
+    boot_configured: bool = False  # a boot-specific resource was PUT: a snapshot can no longer be loaded
     requests: list[RecordedRequest] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
@@ -135,6 +150,8 @@ class FirecrackerModel:
         self.add_route("PUT", "/metrics", self._put_metrics, preboot_only=True)
         self.add_route("PUT", "/actions", self._put_action)
         self.add_route("PATCH", "/vm", self._patch_vm)
+        self.add_route("PUT", "/snapshot/create", self._create_snapshot)
+        self.add_route("PUT", "/snapshot/load", self._load_snapshot, preboot_only=True)
 
     # --- test-facing helpers -----------------------------------------------------------------------------------
 
@@ -185,6 +202,14 @@ class FirecrackerModel:
 
     def on_vm_state(self, state: str) -> None:
         """Called after ``PATCH /vm`` changed the state (``Paused`` or ``Running``)."""
+
+    def on_snapshot_create(self, body: dict[str, Any]) -> Reply:
+        """Write the snapshot of a paused microVM (the model writes nothing)."""
+        return NO_CONTENT
+
+    def on_snapshot_load(self, body: dict[str, Any]) -> Reply:
+        """Restore from a snapshot into a fresh process (the model reads nothing); then the state is set."""
+        return NO_CONTENT
 
     # --- dispatch ----------------------------------------------------------------------------------------------
 
@@ -262,26 +287,31 @@ class FirecrackerModel:
 
     def _put_machine_config(self, body: dict[str, Any], _params: dict[str, str]) -> Reply:
         self.machine_config = {**DEFAULT_MACHINE, **body}
+        self.boot_configured = True
         return NO_CONTENT
 
     def _put_boot_source(self, body: dict[str, Any], _params: dict[str, str]) -> Reply:
         self.boot_source = body
+        self.boot_configured = True
         return NO_CONTENT
 
     def _put_drive(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
         if body["drive_id"] != params["drive_id"]:
             return Reply.fault(ID_MISMATCH)
         self.drives[params["drive_id"]] = body
+        self.boot_configured = True
         return NO_CONTENT
 
     def _put_iface(self, body: dict[str, Any], params: dict[str, str]) -> Reply:
         if body["iface_id"] != params["iface_id"]:
             return Reply.fault(ID_MISMATCH)
         self.network_interfaces[params["iface_id"]] = body
+        self.boot_configured = True
         return NO_CONTENT
 
     def _put_vsock(self, body: dict[str, Any], _params: dict[str, str]) -> Reply:
         self.vsock = body
+        self.boot_configured = True
         self.on_vsock(body)
         return NO_CONTENT
 
@@ -312,6 +342,25 @@ class FirecrackerModel:
         elif action == "FlushMetrics" and not self.started:  # v1.12.1 refuses it before start, metrics or not
             return Reply.fault(NOT_BEFORE_START)
         return NO_CONTENT
+
+    def _create_snapshot(self, body: dict[str, Any], _params: dict[str, str]) -> Reply:
+        if not self.started:
+            return Reply.fault(NOT_BEFORE_START)
+        if self.state != PAUSED:
+            return Reply.fault(CREATE_RUNNING)
+        if body.get("snapshot_type") == "Diff" and not self.machine_config.get("track_dirty_pages"):
+            return Reply.fault(DIFF_UNTRACKED)
+        return self.on_snapshot_create(body)
+
+    def _load_snapshot(self, body: dict[str, Any], _params: dict[str, str]) -> Reply:
+        if self.boot_configured:
+            return Reply.fault(LOAD_AFTER_CONFIG)
+        if ("mem_backend" in body) == ("mem_file_path" in body):
+            return Reply.fault(ONE_MEM_SOURCE)
+        reply = self.on_snapshot_load(body)
+        if reply.status < 300:
+            self.state = RUNNING if body.get("resume_vm") else PAUSED
+        return reply
 
     def _patch_vm(self, body: dict[str, Any], _params: dict[str, str]) -> Reply:
         if not self.started:

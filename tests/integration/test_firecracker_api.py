@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from nexus.domain import DriverError
+from nexus.domain import DriverError, ExitStatus, VmmRecord
 from nexus.vmm.firecracker import (
     BootSource,
     Drive,
     FirecrackerApi,
+    FirecrackerProcess,
     Logger,
     MachineConfig,
     Metrics,
     MicroVmConfig,
     NetworkInterface,
+    RuntimeFiles,
+    SnapshotFiles,
+    SnapshotLoad,
     Vsock,
     boot_args,
     preboot_requests,
+    restore_requests,
     root_drive,
 )
+from nexus.vmm.firecracker.driver import Listeners
 from tests.fakes.firecracker_api import (
+    CREATE_RUNNING,
+    LOAD_AFTER_CONFIG,
     NO_KERNEL,
     NOT_AFTER_START,
     NOT_BEFORE_START,
@@ -198,3 +208,68 @@ async def test_unreachable_socket_is_a_driver_error(tmp_path: Path) -> None:
     async with FirecrackerApi(tmp_path / "missing.sock", timeout_s=1) as api:
         with pytest.raises(DriverError, match="cannot reach the Firecracker API"):
             await api.describe_instance()
+
+
+SNAP = SnapshotFiles(P("/c/firecracker.vmstate"), P("/c/firecracker.mem"))
+
+
+async def test_snapshot_create_only_while_paused(rig: Rig) -> None:
+    with pytest.raises(DriverError, match=NOT_BEFORE_START):
+        await rig.api.create_snapshot(SNAP, timeout_s=2)
+    await preboot(rig.api, config())
+    await rig.api.instance_start()
+    with pytest.raises(DriverError, match=CREATE_RUNNING):
+        await rig.api.create_snapshot(SNAP, timeout_s=2)
+    await rig.api.pause()
+    await rig.api.create_snapshot(SNAP, timeout_s=2)
+    assert rig.model.bodies("PUT", "/snapshot/create")[-1] == {
+        "snapshot_type": "Full",
+        "snapshot_path": "/c/firecracker.vmstate",
+        "mem_file_path": "/c/firecracker.mem",
+    }
+    with pytest.raises(DriverError, match="Diff snapshots are not allowed"):
+        await rig.api.call(
+            "PUT", "/snapshot/create", {"snapshot_type": "Diff", "snapshot_path": "s", "mem_file_path": "m"}
+        )
+
+
+async def test_snapshot_load_only_into_a_fresh_process(rig: Rig) -> None:
+    """Logger and metrics may come first, nothing else; the load leaves it running (``resume_vm``) and every
+    pre-boot resource refused."""
+    cfg = config()
+    load = SnapshotLoad(SNAP, network_overrides=cfg.network, vsock_override=P("/v2.sock"))
+    for request in restore_requests(cfg, load):
+        await rig.api.send(request)
+    assert (await rig.api.describe_instance()).state == "Running"
+    assert rig.model.bodies("PUT", "/snapshot/load")[-1]["vsock_override"] == {"uds_path": "/v2.sock"}
+    with pytest.raises(DriverError, match=NOT_AFTER_START):
+        await rig.api.put_machine_config(cfg.machine)
+    with pytest.raises(DriverError, match=NOT_AFTER_START):
+        await rig.api.load_snapshot(load, timeout_s=2)
+
+
+async def test_snapshot_load_refusals(rig: Rig) -> None:
+    with pytest.raises(DriverError, match="Exactly one of mem_file_path or mem_backend"):
+        await rig.api.call("PUT", "/snapshot/load", {"snapshot_path": "s"})
+    with pytest.raises(DriverError, match=r"deserializing.*SnapshotLoadParams"):  # not in the spec: refused
+        await rig.api.call("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m", "huge": 1})
+    await rig.api.put_machine_config(MachineConfig(1, 128))
+    with pytest.raises(DriverError, match=LOAD_AFTER_CONFIG):
+        await rig.api.load_snapshot(SnapshotLoad(SNAP), timeout_s=2)
+    assert (await rig.api.describe_instance()).state == "Not started"
+
+
+async def test_a_firecracker_given_absolute_paths_refuses_to_checkpoint(rig: Rig, tmp_path: Path) -> None:
+    """An older nexusd gave a direct Firecracker absolute paths: its snapshot would name that VM's own drives, so a
+    fork would open them. It is refused before the guest is even paused."""
+    await preboot(rig.api, config())
+    await rig.api.instance_start()
+    exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+    old = RuntimeFiles(tmp_path, tmp_path, PurePosixPath(tmp_path))
+    record = VmmRecord(pid=os.getpid(), start_time=0, driver="firecracker", accel="kvm")
+    process = FirecrackerProcess(record, exited, old, rig.api, Listeners(old.vsock_socket, gateway=False))
+    with pytest.raises(DriverError, match="started by an older nexusd"):
+        await process.checkpoint(tmp_path / "ckpt")
+    assert (await rig.api.describe_instance()).state == "Running"
+    exited.set_result(ExitStatus(0))
+    await process.wait()

@@ -18,8 +18,9 @@ import platform
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,103 @@ def test_jailed_lifecycle_through_nexusd(base: Path) -> None:
             os.kill(pid, signal.SIGKILL)
             wait_until(lambda: api.get_vm("fc-jailed")["state"] == "crashed", 10, "crashed")
             wait_until(lambda: not chroot.exists(), 5, "the chroot of the crashed VM to be removed")
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def _checkpoint_restore_fork(
+    api: NexusClient, daemon_state: Path, runtime_dir: Callable[[str], Path], name: str
+) -> list[int]:
+    """Checkpoint ``name`` (running), restore it (a new Firecracker loads the snapshot) and fork it (another VM's
+    Firecracker loads it, with that VM's own drive and sockets); both answer tool calls. Returns every pid seen."""
+    vm = api.get_vm(name)
+    first = vm["pid"]
+    snap = api.request("POST", f"/v1/vms/{name}/checkpoints", json={"name": "c1"})
+    assert snap["state"]["vmm"] == "firecracker" and snap["state"]["size_bytes"] >= 256 << 20
+    state_dir = daemon_state / "snapshots" / snap["id"] / "vmm"
+    assert sorted(p.name for p in state_dir.iterdir()) == ["firecracker.mem", "firecracker.vmstate"]
+    assert api.get_vm(name)["state"] == "ready"  # resumed once its drives were copied
+    assert api.call_tool(name, "run_command", {"command": ["true"]})["structuredContent"]["exit_code"] == 0
+
+    restored = api.request("POST", f"/v1/vms/{name}/snapshots/c1/restore")
+    assert restored["state"] == "ready" and restored["pid"] != first
+    assert "restoring checkpoint c1" in [h["reason"] for h in api.vm_history(name)][-2]
+    result = api.call_tool(name, "run_command", {"command": ["echo", "back"]})
+    assert result["structuredContent"]["stdout"] == "back\n"
+
+    fork = api.request("POST", f"/v1/vms/{name}/fork", json={"name": f"{name}-f", "checkpoint": "c1"})
+    assert fork["state"] == "ready" and fork["pid"] not in (first, restored["pid"])
+    result = api.call_tool(fork["name"], "run_command", {"command": ["echo", "fork"]})
+    assert result["structuredContent"]["stdout"] == "fork\n"
+    assert api.get_vm(name)["state"] == "ready"  # the parent runs on
+    drives = {d["name"]: d["id"] for d in api.list_drives()}
+    fork_drive = daemon_state / "drives" / drives[f"{fork['name']}.root"] / "disk.img"
+    assert (runtime_dir(fork["id"]) / "root.img").samefile(fork_drive)  # under the name the snapshot holds
+    assert not (runtime_dir(fork["id"]) / "root.img").samefile(runtime_dir(vm["id"]) / "root.img")
+    return [first, restored["pid"], fork["pid"]]
+
+
+def test_checkpoint_restore_and_fork_through_nexusd(base: Path) -> None:
+    """The stand-in validates ``PUT /snapshot/create`` and ``/snapshot/load`` (with ``network_overrides`` absent:
+    no network here, and ``vsock_override``, which it has as v1.16.1 does) against the spec, writes and reads the
+    files, and a new agent dials the new Firecracker's listener; nexusd asks it to say hello."""
+    daemon = firecracker_daemon(base)
+    pids: list[int] = []
+    try:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            vm = api.create_vm(name="fc-ck", mem_mib=256)
+            api.start_vm("fc-ck")
+            pids = _checkpoint_restore_fork(api, daemon.state_dir, lambda i: daemon.runtime_dir / "vms" / i, "fc-ck")
+            console = (daemon.state_dir / "vms" / vm["id"] / "console.log").read_text()
+            assert "restored from firecracker.vmstate" not in console  # a direct Firecracker gets absolute paths
+            assert "restored from /" in console  # (each launch starts the console log anew)
+            for name in ("fc-ck", "fc-ck-f"):
+                assert api.stop_vm(name)["state"] == "stopped"
+        for pid in pids:
+            wait_until(partial(_gone, pid), 5, "every Firecracker to be reaped")
+        assert processes_mentioning(str(daemon.runtime_dir / "vms")) == []
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_jailed_checkpoint_restore_and_fork_through_nexusd(base: Path) -> None:
+    """Jailed: the snapshot is written as the jailed uid into files made for it in the chroot, moved out to the
+    checkpoint (root's), and hard-linked into each new chroot to be loaded."""
+    base.chmod(0o711)
+    daemon = firecracker_daemon(base, jailer_uid=JAILED_UID)
+    try:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            api.create_vm(name="fc-jck", mem_mib=256)
+            api.start_vm("fc-jck")
+            jail = base / "jail" / "firecracker"
+            _checkpoint_restore_fork(api, daemon.state_dir, lambda i: jail / i / "root", "fc-jck")
+            snapshots = list((daemon.state_dir / "snapshots").glob("*/vmm/firecracker.mem"))
+            assert snapshots and all(p.stat().st_uid == 0 for p in snapshots)
+            for name in ("fc-jck", "fc-jck-f"):
+                assert api.stop_vm(name)["state"] == "stopped"
+            assert list(jail.iterdir()) == []
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def test_a_refused_snapshot_load_fails_the_restore_and_leaves_nothing(base: Path) -> None:
+    faults = [{"method": "PUT", "path": "/snapshot/load", "fault_message": FAULT}]
+    daemon = firecracker_daemon(base, {FAULTS_ENV: json.dumps(faults)})
+    try:
+        with NexusClient(daemon.socket, timeout_s=60) as api:
+            vm = api.create_vm(name="fc-bad")
+            api.start_vm("fc-bad")
+            api.request("POST", "/v1/vms/fc-bad/checkpoints", json={"name": "c1"})
+            with pytest.raises(Exception, match="fake fault injected"):
+                api.request("POST", "/v1/vms/fc-bad/snapshots/c1/restore")
+            assert api.get_vm("fc-bad")["state"] == "failed"
+            runtime = daemon.runtime_dir / "vms" / vm["id"]
+            wait_until(lambda: processes_mentioning(str(runtime)) == [], 5, "no process left for the VM")
+            assert not runtime.exists()
     finally:
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
 

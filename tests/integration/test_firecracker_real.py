@@ -21,6 +21,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -238,7 +239,7 @@ def _check_jailed(process: FirecrackerProcess, spec: LaunchSpec, chroot: Path, n
     assert os.readlink(f"/proc/{process.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
     assert Path(f"/proc/{process.pid}/root/api.sock").samefile(root / "api.sock")  # its / is the chroot
     assert (root / "root.ext4").samefile(spec.root_drive)  # hard links, not copies
-    assert (root / "data_ro.ext4").samefile(spec.data_drives[0].path)
+    assert (root / "data0.ext4").samefile(spec.data_drives[0].path)
     assert stat.S_ISCHR((root / "dev" / "kvm").stat().st_mode)
     assert spec.root_drive.stat().st_uid == JAILED_UID  # written by the VM: handed over
     data = spec.data_drives[0].path.stat()  # only read: the jailer's gid may read it, no more
@@ -344,3 +345,133 @@ def test_the_tooling_fetches_checks_and_rechecks(real: RealFirecracker, tmp_path
         ensure_real_firecracker(tmp_path)
     with pytest.raises(FetchError, match=r"not for Firecracker 1\.12\.1"):
         manifest_sums({"component_versions": {"firecracker": "1.13.0", "jailer": "1.13.0"}, "binaries": {}})
+
+
+def _open_files(pid: int) -> set[tuple[int, int]]:
+    """The files ``pid`` holds open, by device and inode (a jailed process's paths are its chroot's)."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            st = fd.stat()
+            found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def _with_own_drive_ids(spec: LaunchSpec) -> LaunchSpec:
+    """A fork's data drives are copies with ids of their own (the snapshot holds its parent's)."""
+    return replace(spec, data_drives=tuple(replace(d, drive_id=f"{d.drive_id}_fork") for d in spec.data_drives))
+
+
+def _inodes(*paths: Path) -> set[tuple[int, int]]:
+    return {(p.stat().st_dev, p.stat().st_ino) for p in paths}
+
+
+def test_snapshot_create_and_load_into_a_new_process(
+    real: RealFirecracker, base: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Direct: pause → ``PUT /snapshot/create`` (both files written into the checkpoint dir) → a new Firecracker for
+    another VM (a fork: drives of its own, another runtime dir, another TAP) → ``PUT /snapshot/load`` with
+    ``network_overrides`` and ``resume_vm`` → running, with its own drives open and not its parent's; then the same
+    into the parent's own VM after it was killed (a restore). v1.12.1 has no ``vsock_override``; the vsock socket's
+    name is relative to each Firecracker's working dir, so each binds its own."""
+    netns = f"nxfs{os.getpid()}"
+    wrapper = base / "firecracker"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {real.firecracker} "$@"\n')
+    wrapper.chmod(0o755)
+
+    def lease(vm_id: str, tap: str) -> NetLease:
+        return NetLease(vm_id, IPv4Address("10.77.0.2"), IPv4Network("10.77.0.0/24"), tap, "02:00:00:00:00:02")
+
+    parent = _spec(base, "vm1", net=lease("vm1", "nxfstap0"))
+    fork = _with_own_drive_ids(_spec(base, "vm2", net=lease("vm2", "nxfstap1")))
+    checkpoint = base / "checkpoint"
+    checkpoint.mkdir()
+    driver = FirecrackerDriver(str(wrapper))
+
+    async def scenario() -> None:
+        process = await driver.launch(parent, lambda _record: None)
+        try:
+            await process.checkpoint(checkpoint)
+            assert (await process._api.describe_instance()).state == "Paused"  # the caller resumes
+            assert sorted(p.name for p in checkpoint.iterdir()) == ["firecracker.mem", "firecracker.vmstate"]
+            assert (checkpoint / "firecracker.mem").stat().st_size == parent.mem_mib << 20
+            assert {stat.S_IMODE(p.stat().st_mode) for p in checkpoint.iterdir()} == {0o600}  # the guest's memory
+            assert (checkpoint / "firecracker.vmstate").stat().st_size > 0
+            await process.resume()
+            forked = await driver.launch(replace(fork, resume_from=checkpoint), lambda _record: None)
+            try:
+                assert (await forked._api.describe_instance()).state == "Running"
+                opened = _open_files(forked.pid)
+                assert _inodes(fork.root_drive, fork.data_drives[0].path) <= opened
+                assert not _inodes(parent.root_drive, parent.data_drives[0].path) & opened
+                assert (fork.runtime_dir / "vsock.sock").exists()
+                log = (fork.runtime_dir / "firecracker.log").read_text()
+                assert 'Put request on "/snapshot/load"' in log and "/boot-source" not in log
+                await _stopped_by_kill(forked, caplog)
+            finally:
+                await forked.kill()
+        finally:
+            await process.kill()
+        restored = await driver.launch(replace(parent, resume_from=checkpoint), lambda _record: None)
+        try:
+            assert (await restored._api.describe_instance()).state == "Running"
+            assert _inodes(parent.root_drive) <= _open_files(restored.pid)
+            await restored.pause()
+            await restored.resume()
+        finally:
+            await restored.kill()
+        for spec, vmm in ((parent, process), (fork, forked), (parent, restored)):
+            assert not spec.runtime_dir.exists() and proc_stat(vmm.pid) is None
+        assert sorted(p.name for p in checkpoint.iterdir()) == ["firecracker.mem", "firecracker.vmstate"]
+
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        for tap in ("nxfstap0", "nxfstap1"):
+            subprocess.run(["ip", "-n", netns, "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+        asyncio.run(scenario())
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns], check=True)
+
+
+def test_snapshot_of_a_jailed_firecracker_loads_into_a_new_jail(
+    real: RealFirecracker, base: Path, reaper: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real jailer: the jailed uid writes the snapshot into files made for it at its chroot's root, which are
+    moved into the checkpoint dir (root's, 0600); a fork's jail gets hard links of them, loads them, runs with its
+    own drives (the same in-chroot names as its parent's, so the parent's snapshot names the fork's links) and
+    neither the checkpoint nor anything of either jail is left to the jailed uid."""
+    jailer = JailerOptions(real.jailer, JAILED_UID, JAILED_UID, base / "jail", new_pid_ns=True)
+    driver = FirecrackerDriver(str(real.firecracker), jailer=jailer)
+    parent, fork = _spec(base, "vm1"), _with_own_drive_ids(_spec(base, "vm2"))
+    checkpoint = base / "checkpoint"
+    checkpoint.mkdir()
+
+    async def scenario() -> None:
+        process = await driver.launch(parent, lambda _record: None)
+        reaper.append(process.pid)
+        try:
+            await process.checkpoint(checkpoint)
+            for name, size in (("firecracker.mem", parent.mem_mib << 20), ("firecracker.vmstate", None)):
+                st = (checkpoint / name).stat()
+                assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600)
+                assert st.st_size == size if size is not None else st.st_size > 0
+            jail = base / "jail" / "firecracker" / "vm1" / "root"
+            assert not (jail / "firecracker.mem").exists() and not (jail / "firecracker.vmstate").exists()
+            await process.resume()
+            forked = await driver.launch(replace(fork, resume_from=checkpoint), lambda _record: None)
+            reaper.append(forked.pid)
+            try:
+                assert (await forked._api.describe_instance()).state == "Running"
+                opened = _open_files(forked.pid)
+                assert _inodes(fork.root_drive, fork.data_drives[0].path) <= opened
+                assert not _inodes(parent.root_drive, parent.data_drives[0].path) & opened
+                await _stopped_by_kill(forked, caplog)
+            finally:
+                await forked.kill()
+        finally:
+            await process.kill()
+        for vm_id in ("vm1", "vm2"):
+            assert not (base / "jail" / "firecracker" / vm_id).exists()
+        assert sorted(p.name for p in checkpoint.iterdir()) == ["firecracker.mem", "firecracker.vmstate"]
+
+    asyncio.run(scenario())

@@ -19,6 +19,8 @@ from nexus.vmm.firecracker import (
     Metrics,
     MicroVmConfig,
     NetworkInterface,
+    SnapshotFiles,
+    SnapshotLoad,
     VmRunState,
     Vsock,
     action_body,
@@ -30,7 +32,11 @@ from nexus.vmm.firecracker import (
     metrics_body,
     network_interface_body,
     preboot_requests,
+    restore_requests,
     root_drive,
+    snapshot_create_body,
+    snapshot_load_body,
+    supports_vsock_override,
     vm_state_body,
     vsock_body,
 )
@@ -56,6 +62,20 @@ CASES: list[tuple[str, str, JsonBody]] = [
     ("metrics", "Metrics", metrics_body(Metrics(P("/l/metrics.fifo")))),
     *[(f"action {a.value}", "InstanceActionInfo", action_body(a)) for a in Action],
     *[(f"vm {s.value}", "Vm", vm_state_body(s)) for s in VmRunState],
+    ("snapshot create", "SnapshotCreateParams", snapshot_create_body(SnapshotFiles(P("/s.vmstate"), P("m.mem")))),
+    ("snapshot load", "SnapshotLoadParams", snapshot_load_body(SnapshotLoad(SnapshotFiles(P("s"), P("m"))))),
+    (
+        "snapshot load with overrides",
+        "SnapshotLoadParams",
+        snapshot_load_body(
+            SnapshotLoad(
+                SnapshotFiles(P("/s"), P("/m")),
+                network_overrides=(NetworkInterface("eth0", "nx-tap-2", "06:00:AC:10:00:02"),),
+                vsock_override=P("vsock.sock"),
+                resume_vm=False,
+            )
+        ),
+    ),
 ]
 
 
@@ -185,3 +205,50 @@ def test_boot_args() -> None:
 def test_invalid_values_are_refused(make: Callable[[], object]) -> None:
     with pytest.raises(Invalid):
         make()
+
+
+def test_snapshot_bodies() -> None:
+    files = SnapshotFiles(P("/c/firecracker.vmstate"), P("/c/firecracker.mem"))
+    assert snapshot_create_body(files) == {
+        "snapshot_type": "Full",
+        "snapshot_path": "/c/firecracker.vmstate",
+        "mem_file_path": "/c/firecracker.mem",
+    }
+    load = SnapshotLoad(files, (NetworkInterface("eth0", "tap9", "06:00:AC:10:00:02"),), P("vsock.sock"))
+    assert snapshot_load_body(load) == {
+        "snapshot_path": "/c/firecracker.vmstate",
+        "mem_backend": {"backend_type": "File", "backend_path": "/c/firecracker.mem"},
+        "resume_vm": True,
+        "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap9"}],  # the guest keeps its MAC
+        "vsock_override": {"uds_path": "vsock.sock"},
+    }
+    assert set(snapshot_load_body(SnapshotLoad(files))) == {"snapshot_path", "mem_backend", "resume_vm"}
+    with pytest.raises(Invalid):
+        SnapshotFiles(P(""), P("/m"))
+
+
+@pytest.mark.parametrize(
+    ("version", "supported"),
+    [("1.12.1", False), ("1.15.0", False), ("1.16.1", True), ("v1.16.0", True), ("2.0.0", True), ("dev", False)],
+)
+def test_vsock_override_only_where_the_version_has_it(version: str, supported: bool) -> None:
+    assert supports_vsock_override(version) is supported
+
+
+def test_a_restore_sends_only_logger_metrics_and_the_load() -> None:
+    cfg = MicroVmConfig(
+        machine=MachineConfig(2, 256),
+        boot=BootSource(P("/k/vmlinux"), ARGS),
+        drives=(root_drive(P("root.ext4")),),
+        vsock=Vsock(3, P("vsock.sock")),
+        logger=Logger(P("firecracker.log")),
+        metrics=Metrics(P("metrics.json")),
+    )
+    load = SnapshotLoad(SnapshotFiles(P("/c/s"), P("/c/m")))
+    requests = restore_requests(cfg, load)
+    assert [(r.method, r.path) for r in requests] == [
+        ("PUT", "/logger"),
+        ("PUT", "/metrics"),
+        ("PUT", "/snapshot/load"),
+    ]
+    assert requests[-1].body == snapshot_load_body(load)

@@ -26,6 +26,7 @@ from nexus.vmm.firecracker import (
     microvm_config,
     place_files,
     plan_chroot,
+    plan_links,
     root_drive,
 )
 
@@ -140,13 +141,13 @@ def test_plan_rewrites_boot_and_drives_to_chroot_paths() -> None:
     assert plan.boot == BootSource(PurePosixPath("/vmlinux"), boot.boot_args, PurePosixPath("/initrd.img"))
     assert [(d.drive_id, str(d.path), d.read_only) for d in plan.drives] == [
         ("root", "/root.ext4", False),
-        ("base", "/base.img", True),
+        ("base", "/data0.img", True),
     ]
     assert [(str(f.source), f.target, f.writable) for f in plan.files] == [
         ("/cache/k/vmlinux-6.1", layout.root / "vmlinux", False),
         ("/cache/k/initramfs.cpio.gz", layout.root / "initrd.img", False),
         ("/state/vms/1/root.ext4", layout.root / "root.ext4", True),
-        ("/images/base.img", layout.root / "base.img", False),
+        ("/images/base.img", layout.root / "data0.img", False),
     ]
 
 
@@ -156,7 +157,9 @@ def test_plan_without_initrd_and_name_clash() -> None:
     assert plan.boot.initrd is None
     assert len(plan.files) == 1
     with pytest.raises(Invalid):
-        plan_chroot(layout, BootSource(Path("/k/vmlinux"), ""), [Drive("vmlinux", Path("/d/vmlinux"))])
+        plan_chroot(
+            layout, BootSource(Path("/k/vmlinux"), ""), [root_drive(Path("/a.ext4")), root_drive(Path("/b.ext4"))]
+        )
 
 
 def _sources(tmp_path: Path) -> tuple[BootSource, list[Drive]]:
@@ -277,14 +280,26 @@ def test_jailed_driver_argv_and_in_chroot_config(tmp_path: Path) -> None:
     assert layout is not None and layout.instance_dir == Path("/srv/jail/firecracker/0123abcd")
 
 
-def test_direct_driver_keeps_host_paths(tmp_path: Path) -> None:
+def test_direct_driver_names_its_files_relative_to_the_runtime_dir(tmp_path: Path) -> None:
+    """Run directly, Firecracker works in the runtime dir and is given names relative to it (the same for every VM,
+    as a jailed one's in-chroot names are), so a snapshot names the files of whichever VM loads it."""
     driver = FirecrackerDriver("/usr/bin/firecracker")
     spec = _spec(tmp_path)
     files = driver.runtime_files(spec)
     assert driver.chroot("0123abcd") is None
     assert driver.launch_argv(spec)[:3] == ["/usr/bin/firecracker", "--api-sock", str(spec.runtime_dir / "api.sock")]
-    vsock = microvm_config(spec, files).vsock
-    assert vsock is not None and str(vsock.uds_path) == str(spec.runtime_dir / "vsock.sock")
+    config = microvm_config(spec, files)
+    assert config.vsock is not None and str(config.vsock.uds_path) == "vsock.sock"
+    assert config.logger is not None and str(config.logger.log_path) == "firecracker.log"
+    assert files.vsock_socket == spec.runtime_dir / "vsock.sock"  # where nexusd finds it
+    drives = [root_drive(Path("/state/r.ext4")), Drive("d1", Path("/state/d1.ext4")), Drive("d2", Path("/x/d2.img"))]
+    links, named = plan_links(spec.runtime_dir, drives)
+    assert [str(d.path) for d in named] == ["root.ext4", "data0.ext4", "data1.img"]
+    assert [(f.source, f.target) for f in links] == [
+        (Path("/state/r.ext4"), spec.runtime_dir / "root.ext4"),
+        (Path("/state/d1.ext4"), spec.runtime_dir / "data0.ext4"),
+        (Path("/x/d2.img"), spec.runtime_dir / "data1.img"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The Firecracker driver and its pieces: API bodies, the API client, and the argv of firecracker and its jailer.
+"""The Firecracker driver and its pieces: API bodies (snapshots too), the API client, and the argv of firecracker and
+its jailer.
 
 Speaks the API subset Firecracker v1.12 to v1.16 share (tested against the real v1.12.1 binary and jailer, and the
 v1.16.1 spec). Builders are pure; only :class:`FirecrackerApi` (the API socket) and
@@ -22,6 +23,8 @@ from nexus.vmm.firecracker.config import (
     Metrics,
     MicroVmConfig,
     NetworkInterface,
+    SnapshotFiles,
+    SnapshotLoad,
     VmRunState,
     Vsock,
     action_body,
@@ -33,7 +36,11 @@ from nexus.vmm.firecracker.config import (
     metrics_body,
     network_interface_body,
     preboot_requests,
+    restore_requests,
     root_drive,
+    snapshot_create_body,
+    snapshot_load_body,
+    supports_vsock_override,
     vm_state_body,
     vsock_body,
 )
@@ -47,9 +54,11 @@ from nexus.vmm.firecracker.jailer import (
     Placement,
     cgroup_dirs,
     chroot_layout,
+    drive_file_names,
     jailer_argv,
     place_files,
     plan_chroot,
+    plan_links,
 )
 
 __all__ = [
@@ -75,6 +84,8 @@ __all__ = [
     "PlacedFile",
     "Placement",
     "RuntimeFiles",
+    "SnapshotFiles",
+    "SnapshotLoad",
     "VmRunState",
     "Vsock",
     "action_body",
@@ -84,6 +95,7 @@ __all__ = [
     "check_instance_id",
     "chroot_layout",
     "drive_body",
+    "drive_file_names",
     "firecracker_argv",
     "jailer_argv",
     "logger_body",
@@ -93,8 +105,13 @@ __all__ = [
     "network_interface_body",
     "place_files",
     "plan_chroot",
+    "plan_links",
     "preboot_requests",
+    "restore_requests",
     "root_drive",
+    "snapshot_create_body",
+    "snapshot_load_body",
+    "supports_vsock_override",
     "vm_state_body",
     "vsock_body",
 ]

@@ -27,6 +27,8 @@ from nexus.vmm.firecracker.config import (
     MachineConfig,
     Metrics,
     NetworkInterface,
+    SnapshotFiles,
+    SnapshotLoad,
     VmRunState,
     Vsock,
     action_body,
@@ -40,6 +42,8 @@ from nexus.vmm.firecracker.config import (
     metrics_body,
     network_interface_body,
     network_interface_path,
+    snapshot_create_body,
+    snapshot_load_body,
     vm_state_body,
     vsock_body,
 )
@@ -72,13 +76,17 @@ class FirecrackerApi:
 
     # --- the one place that speaks HTTP ------------------------------------------------------------------------
 
-    async def call(self, method: str, path: str, body: JsonBody | None = None) -> object:
-        """Send one request; return the decoded JSON answer (``None`` for 204). Refusals raise DriverError."""
+    async def call(
+        self, method: str, path: str, body: JsonBody | None = None, *, timeout_s: float | None = None
+    ) -> object:
+        """Send one request; return the decoded JSON answer (``None`` for 204). Refusals raise DriverError.
+        ``timeout_s`` replaces the client's timeout for a call that moves the guest's memory."""
         what = f"{method} {path}"
         content = None if body is None else json.dumps(body).encode()
         headers = {} if content is None else {"Content-Type": "application/json"}
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s)
         try:
-            response = await self._client.request(method, path, content=content, headers=headers)
+            response = await self._client.request(method, path, content=content, headers=headers, timeout=timeout)
         except httpx.TimeoutException as exc:
             raise DriverError(f"Firecracker did not answer {what} in time (socket {self.socket_path})") from exc
         except httpx.HTTPError as exc:
@@ -127,6 +135,15 @@ class FirecrackerApi:
 
     async def resume(self) -> None:
         await self.call("PATCH", "/vm", vm_state_body(VmRunState.RESUMED))
+
+    # --- snapshots ----------------------------------------------------------------------------------------------
+
+    async def create_snapshot(self, files: SnapshotFiles, *, timeout_s: float) -> None:
+        """A full snapshot of a paused microVM (Firecracker writes the whole guest memory before it answers)."""
+        await self.call("PUT", "/snapshot/create", snapshot_create_body(files), timeout_s=timeout_s)
+
+    async def load_snapshot(self, load: SnapshotLoad, *, timeout_s: float) -> None:
+        await self.call("PUT", "/snapshot/load", snapshot_load_body(load), timeout_s=timeout_s)
 
     # --- queries -----------------------------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Each ``*_body`` function returns exactly the dict the driver sends for one resource; nothing here talks to a
 socket or touches the filesystem (see :mod:`nexus.vmm.firecracker.api` for that). Field names follow the
 Firecracker OpenAPI definitions (``MachineConfiguration``, ``BootSource``, ``Drive``, ``NetworkInterface``,
-``Vsock``, ``Logger``, ``Metrics``, ``InstanceActionInfo``, ``Vm``); only the fields Nexus uses are emitted.
+``Vsock``, ``Logger``, ``Metrics``, ``InstanceActionInfo``, ``Vm``, ``SnapshotCreateParams``,
+``SnapshotLoadParams``); only the fields Nexus uses are emitted.
 Invalid values (a vCPU count outside 1..32, a vsock CID below 3, a malformed MAC...) raise
 :class:`nexus.domain.Invalid` when the value object is made, so a body that was built is one Firecracker accepts.
 """
@@ -55,6 +56,9 @@ class VmRunState(StrEnum):
 
     PAUSED = "Paused"
     RESUMED = "Resumed"
+
+
+VSOCK_OVERRIDE_SINCE = (1, 16)  # in the v1.16.1 spec; v1.12.1 refuses the field (not in its LoadSnapshotConfig)
 
 
 def check_resource_id(kind: str, value: str) -> str:
@@ -200,6 +204,30 @@ class MicroVmConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotFiles:
+    """A snapshot's two files, as Firecracker names them: the microVM state and the guest memory."""
+
+    snapshot_path: PurePath
+    mem_path: PurePath
+
+    def __post_init__(self) -> None:
+        _path(self.snapshot_path)
+        _path(self.mem_path)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotLoad:
+    """``PUT /snapshot/load`` into a fresh Firecracker: the files, the TAP each interface is to use now
+    (``network_overrides``: only ``iface_id`` and ``host_dev_name`` are sent; the guest keeps its MAC) and, where the
+    version has it, the vsock socket to listen on."""
+
+    files: SnapshotFiles
+    network_overrides: tuple[NetworkInterface, ...] = ()
+    vsock_override: PurePath | None = None
+    resume_vm: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class ApiRequest:
     """One API call: method, path and JSON body (``None`` for none)."""
 
@@ -310,6 +338,33 @@ def vm_state_body(state: VmRunState) -> JsonBody:
     return {"state": state.value}
 
 
+def snapshot_create_body(files: SnapshotFiles) -> JsonBody:
+    """``PUT /snapshot/create``: always a full snapshot (Nexus tracks no dirty pages)."""
+    return {"snapshot_type": "Full", "snapshot_path": str(files.snapshot_path), "mem_file_path": str(files.mem_path)}
+
+
+def snapshot_load_body(load: SnapshotLoad) -> JsonBody:
+    """``PUT /snapshot/load`` with a file memory backend (``mem_file_path`` is deprecated)."""
+    body: JsonBody = {
+        "snapshot_path": str(load.files.snapshot_path),
+        "mem_backend": {"backend_type": "File", "backend_path": str(load.files.mem_path)},
+        "resume_vm": load.resume_vm,
+    }
+    if load.network_overrides:
+        body["network_overrides"] = [
+            {"iface_id": n.iface_id, "host_dev_name": n.host_dev_name} for n in load.network_overrides
+        ]
+    if load.vsock_override is not None:
+        body["vsock_override"] = {"uds_path": str(_path(load.vsock_override))}
+    return body
+
+
+def supports_vsock_override(vmm_version: str) -> bool:
+    """Whether a Firecracker of ``vmm_version`` (``GET /``: ``1.12.1``) takes ``vsock_override`` on load."""
+    match = re.match(r"^v?(\d+)\.(\d+)", vmm_version)
+    return match is not None and (int(match[1]), int(match[2])) >= VSOCK_OVERRIDE_SINCE
+
+
 def drive_path(drive_id: str) -> str:
     """The URL path of one drive."""
     return f"/drives/{check_resource_id('drive_id', drive_id)}"
@@ -336,6 +391,18 @@ def preboot_requests(cfg: MicroVmConfig) -> tuple[ApiRequest, ...]:
     )
     if cfg.vsock is not None:
         requests.append(ApiRequest("PUT", "/vsock", vsock_body(cfg.vsock)))
+    return tuple(requests)
+
+
+def restore_requests(cfg: MicroVmConfig, load: SnapshotLoad) -> tuple[ApiRequest, ...]:
+    """Every call that brings a fresh Firecracker back from a snapshot: logger and metrics (the only resources it
+    takes before a load), then the load itself; the machine, boot source and devices come from the snapshot."""
+    requests: list[ApiRequest] = []
+    if cfg.logger is not None:
+        requests.append(ApiRequest("PUT", "/logger", logger_body(cfg.logger)))
+    if cfg.metrics is not None:
+        requests.append(ApiRequest("PUT", "/metrics", metrics_body(cfg.metrics)))
+    requests.append(ApiRequest("PUT", "/snapshot/load", snapshot_load_body(load)))
     return tuple(requests)
 
 

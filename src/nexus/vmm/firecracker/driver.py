@@ -7,7 +7,11 @@ the agent's control and gateway streams dial (``<runtime>/vsock.sock_1024`` and 
 boots). The guest link is Firecracker's hybrid vsock: control and gateway are guest-initiated (accepted on the
 listeners), MCP host-initiated
 (``CONNECT 1025``). A graceful stop is ``SendCtrlAltDel``: the guest's init reboots and, with ``reboot=k`` on the
-kernel command line, Firecracker exits on the guest's reboot. With :class:`JailerOptions` Firecracker runs through
+kernel command line, Firecracker exits on the guest's reboot. A checkpoint is ``PUT /snapshot/create`` into the
+checkpoint dir; a launch with ``resume_from`` loads it into a new Firecracker instead of configuring and booting one
+(:mod:`nexus.vmm.firecracker.snapshot`). Every name Firecracker is given is the same for every VM (relative to the
+runtime dir it runs in, or in-chroot), so a snapshot names the files of whichever VM loads it. With
+:class:`JailerOptions` Firecracker runs through
 the jailer: kernel, initrd and drives are hard-linked into ``<chroot_base>/<binary name>/<vm id>/root``, the
 writable ones and Firecracker's log, metrics and the listeners are handed to the jailed uid, every path sent
 over the API is the in-chroot one, and the chroot is removed once Firecracker is reaped. It does not decide
@@ -30,6 +34,7 @@ from nexus.channel.vsock import GuestListener, VsockError, connect_hybrid, guest
 from nexus.domain import DriverError, ExitStatus, GuestPort, LaunchSpec, NexusError, SpawnHook, VmmRecord
 from nexus.domain.retry import retry
 from nexus.protocol import CONTROL_VSOCK_PORT, GATEWAY_VSOCK_PORT, MCP_VSOCK_PORT
+from nexus.vmm.firecracker import snapshot
 from nexus.vmm.firecracker.api import FirecrackerApi
 from nexus.vmm.firecracker.argv import FIRECRACKER_BINARY, firecracker_argv
 from nexus.vmm.firecracker.config import (
@@ -40,22 +45,28 @@ from nexus.vmm.firecracker.config import (
     Metrics,
     MicroVmConfig,
     NetworkInterface,
+    SnapshotFiles,
+    SnapshotLoad,
     Vsock,
     boot_args,
     data_drive,
     preboot_requests,
+    restore_requests,
     root_drive,
+    supports_vsock_override,
 )
 from nexus.vmm.firecracker.jailer import (
     ChrootLayout,
     ChrootPlan,
     JailerLaunch,
     JailerOptions,
+    PlacedFile,
     cgroup_dirs,
     chroot_layout,
     jailer_argv,
     place_files,
     plan_chroot,
+    plan_links,
 )
 from nexus.vmm.process import VmmProcess, child_exit, claim, kill_group, pidfd_exit, runs_vm, start_time
 
@@ -67,6 +78,7 @@ NET_IFACE_ID = "eth0"
 TRANSPORT_ARG = "nexus.transport=vsock"
 STARTUP_TIMEOUT_S = 10.0
 API_TIMEOUT_S = 5.0
+SNAPSHOT_TIMEOUT_S = 300.0  # writing or mapping the whole guest memory
 CONTROL_ACCEPT_S = 1.0  # one wait for the agent's dial; connect_peer retries it until its own deadline
 MCP_CONNECT_S = 5.0
 STDERR_TAIL_BYTES = 2000
@@ -84,9 +96,11 @@ PROC_MOUNTS = Path("/proc/mounts")
 
 @dataclass(frozen=True, slots=True)
 class RuntimeFiles:
-    """Where one VM's Firecracker keeps its sockets, log and metrics: ``files_dir`` on the host, which Firecracker
-    itself sees as ``inner_dir`` (the same dir when it runs directly; ``/`` of its chroot under the jailer).
-    nexusd's own files for the VM (Firecracker's stderr) stay in ``runtime_dir``."""
+    """Where one VM's Firecracker keeps its sockets, log, metrics and links to its drives: ``files_dir`` on the host,
+    which Firecracker itself sees as ``inner_dir`` (``.``, its working dir, when it runs directly; ``/`` of its chroot
+    under the jailer). Either way the names Firecracker is given are the same for every VM, so a snapshot, which
+    records them, names the files of whichever VM loads it. nexusd's own files for the VM (Firecracker's stderr)
+    stay in ``runtime_dir``."""
 
     runtime_dir: Path
     files_dir: Path
@@ -94,7 +108,7 @@ class RuntimeFiles:
 
     @classmethod
     def direct(cls, runtime_dir: Path) -> RuntimeFiles:
-        return cls(runtime_dir, runtime_dir, PurePosixPath(runtime_dir))
+        return cls(runtime_dir, runtime_dir, PurePosixPath("."))
 
     @classmethod
     def jailed(cls, runtime_dir: Path, chroot: ChrootLayout) -> RuntimeFiles:
@@ -231,7 +245,40 @@ class FirecrackerProcess(VmmProcess):
         await self._vm_state("resume", self._api.resume)
 
     async def checkpoint(self, directory: Path) -> None:
-        raise DriverError("checkpoints of Firecracker VMs are not built yet (snapshot/create comes with issue 17)")
+        if self._chroot is None and self._files.inner_dir.is_absolute():
+            # Launched by an older nexusd with absolute paths: its snapshot would name this VM's own drives.
+            raise DriverError(
+                f"Firecracker pid {self.pid} was started by an older nexusd; restart the VM to checkpoint it"
+            )
+        await self.pause()
+        staged = self._stage_snapshot()
+        target = (
+            snapshot.in_directory(directory)
+            if staged is None
+            else SnapshotFiles(self._files.inner(Path(staged.snapshot_path)), self._files.inner(Path(staged.mem_path)))
+        )
+        try:
+            await self._api.create_snapshot(target, timeout_s=SNAPSHOT_TIMEOUT_S)
+            if staged is not None:
+                snapshot.collect(staged, directory)
+            size = await asyncio.to_thread(snapshot.seal, directory)
+        except OSError as exc:
+            raise DriverError(f"cannot keep the snapshot of Firecracker pid {self.pid}: {exc}") from exc
+        finally:
+            if staged is not None:
+                snapshot.discard(staged)
+        log.info("firecracker pid %d: snapshot taken (%d MiB)", self.pid, size // 2**20)
+
+    def _stage_snapshot(self) -> SnapshotFiles | None:
+        """Jailed (an owner on record): the files in the chroot that Firecracker writes its snapshot into."""
+        owner = self.record.detail.get(OWNER_KEY)
+        if not owner:
+            return None
+        uid, gid = (int(x) for x in owner.split(":"))
+        try:
+            return snapshot.stage(self._files.files_dir, uid, gid)
+        except OSError as exc:
+            raise DriverError(f"cannot prepare the snapshot files of Firecracker pid {self.pid}: {exc}") from exc
 
     async def _vm_state(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
         if self.exit_status is not None:
@@ -254,6 +301,18 @@ class FirecrackerProcess(VmmProcess):
         if self._chroot is not None:  # only hard links (and Firecracker's own copy): the VM's drives stay
             shutil.rmtree(self._chroot, ignore_errors=True)
         remove_cgroups(self._cgroups)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One launch, decided before anything is touched."""
+
+    argv: list[str]
+    files: RuntimeFiles
+    config: MicroVmConfig  # with every path as Firecracker names it
+    chroot: ChrootPlan | None  # jailed: what to hard-link into the chroot
+    links: tuple[PlacedFile, ...]  # direct: the drives' symlinks in the runtime dir
+    resume: SnapshotFiles | None = None  # the snapshot to load instead of booting, as Firecracker names it
 
 
 class FirecrackerDriver:
@@ -356,15 +415,22 @@ class FirecrackerDriver:
         log.info("vm %s: adopted firecracker pid %d", name, record.pid)
         return FirecrackerProcess(record, exited, files, api, listeners, chroot, cgroups=_recorded_cgroups(record))
 
-    def _plan(self, spec: LaunchSpec) -> tuple[list[str], RuntimeFiles, MicroVmConfig, ChrootPlan | None]:
+    def _plan(self, spec: LaunchSpec) -> _Plan:
         files = self.runtime_files(spec)
         argv = self.launch_argv(spec)
         config = microvm_config(spec, files)
         chroot = self.chroot(spec.vm_id)
         if chroot is None:
-            return argv, files, config, None
+            links, drives = plan_links(files.files_dir, config.drives)
+            resume = None if spec.resume_from is None else snapshot.in_directory(spec.resume_from)
+            return _Plan(argv, files, replace(config, drives=drives), None, links, resume)
         plan = plan_chroot(chroot, config.boot, config.drives)
-        return argv, files, replace(config, boot=plan.boot, drives=plan.drives), plan
+        config = replace(config, boot=plan.boot, drives=plan.drives)
+        if spec.resume_from is None:
+            return _Plan(argv, files, config, plan, ())
+        placed = snapshot.placement(spec.resume_from, chroot)
+        resume = SnapshotFiles(placed[0].in_chroot, placed[1].in_chroot)
+        return _Plan(argv, files, config, replace(plan, files=(*plan.files, *placed)), (), resume)
 
     def _cgroups(self, spec: LaunchSpec) -> tuple[Path, ...]:
         launch = self._jailer_launch(spec)
@@ -378,8 +444,11 @@ class FirecrackerDriver:
 
     async def launch(self, spec: LaunchSpec, on_spawn: SpawnHook) -> FirecrackerProcess:
         try:
-            argv, files, config, plan = self._plan(spec)
+            planned = self._plan(spec)
+            argv, files, config, plan = planned.argv, planned.files, planned.config, planned.chroot
             cgroups = self._cgroups(spec)
+            if spec.resume_from is not None:
+                snapshot.check(spec.resume_from)
         except NexusError as exc:
             raise DriverError(f"cannot configure Firecracker for VM {spec.name}: {exc.message}") from exc
         if len(str(files.longest_socket()).encode()) > UNIX_PATH_MAX_BYTES:
@@ -405,6 +474,7 @@ class FirecrackerDriver:
             files.files_dir.mkdir(parents=True, exist_ok=True)
             if plan is not None:
                 place_files(plan.files)
+            place_files(planned.links, link=os.symlink)
             for path in (files.log_file, files.metrics_file):  # Firecracker opens these; it does not create them
                 path.touch()
             await listeners.start()  # before boot: the agent dials the host as soon as it runs
@@ -423,6 +493,7 @@ class FirecrackerDriver:
                     stdout=console,  # the guest's serial console
                     stderr=stderr,
                     start_new_session=True,  # a Ctrl-C meant for nexusd must not kill its VMs behind its back
+                    cwd=files.files_dir if plan is None else None,  # what its relative paths are relative to
                 )
         except OSError as exc:
             await listeners.close()
@@ -449,7 +520,7 @@ class FirecrackerDriver:
                 },
             )
             on_spawn(record)
-            await self._configure(exited, api, config)
+            await self._configure(exited, api, config, planned.resume)
         except BaseException as exc:
             # The jailer's process group holds Firecracker too, even in a PID namespace of its own.
             kill_group(proc.pid)
@@ -466,13 +537,21 @@ class FirecrackerDriver:
                 raise  # cancelled, or the store could not record the process: not Firecracker's fault
             what = exc.message if isinstance(exc, NexusError) else str(exc) or type(exc).__name__
             status = _exit_status(vmm[1]) if vmm is not None else ExitStatus(proc.returncode)
+            did = "start" if spec.resume_from is None else "resume"
             raise DriverError(
-                f"Firecracker did not start VM {spec.name} (exit {status}): {what}"
+                f"Firecracker did not {did} VM {spec.name} (exit {status}): {what}"
                 + (f"\nstderr: {tail}" if tail else "")
             ) from None
         jailed = "" if self._jailer is None else f", jailed as uid {self._jailer.uid}"
+        how = "" if spec.resume_from is None else ", resumed from a snapshot"
         log.info(
-            "vm %s: firecracker pid %d (%d vCPU, %d MiB%s)", spec.name, record.pid, spec.vcpus, spec.mem_mib, jailed
+            "vm %s: firecracker pid %d (%d vCPU, %d MiB%s%s)",
+            spec.name,
+            record.pid,
+            spec.vcpus,
+            spec.mem_mib,
+            jailed,
+            how,
         )
         return FirecrackerProcess(record, exited, files, api, listeners, chroot, cgroups=cgroups)
 
@@ -502,16 +581,30 @@ class FirecrackerDriver:
         return pid, pidfd_exit(fd, pid)
 
     @staticmethod
-    async def _configure(exited: asyncio.Future[ExitStatus], api: FirecrackerApi, config: MicroVmConfig) -> None:
-        """Wait for the API socket to answer, send every pre-boot resource, then ``InstanceStart``."""
+    async def _configure(
+        exited: asyncio.Future[ExitStatus], api: FirecrackerApi, config: MicroVmConfig, resume: SnapshotFiles | None
+    ) -> None:
+        """Wait for the API socket to answer, then send every pre-boot resource and ``InstanceStart``, or (``resume``)
+        load the snapshot onto this VM's TAP and vsock socket and let it run."""
 
         def gone() -> DriverError | None:
             return DriverError("Firecracker exited before its API answered") if exited.done() else None
 
-        await retry(api.describe_instance, retry_on=DriverError, timeout_s=STARTUP_TIMEOUT_S, give_up=gone)
-        for request in preboot_requests(config):
-            await api.send(request)
-        await api.instance_start()
+        info = await retry(api.describe_instance, retry_on=DriverError, timeout_s=STARTUP_TIMEOUT_S, give_up=gone)
+        if resume is None:
+            for request in preboot_requests(config):
+                await api.send(request)
+            await api.instance_start()
+            return
+        # The vsock socket's name is the same for every VM already; where the version can be told so, it is.
+        vsock = config.vsock.uds_path if config.vsock is not None else None
+        load = SnapshotLoad(
+            resume,
+            network_overrides=config.network,
+            vsock_override=vsock if supports_vsock_override(info.vmm_version) else None,
+        )
+        for request in restore_requests(config, load):
+            await api.call(request.method, request.path, request.body, timeout_s=SNAPSHOT_TIMEOUT_S)
 
 
 def _hand_over(jailer: JailerOptions, plan: ChrootPlan, files: RuntimeFiles, listeners: list[Path]) -> None:

@@ -234,8 +234,28 @@ class ChrootPlan:
     drives: tuple[Drive, ...]
 
 
+def drive_file_names(drives: Sequence[Drive]) -> tuple[str, ...]:
+    """The names the drives' files have where Firecracker opens them: ``root<suffix>`` for the root drive,
+    ``data<N><suffix>`` for the Nth data drive. By position, not by id: a snapshot records these names, and a fork's
+    drives (copies with ids of their own, in the parent's order) must sit under the names its parent's snapshot
+    holds."""
+    data = iter(range(len(drives)))
+    return tuple(("root" if d.is_root_device else f"data{next(data)}") + PurePath(d.path).suffix for d in drives)
+
+
+def plan_links(directory: Path, drives: Sequence[Drive]) -> tuple[tuple[PlacedFile, ...], tuple[Drive, ...]]:
+    """Pure: without the jailer, each drive behind a symlink ``directory/<name>`` (:func:`drive_file_names`) and the
+    drives rewritten to that relative name (Firecracker runs in ``directory``), so its snapshots name no drive of
+    another VM."""
+    files = tuple(
+        PlacedFile(Path(d.path), directory / name, PurePosixPath(name), writable=not d.read_only)
+        for d, name in zip(drives, drive_file_names(drives), strict=True)
+    )
+    return files, tuple(replace(d, path=f.in_chroot) for d, f in zip(drives, files, strict=True))
+
+
 def plan_chroot(layout: ChrootLayout, boot: BootSource, drives: Sequence[Drive]) -> ChrootPlan:
-    """Pure: kernel → ``/vmlinux``, initrd → ``/initrd.img``, drive ``X`` → ``/X<suffix of its file>``."""
+    """Pure: kernel → ``/vmlinux``, initrd → ``/initrd.img``, drives → ``/<name>`` (:func:`drive_file_names`)."""
     files: list[PlacedFile] = []
 
     def place(source: PurePath, name: str, writable: bool) -> PurePosixPath:
@@ -249,7 +269,8 @@ def plan_chroot(layout: ChrootLayout, boot: BootSource, drives: Sequence[Drive])
     initrd = None if boot.initrd is None else place(boot.initrd, INITRD_NAME, writable=False)
     jailed_boot = replace(boot, kernel=kernel, initrd=initrd)
     jailed_drives = tuple(
-        replace(d, path=place(d.path, d.drive_id + PurePath(d.path).suffix, writable=not d.read_only)) for d in drives
+        replace(d, path=place(d.path, name, writable=not d.read_only))
+        for d, name in zip(drives, drive_file_names(drives), strict=True)
     )
     return ChrootPlan(layout=layout, files=tuple(files), boot=jailed_boot, drives=jailed_drives)
 
