@@ -180,11 +180,6 @@ class VmCreate(Strict):
         default=None,
         description="suspend it (checkpoint, stop) after this many seconds unused; its next use resumes it",
     )
-    claim: StrictBool = Field(
-        default=False,
-        description="take a ready VM from a warm pool whose template this request matches exactly (answered"
-        " ready: renamed, tagged); else the VM is created as without it",
-    )
 
     def spec(self) -> VmSpec:
         """The VM this asks for (Invalid for a malformed port or host pattern)."""
@@ -202,6 +197,16 @@ class VmCreate(Strict):
             allow=tuple(HostPattern.parse(p) for p in self.allow),
             lifetime=Lifetime(self.ttl_s, self.on_expiry, self.idle_suspend_s),
         )
+
+
+class VmCreateOrClaim(VmCreate):
+    """``POST /v1/vms``: a VM to create, or with ``claim`` to take from a warm pool when one matches."""
+
+    claim: StrictBool = Field(
+        default=False,
+        description="take a ready VM from a warm pool whose template this request matches exactly (answered"
+        " ready: renamed, tagged); else the VM is created as without it",
+    )
 
 
 class LifetimeOut(BaseModel):

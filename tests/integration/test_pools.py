@@ -6,6 +6,7 @@ and keeps claimed ones; bad input is refused and changes nothing."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from nexus.cli.main import main
 from nexus.domain import Invalid, NotFound
 from nexus.sdk import Nexus
 from tests.api_client import NexusClient
@@ -178,3 +180,58 @@ def test_a_smaller_size_drops_surplus_and_size_zero_empties(api: NexusClient, da
     assert claim(api, "late", mem_mib=448)["state"] == "created"
     api.remove_vm("late")
     api.request("DELETE", "/v1/pools/shrink")
+
+
+def cli(capsys: pytest.CaptureFixture[str], daemon: Daemon, *args: str) -> tuple[int, str, str]:
+    code = main(["--socket", str(daemon.socket), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_cli_sets_lists_claims_and_removes(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
+    code, out, err = cli(capsys, daemon, "pool", "set", "cli", "--size", "1", "--mem", "192", "--no-network")
+    assert (code, err) == (0, ""), err
+    assert out.strip() == "pool cli: 1 x debian-bookworm, 1 vCPU, 192 MiB, no network"
+    with NexusClient(daemon.socket, timeout_s=60) as api:
+        wait_ready(api, "cli", 1)
+    code, out, _ = cli(capsys, daemon, "pool", "ls")
+    assert code == 0 and "cli" in out and "192 MiB" in out
+    code, out, _ = cli(capsys, daemon, "status")
+    assert code == 0 and "pool cli" in out and "1/1 ready" in out
+    code, out, err = cli(capsys, daemon, "--json", "vm", "run", "from-cli", "--mem", "192", "--no-network")
+    assert code == 0, err
+    vm = json.loads(out)
+    assert (vm["name"], vm["state"]) == ("from-cli", "ready")
+    with NexusClient(daemon.socket, timeout_s=60) as api:
+        assert api.vm_history("from-cli")[-1]["reason"] == "claimed from pool cli as from-cli"
+    code, out, err = cli(capsys, daemon, "pool", "set", "cli", "--size", "99")
+    assert code != 0 and out == "" and len(err.strip().splitlines()) == 1 and "size" in err
+    code, out, _ = cli(capsys, daemon, "pool", "rm", "cli")
+    assert (code, out.strip()) == (0, "removed pool cli")
+    code, _, err = cli(capsys, daemon, "pool", "rm", "cli")
+    assert code != 0 and "no pool named 'cli'" in err
+    code, _, err = cli(capsys, daemon, "vm", "rm", "--force", "from-cli")
+    assert code == 0, err
+
+
+def test_pool_vms_stay_in_their_pool_across_a_restart() -> None:
+    base = Path(tempfile.mkdtemp(prefix="nxpr-"))
+    try:
+        first = firecracker_daemon(base, stop_vms_on_exit=False)
+        try:
+            with NexusClient(first.socket, timeout_s=60) as api:
+                api.request("PUT", "/v1/pools/keep", json={"size": 1, "mem_mib": 256})
+                wait_ready(api, "keep", 1)
+            before = pool_vms(first, "keep")
+        finally:
+            assert first.stop() == 0, first.log_text()[-3000:]
+        second = firecracker_daemon(base)
+        try:
+            with NexusClient(second.socket, timeout_s=60) as api:
+                wait_ready(api, "keep", 1)
+                assert [vm["id"] for vm in pool_vms(second, "keep")] == [before[0]["id"]]  # adopted, not rebooted
+                assert claim(api, "after", mem_mib=256)["id"] == before[0]["id"]
+        finally:
+            assert second.stop() == 0, second.log_text()[-3000:]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

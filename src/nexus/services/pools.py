@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0
 BOOTS_AT_ONCE = 2  # pool VMs booting at once, all pools together: refilling must not starve users' boots
 BACKOFF_S = (5.0, 15.0, 60.0, 300.0)  # before a template's next boot after 1, 2, 3, 4+ failures in a row
+REMOVE_WAIT_S = 60.0  # for its VMs to go, when something else holds one
 TEMPLATE_NAME_MAX = 40  # its VMs are named pool-<template>-<6 hex>, within a VM name's 63
 
 
@@ -137,9 +138,14 @@ class PoolService:
         """Drop template ``name`` and its idle VMs (claimed ones are users' and stay)."""
         self._store.get(name)
         self._store.delete(name)
-        for vm in self._members():
-            if vm.pool == name:
-                await self._discard(vm, "its pool was removed")
+        deadline = self._clock() + REMOVE_WAIT_S
+        while left := [vm for vm in self._members() if vm.pool == name]:
+            if self._clock() >= deadline:  # the reconciler removes the rest (a pool VM of no pool)
+                log.warning("pool %s removed; %d of its VMs still busy", name, len(left))
+                return
+            for vm in left:
+                await self._discard(vm, "its pool was removed")  # one busy (the reconciler's) is tried again
+            await asyncio.sleep(0.1)
         log.info("pool %s removed", name)
 
     # -- claims ---------------------------------------------------------------------------------------------
