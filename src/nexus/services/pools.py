@@ -186,8 +186,8 @@ class PoolService:
 
     async def _tell_name(self, vm_id: str, name: str) -> None:
         """The guest's host name is its VM's: say the new one (the rest of its identity stays as it was)."""
-        self._runtime.rename(vm_id, name)
         try:
+            self._runtime.rename(vm_id, name)
             await self._identity.configure_guest(vm_id, self._runtime.links(vm_id))
         except NexusError as exc:  # it is the user's VM now, running; its next ready says the name again
             log.warning("vm %s: claimed, but its agent was not told its new name: %s", name, exc.message)
@@ -198,11 +198,11 @@ class PoolService:
         """Keep every pool at its size until cancelled; in-flight boots are cancelled with it."""
         try:
             while True:
+                self._wake.clear()  # before the tick: a set or claim during it brings the next one at once
                 try:
                     await self.tick()
                 except Exception:
                     log.exception("pool reconcile failed")
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), TICK_S)
         finally:
