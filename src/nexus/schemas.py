@@ -417,6 +417,7 @@ class PoolOut(BaseModel):
     size: int = Field(description="ready VMs it keeps")
     ready: int = Field(description="booted and waiting to be claimed")
     booting: int = Field(description="on their way")
+    problem: str | None = Field(description="why its last boot failed (the next one waits a while); null: none")
 
     @classmethod
     def of(cls, status: PoolStatus) -> PoolOut:
@@ -432,6 +433,7 @@ class PoolOut(BaseModel):
             size=t.size,
             ready=status.ready,
             booting=status.booting,
+            problem=status.problem,
         )
 
 

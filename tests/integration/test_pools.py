@@ -92,7 +92,7 @@ def test_bad_input_is_refused_and_changes_nothing(api: NexusClient) -> None:
 def test_a_matching_run_claims_a_ready_vm_and_the_pool_refills(api: NexusClient, daemon: Daemon) -> None:
     api.request("PUT", "/v1/pools/work", json={"size": 1, "mem_mib": 256})
     pool = wait_ready(api, "work", 1)
-    assert (pool["size"], pool["mem_mib"], pool["image"]) == (1, 256, "debian-bookworm")
+    assert (pool["size"], pool["mem_mib"], pool["image"], pool["problem"]) == (1, 256, "debian-bookworm", None)
     [waiting] = pool_vms(daemon, "work")
     assert waiting["name"].startswith("pool-work-")
     assert waiting["name"] not in [vm["name"] for vm in api.list_vms()]

@@ -17,6 +17,7 @@ from nexus.domain import (
     PoolTemplate,
     PublishedPort,
     Role,
+    StateChange,
     Vm,
     VmFilter,
     VmSpec,
@@ -117,6 +118,9 @@ class FakeVms:
     def get(self, ref: str) -> Vm:
         return self.vms[ref]
 
+    def history(self, vm_id: str) -> list[StateChange]:
+        return [StateChange(vm_id, VmState.STARTING, VmState.FAILED, "start failed: the image does not boot", NOW)]
+
     def find(self, flt: VmFilter = VmFilter()) -> list[Vm]:
         return [v for v in self.vms.values() if flt.include_pool or v.pool is None]
 
@@ -167,6 +171,9 @@ def test_a_pool_that_cannot_boot_backs_off_instead_of_looping() -> None:
             await pools.tick()
             await settle()
         assert (fake.starts, list(fake.vms)) == (1, [])
+        status = pools.get("broken")
+        assert (status.ready, status.booting) == (0, 0)
+        assert status.problem is not None and status.problem.endswith(": start failed: the image does not boot")
         now[0] += BACKOFF_S[0]
         await pools.tick()
         await settle()
@@ -196,7 +203,7 @@ def test_refills_boot_a_few_at_a_time_and_a_smaller_size_drops_the_rest() -> Non
         for _ in range(5):
             await pools.tick()
             await settle()
-        assert pools.get("big").ready == 5
+        assert pools.get("big").ready == 5 and pools.get("big").problem is None
         pools.set("big", 2)
         await pools.tick()
         assert pools.get("big").ready == 2 and len(fake.vms) == 2

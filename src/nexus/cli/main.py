@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,10 +78,15 @@ def status(ctx: typer.Context) -> None:
                 ("vmm", f"{driver['name'] or 'none'} ({driver['reason']})"),
                 ("storage", f"{storage['name']} ({storage['reason']})"),
                 ("network", f"{'ok' if network['egress'] else 'NO WAY OUT'} ({network['reason']})"),
-                *[(f"pool {p['name']}", f"{p['ready']}/{p['size']} ready, {p['booting']} booting") for p in h["pools"]],
+                *[(f"pool {p['name']}", _pool_line(p)) for p in h["pools"]],
             ]
         ),
     )
+
+
+def _pool_line(p: dict[str, Any]) -> str:
+    line = f"{p['ready']}/{p['size']} ready, {p['booting']} booting"
+    return f"{line}; last boot failed: {p['problem']}" if p["problem"] else line
 
 
 @app.command()

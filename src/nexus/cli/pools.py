@@ -61,8 +61,8 @@ def pool_ls(ctx: typer.Context) -> None:
         ctx_of(ctx),
         pools,
         lambda ps: table(
-            ["NAME", "READY", "BOOTING", "SIZE", "SHAPE"],
-            [(p["name"], p["ready"], p["booting"], p["size"], _shape(p)) for p in ps],
+            ["NAME", "READY", "BOOTING", "SIZE", "SHAPE", "PROBLEM"],
+            [(p["name"], p["ready"], p["booting"], p["size"], _shape(p), p["problem"] or "") for p in ps],
         ),
     )
 

@@ -178,6 +178,7 @@ class PoolStatus:
     template: PoolTemplate
     ready: int  # booted and waiting to be claimed
     booting: int  # on their way
+    problem: str | None = None  # why its last boot failed, until one succeeds (the next waits, see services/pools)
 
 
 @dataclass(frozen=True, slots=True)

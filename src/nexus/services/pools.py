@@ -95,6 +95,7 @@ class PoolService:
         self._booting: dict[str, asyncio.Task[None]] = {}  # by VM id
         self._failures: dict[str, int] = {}  # by template: failed boots in a row
         self._retry_at: dict[str, float] = {}
+        self._problem: dict[str, str] = {}  # by template: its last failure, until a boot succeeds
         self._wake = asyncio.Event()
 
     # -- templates ------------------------------------------------------------------------------------------
@@ -121,8 +122,7 @@ class PoolService:
         )
         template = PoolTemplate(name, vm.image, vm.kernel, vm.vcpus, vm.mem_mib, vm.network, vm.egress, size)
         self._store.put(template)
-        self._failures.pop(name, None)
-        self._retry_at.pop(name, None)
+        self._forget_failures(name)
         self._wake.set()
         log.info("pool %s: %d x %s", name, size, template_shape(template))
         return self._status(template, self._members())
@@ -222,7 +222,7 @@ class PoolService:
             if template is None or shape(vm) != template_shape(template):
                 await self._discard(vm, "its pool changed")
             elif not vm.state.has_process:  # failed, crashed or stopped: replaced, after a pause
-                self._failed(template.name, f"{vm.name} is {vm.state}")
+                self._failed(template.name, f"{vm.name}: {self._vm_store.history(vm.id)[-1].reason}")
                 await self._discard(vm, f"it is {vm.state}")
         members = self._members()
         for template in templates.values():
@@ -261,11 +261,15 @@ class PoolService:
         except NexusError as exc:  # the next tick finds it failed, backs off and replaces it
             log.warning("pool %s: %s did not boot: %s", template, vm.name, exc.message)
             return
-        self._failures.pop(template, None)
-        self._retry_at.pop(template, None)
+        self._forget_failures(template)
         log.info("pool %s: %s ready", template, vm.name)
 
+    def _forget_failures(self, template: str) -> None:
+        for failures in (self._failures, self._retry_at, self._problem):
+            failures.pop(template, None)
+
     def _failed(self, template: str, why: str) -> None:
+        self._problem[template] = why
         failures = self._failures[template] = self._failures.get(template, 0) + 1
         pause = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
         self._retry_at[template] = self._clock() + pause
@@ -292,7 +296,7 @@ class PoolService:
         booting = sum(
             1 for vm in mine if vm.state is not VmState.READY and (vm.state.has_process or vm.id in self._booting)
         )
-        return PoolStatus(template, ready, booting)
+        return PoolStatus(template, ready, booting, self._problem.get(template.name))
 
 
 def _vm_name(template: str) -> str:
