@@ -37,6 +37,7 @@ from nexus.domain import (
     Kernel,
     Lifetime,
     NetInfo,
+    PoolStatus,
     PublishedPort,
     Role,
     Setting,
@@ -70,6 +71,7 @@ from nexus.domain.validation import (
     KERNEL_REF_RE,
     MEM_MIB_RANGE,
     NAME_RE,
+    POOL_SIZE_RANGE,
     TAG_RE,
     TTL_S_RANGE,
     VCPUS_RANGE,
@@ -139,6 +141,12 @@ ImageSizeMib = Annotated[
     _domain_check(_sized("size_mib", IMAGE_SIZE_MIB_RANGE)),
 ]
 StrictBool = Annotated[bool, Field(strict=True)]
+PoolSize = Annotated[
+    int,
+    Field(strict=True),
+    _documented(minimum=POOL_SIZE_RANGE[0], maximum=POOL_SIZE_RANGE[1]),
+    _domain_check(_sized("size", POOL_SIZE_RANGE)),
+]
 PackageName = Annotated[str, _documented(pattern=PACKAGE_RE.pattern), _domain_check(check_package)]
 ProfileName = Annotated[str, _documented(enum=sorted(PROFILES)), _domain_check(check_profile)]
 # No domain function checks these two up front (the asset stores parse them), so pydantic enforces the pattern.
@@ -191,6 +199,16 @@ class VmCreate(Strict):
         )
 
 
+class VmCreateOrClaim(VmCreate):
+    """``POST /v1/vms``: a VM to create, or with ``claim`` to take from a warm pool when one matches."""
+
+    claim: StrictBool = Field(
+        default=False,
+        description="take a ready VM from a warm pool whose template this request matches exactly (answered"
+        " ready: renamed, tagged); else the VM is created as without it",
+    )
+
+
 class LifetimeOut(BaseModel):
     ttl_s: int | None
     on_expiry: ExpiryAction
@@ -237,6 +255,7 @@ class VmOut(BaseModel):
     network: NetOut | None = Field(description="its address and published ports; null without a NIC")
     egress: EgressMode = Field(description="open (NAT), none, or proxy (only allowed hosts, via nexusd)")
     lifetime: LifetimeOut
+    pool: str | None = Field(default=None, description="the warm pool it waits in, until claimed")
 
     @classmethod
     def of(cls, vm: Vm, net: NetInfo | None) -> VmOut:
@@ -264,6 +283,7 @@ class VmOut(BaseModel):
                 expires_at=vm.expires_at,
                 suspended=vm.suspended,
             ),
+            pool=vm.pool,
         )
 
 
@@ -377,6 +397,46 @@ class EgressOut(BaseModel):
     reason: str
 
 
+class PoolIn(Strict):
+    size: PoolSize = Field(description="ready VMs to keep")
+    image: str | None = Field(default=None, description="default from settings (resolved now)")
+    vcpus: Vcpus | None = Field(default=None, description="default from settings (resolved now)")
+    mem_mib: MemMib | None = Field(default=None, description="default from settings (resolved now)")
+    network: StrictBool | None = Field(default=None, description="false: no NIC; default: nexusd's")
+    egress: EgressMode | None = Field(default=None, description="default: default_egress (resolved now)")
+
+
+class PoolOut(BaseModel):
+    name: str
+    image: str
+    kernel: str
+    vcpus: int
+    mem_mib: int
+    network: bool
+    egress: EgressMode
+    size: int = Field(description="ready VMs it keeps")
+    ready: int = Field(description="booted and waiting to be claimed")
+    booting: int = Field(description="on their way")
+    problem: str | None = Field(description="why its last boot failed (the next one waits a while); null: none")
+
+    @classmethod
+    def of(cls, status: PoolStatus) -> PoolOut:
+        t = status.template
+        return cls(
+            name=t.name,
+            image=t.image,
+            kernel=t.kernel,
+            vcpus=t.vcpus,
+            mem_mib=t.mem_mib,
+            network=t.network,
+            egress=t.egress,
+            size=t.size,
+            ready=status.ready,
+            booting=status.booting,
+            problem=status.problem,
+        )
+
+
 class HealthOut(BaseModel):
     status: str
     version: str
@@ -384,6 +444,7 @@ class HealthOut(BaseModel):
     driver: DriverOut
     storage: StorageOut
     network: EgressOut
+    pools: list[PoolOut] = Field(default_factory=list, description="the warm pools: ready VMs of each, and its size")
 
 
 class ErrorDetail(BaseModel):

@@ -24,6 +24,7 @@ from nexus.domain.validation import (
     KERNEL_REF_RE,
     MEM_MIB_RANGE,
     NAME_RE,
+    POOL_SIZE_RANGE,
     TAG_RE,
     VCPUS_RANGE,
 )
@@ -105,19 +106,20 @@ async def test_the_openapi_document_carries_the_domain_s_limits(api: httpx.Async
         return next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
 
     for model, name, bounds in [
-        ("VmCreate", "vcpus", VCPUS_RANGE),
-        ("VmCreate", "mem_mib", MEM_MIB_RANGE),
+        ("VmCreateOrClaim", "vcpus", VCPUS_RANGE),
+        ("VmCreateOrClaim", "mem_mib", MEM_MIB_RANGE),
         ("DriveCreate", "size_mib", DRIVE_SIZE_MIB_RANGE),
         ("DriveResize", "size_mib", DRIVE_SIZE_MIB_RANGE),
         ("ImageBuildIn", "size_mib", IMAGE_SIZE_MIB_RANGE),
+        ("PoolIn", "size", POOL_SIZE_RANGE),
     ]:
         assert (prop(model, name)["type"], prop(model, name)["minimum"], prop(model, name)["maximum"]) == (
             "integer",
             *bounds,
         ), (model, name)
-    for model in ("VmCreate", "DriveCreate", "VmClone", "SnapshotCreate", "ImageBuildIn"):
+    for model in ("VmCreateOrClaim", "DriveCreate", "VmClone", "SnapshotCreate", "ImageBuildIn"):
         assert prop(model, "name")["pattern"] == NAME_RE.pattern, model
-    assert prop("VmCreate", "tags")["items"]["pattern"] == TAG_RE.pattern
+    assert prop("VmCreateOrClaim", "tags")["items"]["pattern"] == TAG_RE.pattern
     assert prop("TagsIn", "tags")["items"]["pattern"] == TAG_RE.pattern
     [version] = spec["paths"]["/v1/kernels/{version}"]["delete"]["parameters"]
     assert version["schema"]["pattern"] == KERNEL_REF_RE.pattern

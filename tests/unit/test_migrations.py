@@ -173,6 +173,15 @@ SEED: dict[int, list[str]] = {
         " 'images/web-saved.ext4', 1536, '" + "b" * 64 + "', 'busybox', '0.1.0', '2026-01-02T00:00:00+00:00',"
         " '[\"git\"]', 'a1b2c3d4e5f6', 'web', 'dev')",
     ],
+    14: [
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at)"
+        " VALUES ('a1b2c3d4e5f6', 'web', 'work', 2, 512, 'debian-bookworm', 'cloud-amd64',"
+        " 'stopped', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at, pool)"
+        " VALUES ('0f0e0d0c0b0a', 'db', 'work', 1, 256, 'debian-bookworm', 'cloud-amd64',"
+        " 'ready', '2026-01-02T00:00:00+00:00', '2026-01-02T00:00:00+00:00', 'warm')",
+        "INSERT INTO pools VALUES ('warm', 'debian-bookworm', 'cloud-amd64', 1, 256, 1, 'open', 1)",
+    ],
 }
 
 

@@ -18,6 +18,7 @@ from nexus.services.firecracker import FirecrackerService
 from nexus.services.guest import GuestService
 from nexus.services.lifetimes import LifetimeService
 from nexus.services.policy import PolicyService
+from nexus.services.pools import PoolService
 from nexus.services.secrets import SecretService
 from nexus.services.tokens import TokenService
 
@@ -34,6 +35,7 @@ class Services:
     snapshots: SnapshotService
     checkpoints: CheckpointService
     lifetimes: LifetimeService
+    pools: PoolService
     tokens: TokenService
     policy: PolicyService
     audit: AuditService
@@ -79,6 +81,7 @@ Snapshots = Annotated[SnapshotService, Depends(_one("snapshots"))]
 Checkpoints = Annotated[CheckpointService, Depends(_one("checkpoints"))]
 Tokens = Annotated[TokenService, Depends(_one("tokens"))]
 Policies = Annotated[PolicyService, Depends(_one("policy"))]
+Pools = Annotated[PoolService, Depends(_one("pools"))]
 Audit = Annotated[AuditService, Depends(_one("audit"))]
 Secrets = Annotated[SecretService, Depends(_one("secrets"))]
 Via = Annotated[Transport, Depends(transport)]

@@ -25,6 +25,7 @@ LAZY: dict[str, str] = {
     "token": "nexus.cli.tokens:app",
     "policy": "nexus.cli.policy:app",
     "secret": "nexus.cli.secrets:app",
+    "pool": "nexus.cli.pools:app",
     "audit": "nexus.cli.audit:audit",
 }
 

@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,7 +63,8 @@ def root(
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Show whether nexusd is up, its version, VM count, VMM driver, storage backend and the VMs' way out."""
+    """Show whether nexusd is up, its version, VM count, VMM driver, storage backend, the VMs' way out and the warm
+    pools."""
     with client(ctx) as c:
         health = plain(c.health())
     driver, storage, network = health["driver"], health["storage"], health["network"]
@@ -77,9 +78,15 @@ def status(ctx: typer.Context) -> None:
                 ("vmm", f"{driver['name'] or 'none'} ({driver['reason']})"),
                 ("storage", f"{storage['name']} ({storage['reason']})"),
                 ("network", f"{'ok' if network['egress'] else 'NO WAY OUT'} ({network['reason']})"),
+                *[(f"pool {p['name']}", _pool_line(p)) for p in h["pools"]],
             ]
         ),
     )
+
+
+def _pool_line(p: dict[str, Any]) -> str:
+    line = f"{p['ready']}/{p['size']} ready, {p['booting']} booting"
+    return f"{line}; last boot failed: {p['problem']}" if p["problem"] else line
 
 
 @app.command()

@@ -238,21 +238,25 @@ def run(
     ttl_action: TtlAction = "stop",
     idle_suspend: IdleSuspend = None,
 ) -> None:
-    """Create a VM, start it, and wait until its agent is ready."""
+    """Create a VM, start it, and wait until its agent is ready; a warm pool of exactly this shape gives a ready
+    VM at once instead (see `nexusctl pool`)."""
     with client(ctx) as c:
-        created = c.vms.create(
-            name,
-            image=image,
-            vcpus=vcpus,
-            mem_mib=mem,
-            tags=tag or None,
-            publish=publish or None,
-            network=False if no_network else None,
-            egress=egress,
-            allow=allow or None,
-            **_lifetime(ttl, ttl_action, idle_suspend),
+        created = plain(
+            c.vms.create(
+                name,
+                image=image,
+                vcpus=vcpus,
+                mem_mib=mem,
+                tags=tag or None,
+                publish=publish or None,
+                network=False if no_network else None,
+                egress=egress,
+                allow=allow or None,
+                claim=True,
+                **_lifetime(ttl, ttl_action, idle_suspend),
+            )
         )
-    vm = _boot(ctx, created.id, wait=True)
+    vm = created if created["state"] == "ready" else _boot(ctx, created["id"], wait=True)
     emit(
         ctx_of(ctx), vm, lambda v: console.print(f"{v['name']} {v['state']} ({v['vmm']}/{v['accel']}, pid {v['pid']})")
     )

@@ -108,6 +108,7 @@ async def _run(config: Config, token: str | None, tcp: tuple[str, int] | None, t
             background = {
                 asyncio.create_task(services.audit.retain(), name="audit-retention"),
                 asyncio.create_task(services.lifetimes.run(), name="lifetimes"),  # expiry and idle suspend
+                asyncio.create_task(services.pools.run(), name="pools"),  # keeps the warm pools full
             }
             try:
                 async with mcp.running():  # the MCP sessions' task group: up before serving, closed at shutdown

@@ -41,6 +41,7 @@ from nexus.services.identity import IdentityService
 from nexus.services.lifetimes import LifetimeService
 from nexus.services.locks import VmLocks
 from nexus.services.policy import PolicyService
+from nexus.services.pools import PoolService
 from nexus.services.secrets import SecretService
 from nexus.services.tokens import TokenService
 from nexus.store import (
@@ -49,6 +50,7 @@ from nexus.store import (
     ImageRepo,
     NetRepo,
     PolicyRepo,
+    PoolRepo,
     SecretFiles,
     SecretRepo,
     SettingsRepo,
@@ -172,6 +174,9 @@ def wire(
         locks=locks,
     )
     lifetimes = LifetimeService(vms=vms, checkpoints=checkpoints, snapshots=snapshots, vm_store=vm_store)
+    pools = PoolService(
+        store=PoolRepo(conn), vms=vms, vm_store=vm_store, runtime=runtime, identity=identity, locks=locks
+    )
     guest.report_use(lifetimes)
     vms.resume_suspended_with(lifetimes.wake)
     firecracker = FirecrackerService(FirecrackerStore(layout.cache_dir), settings)
@@ -189,6 +194,7 @@ def wire(
         snapshots=snapshots,
         checkpoints=checkpoints,
         lifetimes=lifetimes,
+        pools=pools,
         tokens=TokenService(TokenRepo(conn), vm_store),
         policy=policy,
         audit=audit,

@@ -59,6 +59,7 @@ class Vm:
     egress: EgressMode = EgressMode.OPEN  # how it reaches the outside when it has a NIC
     lifetime: Lifetime = field(default=Lifetime())
     suspended: bool = False  # stopped by idle suspend: its next use resumes it from its suspend checkpoint
+    pool: str | None = None  # the warm-pool template it was booted for, until claimed (hidden from users' lists)
 
     @property
     def expires_at(self) -> datetime | None:
@@ -146,6 +147,7 @@ class VmSpec:
     egress: EgressMode | None = None  # None: the default_egress setting
     allow: tuple[HostPattern, ...] = ()  # hosts its egress proxy lets through
     lifetime: Lifetime = field(default=Lifetime())
+    pool: str | None = None  # booted to wait in this warm pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,30 @@ class VmFilter:
     role: Role | None = None
     state: VmState | None = None
     tags: tuple[str, ...] = ()
+    include_pool: bool = False  # the warm pools' unclaimed VMs too (never shown to users)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTemplate:
+    """A warm pool: nexusd keeps ``size`` VMs of this shape ready; a plain request for exactly this shape claims
+    one instead of booting. Every field is resolved (no defaults left), so matching is plain equality."""
+
+    name: str
+    image: str
+    kernel: str
+    vcpus: int
+    mem_mib: int
+    network: bool
+    egress: EgressMode
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    template: PoolTemplate
+    ready: int  # booted and waiting to be claimed
+    booting: int  # on their way
+    problem: str | None = None  # why its last boot failed, until one succeeds (the next waits, see services/pools)
 
 
 @dataclass(frozen=True, slots=True)

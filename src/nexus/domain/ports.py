@@ -20,6 +20,7 @@ from nexus.domain.models import (
     Image,
     ImageOrigin,
     Kernel,
+    PoolTemplate,
     Snapshot,
     StateChange,
     Vm,
@@ -296,6 +297,20 @@ class VmStore(Protocol):
     def history(self, vm_id: str) -> list[StateChange]: ...
     def set_egress(self, vm_id: str, mode: EgressMode, allow: Iterable[HostPattern]) -> None: ...
     def allow_list(self, vm_id: str) -> tuple[HostPattern, ...]: ...
+    def claim(self, vm_id: str, pool: str, name: str, root_drive: str, tags: Iterable[str], reason: str) -> bool:
+        """Take a ready VM out of warm pool ``pool`` as ``name`` (its root drive, if made, as ``root_drive``), with
+        ``tags`` added, atomically; False when it is no longer a ready VM of that pool. Conflict when ``name`` is
+        taken."""
+        ...
+
+
+class PoolStore(Protocol):
+    """Persistence of warm-pool templates."""
+
+    def put(self, template: PoolTemplate) -> None: ...
+    def get(self, name: str) -> PoolTemplate: ...
+    def all(self) -> list[PoolTemplate]: ...
+    def delete(self, name: str) -> None: ...
 
 
 class SettingsStore(Protocol):

@@ -29,6 +29,7 @@ MEM_MIB_RANGE = (64, 65536)
 DRIVE_SIZE_MIB_RANGE = (16, 1024 * 1024)  # a data drive (empty ext4, or grown to)
 IMAGE_SIZE_MIB_RANGE = (128, 1024 * 1024)  # a built image's ext4
 TTL_S_RANGE = (1, 10 * 365 * 86400)
+POOL_SIZE_RANGE = (0, 16)  # ready VMs kept per warm pool; each holds its memory
 IDLE_SUSPEND_S_RANGE = (5, 365 * 86400)  # below a few seconds it would suspend between two calls of one task
 
 

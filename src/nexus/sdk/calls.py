@@ -44,6 +44,7 @@ from nexus.schemas import (
     LogsOut,
     PolicyCreate,
     PolicyOut,
+    PoolOut,
     ProcessOut,
     ProcessOutputOut,
     SecretOut,
@@ -268,6 +269,26 @@ def _stream_of(adapter: TypeAdapter[T]) -> Callable[[Any, Mapping[str, str]], T]
 
 def _given(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
+
+
+# -- warm pools --------------------------------------------------------------------------------------------------
+_POOL = _model(TypeAdapter(PoolOut))
+
+
+def list_pools() -> Call[list[PoolOut]]:
+    return Call("GET", "/v1/pools", _model(TypeAdapter(list[PoolOut])))
+
+
+def get_pool(name: str) -> Call[PoolOut]:
+    return Call("GET", f"/v1/pools/{segment(name)}", _POOL)
+
+
+def set_pool(name: str, size: int, options: dict[str, Any]) -> Call[PoolOut]:
+    return Call("PUT", f"/v1/pools/{segment(name)}", _POOL, json={"size": size, **_given(**options)})
+
+
+def remove_pool(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/pools/{segment(name)}", _nothing)
 
 
 # -- assets ------------------------------------------------------------------------------------------------------

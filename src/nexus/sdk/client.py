@@ -34,6 +34,7 @@ from nexus.schemas import (
     LogsOut,
     PolicyCreate,
     PolicyOut,
+    PoolOut,
     ProcessOut,
     ProcessOutputOut,
     SecretOut,
@@ -124,6 +125,7 @@ class Nexus:
         self.secrets = Secrets(self)
         self.network = Network(self)
         self.audit = AuditLog(self)
+        self.pools = Pools(self)
 
     def __enter__(self) -> Nexus:
         return self
@@ -589,6 +591,26 @@ class Policies(_Resource):
 
     def remove(self, rule_id: int) -> None:
         self._nexus.send(calls.remove_policy(rule_id))
+
+
+class Pools(_Resource):
+    """Warm pools: nexusd keeps ``size`` VMs of a template ready; ``vms.create(..., claim=True)`` with exactly
+    that shape (and nothing else asked: no ports, allow-list or lifetime) takes one, answered ready."""
+
+    def list(self) -> list[PoolOut]:
+        return self._nexus.send(calls.list_pools())
+
+    def get(self, name: str) -> PoolOut:
+        return self._nexus.send(calls.get_pool(name))
+
+    def set(self, name: str, size: int, **options: Any) -> PoolOut:
+        """Make or replace pool ``name``; ``options``: ``image``, ``vcpus``, ``mem_mib``, ``network``, ``egress``
+        (defaults from settings, resolved now)."""
+        return self._nexus.send(calls.set_pool(name, size, options))
+
+    def remove(self, name: str) -> None:
+        """Drop pool ``name`` and its idle VMs."""
+        self._nexus.send(calls.remove_pool(name))
 
 
 class Secrets(_Resource):

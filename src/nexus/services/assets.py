@@ -95,7 +95,7 @@ class AssetService:
 
     def remove_kernel(self, version: str) -> None:
         kernel = self._kernels.get(version)
-        users = [vm.name for vm in self._vms.find(VmFilter()) if vm.kernel == kernel.version]
+        users = [vm.name for vm in self._vms.find(VmFilter(include_pool=True)) if vm.kernel == kernel.version]
         if users:
             raise Conflict(f"kernel {kernel.version} is used by VM(s) {', '.join(users)}")
         self._kernels.remove(kernel.version)

@@ -78,7 +78,7 @@ class LifetimeService:
 
     async def tick(self) -> None:
         now = self._clock()
-        for vm in self._vm_store.find(VmFilter()):
+        for vm in self._vm_store.find(VmFilter(include_pool=True)):
             try:
                 expires = vm.expires_at
                 if expires is not None and utcnow() >= expires:

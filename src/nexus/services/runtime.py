@@ -272,6 +272,17 @@ class VmRuntime:
             raise Unavailable(f"VM {run.name}: its agent's control link is not open")
         return await run.control.call(method, params, timeout_s)
 
+    def links(self, vm_id: str) -> AgentLinks:
+        """The open control and MCP links of a ready VM (to tell its agent something again, e.g. its new name)."""
+        run = self._require(vm_id)
+        if run.control is None or run.control.closed or run.mcp is None or run.mcp.closed:
+            raise Unavailable(f"VM {run.name} is not ready: its agent links are not open")
+        return AgentLinks(control=run.control, mcp=run.mcp)
+
+    def rename(self, vm_id: str, name: str) -> None:
+        """A running VM was renamed (claimed from a warm pool): its messages and logs say the new name."""
+        self._require(vm_id).name = name
+
     def mcp(self, vm_id: str) -> GuestLink:
         """The open MCP link of a ready VM."""
         run = self._require(vm_id)

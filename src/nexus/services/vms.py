@@ -125,9 +125,8 @@ class VmService:
         """How a start of an idle-suspended VM resumes it (set at wiring: the lifetime service is built on this)."""
         self._waker = waker
 
-    def create(self, spec: VmSpec, admit: Callable[[Vm], None] | None = None) -> Vm:
-        """Store a new VM. ``admit`` sees it with every default resolved before it is stored, and may refuse it by
-        raising (a portal's management rights are checked so, on the exact image, size and count)."""
+    def resolve(self, spec: VmSpec) -> Vm:
+        """The VM ``spec`` asks for, checked and with every default resolved, not stored (Invalid if it cannot be)."""
         check_name(spec.name)
         tags = tuple(sorted({check_tag(t) for t in spec.tags}))
         vcpus = check_vcpus(spec.vcpus if spec.vcpus is not None else self._settings.int_value("default_vcpus"))
@@ -139,7 +138,7 @@ class VmService:
         if egress is EgressMode.PROXY and not network:
             raise Invalid("egress=proxy reaches the outside through nexusd's proxy on the VM network: leave network on")
         created = utcnow()
-        vm = Vm(
+        return Vm(
             id=new_vm_id(),
             name=spec.name,
             role=spec.role,
@@ -155,13 +154,19 @@ class VmService:
             created_by=spec.created_by,
             egress=egress,
             lifetime=check_lifetime(spec.lifetime),
+            pool=spec.pool,
         )
+
+    def create(self, spec: VmSpec, admit: Callable[[Vm], None] | None = None) -> Vm:
+        """Store a new VM. ``admit`` sees it with every default resolved before it is stored, and may refuse it by
+        raising (a portal's management rights are checked so, on the exact image, size and count)."""
+        vm = self.resolve(spec)
         if admit is not None:
             admit(vm)
         self._repo.insert(vm, reason="created")
         if spec.allow:
-            self._repo.set_egress(vm.id, egress, spec.allow)
-        if network:
+            self._repo.set_egress(vm.id, vm.egress, spec.allow)
+        if vm.network:
             try:
                 self._net.reserve(vm.id, spec.publish)
             except BaseException:
@@ -343,7 +348,7 @@ class VmService:
         """At daemon start: adopt every VMM an earlier nexusd left running (the VM runs on, untouched), settle
         the VMs whose VMM is gone, keep the network of the adopted ones and remove the rest."""
         adopted: list[tuple[Vm, VmProcess]] = []
-        for vm in self._repo.find(VmFilter()):
+        for vm in self._repo.find(VmFilter(include_pool=True)):
             if vm.state.has_process:
                 process = await self._adopt(vm)
                 if process is not None:

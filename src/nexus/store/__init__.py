@@ -6,6 +6,7 @@ from nexus.store.drives import DriveRepo, SnapshotRepo
 from nexus.store.images import ImageRepo
 from nexus.store.network import NetRepo
 from nexus.store.policies import PolicyRepo
+from nexus.store.pools import PoolRepo
 from nexus.store.secrets import SecretRepo
 from nexus.store.settings import SettingsRepo
 from nexus.store.tokens import TokenRepo
@@ -18,6 +19,7 @@ __all__ = [
     "ImageRepo",
     "NetRepo",
     "PolicyRepo",
+    "PoolRepo",
     "SecretFiles",
     "SecretRepo",
     "SettingsRepo",

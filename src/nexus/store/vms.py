@@ -41,8 +41,8 @@ class VmRepo:
             with self._transaction():
                 self._conn.execute(
                     "INSERT INTO vms (id, name, role, vcpus, mem_mib, image, kernel, state, created_at, updated_at,"
-                    " network, created_by, egress, ttl_s, on_expiry, idle_suspend_s)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " network, created_by, egress, ttl_s, on_expiry, idle_suspend_s, pool)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         vm.id,
                         vm.name,
@@ -60,6 +60,7 @@ class VmRepo:
                         vm.lifetime.ttl_s,
                         vm.lifetime.on_expiry.value,
                         vm.lifetime.idle_suspend_s,
+                        vm.pool,
                     ),
                 )
                 self._conn.executemany("INSERT INTO vm_tags (vm_id, tag) VALUES (?, ?)", [(vm.id, t) for t in vm.tags])
@@ -85,7 +86,7 @@ class VmRepo:
         return self._vm(row, self._tags(row["id"]))
 
     def find(self, flt: VmFilter = VmFilter()) -> list[Vm]:
-        sql = "SELECT * FROM vms WHERE 1 = 1"
+        sql = "SELECT * FROM vms WHERE 1 = 1" if flt.include_pool else "SELECT * FROM vms WHERE pool IS NULL"
         args: list[str] = []
         if flt.role is not None:
             sql += " AND role = ?"
@@ -108,7 +109,8 @@ class VmRepo:
         return self._conn.total_changes
 
     def count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM vms").fetchone()[0])
+        """Users' VMs (not the warm pools' unclaimed ones)."""
+        return int(self._conn.execute("SELECT count(*) FROM vms WHERE pool IS NULL").fetchone()[0])
 
     def set_state(self, vm_id: str, expected: VmState, new: VmState, reason: str) -> None:
         """Move ``vm_id`` from ``expected`` to ``new`` and record why; Conflict if it was not in ``expected``."""
@@ -201,6 +203,27 @@ class VmRepo:
                 "INSERT INTO egress_allow (vm_id, pattern) VALUES (?, ?)", [(vm_id, str(p)) for p in allow]
             )
 
+    def claim(self, vm_id: str, pool: str, name: str, root_drive: str, tags: Iterable[str], reason: str) -> bool:
+        at = utcnow()
+        try:
+            with self._transaction():
+                cur = self._conn.execute(
+                    "UPDATE vms SET name = ?, pool = NULL, updated_at = ? WHERE id = ? AND pool = ? AND state = ?",
+                    (name, _ts(at), vm_id, pool, VmState.READY.value),
+                )
+                if cur.rowcount != 1:
+                    return False
+                self._conn.execute("UPDATE drives SET name = ? WHERE vm_id = ? AND kind = 'root'", (root_drive, vm_id))
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO vm_tags (vm_id, tag) VALUES (?, ?)", [(vm_id, t) for t in tags]
+                )
+                self._record(vm_id, VmState.READY, VmState.READY, reason, at)
+        except sqlite3.IntegrityError as exc:
+            if "vms.name" in str(exc):
+                raise Conflict(f"a VM named {name!r} already exists") from exc
+            raise Conflict(f"VM {name!r} cannot be claimed: {exc}") from exc
+        return True
+
     def allow_list(self, vm_id: str) -> tuple[HostPattern, ...]:
         rows = self._conn.execute("SELECT pattern FROM egress_allow WHERE vm_id = ? ORDER BY pattern", (vm_id,))
         return tuple(HostPattern.parse(row[0]) for row in rows)
@@ -230,6 +253,7 @@ class VmRepo:
             egress=EgressMode(row["egress"]),
             lifetime=Lifetime(row["ttl_s"], ExpiryAction(row["on_expiry"]), row["idle_suspend_s"]),
             suspended=bool(row["suspended"]),
+            pool=row["pool"],
         )
 
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 from nexus import __version__
 from nexus.api.deps import ServicesDep
-from nexus.schemas import DriverOut, EgressOut, HealthOut, StorageOut
+from nexus.schemas import DriverOut, EgressOut, HealthOut, PoolOut, StorageOut
 
 router = APIRouter(tags=["health"])
 
@@ -24,4 +24,5 @@ async def health(svc: ServicesDep) -> HealthOut:
         driver=DriverOut(name=name, reason=reason),
         storage=StorageOut(name=storage, reason=storage_reason),
         network=EgressOut(enabled=svc.network.enabled, egress=egress, reason=egress_reason),
+        pools=[PoolOut.of(p) for p in svc.pools.all()],
     )

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 
-from nexus.api.deps import Listings, Network, Vms
+from nexus.api.deps import Listings, Network, Pools, Vms
 from nexus.api.streaming import Emit, ndjson, progress_emitter
 from nexus.domain import Role, Vm, VmFilter, VmState
-from nexus.schemas import LogsOut, StateChangeOut, TagsIn, VmCreate, VmOut
+from nexus.schemas import LogsOut, StateChangeOut, TagsIn, VmCreateOrClaim, VmOut
 from nexus.services import NetworkService
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
@@ -22,8 +22,9 @@ def _out(vm: Vm, net: NetworkService) -> VmOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_vm(body: VmCreate, vms: Vms, net: Network) -> VmOut:
-    return _out(vms.create(body.spec()), net)
+async def create_vm(body: VmCreateOrClaim, vms: Vms, pools: Pools, net: Network) -> VmOut:
+    spec = body.spec()
+    return _out(await pools.claim_or_create(spec) if body.claim else vms.create(spec), net)
 
 
 _VM_LIST = TypeAdapter(list[VmOut])
