@@ -153,7 +153,8 @@ def test_failed_readiness_kills_the_group_and_reports_the_last_lines(procs: Path
     assert (record["state"], record["signal"]) == ("exited", "SIGKILL")
     assert record["reason"] == "not ready: no output line matched within 1 s"
     child = int(error["output"].split("child ")[1].split()[0])
-    assert proc_start_ticks(record["pid"]) is None and proc_start_ticks(child) is None  # nothing left running
+    # nothing left running (a SIGKILLed process may still be on its way out for a moment on a busy host)
+    wait_until(lambda: proc_start_ticks(record["pid"]) is None and proc_start_ticks(child) is None, 5, "the group gone")
     assert call(box, "process_list")["processes"][0]["reason"] == record["reason"]
 
 
@@ -199,12 +200,9 @@ def test_a_new_agent_finds_and_controls_what_another_started(procs: Path) -> Non
     call(first, "process_start", command="echo done; exit 4", name="job")
     running = call(first, "process_start", command="echo up; sleep 60", name="server")
     assert call(first, "process_wait", process="job", timeout_s=10)["exit_code"] == 4
-    listed, output, sent = _second_agent(
-        procs,
-        ("process_list", {}),
-        ("process_output", {"process": "server"}),
-        ("process_signal", {"process": "server", "signal": "INT"}),
-    )
+    # an agent serves the calls of one session concurrently: the signal goes in a session of its own, after
+    listed, output = _second_agent(procs, ("process_list", {}), ("process_output", {"process": "server"}))
+    (sent,) = _second_agent(procs, ("process_signal", {"process": "server", "signal": "INT"}))
     assert [(p["id"], p["name"], p["state"], p["exit_code"]) for p in listed["processes"]] == [
         ("p1", "job", "exited", 4),
         ("p2", "server", "running", None),
