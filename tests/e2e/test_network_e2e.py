@@ -299,6 +299,26 @@ def test_vms_cannot_reach_each_other(lab: Lab, vms: Vms) -> None:
         assert connect_from(api, "e2e-net-a", INET_ADDR, INET_PORT) == "connected"  # the same probe can pass
 
 
+def test_a_fork_runs_beside_its_parent_on_an_address_of_its_own(lab: Lab, vms: Vms) -> None:
+    """Forked from A's running state, with A's web server in it: the fork wakes with A's MAC and address in its
+    memory, and its agent gives the NIC the fork's own lease; both serve, each on its address."""
+    with lab.api() as api:
+        fork = api.request("POST", "/v1/vms/e2e-net-a/fork", json={"name": "e2e-net-a2"})
+        try:
+            net = fork["network"]
+            assert fork["state"] == "ready" and net["address"] != vms.a["network"]["address"]
+            assert net["mac"] != vms.a["network"]["mac"] and net["ports"] == []
+            nic = guest(api, "e2e-net-a2", "cat /sys/class/net/eth0/address; hostname")["stdout"].split()
+            assert nic == [net["mac"], "e2e-net-a2"]
+            assert fetch_in_ns(lab.host, f"http://{net['address']}:{GUEST_PORT}/") == "inside-a\n"  # A's server
+            assert fetch_in_ns(lab.host, f"http://{vms.a['network']['address']}:{GUEST_PORT}/") == "inside-a\n"
+            url = f"http://{INET_ADDR}:{INET_PORT}/"
+            code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode(), end='')"
+            assert guest_python(api, "e2e-net-a2", code) == UPLINK_ADDR  # out through NAT, as A
+        finally:
+            api.remove_vm("e2e-net-a2", force=True)
+
+
 def test_published_port_reaches_the_vm_from_outside(lab: Lab, vms: Vms) -> None:
     assert fetch_in_ns(lab.inet, f"http://{UPLINK_ADDR}:{HOST_PORT}/") == "inside-a\n"
 
