@@ -45,3 +45,32 @@ def test_workspace_tools(daemon: Daemon) -> None:  # noqa: F811
             assert (await _ok(client, "drive_list", {}))["drives"] == []
 
     anyio.run(scenario)
+
+
+def test_checkpoint_restore_and_fork_tools(daemon: Daemon) -> None:  # noqa: F811
+    """On the fake Firecracker, whose stand-in takes and loads snapshots as the real one's API does."""
+
+    async def scenario() -> None:
+        async with manage_client(daemon) as client:
+            await _ok(client, "vm_create", {"name": "mw-ck", "mem_mib": 256})
+            await _ok(client, "vm_start", {"vm": "mw-ck"})
+            ckpt = await _ok(client, "vm_checkpoint", {"vm": "mw-ck", "name": "c1"})
+            assert ckpt["state"]["vmm"] == "firecracker" and ckpt["state"]["size_bytes"] > 0
+            await _ok(client, "snapshot_create", {"vm": "mw-ck", "name": "s1"})
+            listed = await _ok(client, "snapshot_list", {"vm": "mw-ck"})
+            assert [(s["name"], s["state"] is not None) for s in listed["snapshots"]] == [("c1", True), ("s1", False)]
+
+            restored = await _ok(client, "vm_restore", {"vm": "mw-ck", "snapshot": "c1"})
+            assert restored["state"] == "ready"
+            drives_only = await _refused(client, "vm_restore", {"vm": "mw-ck", "snapshot": "s1"})
+            assert "holds drives only" in drives_only["message"]
+            assert (await _refused(client, "vm_restore", {"vm": "mw-ck", "snapshot": "nope"}))["code"] == "not_found"
+
+            fork = await _ok(client, "vm_fork", {"vm": "mw-ck", "name": "mw-ck2", "checkpoint": "c1"})
+            assert (fork["name"], fork["state"]) == ("mw-ck2", "ready")
+            taken = await _refused(client, "vm_fork", {"vm": "mw-ck", "name": "mw-ck2"})
+            assert "already exists" in taken["message"]
+            await _ok(client, "vm_rm", {"vm": "mw-ck2", "force": True})
+            await _ok(client, "vm_rm", {"vm": "mw-ck", "force": True})
+
+    anyio.run(scenario)
