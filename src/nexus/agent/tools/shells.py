@@ -35,6 +35,7 @@ from nexus.agent.tools.base import (
     arg_str,
     check_keys,
 )
+from nexus.agent.tools.commands import command_argv
 from nexus.protocol.pty import DEFAULT_COLS, DEFAULT_ROWS, MAX_COLS, MAX_ROWS
 
 __all__ = ["shell_tools"]
@@ -57,13 +58,8 @@ def _session(sessions: PtySessions, args: dict[str, Any]) -> PtySession:
 
 
 def _argv(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip():
-        return ["/bin/sh", "-c", value]
-    if isinstance(value, list) and value and all(isinstance(a, str) for a in value):
-        return list(value)
-    raise ToolError("argument 'command' must be a string (run by /bin/sh -c) or a non-empty array of strings")
+    """None: the login shell."""
+    return None if value is None else command_argv(value)
 
 
 def _env(value: Any) -> dict[str, str] | None:
