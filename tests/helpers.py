@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -163,3 +165,21 @@ async def call_killing_vmm(
             except MCPError as exc:
                 outcome = exc
     return outcome
+
+
+def tree_listing(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every entry below ``root``: type, mode, mtime (seconds), and content digest and link count, or link target."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for here, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(here) / name
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), int(st.st_mtime))
+            else:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), int(st.st_mtime), digest, st.st_nlink)
+    return out

@@ -11,19 +11,17 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import stat
 import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.api_client import NexusClient
 from tests.e2e.conftest import nexusctl
-from tests.helpers import Daemon
+from tests.helpers import Daemon, tree_listing
 
 pytestmark = pytest.mark.vm
 
@@ -42,7 +40,7 @@ def vm(api: NexusClient) -> Iterator[str]:
         api.remove_vm(VM, force=True)
 
 
-def _make_tree(root: Path) -> None:
+def _maketree_listing(root: Path) -> None:
     for d in range(20):
         sub = root / f"d{d:02}"
         sub.mkdir(parents=True)
@@ -59,23 +57,6 @@ def _make_tree(root: Path) -> None:
             big.write(i.to_bytes(8, "big") + block[8:])
 
 
-def _tree(root: Path) -> dict[str, tuple[Any, ...]]:
-    out: dict[str, tuple[Any, ...]] = {}
-    for here, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(here) / name
-            st = path.lstat()
-            rel = str(path.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), int(st.st_mtime))
-            else:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), int(st.st_mtime), digest, st.st_nlink)
-    return out
-
-
 def _run(api: NexusClient, command: str) -> str:
     result = api.call_tool(VM, "run_command", {"command": command})
     assert result["structuredContent"]["exit_code"] == 0, result
@@ -85,7 +66,7 @@ def _run(api: NexusClient, command: str) -> str:
 
 def test_tree_copy_with_a_real_vm(e2e_daemon: Daemon, api: NexusClient, vm: str, tmp_path: Path) -> None:
     src, back = tmp_path / "src", tmp_path / "back"
-    _make_tree(src)
+    _maketree_listing(src)
     total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink())
 
     started = time.monotonic()
@@ -101,7 +82,7 @@ def test_tree_copy_with_a_real_vm(e2e_daemon: Daemon, api: NexusClient, vm: str,
     started = time.monotonic()
     nexusctl(e2e_daemon, "vm", "cp", "-r", f"{vm}:/root/tree", str(back))
     down_s = time.monotonic() - started
-    assert _tree(back) == _tree(src)
+    assert tree_listing(back) == tree_listing(src)
     mib = total / (1024 * 1024)
     print(f"\n{mib:.0f} MiB in {TREE_FILES + 2} files: in {up_s:.1f}s ({mib / up_s:.1f} MiB/s), "
           f"out {down_s:.1f}s ({mib / down_s:.1f} MiB/s)")  # fmt: skip

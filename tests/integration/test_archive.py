@@ -14,13 +14,11 @@ import hashlib
 import io
 import os
 import shutil
-import stat
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +26,7 @@ import pytest
 from nexus.cli.main import main
 from tests.api_client import NexusClient
 from tests.fakes.firecracker_host import _busybox, firecracker_daemon, processes_mentioning
-from tests.helpers import Daemon, wait_until
+from tests.helpers import Daemon, tree_listing, wait_until
 
 pytestmark = [pytest.mark.skipif(_busybox() is not None, reason=str(_busybox()))]
 
@@ -71,7 +69,7 @@ def _vm_hwm_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def _make_tree(root: Path) -> None:
+def _maketree_listing(root: Path) -> None:
     """2,000 small files in 40 directories, odd modes, links, an empty directory and a 200 MiB file."""
     root.mkdir()
     for d in range(40):
@@ -95,27 +93,9 @@ def _make_tree(root: Path) -> None:
     os.utime(root / "big.bin", (1_600_000_000, 1_600_000_000))
 
 
-def _tree(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every entry below ``root``: type, mode, mtime (seconds), and content digest or link target."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for here, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(here) / name
-            st = path.lstat()
-            rel = str(path.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), int(st.st_mtime))
-            else:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), int(st.st_mtime), digest, st.st_nlink)
-    return out
-
-
 def test_tree_round_trip_with_the_cli(daemon: Daemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src, guest, back = tmp_path / "src", tmp_path / "guest", tmp_path / "back"
-    _make_tree(src)
+    _maketree_listing(src)
     guest.mkdir()
     hwm_before = _vm_hwm_kib(daemon.proc.pid)
 
@@ -127,9 +107,9 @@ def test_tree_round_trip_with_the_cli(daemon: Daemon, tmp_path: Path, capsys: py
     assert _cli(daemon, "vm", "cp", "-r", f"{VM}:{guest}/copy", str(back)) == 0
     down_s = time.monotonic() - started
 
-    expected = _tree(src)
-    assert _tree(guest / "copy") == expected  # the agent runs as root: setuid kept there
-    returned = _tree(back)
+    expected = tree_listing(src)
+    assert tree_listing(guest / "copy") == expected  # the agent runs as root: setuid kept there
+    returned = tree_listing(back)
     setuid = {k for k, v in expected.items() if v[0] == "file" and v[1] & 0o4000}
     assert setuid, "the tree has setuid files"
     for key in setuid:  # a guest cannot plant setuid files on the host: the bits are dropped, nothing else
