@@ -64,7 +64,13 @@ class LifetimeService:
             vm = self._vm_store.get(vm_id)
             if not vm.suspended or vm.state.has_process:
                 return
-            await self._checkpoints.restore(vm.id, SUSPEND_CHECKPOINT, reason="resumed from idle suspend")
+            try:
+                await self._checkpoints.restore(vm.id, SUSPEND_CHECKPOINT, reason="resumed from idle suspend")
+            except NotFound:  # its suspend checkpoint was removed by hand: what ran is gone, so it boots afresh
+                self._vm_store.set_suspended(vm.id, False)
+                log.warning("vm %s: its suspend checkpoint is gone; booting it instead", vm.name)
+                await self._vms.start(vm.id)
+                return
             self._vm_store.set_suspended(vm.id, False)
             await self._drop_suspend_checkpoint(vm)
             self.touch(vm.id)
@@ -95,7 +101,11 @@ class LifetimeService:
 
     async def _suspend(self, vm: Vm, idle_s: int) -> None:
         await self._drop_suspend_checkpoint(vm)
+        deciding = self._clock()
         await self._checkpoints.create(vm.id, SUSPEND_CHECKPOINT)
+        if self._used.get(vm.id, deciding) > deciding:  # used while the checkpoint was taken: it is not idle
+            await self._drop_suspend_checkpoint(vm)
+            return
         await self._vms.stop(vm.id, kill=True, reason=f"suspended: unused for {_span(idle_s)}; its next use resumes it")
         self._vm_store.set_suspended(vm.id, True)
         self._used.pop(vm.id, None)
