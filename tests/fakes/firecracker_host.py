@@ -3,8 +3,12 @@ muxer, no QEMU boot. Shared by the Firecracker driver and MCP tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -116,6 +120,21 @@ def firecracker_daemon(
     return start_daemon(
         base, "--config", str(config), *extra_args, env=env, state_dir=state, stop_vms_on_exit=stop_vms_on_exit
     )
+
+
+@contextlib.contextmanager
+def running_daemon(prefix: str) -> Iterator[Daemon]:
+    """A ``firecracker_daemon`` in a new short temp dir (Unix socket paths); afterwards it is stopped, its exit
+    status must be 0, and the dir is removed."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    daemon = firecracker_daemon(base)
+    try:
+        yield daemon
+    finally:
+        code = daemon.stop()
+        log = daemon.log_text()
+        shutil.rmtree(base, ignore_errors=True)
+        assert code == 0, log[-3000:]
 
 
 def processes_mentioning(text: str) -> list[int]:

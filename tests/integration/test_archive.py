@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ import pytest
 
 from nexus.cli.main import main
 from tests.api_client import NexusClient
-from tests.fakes.firecracker_host import _busybox, firecracker_daemon, processes_mentioning
+from tests.fakes.firecracker_host import _busybox, processes_mentioning, running_daemon
 from tests.helpers import Daemon, tree_listing, wait_until
 
 pytestmark = [pytest.mark.skipif(_busybox() is not None, reason=str(_busybox()))]
@@ -38,18 +36,11 @@ MEMORY_SLACK_KIB = 64 * 1024  # nexusd's peak RSS may grow this much during a 20
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    base = Path(tempfile.mkdtemp(prefix="nxarc-"))
-    d = firecracker_daemon(base)
-    try:
+    with running_daemon("nxarc-") as d:
         with NexusClient(d.socket, timeout_s=60) as api:
             api.create_vm(name=VM, mem_mib=256)
             api.start_vm(VM)
         yield d
-    finally:
-        code = d.stop()
-        log = d.log_text()
-        shutil.rmtree(base, ignore_errors=True)
-        assert code == 0, log[-3000:]
 
 
 @pytest.fixture

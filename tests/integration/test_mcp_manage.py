@@ -3,12 +3,9 @@ socket; the VMs are the fake Firecracker's (a real agent, no kernel booted)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,7 +18,7 @@ from mcp.shared.exceptions import MCPError
 
 from nexus.protocol import INVALID_PARAMS
 from nexus.schemas import VmCreate
-from tests.fakes.firecracker_host import firecracker_daemon
+from tests.fakes.firecracker_host import running_daemon
 from tests.helpers import Daemon, call_killing_vmm
 from tests.integration.test_mcp_vm import pytestmark  # noqa: F401  (the same skips)
 
@@ -47,15 +44,8 @@ POLICY_TOOLS = {"policy_allow", "policy_list", "policy_remove"}
 
 @pytest.fixture
 def daemon() -> Iterator[Daemon]:
-    base = Path(tempfile.mkdtemp(prefix="nxmg-"))
-    d = firecracker_daemon(base)
-    try:
+    with running_daemon("nxmg-") as d:
         yield d
-    finally:
-        code = d.stop()
-        log = d.log_text()
-        shutil.rmtree(base, ignore_errors=True)
-        assert code == 0, log[-3000:]
 
 
 @asynccontextmanager

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,7 +27,7 @@ from nexus.mcp.endpoints import MAX_REQUEST_BODY_BYTES
 from nexus.mcp.errors import INVALID_STATE, NOT_FOUND, UNAVAILABLE
 from nexus.protocol import INVALID_PARAMS
 from tests.api_client import NexusClient
-from tests.fakes.firecracker_host import _busybox, firecracker_daemon
+from tests.fakes.firecracker_host import _busybox, running_daemon
 from tests.helpers import Daemon, call_killing_vmm
 
 pytestmark = [pytest.mark.skipif(_busybox() is not None, reason=str(_busybox()))]
@@ -40,19 +38,12 @@ ACCEPT = "application/json, text/event-stream"
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
     """One nexusd for the module, with a ready VM ``mcp-one`` and a created-but-stopped ``mcp-cold``."""
-    base = Path(tempfile.mkdtemp(prefix="nxmcp-"))
-    d = firecracker_daemon(base)
-    try:
+    with running_daemon("nxmcp-") as d:
         with NexusClient(d.socket, timeout_s=60) as api:
             api.create_vm(name="mcp-one", mem_mib=256)
             api.start_vm("mcp-one")
             api.create_vm(name="mcp-cold", mem_mib=256)
         yield d
-    finally:
-        code = d.stop()
-        log = d.log_text()
-        shutil.rmtree(base, ignore_errors=True)
-        assert code == 0, log[-3000:]
 
 
 def _url(ref: str) -> str:

@@ -22,7 +22,7 @@ from nexus.cli.main import main
 from nexus.domain import Invalid, NotFound
 from nexus.sdk import Nexus
 from tests.api_client import NexusClient
-from tests.fakes.firecracker_host import FIRECRACKER_SKIPS, firecracker_daemon
+from tests.fakes.firecracker_host import FIRECRACKER_SKIPS, firecracker_daemon, running_daemon
 from tests.helpers import Daemon
 
 pytestmark = FIRECRACKER_SKIPS
@@ -30,15 +30,8 @@ pytestmark = FIRECRACKER_SKIPS
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    base = Path(tempfile.mkdtemp(prefix="nxpl-"))
-    d = firecracker_daemon(base)
-    try:
+    with running_daemon("nxpl-") as d:
         yield d
-    finally:
-        code = d.stop()
-        log = d.log_text()
-        shutil.rmtree(base, ignore_errors=True)
-        assert code == 0, log[-3000:]
 
 
 @pytest.fixture
